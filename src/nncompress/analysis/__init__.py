@@ -1,0 +1,1 @@
+"""Read-only analysis: metrics, observers, sensitivity. Nothing here changes a model."""

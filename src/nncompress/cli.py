@@ -1,0 +1,119 @@
+"""The `nncompress` command line: a thin layer over `nncompress.api`.
+
+Every command that produces figures prints a table and, with `--json PATH`, writes them as JSON.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import api
+from .fileio import write_json
+from .train import evaluate as evaluate_model
+from .train import is_main_process
+from .zoo import DATASETS, MODELS, load_dataset
+
+app = typer.Typer(help="Prune and quantize PyTorch models, and measure what it buys.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+console = Console(stderr=True)
+out = Console()
+
+ModelArg = Annotated[str, typer.Argument(help=f"zoo model ({', '.join(MODELS)}) or a saved .safetensors file")]
+DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help=f"one of: {', '.join(DATASETS)}")]
+DataDirOpt = Annotated[Optional[str], typer.Option("--data-dir", help="folder holding (or receiving) the dataset files")]
+DownloadOpt = Annotated[bool, typer.Option("--download", help="download missing dataset files (needs a network)")]
+JsonOpt = Annotated[Optional[Path], typer.Option("--json", help="also write the figures as JSON to this path")]
+
+
+def _emit_json(path: Optional[Path], result: dict) -> None:
+    if path is not None and is_main_process():
+        write_json(path, result)
+        console.print(f"wrote {path}")
+
+
+def _layer_table(rows: list[dict], title: str) -> Table:
+    table = Table(title=title)
+    for col in ("layer", "type", "shape", "params", "MACs", "density", "bits"):
+        table.add_column(col, justify="left" if col in ("layer", "type", "shape") else "right")
+    for row in rows:
+        table.add_row(row["name"], row["kind"], "x".join(map(str, row["shape"])), f"{row['params']:,}",
+                      f"{row['macs']:,}", f"{row['density']:.3f}", str(row.get("bits", 32)))
+    return table
+
+
+def _print_summary(result: dict, title: str) -> None:
+    if not is_main_process():
+        return
+    out.print(_layer_table(result["layers"], title))
+    out.print(f"params {result['params']:,}  non-zero {result['nonzero']:,}  MACs {result['macs']:,}  "
+              f"test accuracy {result['test_accuracy']:.4f}")
+
+
+@app.command()
+def train(model: ModelArg = "lenet300", dataset: DatasetOpt = "digits", data_dir: DataDirOpt = None,
+          download: DownloadOpt = False,
+          epochs: Annotated[Optional[int], typer.Option(help="epochs (default: the model's recipe)")] = None,
+          lr: Annotated[Optional[float], typer.Option(help="learning rate")] = None,
+          optimizer: Annotated[Optional[str], typer.Option(help="sgd or adam")] = None,
+          schedule: Annotated[Optional[str], typer.Option(help="cosine, step or constant")] = None,
+          weight_decay: Annotated[Optional[float], typer.Option(help="L2 weight decay")] = None,
+          batch_size: Annotated[int, typer.Option(help="global batch size")] = 64,
+          seed: Annotated[int, typer.Option(help="random seed (init, shuffling, dropout)")] = 0,
+          out_path: Annotated[Optional[Path], typer.Option("--out", "-o", help="save weights (.safetensors)")] = None,
+          checkpoint: Annotated[Optional[Path], typer.Option(help="per-epoch resumable checkpoint file")] = None,
+          resume: Annotated[bool, typer.Option(help="continue from --checkpoint if it exists")] = False,
+          json_path: JsonOpt = None) -> None:
+    """Train a zoo model (or continue a saved one) and report its test accuracy."""
+    _, result = api.train_model(model, dataset, data_dir=data_dir, download=download, batch_size=batch_size,
+                                out=str(out_path) if out_path else None, checkpoint=str(checkpoint) if checkpoint else None,
+                                resume=resume, epochs=epochs, lr=lr, optimizer=optimizer, schedule=schedule,
+                                weight_decay=weight_decay, seed=seed)
+    _print_summary(result, f"{result['model']} on {result['dataset']} ({result['seconds']:.1f} s)")
+    _emit_json(json_path, result)
+
+
+@app.command()
+def evaluate(model: ModelArg, dataset: DatasetOpt = "digits", data_dir: DataDirOpt = None,
+             download: DownloadOpt = False, json_path: JsonOpt = None) -> None:
+    """Evaluate a saved model on a dataset's test split."""
+    data = load_dataset(dataset, data_dir, download=download)
+    net, arch, _ = api.resolve_model(model, data)
+    result = {"model": arch, "dataset": data.name, **evaluate_model(net, data.test_loader())}
+    out.print(f"{arch} on {data.name}: accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}")
+    _emit_json(json_path, result)
+
+
+@app.command()
+def inspect(model: ModelArg, dataset: DatasetOpt = "digits", data_dir: DataDirOpt = None,
+            download: DownloadOpt = False, json_path: JsonOpt = None) -> None:
+    """Per-layer table: shapes, parameters, MACs, density (non-zero fraction), bits."""
+    data = load_dataset(dataset, data_dir, download=download)
+    net, arch, _ = api.resolve_model(model, data)
+    result = {"model": arch, "dataset": data.name, **api.summarize(net, data)}
+    _print_summary(result, f"{arch} for {data.name} inputs {data.in_shape}")
+    _emit_json(json_path, result)
+
+
+@app.command()
+def demo(json_path: JsonOpt = None) -> None:
+    """Train LeNet-300-100 on the embedded digits data and report it (no network, no download)."""
+    train(model="lenet300", dataset="digits", epochs=10, json_path=json_path)
+
+
+def main() -> None:
+    """Entry point: turn user-input errors into one clear line and exit code 2."""
+    try:
+        app()
+    except (ValueError, FileNotFoundError) as err:
+        console.print(f"[bold red]error:[/] {err}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

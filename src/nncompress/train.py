@@ -1,0 +1,205 @@
+"""Fit and evaluate any `nn.Module` on any iterable of `(inputs, targets)` batches.
+
+Training goes through parametrizations (masks, fake quantizers, codebooks), so the same loop
+fine-tunes dense, pruned and quantized models. It is seeded and deterministic on CPU, writes
+checkpoints atomically after every epoch and resumes from them, and runs unchanged under
+`torchrun --nproc_per_node=N` (DistributedDataParallel on gloo): the global batch stays the same,
+each rank trains on its own shard, and only rank 0 writes files.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .fileio import atomic_write
+from .validate import check_choice, check_int_range, check_positive
+from .zoo.loader import TensorLoader
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Hyperparameters of one training run (the LR schedule steps once per epoch)."""
+
+    epochs: int = 10
+    lr: float = 0.01
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_int_range("epochs", self.epochs, 0, 100_000)
+        check_positive("lr", self.lr)
+        check_choice("optimizer", self.optimizer, ("sgd", "adam"))
+        check_choice("schedule", self.schedule, ("cosine", "step", "constant"))
+
+
+@dataclass
+class History:
+    """What a run measured, epoch by epoch."""
+
+    train_loss: list[float] = field(default_factory=list)
+    eval_accuracy: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    steps: int = 0
+
+
+def is_main_process() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def init_distributed() -> tuple[int, int]:
+    """Join the process group that `torchrun` describes (gloo); return (rank, world_size)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                                                     weight_decay=config.weight_decay)
+    else:
+        opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    if config.schedule == "cosine":
+        sched: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(config.epochs, 1))
+    elif config.schedule == "step":
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=max(config.epochs // 3, 1), gamma=0.1)
+    else:
+        sched = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
+    return opt, sched
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Batches) -> dict[str, float]:
+    """Top-1 accuracy (a fraction) and mean cross-entropy loss over `batches`."""
+    was_training = model.training
+    model.eval()
+    correct, total, loss_sum = 0, 0, 0.0
+    try:
+        for x, y in batches:
+            logits = model(x)
+            loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").item()
+            correct += int((logits.argmax(1) == y).sum())
+            total += len(y)
+    finally:
+        model.train(was_training)
+    if total == 0:
+        raise ValueError("evaluate() got no batches: the evaluation data is empty")
+    return {"accuracy": correct / total, "loss": loss_sum / total}
+
+
+def _shard(batches: Batches, rank: int, world_size: int) -> Batches:
+    if world_size > 1 and isinstance(batches, TensorLoader):
+        return TensorLoader(batches.x, batches.y, max(batches.batch_size // world_size, 1), shuffle=batches.shuffle,
+                            seed=batches.seed, rank=rank, world_size=world_size)
+    return batches
+
+
+def _save_checkpoint(path: Path, model: nn.Module, opt, sched, epoch: int, history: History, config: TrainConfig) -> None:
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+             "epoch": epoch, "rng": torch.get_rng_state(), "config": asdict(config),
+             "history": {"train_loss": history.train_loss, "eval_accuracy": history.eval_accuracy,
+                         "steps": history.steps}}
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def _load_checkpoint(path: Path, model: nn.Module, opt, sched, history: History) -> int:
+    """Restore a checkpoint (tensors and plain types only: weights_only=True); return the next epoch."""
+    try:
+        state = torch.load(path, weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+    except (RuntimeError, KeyError, ValueError, EOFError) as err:
+        raise ValueError(f"checkpoint {str(path)!r} cannot be resumed for this model: {err}") from err
+    torch.set_rng_state(state["rng"])
+    history.train_loss[:] = state["history"]["train_loss"]
+    history.eval_accuracy[:] = state["history"]["eval_accuracy"]
+    history.steps = state["history"]["steps"]
+    return int(state["epoch"]) + 1
+
+
+def _progress(total: int, description: str, enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    TextColumn("{task.fields[status]}"), transient=True, disable=not enabled)
+
+
+def fit(model: nn.Module, train_batches: Batches, config: TrainConfig = TrainConfig(), *,
+        eval_batches: Batches | None = None, checkpoint: str | os.PathLike | None = None, resume: bool = False,
+        on_step: Callable[[int], None] | None = None, on_epoch: Callable[[int, History], None] | None = None,
+        progress: bool | None = None, log: Callable[[str], None] | None = None) -> History:
+    """Train `model` in place with cross-entropy; returns the per-epoch history.
+
+    `on_step(step)` runs after every optimizer step (pruning schedules use it) and `on_epoch(epoch,
+    history)` after every epoch. With `checkpoint`, state is written after each epoch; with
+    `resume=True` an existing checkpoint is loaded first and training continues where it stopped.
+    """
+    rank, world_size = init_distributed()
+    torch.manual_seed(config.seed)
+    train_batches = _shard(train_batches, rank, world_size)
+    net = nn.parallel.DistributedDataParallel(model) if world_size > 1 else model
+    opt, sched = make_optimizer(model, config)
+    history = History()
+    start = 0
+    if checkpoint and resume and Path(checkpoint).is_file():
+        start = _load_checkpoint(Path(checkpoint), model, opt, sched, history)
+    show = sys.stderr.isatty() and is_main_process() if progress is None else progress and is_main_process()
+    log = log or (lambda msg: print(msg, file=sys.stderr) if is_main_process() else None)
+    began = time.perf_counter()
+    for epoch in range(start, config.epochs):
+        loss = _train_epoch(net, train_batches, opt, epoch, history, on_step, show, f"epoch {epoch + 1}/{config.epochs}")
+        sched.step()
+        history.train_loss.append(loss)
+        if eval_batches is not None:
+            history.eval_accuracy.append(evaluate(model, eval_batches)["accuracy"])
+        if checkpoint and is_main_process():
+            _save_checkpoint(Path(checkpoint), model, opt, sched, epoch, history, config)
+        acc = f" eval acc {history.eval_accuracy[-1]:.4f}" if history.eval_accuracy else ""
+        log(f"epoch {epoch + 1}/{config.epochs}: train loss {loss:.4f}{acc}")
+        if on_epoch:
+            on_epoch(epoch, history)
+    history.seconds = time.perf_counter() - began
+    return history
+
+
+def _train_epoch(net: nn.Module, batches: Batches, opt, epoch: int, history: History,
+                 on_step: Callable[[int], None] | None, show: bool, description: str) -> float:
+    if hasattr(batches, "set_epoch"):
+        batches.set_epoch(epoch)
+    net.train()
+    loss_sum, count = 0.0, 0
+    total = len(batches) if hasattr(batches, "__len__") else None  # type: ignore[arg-type]
+    with _progress(total or 0, description, show) as bar:
+        task = bar.add_task(description, total=total, status="")
+        for x, y in batches:
+            opt.zero_grad(set_to_none=True)
+            loss = nn.functional.cross_entropy(net(x), y)
+            loss.backward()
+            opt.step()
+            history.steps += 1
+            if on_step:
+                on_step(history.steps)
+            loss_sum += loss.item() * len(y)
+            count += len(y)
+            bar.update(task, advance=1, status=f"loss {loss_sum / count:.4f}")
+    if count == 0:
+        raise ValueError("fit() got no training batches: the training data is empty")
+    return loss_sum / count

@@ -1,0 +1,41 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from nncompress.analysis.metrics import (bit_operations, cosine_similarity, count_nonzero, count_params,
+                                         layer_stats, model_size_bits, sqnr_db)
+
+
+def test_sqnr_matches_the_definition():
+    w = torch.tensor([3.0, 4.0])
+    w_hat = torch.tensor([3.0, 3.0])  # signal 25, noise 1
+    assert sqnr_db(w, w_hat) == pytest.approx(10 * math.log10(25))
+    assert sqnr_db(w, w) == math.inf
+
+
+def test_sqnr_of_8bit_rounding_is_about_6db_per_bit():
+    w = torch.randn(100_000)
+    scale = w.abs().max() / 127
+    assert 38 < sqnr_db(w, torch.round(w / scale) * scale) < 44
+
+
+def test_cosine_similarity():
+    a = torch.tensor([1.0, 0.0])
+    assert cosine_similarity(a, torch.tensor([0.0, 2.0])) == pytest.approx(0.0)
+    assert cosine_similarity(a, 3 * a) == pytest.approx(1.0)
+    assert cosine_similarity(torch.zeros(2), torch.zeros(2)) == 1.0
+
+
+def test_size_bops_and_nonzeros():
+    net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    with torch.no_grad():
+        net[0].weight[0].zero_()
+    assert count_params(net) == 4 * 3 + 3 + 3 * 2 + 2
+    assert count_nonzero(net) == count_params(net) - 4
+    assert model_size_bits(net, {"0": 8, "2": 4}) == 12 * 8 + 6 * 4 + (3 + 2) * 32
+    assert bit_operations({"0": 12, "2": 6}, {"0": 8, "2": 4}, 8) == 12 * 64 + 6 * 32
+    rows = layer_stats(net, (4,))
+    assert [(r.name, r.macs, r.nonzero) for r in rows] == [("0", 12, 8), ("2", 6, 6)]
+    assert rows[0].density == pytest.approx(8 / 12)
