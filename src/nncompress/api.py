@@ -6,13 +6,16 @@ class count, so `load_model(path)` rebuilds the module without unpickling anythi
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .analysis.metrics import count_nonzero, count_params, layer_stats, total_macs
+from .analysis.metrics import count_nonzero, count_params, layer_stats, total_macs, weight_layers
+from .config import Context, Method
+from .parametrize import squash_  # noqa: F401  (re-exported)
 from .fileio import load_weights, save_weights
 from .train import TrainConfig, evaluate, fit, is_main_process
 from .zoo import MODELS, Dataset, build_model, load_dataset
@@ -86,3 +89,25 @@ def train_model(arch_or_path: str, dataset_name: str = "digits", *, data_dir: st
         save_model(model, out, arch=arch, in_shape=dataset.in_shape, num_classes=dataset.num_classes,
                    dataset=dataset.name, test_accuracy=result["test_accuracy"])
     return model, result
+
+
+def prune_(model: nn.Module, method: Method, *, data: Iterable | None = None,
+           train_fn: Callable[[nn.Module], object] | None = None) -> nn.Module:
+    """Apply a pruning Method in place (masks as parametrizations); returns `model`.
+
+    Example:
+        >>> import nncompress as nc, torch
+        >>> net = torch.nn.Sequential(torch.nn.Linear(10, 10), torch.nn.ReLU(), torch.nn.Linear(10, 2))
+        >>> _ = nc.prune_(net, nc.MagnitudePrune(sparsity=0.8, scope="global"))
+        >>> round(1 - nc.count_nonzero_weights(net) / 120, 2)
+        0.8
+    """
+    ctx = Context(data=data, train_fn=train_fn)
+    method.check_context(ctx)
+    method.apply(model, ctx)
+    return model
+
+
+def count_nonzero_weights(model: nn.Module) -> int:
+    """Non-zero weights of the Conv / Linear layers (biases not counted)."""
+    return sum(int(torch.count_nonzero(m.weight.detach())) for m in weight_layers(model).values())

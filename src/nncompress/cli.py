@@ -100,6 +100,102 @@ def inspect(model: ModelArg, dataset: DatasetOpt = "digits", data_dir: DataDirOp
     _emit_json(json_path, result)
 
 
+def _parse_layer_values(text: Optional[str]) -> dict[str, float]:
+    """'fc1=0.9,fc3=0.75' -> {'fc1': 0.9, 'fc3': 0.75}."""
+    if not text:
+        return {}
+    pairs = {}
+    for item in text.split(","):
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--layer-sparsity item {item!r} must look like NAME=FRACTION, e.g. fc3=0.75")
+        pairs[name.strip()] = float(value)
+    return pairs
+
+
+@app.command()
+def prune(model: ModelArg = "lenet300", dataset: DatasetOpt = "digits", data_dir: DataDirOpt = None,
+          download: DownloadOpt = False,
+          method: Annotated[str, typer.Option(help="magnitude, random or threshold")] = "magnitude",
+          sparsity: Annotated[float, typer.Option(help="fraction of targeted weights removed, in [0, 1)")] = 0.9,
+          scope: Annotated[str, typer.Option(help="layer (each layer) or global (one threshold)")] = "layer",
+          layer_sparsity: Annotated[Optional[str], typer.Option(help="per-layer overrides: fc1=0.92,fc3=0.75")] = None,
+          quality: Annotated[float, typer.Option(help="threshold method: keep |w| > quality * std(w)")] = 1.0,
+          exclude: Annotated[Optional[list[str]], typer.Option(help="layer name to leave dense (repeatable)")] = None,
+          schedule: Annotated[str, typer.Option(help="oneshot, iterative or agp")] = "iterative",
+          rounds: Annotated[int, typer.Option(help="iterative: prune-retrain cycles")] = 3,
+          finetune_epochs: Annotated[int, typer.Option(help="retraining epochs (per round), at 1/10 the LR")] = 5,
+          seed: Annotated[int, typer.Option(help="random seed")] = 0,
+          out_path: Annotated[Optional[Path], typer.Option("--out", "-o", help="save pruned weights")] = None,
+          json_path: JsonOpt = None) -> None:
+    """Prune a model (training it first if a zoo name is given), retrain, and report."""
+    from .flows.prune import prune_model
+    from .registry import method_from_dict
+
+    spec: dict = {"method": method, "targets": {"exclude": tuple(exclude or ())}}
+    if method == "threshold":
+        spec["quality"] = quality
+    else:
+        spec.update(sparsity=sparsity, scope=scope)
+        if method == "magnitude":
+            spec["layer_sparsity"] = _parse_layer_values(layer_sparsity)
+    data = load_dataset(dataset, data_dir, download=download)
+    _, result = prune_model(model, data, method_from_dict(spec), schedule=schedule, rounds=rounds,
+                            finetune_epochs=finetune_epochs, seed=seed, out=str(out_path) if out_path else None)
+    table = Table(title=f"{result['model']} pruned ({schedule})")
+    for col in ("layer", "density"):
+        table.add_column(col)
+    for name, dens in result["densities"].items():
+        table.add_row(name, f"{dens:.3f}")
+    out.print(table)
+    out.print(f"dense accuracy {result['dense_accuracy']:.4f}  pruned accuracy {result['pruned_accuracy']:.4f}  "
+              f"non-zero {result['nonzero_weights']:,} / {result['total_weights']:,}  "
+              f"compression {result['compression']:.1f}x")
+    _emit_json(json_path, result)
+
+
+@app.command()
+def sensitivity(model: ModelArg = "lenet5", dataset: DatasetOpt = "digits", data_dir: DataDirOpt = None,
+                download: DownloadOpt = False, seed: Annotated[int, typer.Option(help="random seed")] = 0,
+                plot: Annotated[Path, typer.Option(help="PNG file for the accuracy-vs-sparsity plot")] = Path("sensitivity.png"),
+                budget: Annotated[float, typer.Option(help="max accuracy drop for the suggested per-layer targets")] = 0.01,
+                json_path: JsonOpt = None) -> None:
+    """Prune each layer alone at 0..95% (no retraining): table, plot, and per-layer targets."""
+    from .analysis.plots import plot_sensitivity
+    from .flows.prune import dense_model, layer_sensitivity
+
+    data = load_dataset(dataset, data_dir, download=download)
+    net, arch, _ = dense_model(model, data, seed)
+    curves = layer_sensitivity(net, data)
+    plot_sensitivity(curves, plot, f"{arch} on {data.name}: per-layer pruning sensitivity")
+    table = Table(title=f"accuracy (%) with one layer pruned; dense {100 * curves.baseline:.2f}")
+    table.add_column("layer")
+    for s in curves.sparsities:
+        table.add_column(f"{int(round(100 * s))}%", justify="right")
+    for row in curves.as_rows():
+        table.add_row(*map(str, row))
+    out.print(table)
+    targets = curves.targets_for_budget(budget)
+    out.print(f"most sensitive layer: {curves.most_sensitive()}; targets within {budget:.3f} drop: {targets}")
+    console.print(f"wrote {plot}")
+    _emit_json(json_path, {"model": arch, "dataset": data.name, "baseline": curves.baseline,
+                           "sparsities": list(curves.sparsities), "accuracy": curves.accuracy,
+                           "most_sensitive": curves.most_sensitive(), "targets": targets, "plot": str(plot)})
+
+
+@app.command("methods")
+def list_methods() -> None:
+    """List the registered methods (YAML names) and their fields."""
+    import dataclasses
+
+    from .registry import METHODS
+    from . import methods as _  # noqa: F401
+
+    for name, cls in sorted(METHODS.items()):
+        fields = ", ".join(f.name for f in dataclasses.fields(cls))
+        out.print(f"[bold]{name}[/] ({cls.__name__}): {fields}")
+
+
 @app.command()
 def demo(json_path: JsonOpt = None) -> None:
     """Train LeNet-300-100 on the embedded digits data and report it (no network, no download)."""

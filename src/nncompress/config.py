@@ -1,0 +1,107 @@
+"""The core types: `Select` (which layers), `Method` (one extension point), `Context` (what a method may use).
+
+Every pruning method and quantizer is a frozen, keyword-only dataclass of hyperparameters with
+`apply(model, ctx) -> model`, registered by name for YAML in `registry.py`. Learned state (masks,
+scales, codebooks) lives on the model as buffers; figures go into `ctx.report`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from torch import nn
+from torch.nn.utils.parametrize import type_before_parametrizations
+
+from .validate import did_you_mean
+
+
+@dataclass(frozen=True, kw_only=True)
+class Select:
+    """Layers chosen by type name and qualified name ("re:<regex>" for a regular expression).
+
+    A layer is selected when its type is in `types`, it matches `include` (or `include` is empty)
+    and matches nothing in `exclude`. Example: `Select(exclude=("conv1",))`.
+    """
+
+    types: tuple[str, ...] = ("Linear", "Conv2d")
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("types", "include", "exclude"):  # YAML gives lists; keep the dataclass hashable
+            value = getattr(self, name)
+            if isinstance(value, str):
+                value = (value,)
+            object.__setattr__(self, name, tuple(value))
+
+    @staticmethod
+    def _matches(pattern: str, name: str) -> bool:
+        if pattern.startswith("re:"):
+            return re.fullmatch(pattern[3:], name) is not None
+        return pattern == name
+
+    def matches(self, name: str, module: nn.Module) -> bool:
+        if type_before_parametrizations(module).__name__ not in self.types:
+            return False
+        if self.include and not any(self._matches(p, name) for p in self.include):
+            return False
+        return not any(self._matches(p, name) for p in self.exclude)
+
+    def layers(self, model: nn.Module) -> dict[str, nn.Module]:
+        """The selected layers of `model` by name; names in `include` that match nothing are an error."""
+        chosen = {name: m for name, m in model.named_modules() if name and self.matches(name, m)}
+        all_names = [n for n, _ in model.named_modules() if n]
+        for pattern in (*self.include, *self.exclude):
+            if not pattern.startswith("re:") and pattern not in all_names:
+                raise ValueError(f"layer {pattern!r} is not in the model.{did_you_mean(pattern, all_names)} "
+                                 f"Layers: {', '.join(n for n in all_names if '.' not in n or n.count('.') < 3)}")
+        return chosen
+
+
+@dataclass
+class Context:
+    """What a method may use besides the model: calibration data, a training function, the report."""
+
+    data: Iterable | None = None
+    train_fn: Callable[[nn.Module], Any] | None = None
+    report: list[dict] = field(default_factory=list)
+
+    def record(self, method: Method, **facts: Any) -> None:
+        self.report.append({"method": method.name, **facts})
+
+
+@dataclass(frozen=True, kw_only=True)
+class Method:
+    """Base of every pruning method and quantizer: hyperparameters only, `apply` does the work."""
+
+    name: ClassVar[str] = "method"
+    needs: ClassVar[frozenset[str]] = frozenset()
+    targets: Select = Select()
+
+    def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
+        raise NotImplementedError
+
+    def check_context(self, ctx: Context) -> None:
+        if "data" in self.needs and ctx.data is None:
+            raise ValueError(f"{type(self).__name__} needs calibration data: pass data=... (or --dataset on the CLI)")
+        if "train_fn" in self.needs and ctx.train_fn is None:
+            raise ValueError(f"{type(self).__name__} needs a training function: pass train_fn=...")
+
+    def to_dict(self) -> dict:
+        """Plain-data form for YAML / JSON: {"method": name, field: value, ...}."""
+        out: dict[str, Any] = {"method": self.name}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else _plain(value)
+        return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value

@@ -1,0 +1,1 @@
+"""Bytes out: sparse index formats, entropy coding, the .nnc container."""

@@ -1,0 +1,1 @@
+"""End-to-end workflows behind the CLI commands (train dense -> compress -> fine-tune -> measure)."""

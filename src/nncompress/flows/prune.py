@@ -1,0 +1,101 @@
+"""The `nncompress prune` and `nncompress sensitivity` workflows.
+
+prune: get a trained dense model (train it with the model's recipe if a zoo name is given), prune
+it with a Method on a schedule (one-shot, iterative, AGP) with retraining at 1/10 of the original
+learning rate (seed 003), and report dense vs pruned accuracy and per-layer densities.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+
+import torch
+from torch import nn
+
+from ..analysis.metrics import weight_layers
+from ..analysis.sensitivity import DEFAULT_SPARSITIES, SensitivityCurves, sensitivity_scan
+from ..api import count_nonzero_weights, resolve_model, save_model, training_config
+from ..config import Context, Method, Select
+from ..parametrize import squash_
+from ..prune.schedules import GradualPruning, prune_iteratively, rescale_dropout_, retrain_config
+from ..prune.unstructured import MagnitudePrune
+from ..train import TrainConfig, evaluate, fit
+from ..validate import check_choice
+from ..zoo import Dataset
+
+SCHEDULES = ("oneshot", "iterative", "agp")
+
+
+def dense_model(spec: str, dataset: Dataset, seed: int, batch_size: int = 64) -> tuple[nn.Module, str, TrainConfig]:
+    """A trained dense model: loaded from a file, or a zoo model trained with its recipe."""
+    model, arch, trained = resolve_model(spec, dataset, seed=seed)
+    config = training_config(arch, seed=seed)
+    if not trained:
+        fit(model, dataset.train_loader(batch_size, seed=seed), config)
+    return model, arch, config
+
+
+def weight_densities(model: nn.Module) -> dict[str, float]:
+    """Fraction of non-zero weights per Conv / Linear layer."""
+    return {n: float(torch.count_nonzero(m.weight.detach())) / m.weight.numel() for n, m in weight_layers(model).items()}
+
+
+def prune_and_retrain(model: nn.Module, method: Method, dataset: Dataset, base: TrainConfig, *,
+                      schedule: str = "iterative", rounds: int = 3, finetune_epochs: int = 5,
+                      lr_factor: float = 0.1, batch_size: int = 64) -> Context:
+    """Prune `model` in place on `schedule`, retraining after each step at `lr_factor` x the original
+    learning rate (seed 003: 1/10); returns the context with the report."""
+    check_choice("schedule", schedule, SCHEDULES)
+    ctx = Context()
+    config = retrain_config(base, finetune_epochs, lr_factor)
+    dropout_rates = {n: m.p for n, m in model.named_modules() if isinstance(m, nn.Dropout)}
+
+    def retrain(net: nn.Module, round_index: int = 0) -> None:
+        rescale_dropout_(net, dropout_rates)
+        if finetune_epochs:
+            fit(net, dataset.train_loader(batch_size, seed=base.seed + 1000 + round_index), config)
+
+    if schedule == "oneshot":
+        method.apply(model, ctx)
+        retrain(model)
+    elif schedule == "iterative":
+        prune_iteratively(model, method, ctx, rounds, retrain)
+    else:
+        steps = max(finetune_epochs, 1) * len(dataset.train_loader(batch_size))
+        agp = GradualPruning(model, method, ctx, begin=0, end=int(0.75 * steps), frequency=max(steps // 100, 1))
+        fit(model, dataset.train_loader(batch_size, seed=base.seed + 1000), replace(config, epochs=max(finetune_epochs, 1)),
+            on_step=agp)
+    return ctx
+
+
+def prune_model(spec: str, dataset: Dataset, method: Method, *, schedule: str = "iterative", rounds: int = 3,
+                finetune_epochs: int = 5, lr_factor: float = 0.1, seed: int = 0,
+                out: str | None = None) -> tuple[nn.Module, dict]:
+    """Dense model -> pruned and retrained model, with the figures `nncompress prune --json` writes."""
+    model, arch, base = dense_model(spec, dataset, seed)
+    dense_acc = evaluate(model, dataset.test_loader())["accuracy"]
+    ctx = prune_and_retrain(model, method, dataset, base, schedule=schedule, rounds=rounds,
+                            finetune_epochs=finetune_epochs, lr_factor=lr_factor)
+    squash_(model)
+    total = sum(m.weight.numel() for m in weight_layers(model).values())
+    nonzero = count_nonzero_weights(model)
+    result = {"model": arch, "dataset": dataset.name, "method": method.to_dict(), "schedule": schedule,
+              "rounds": rounds, "finetune_epochs": finetune_epochs, "lr_factor": lr_factor, "seed": seed,
+              "dense_accuracy": dense_acc, "pruned_accuracy": evaluate(model, dataset.test_loader())["accuracy"],
+              "nonzero_weights": nonzero, "total_weights": total, "compression": total / max(nonzero, 1),
+              "densities": weight_densities(model), "steps": ctx.report}
+    if out:
+        save_model(model, out, arch=arch, in_shape=dataset.in_shape, num_classes=dataset.num_classes,
+                   dataset=dataset.name, pruned_accuracy=result["pruned_accuracy"])
+    return model, result
+
+
+def layer_sensitivity(model: nn.Module, dataset: Dataset, sparsities=DEFAULT_SPARSITIES) -> SensitivityCurves:
+    """Magnitude-prune each Conv / Linear layer alone (no retraining) and record test accuracy."""
+    def apply_one(net: nn.Module, layer: str, sparsity: float) -> None:
+        MagnitudePrune(sparsity=sparsity, targets=Select(include=(layer,))).apply(net, Context())
+
+    def accuracy(net: nn.Module) -> float:
+        return evaluate(net, dataset.test_loader())["accuracy"]
+
+    return sensitivity_scan(copy.deepcopy(model), list(weight_layers(model)), apply_one, accuracy, sparsities)

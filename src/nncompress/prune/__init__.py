@@ -1,0 +1,1 @@
+"""Pruning: masks (pure), the Mask parametrization, methods, schedules, lottery tickets."""

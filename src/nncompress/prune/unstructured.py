@@ -1,0 +1,119 @@
+"""Fine-grained (unstructured) pruning methods: magnitude, Han's std threshold, random control.
+
+Seed 000 "Magnitude-based pruning"; seed 003 (Han et al., NeurIPS 2015): prune the connections with
+the smallest |w|, per layer or with one threshold across layers ("global"), then retrain.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..config import Context, Method
+from ..registry import register
+from ..validate import check_choice, check_fraction, check_positive
+from .mask import attach_mask
+from .masks import density, global_masks, layer_masks, magnitude_scores, random_scores, threshold_mask
+
+
+def _targets(method: Method, model: nn.Module) -> dict[str, nn.Module]:
+    layers = method.targets.layers(model)
+    if not layers:
+        raise ValueError(f"{type(method).__name__}: no layer matches {method.targets}")
+    return layers
+
+
+def apply_masks(method: Method, ctx: Context, layers: dict[str, nn.Module], masks: dict[str, torch.Tensor]) -> None:
+    """Attach the masks and record each layer's density in the report."""
+    for name, layer in layers.items():
+        attach_mask(layer, masks[name])
+    kept = sum(int(m.sum()) for m in masks.values())
+    total = sum(m.numel() for m in masks.values())
+    ctx.record(method, densities={n: density(m) for n, m in masks.items()}, sparsity=1 - kept / total)
+
+
+def _score_and_mask(method: Method, model: nn.Module, ctx: Context,
+                    score: Callable[[torch.Tensor], torch.Tensor]) -> nn.Module:
+    layers = _targets(method, model)
+    scores = {name: score(layer.weight) for name, layer in layers.items()}
+    if method.scope == "global":
+        masks = global_masks(scores, method.sparsity)
+    else:
+        overrides = getattr(method, "layer_sparsity", {})
+        unknown = set(overrides) - set(layers)
+        if unknown:
+            raise ValueError(f"layer_sparsity names layers that are not targeted: {sorted(unknown)}; "
+                             f"targeted: {sorted(layers)}")
+        masks = layer_masks(scores, {n: overrides.get(n, method.sparsity) for n in layers})
+    apply_masks(method, ctx, layers, masks)
+    return model
+
+
+def _check_common(method: Method) -> None:
+    check_fraction("sparsity", method.sparsity)
+    check_choice("scope", method.scope, ("layer", "global"))
+
+
+@register("magnitude")
+@dataclass(frozen=True, kw_only=True)
+class MagnitudePrune(Method):
+    """Remove the `sparsity` fraction of weights with the smallest |w|.
+
+    Args:
+        sparsity: fraction of targeted weights set to zero, in [0, 1).
+        scope: "layer" (each layer loses `sparsity`) or "global" (one threshold across layers).
+        layer_sparsity: per-layer overrides for scope="layer", e.g. {"fc3": 0.75}.
+    Example:
+        >>> import nncompress as nc, torch
+        >>> net = torch.nn.Sequential(torch.nn.Linear(8, 4))
+        >>> _ = nc.prune_(net, nc.MagnitudePrune(sparsity=0.5))
+        >>> int((net[0].weight == 0).sum())
+        16
+    """
+
+    sparsity: float
+    scope: str = "layer"
+    layer_sparsity: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_common(self)
+        for name, value in self.layer_sparsity.items():
+            check_fraction(f"layer_sparsity[{name!r}]", value)
+
+    def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
+        return _score_and_mask(self, model, ctx, magnitude_scores)
+
+
+@register("random")
+@dataclass(frozen=True, kw_only=True)
+class RandomPrune(Method):
+    """Remove a random `sparsity` fraction of weights: the control any criterion must beat."""
+
+    sparsity: float
+    scope: str = "layer"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_common(self)
+
+    def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
+        generator = torch.Generator().manual_seed(self.seed)
+        return _score_and_mask(self, model, ctx, lambda w: random_scores(w, generator))
+
+
+@register("threshold")
+@dataclass(frozen=True, kw_only=True)
+class ThresholdPrune(Method):
+    """Han et al. 2015: per layer, remove weights with |w| <= quality x std(w)."""
+
+    quality: float
+
+    def __post_init__(self) -> None:
+        check_positive("quality", self.quality)
+
+    def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
+        layers = _targets(self, model)
+        apply_masks(self, ctx, layers, {n: threshold_mask(layer.weight, self.quality) for n, layer in layers.items()})
+        return model

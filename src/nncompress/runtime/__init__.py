@@ -1,0 +1,1 @@
+"""Execution of compressed models: sparse kernels, integer-only engine."""
