@@ -54,3 +54,28 @@ def write_results(name: str, text: str) -> Path:
 
 def median_min_max(values: list[float]) -> tuple[float, float, float]:
     return statistics.median(values), min(values), max(values)
+
+
+def interleaved_ratio(baseline, candidate, *, rounds: int = 15, warmup: int = 3, inner: int = 1) -> dict:
+    """Time `baseline()` and `candidate()` in turns (A B A B ...) after warm-up; report the median of
+    the per-round speed-ups baseline_time / candidate_time with min and max, and median times."""
+    import time
+
+    for _ in range(warmup):
+        baseline()
+        candidate()
+    ratios, t_base, t_cand = [], [], []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(inner):
+            baseline()
+        mid = time.perf_counter()
+        for _ in range(inner):
+            candidate()
+        end = time.perf_counter()
+        t_base.append((mid - start) / inner)
+        t_cand.append((end - mid) / inner)
+        ratios.append(t_base[-1] / t_cand[-1])
+    med, lo, hi = median_min_max(ratios)
+    return {"speedup": med, "min": lo, "max": hi, "base_ms": 1e3 * statistics.median(t_base),
+            "cand_ms": 1e3 * statistics.median(t_cand)}

@@ -18,10 +18,10 @@ from nncompress.zoo import load_dataset
 
 #: Chosen on the validation split (see --val), never on test accuracy.
 SETTINGS = {
-    "lenet300": dict(method={"method": "magnitude", "sparsity": 0.925, "scope": "global"},
-                     schedule="iterative", rounds=3, finetune_epochs=6),
-    "lenet5": dict(method={"method": "magnitude", "sparsity": 0.93, "scope": "global"},
-                   schedule="iterative", rounds=3, finetune_epochs=4),
+    "lenet300": dict(method={"method": "magnitude", "sparsity": 0.92, "layer_sparsity": {"fc3": 0.74}},
+                     schedule="iterative", rounds=4, finetune_epochs=15, lr_factor=0.3),
+    "lenet5": dict(method={"method": "magnitude", "sparsity": 0.925, "scope": "global"},
+                   schedule="iterative", rounds=3, finetune_epochs=6, lr_factor=0.3),
 }
 
 
@@ -30,7 +30,8 @@ def run_model(arch: str, dataset, seeds: int, overrides: dict) -> tuple[list[lis
     results = []
     for seed in range(seeds):
         _, r = prune_model(arch, dataset, method_from_dict(settings["method"]), schedule=settings["schedule"],
-                           rounds=settings["rounds"], finetune_epochs=settings["finetune_epochs"], seed=seed)
+                           rounds=settings["rounds"], finetune_epochs=settings["finetune_epochs"],
+                           lr_factor=settings["lr_factor"], seed=seed)
         results.append(r)
         print(f"{arch} seed {seed}: dense {r['dense_accuracy']:.4f} pruned {r['pruned_accuracy']:.4f} "
               f"compression {r['compression']:.2f}x densities {r['densities']}", flush=True)

@@ -22,7 +22,7 @@ from .zoo import MODELS, Dataset, build_model, load_dataset
 
 #: Recipes that reach the baselines in benchmarks/results/baselines.md (SGD + momentum, cosine LR).
 RECOMMENDED_TRAINING: dict[str, TrainConfig] = {
-    "lenet300": TrainConfig(epochs=20, lr=0.05, weight_decay=1e-4),
+    "lenet300": TrainConfig(epochs=20, lr=0.05, weight_decay=1e-3),
     "lenet5": TrainConfig(epochs=15, lr=0.02, weight_decay=5e-4),
     "resnet20": TrainConfig(epochs=15, lr=0.05, weight_decay=5e-4),
     "vgg_small": TrainConfig(epochs=15, lr=0.05, weight_decay=5e-4),
@@ -91,9 +91,9 @@ def train_model(arch_or_path: str, dataset_name: str = "digits", *, data_dir: st
     return model, result
 
 
-def prune_(model: nn.Module, method: Method, *, data: Iterable | None = None,
+def apply_(model: nn.Module, method: Method, *, data: Iterable | None = None,
            train_fn: Callable[[nn.Module], object] | None = None) -> nn.Module:
-    """Apply a pruning Method in place (masks as parametrizations); returns `model`.
+    """Apply any Method in place (masks / fake quantizers as parametrizations); returns `model`.
 
     Example:
         >>> import nncompress as nc, torch
@@ -106,6 +106,11 @@ def prune_(model: nn.Module, method: Method, *, data: Iterable | None = None,
     method.check_context(ctx)
     method.apply(model, ctx)
     return model
+
+
+#: One in-place verb per stage; both run a Method (pruning or quantization) on the model.
+prune_ = apply_
+quantize_ = apply_
 
 
 def count_nonzero_weights(model: nn.Module) -> int:

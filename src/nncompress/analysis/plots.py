@@ -30,3 +30,22 @@ def plot_sensitivity(curves: SensitivityCurves, path: str | os.PathLike, title: 
         return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     finally:
         plt.close(fig)
+
+
+def plot_layer_error(errors: dict[str, dict[str, float]], path: str | os.PathLike, title: str) -> Path:
+    """Output SQNR (dB) and cosine similarity per layer, input to output."""
+    names = list(errors)
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    sqnr = [min(errors[n]["sqnr_db"], 99.0) for n in names]
+    ax.bar(range(len(names)), sqnr, color="tab:blue", label="output SQNR (dB)")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
+    ax.set_ylabel("output SQNR (dB)")
+    twin = ax.twinx()
+    twin.plot(range(len(names)), [errors[n]["cosine"] for n in names], color="tab:red", marker="o", label="cosine")
+    twin.set_ylabel("cosine similarity to float")
+    ax.set_title(title)
+    fig.tight_layout()
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    finally:
+        plt.close(fig)

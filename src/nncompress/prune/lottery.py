@@ -22,8 +22,11 @@ from .schedules import at_sparsity
 
 @dataclass
 class TicketRound:
+    """One round: the mask it trained under, that mask's sparsity, and the trained accuracy."""
+
     sparsity: float
     accuracy: float
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -67,17 +70,34 @@ def find_ticket(model: nn.Module, method: Method, rounds: int,
     ctx = Context()
     for k, target in enumerate(iterative_sparsities(method.sparsity, rounds)):  # type: ignore[attr-defined]
         train(model, capture if rewind_step and not saved else None)
-        result.rounds.append(TicketRound(sparsity=_sparsity(model), accuracy=evaluate(model)))
+        result.rounds.append(TicketRound(_sparsity(model), evaluate(model), current_masks(model)))
         at_sparsity(method, lambda s, k=k: iterative_sparsities(s, rounds)[k]).apply(model, ctx)
         rewind_(model, saved)
     train(model, None)
-    result.rounds.append(TicketRound(sparsity=_sparsity(model), accuracy=evaluate(model)))
+    result.rounds.append(TicketRound(_sparsity(model), evaluate(model), current_masks(model)))
     return result
+
+
+def current_masks(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of the keep masks of every masked layer, by name."""
+    return {n: keep_mask_of(m).clone() for n, m in model.named_modules() if find_transform(m, Mask) is not None}
+
+
+def apply_masks_(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
+    """Attach the given keep masks (e.g. a ticket's) to `model`'s layers."""
+    for name, mask in masks.items():
+        attach_mask(model.get_submodule(name), mask)
+    return model
 
 
 def random_reinit_control(ticket: nn.Module, fresh: nn.Module) -> nn.Module:
     """The ticket's masks on `fresh`'s (new random) weights: the control of Frankle & Carbin."""
     return rewind_(copy.deepcopy(ticket), snapshot(fresh))
+
+
+def masked_copy(fresh: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
+    """`fresh` (a newly initialized model) under the given masks: the control for one round."""
+    return apply_masks_(copy.deepcopy(fresh), masks)
 
 
 def _sparsity(model: nn.Module) -> float:

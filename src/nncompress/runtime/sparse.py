@@ -52,7 +52,6 @@ def sparsify_linear_(model: nn.Module, min_sparsity: float = 0.9) -> list[str]:
         weight = module.weight.detach()
         if 1 - torch.count_nonzero(weight).item() / weight.numel() < min_sparsity:
             continue
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, SparseLinear(weight, module.bias))
+        model.set_submodule(name, SparseLinear(weight, module.bias))
         converted.append(name)
     return converted

@@ -1,0 +1,51 @@
+"""The `nncompress quantize` workflow: float model -> fold BN -> PTQ -> accuracy and error analysis."""
+from __future__ import annotations
+
+import copy
+import itertools
+
+import torch
+from torch import nn
+
+from ..analysis.error import output_error, weight_sqnr
+from ..config import Context, Method
+from ..quant.ptq import fold_batchnorm_
+from ..train import evaluate
+from ..zoo import Dataset, TensorLoader
+from .prune import dense_model
+
+
+def calibration_batches(dataset: Dataset, n_images: int = 512, batch_size: int = 128) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The first `n_images` training images (fixed, so runs are comparable), in batches."""
+    n = min(n_images, len(dataset.train_x))
+    return list(TensorLoader(dataset.train_x[:n], dataset.train_y[:n], batch_size))
+
+
+def quantize_copy(model: nn.Module, method: Method, calib: list) -> nn.Module:
+    """A BN-folded, quantized copy of `model` (the original is left untouched)."""
+    quant = copy.deepcopy(model)
+    fold_batchnorm_(quant)
+    ctx = Context(data=calib)
+    method.check_context(ctx)
+    method.apply(quant, ctx)
+    return quant
+
+
+def ptq_report(model: nn.Module, quant: nn.Module, dataset: Dataset) -> dict:
+    """Float vs quantized accuracy, per-layer weight SQNR and output SQNR / cosine."""
+    folded = copy.deepcopy(model)
+    fold_batchnorm_(folded)
+    x = next(iter(itertools.islice(dataset.test_loader(256), 1)))[0]
+    return {"float_accuracy": evaluate(model, dataset.test_loader())["accuracy"],
+            "quantized_accuracy": evaluate(quant, dataset.test_loader())["accuracy"],
+            "weight_sqnr_db": weight_sqnr(quant), "output_error": output_error(folded, quant, x)}
+
+
+def quantize_model(spec: str, dataset: Dataset, method: Method, *, seed: int = 0,
+                   calib_images: int = 512) -> tuple[nn.Module, nn.Module, dict]:
+    """Trained float model (loaded or trained with its recipe) -> PTQ copy; returns (float, quant, report)."""
+    model, arch, _ = dense_model(spec, dataset, seed)
+    model.eval()
+    quant = quantize_copy(model, method, calibration_batches(dataset, calib_images))
+    report = {"model": arch, "dataset": dataset.name, "method": method.to_dict(), **ptq_report(model, quant, dataset)}
+    return model, quant, report

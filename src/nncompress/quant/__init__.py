@@ -1,0 +1,1 @@
+"""Quantization: primitives (pure), granularity, fake quantizers (STE), PTQ methods."""

@@ -1,0 +1,64 @@
+"""Which elements share one scale / zero point (seed 004 "Quantization granularity").
+
+- PerTensor: one pair for the whole tensor.
+- PerChannel(axis): one pair per index along `axis` (axis 0 = output channels of a weight).
+- PerGroup(size): one pair per `size` consecutive weights of one output channel (e.g. 128 inputs).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class PerTensor:
+    def reduce_dims(self, x: torch.Tensor) -> tuple[int, ...]:
+        return tuple(range(x.dim()))
+
+
+@dataclass(frozen=True)
+class PerChannel:
+    axis: int = 0
+
+    def reduce_dims(self, x: torch.Tensor) -> tuple[int, ...]:
+        axis = self.axis % x.dim()
+        return tuple(d for d in range(x.dim()) if d != axis)
+
+
+@dataclass(frozen=True)
+class PerGroup:
+    """Groups of `size` consecutive elements in each output channel's flattened row (in x kh x kw).
+
+    A row whose length is not a multiple of `size` ends with a shorter group (zero-padded for the
+    range computation, which includes 0 anyway).
+    """
+
+    size: int
+
+    def __post_init__(self) -> None:
+        if self.size < 1:
+            raise ValueError(f"group size={self.size} must be >= 1")
+
+    def group(self, x: torch.Tensor) -> torch.Tensor:
+        """(out, ...) -> (out, n_groups, size), zero-padded at the end of each row."""
+        rows = x.reshape(x.shape[0], -1)
+        pad = (-rows.shape[1]) % self.size
+        if pad:
+            rows = torch.nn.functional.pad(rows, (0, pad))
+        return rows.reshape(rows.shape[0], -1, self.size)
+
+    def ungroup(self, grouped: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        rows = grouped.reshape(grouped.shape[0], -1)[:, : like[0].numel()]
+        return rows.reshape(like.shape)
+
+
+Granularity = PerTensor | PerChannel | PerGroup
+
+
+def granularity_from_name(name: str, axis: int = 0, group_size: int = 128) -> Granularity:
+    """'tensor' | 'channel' | 'group' -> the granularity object (CLI and YAML)."""
+    from ..validate import check_choice
+
+    check_choice("granularity", name, ("tensor", "channel", "group"))
+    return {"tensor": PerTensor(), "channel": PerChannel(axis), "group": PerGroup(group_size)}[name]
