@@ -1,0 +1,90 @@
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import nncompress as nc
+from nncompress.flows.ptq import calibration_batches, quantize_copy
+from nncompress.quant.fake import FakeQuant, QuantInput
+from nncompress.train import TrainConfig, evaluate, fit
+from nncompress.zoo import build_model
+
+
+@pytest.fixture(scope="module")
+def trained_lenet5(digits):
+    torch.manual_seed(0)
+    model = build_model("lenet5", digits.in_shape, 10)
+    fit(model, digits.train_loader(64), TrainConfig(epochs=4, lr=2e-3, optimizer="adam"), progress=False, log=lambda s: None)
+    return model.eval()
+
+
+def test_batchnorm_folding_keeps_outputs(digits):
+    torch.manual_seed(0)
+    model = build_model("resnet20", digits.in_shape, 10)
+    fit(model, digits.train_loader(64), TrainConfig(epochs=1, lr=0.05), progress=False, log=lambda s: None)
+    model.eval()
+    x = digits.test_x[:16]
+    before = model(x)
+    folded = nc.fold_batchnorm_(model)
+    assert len(folded) == 1 + 9 * 2 + 2 and not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    torch.testing.assert_close(model(x), before, rtol=1e-4, atol=1e-4)
+
+
+def test_w8a8_static_ptq_is_close_to_float(trained_lenet5, digits):
+    float_acc = evaluate(trained_lenet5, digits.test_loader())["accuracy"]
+    quant = quantize_copy(trained_lenet5, nc.LinearQuant(weight_bits=8, act_bits=8), calibration_batches(digits))
+    assert isinstance(quant.conv1, QuantInput) and quant.conv1.scale.numel() == 1
+    assert abs(evaluate(quant, digits.test_loader())["accuracy"] - float_acc) <= 0.01
+    x = digits.test_x[:64]
+    assert torch.nn.functional.cosine_similarity(quant(x).flatten(), trained_lenet5(x).flatten(), dim=0) > 0.999
+
+
+def test_w2_per_tensor_hurts_and_layer_bits_override(trained_lenet5, digits):
+    calib = calibration_batches(digits)
+    low = quantize_copy(trained_lenet5, nc.LinearQuant(weight_bits=2, act_bits=None, granularity="tensor"), calib)
+    mixed = quantize_copy(trained_lenet5, nc.LinearQuant(weight_bits=2, act_bits=None, granularity="tensor",
+                                                         layer_bits={"conv1": 8}), calib)
+    assert mixed.conv1.parametrizations.weight[0].spec.bits == 8 and mixed.fc1.parametrizations.weight[0].spec.bits == 2
+    assert len(torch.unique(low.fc1.weight)) <= 3
+    assert evaluate(low, digits.test_loader())["accuracy"] < evaluate(trained_lenet5, digits.test_loader())["accuracy"]
+
+
+def test_int32_bias_uses_weight_times_input_scale(trained_lenet5, digits):
+    quant = quantize_copy(trained_lenet5, nc.LinearQuant(weight_bits=8, act_bits=8), calibration_batches(digits))
+    wrapper = quant.fc1
+    fq = wrapper.layer.parametrizations.weight[0]
+    bias_scale = fq.scale.flatten() * wrapper.scale
+    x = torch.randn(3, 200).clamp(min=0)
+    x_q = (torch.clamp(torch.round(x / wrapper.scale) + wrapper.zero_point, 0, 255) - wrapper.zero_point) * wrapper.scale
+    expected = x_q @ wrapper.layer.weight.t() + torch.round(wrapper.layer.bias / bias_scale) * bias_scale
+    torch.testing.assert_close(wrapper(x), expected)
+
+
+def test_static_ptq_needs_data_and_weight_only_does_not():
+    net = nn.Sequential(nn.Linear(4, 4))
+    with pytest.raises(ValueError, match="needs calibration data"):
+        nc.quantize_(net, nc.LinearQuant(weight_bits=8, act_bits=8))
+    nc.quantize_(net, nc.LinearQuant(weight_bits=8, act_bits=None))
+    assert isinstance(net[0].parametrizations.weight[0], FakeQuant)
+
+
+def test_quantize_on_top_of_pruning_keeps_zeros_and_remove_restores(digits):
+    torch.manual_seed(0)
+    net = build_model("lenet300", digits.in_shape, 10)
+    reference = copy.deepcopy(net)
+    nc.prune_(net, nc.MagnitudePrune(sparsity=0.8))
+    nc.quantize_(net, nc.DynamicQuant(weight_bits=4, per_token=True))
+    assert (net.fc1.layer.weight == 0).float().mean() >= 0.8
+    nc.remove_quantization_(net)
+    nc.prune_(reference, nc.MagnitudePrune(sparsity=0.8))
+    x = digits.test_x[:8]
+    assert torch.equal(net(x), reference(x))
+
+
+@pytest.mark.parametrize("kwargs,match", [({"weight_bits": 1}, "weight_bits=1"), ({"act_bits": 17}, "act_bits=17"),
+                                          ({"granularity": "row"}, "granularity='row'"),
+                                          ({"observer": "max"}, "observer='max'")])
+def test_bad_quant_config(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        nc.LinearQuant(**kwargs)
