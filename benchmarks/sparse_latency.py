@@ -27,7 +27,7 @@ def random_pruned_linear(n: int, sparsity: float) -> nn.Linear:
 def lenet300_layers() -> dict[str, nn.Linear]:
     from pruning import SETTINGS
     from nncompress.flows.prune import prune_model
-    from nncompress.registry import method_from_dict
+    from nncompress.methods import method_from_dict
     from nncompress.zoo import load_dataset
 
     s = SETTINGS["lenet300"]

@@ -5,13 +5,13 @@
 """
 from importlib.metadata import PackageNotFoundError, version
 
-from . import methods  # noqa: F401  (registers the built-in methods)
 from .api import apply_, count_nonzero_weights, load_model, prune_, quantize_, save_model, squash_
 from .config import Context, Method, Select
 from .prune.unstructured import MagnitudePrune, RandomPrune, ThresholdPrune
 from .quant.granularity import PerChannel, PerGroup, PerTensor
 from .quant.ptq import DynamicQuant, LinearQuant, fold_batchnorm_, remove_quantization_
-from .registry import METHODS, method_from_dict
+from .quant.smooth import SmoothQuant
+from .methods import METHODS, method_from_dict
 from .train import TrainConfig, evaluate, fit
 
 try:
@@ -20,6 +20,6 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
 
 __all__ = ["METHODS", "Context", "DynamicQuant", "LinearQuant", "MagnitudePrune", "Method", "PerChannel", "PerGroup",
-           "PerTensor", "RandomPrune", "Select", "ThresholdPrune", "TrainConfig", "apply_", "count_nonzero_weights",
+           "PerTensor", "RandomPrune", "Select", "SmoothQuant", "ThresholdPrune", "TrainConfig", "apply_", "count_nonzero_weights",
            "evaluate", "fit", "fold_batchnorm_", "load_model", "method_from_dict", "prune_", "quantize_",
            "remove_quantization_", "save_model", "squash_"]

@@ -27,6 +27,7 @@ RECOMMENDED_TRAINING: dict[str, TrainConfig] = {
     "resnet20": TrainConfig(epochs=15, lr=0.05, weight_decay=5e-4),
     "vgg_small": TrainConfig(epochs=15, lr=0.05, weight_decay=5e-4),
     "mobilenetv2_small": TrainConfig(epochs=15, lr=0.05, weight_decay=4e-5),
+    "tiny_vit": TrainConfig(epochs=30, lr=1e-3, optimizer="adam", weight_decay=1e-4),
 }
 
 

@@ -130,7 +130,7 @@ def prune(model: ModelArg = "lenet300", dataset: DatasetOpt = "digits", data_dir
           json_path: JsonOpt = None) -> None:
     """Prune a model (training it first if a zoo name is given), retrain, and report."""
     from .flows.prune import prune_model
-    from .registry import method_from_dict
+    from .methods import method_from_dict
 
     spec: dict = {"method": method, "targets": {"exclude": tuple(exclude or ())}}
     if method == "threshold":
@@ -183,13 +183,54 @@ def sensitivity(model: ModelArg = "lenet5", dataset: DatasetOpt = "digits", data
                            "most_sensitive": curves.most_sensitive(), "targets": targets, "plot": str(plot)})
 
 
+@app.command()
+def quantize(model: ModelArg = "lenet5", dataset: DatasetOpt = "digits", data_dir: DataDirOpt = None,
+             download: DownloadOpt = False,
+             weight_bits: Annotated[int, typer.Option(help="weight bits (2..16), symmetric")] = 8,
+             act_bits: Annotated[int, typer.Option(help="activation bits (2..16); 0 = weight-only")] = 8,
+             granularity: Annotated[str, typer.Option(help="tensor, channel or group")] = "channel",
+             group_size: Annotated[int, typer.Option(help="weights per group for --granularity group")] = 128,
+             observer: Annotated[str, typer.Option(help="minmax, ema, percentile, mse or entropy")] = "minmax",
+             dynamic: Annotated[bool, typer.Option(help="quantize activations at run time")] = False,
+             per_token: Annotated[bool, typer.Option(help="dynamic: one activation scale per row")] = False,
+             keep_8bit: Annotated[Optional[list[str]], typer.Option(help="layer kept at 8 bit (repeatable)")] = None,
+             calib_images: Annotated[int, typer.Option(help="training images used for calibration")] = 512,
+             seed: Annotated[int, typer.Option(help="random seed")] = 0,
+             plot: Annotated[Optional[Path], typer.Option(help="PNG of per-layer output SQNR / cosine")] = None,
+             json_path: JsonOpt = None) -> None:
+    """Post-training quantization: accuracy before/after and per-layer error analysis."""
+    from .flows.ptq import quantize_model
+    from .quant.ptq import DynamicQuant, LinearQuant
+
+    common = dict(weight_bits=weight_bits, granularity=granularity, group_size=group_size)
+    if dynamic:
+        method = DynamicQuant(**common, act_bits=act_bits or 8, per_token=per_token)
+    else:
+        method = LinearQuant(**common, act_bits=act_bits or None, observer=observer,
+                             layer_bits={name: 8 for name in keep_8bit or ()})
+    data = load_dataset(dataset, data_dir, download=download)
+    _, _, result = quantize_model(model, data, method, seed=seed, calib_images=calib_images)
+    table = Table(title=f"{result['model']}: {method.name} W{weight_bits}A{act_bits or 32} {granularity}")
+    for col in ("layer", "weight SQNR dB", "output SQNR dB", "output cosine"):
+        table.add_column(col, justify="left" if col == "layer" else "right")
+    for name, err in result["output_error"].items():
+        table.add_row(name, f"{result['weight_sqnr_db'].get(name, float('inf')):.1f}", f"{err['sqnr_db']:.1f}",
+                      f"{err['cosine']:.5f}")
+    out.print(table)
+    out.print(f"float accuracy {result['float_accuracy']:.4f}  quantized accuracy {result['quantized_accuracy']:.4f}")
+    if plot is not None:
+        from .analysis.plots import plot_layer_error
+        plot_layer_error(result["output_error"], plot, f"{result['model']} {method.name} W{weight_bits}A{act_bits}")
+        console.print(f"wrote {plot}")
+    _emit_json(json_path, result)
+
+
 @app.command("methods")
 def list_methods() -> None:
     """List the registered methods (YAML names) and their fields."""
     import dataclasses
 
-    from .registry import METHODS
-    from . import methods as _  # noqa: F401
+    from .methods import METHODS
 
     for name, cls in sorted(METHODS.items()):
         fields = ", ".join(f.name for f in dataclasses.fields(cls))

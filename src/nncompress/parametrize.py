@@ -26,6 +26,10 @@ class WeightTransform(nn.Module):
         """The tensors that represent `w` in storage (default: the transformed weight itself)."""
         return {"weight": self.forward(w).detach()}
 
+    def decode(self, encoded: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Rebuild exactly what `forward` computed from `encode`'s tensors."""
+        return encoded["weight"]
+
 
 def transforms(layer: nn.Module, tensor_name: str = "weight") -> list[nn.Module]:
     """The parametrizations on `layer.<tensor_name>`, outermost last (empty if none)."""

@@ -22,8 +22,14 @@ class Mask(WeightTransform):
         return w * self.mask
 
     def encode(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Flat indices of the kept weights and their values (a sparse COO form)."""
         masked = self.forward(w).detach()
         return {"indices": self.mask.flatten().nonzero().flatten(), "values": masked.flatten()[self.mask.flatten()]}
+
+    def decode(self, encoded: dict[str, torch.Tensor]) -> torch.Tensor:
+        dense = torch.zeros(self.mask.numel(), dtype=encoded["values"].dtype)
+        dense[encoded["indices"]] = encoded["values"]
+        return dense.view(self.mask.shape)
 
 
 def attach_mask(layer: nn.Module, keep_mask: torch.Tensor) -> Mask:

@@ -83,6 +83,9 @@ class QuantInput(nn.Module):
         self.register_buffer("scale", None if scale is None else scale.detach().clone().float())
         self.register_buffer("zero_point", None if zero_point is None else zero_point.detach().clone().float())
         self.register_buffer("smooth", None)
+        weight_quant = find_transform(layer, FakeQuant)  # kept so the bias stays int32 after squash_
+        self.register_buffer("weight_scale", weight_quant.scale.flatten().clone()
+                             if weight_quant is not None and quantize_bias else None)
 
     @property
     def dynamic(self) -> bool:
@@ -108,11 +111,11 @@ class QuantInput(nn.Module):
 
     def _run_layer(self, x: torch.Tensor, input_scale: torch.Tensor) -> torch.Tensor:
         weight_quant = find_transform(self.layer, FakeQuant)
+        weight_scale = weight_quant.scale.flatten() if weight_quant is not None else self.weight_scale
         bias = getattr(self.layer, "bias", None)
-        if bias is None or weight_quant is None or not self.quantize_bias or input_scale.numel() != 1:
+        if bias is None or weight_scale is None or not self.quantize_bias or input_scale.numel() != 1:
             return self.layer(x)
-        bias_scale = (weight_quant.scale.flatten() if weight_quant.scale.numel() == bias.numel()
-                      else weight_quant.scale.flatten()[:1]) * input_scale.flatten()
+        bias_scale = (weight_scale if weight_scale.numel() == bias.numel() else weight_scale[:1]) * input_scale.flatten()
         q_bias = torch.clamp(torch.round(bias / bias_scale), -(2**31), 2**31 - 1) * bias_scale
         q_bias = bias + (q_bias - bias).detach()
         if isinstance(self.layer, nn.Linear):

@@ -8,6 +8,7 @@
   1x1-conv projection shortcuts, global average pooling: any input size.
 - `vgg_small`: a VGG-style stack (conv-BN-ReLU x2, pool) x3 with 32/64/128 channels.
 - `mobilenetv2_small`: MobileNetV2 inverted residual blocks (Sandler et al. 2018), width for small images.
+- `tiny_vit`: a 2-block Vision Transformer encoder over 16 patches, every projection an nn.Linear.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 from ..validate import unknown_name_error
+from .transformer import tiny_vit
 
 
 def lenet300(in_shape: tuple[int, ...] = (1, 28, 28), num_classes: int = 10) -> nn.Module:
@@ -107,7 +109,7 @@ def mobilenetv2_small(in_shape: tuple[int, ...] = (3, 32, 32), num_classes: int 
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "lenet300": lenet300, "lenet5": lenet5, "resnet20": resnet20,
-    "vgg_small": vgg_small, "mobilenetv2_small": mobilenetv2_small,
+    "vgg_small": vgg_small, "mobilenetv2_small": mobilenetv2_small, "tiny_vit": tiny_vit,
 }
 
 
