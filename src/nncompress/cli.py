@@ -92,7 +92,9 @@ def evaluate(model: ModelArg, dataset: DatasetOpt = "digits", data_dir: DataDirO
 @app.command()
 def inspect(model: ModelArg, dataset: DatasetOpt = "digits", data_dir: DataDirOpt = None,
             download: DownloadOpt = False, json_path: JsonOpt = None) -> None:
-    """Per-layer table: shapes, parameters, MACs, density (non-zero fraction), bits."""
+    """Per-layer table: shapes, parameters, MACs, density (non-zero fraction), bits; or a .nnc file's layers."""
+    if model.endswith(".nnc"):
+        return _inspect_nnc(Path(model), json_path)
     data = load_dataset(dataset, data_dir, download=download)
     net, arch, _ = api.resolve_model(model, data)
     result = {"model": arch, "dataset": data.name, **api.summarize(net, data)}
@@ -225,6 +227,83 @@ def quantize(model: ModelArg = "lenet5", dataset: DatasetOpt = "digits", data_di
     _emit_json(json_path, result)
 
 
+def _parse_bits(text: str) -> dict[str, int]:
+    """'conv=8,fc=5' or 'conv1=8,fc=4' -> {'conv': 8, 'fc': 5}."""
+    bits = {}
+    for item in text.split(","):
+        name, sep, value = item.partition("=")
+        if not sep or not value.strip().isdigit():
+            raise ValueError(f"--bits item {item!r} must look like NAME=BITS, e.g. conv=8,fc=5")
+        bits[name.strip()] = int(value)
+    return bits
+
+
+@app.command("deep-compress")
+def deep_compress_cmd(model: ModelArg = "lenet300", dataset: DatasetOpt = "digits", data_dir: DataDirOpt = None,
+                      download: DownloadOpt = False,
+                      prune_sparsity: Annotated[float, typer.Option(help="magnitude pruning target (0 = no pruning)")] = 0.92,
+                      scope: Annotated[str, typer.Option(help="layer or global")] = "global",
+                      schedule: Annotated[str, typer.Option(help="oneshot, iterative or agp")] = "iterative",
+                      rounds: Annotated[int, typer.Option(help="iterative pruning rounds")] = 3,
+                      finetune_epochs: Annotated[int, typer.Option(help="retraining epochs per pruning round")] = 5,
+                      lr_factor: Annotated[float, typer.Option(help="retraining LR / original LR")] = 0.1,
+                      bits: Annotated[str, typer.Option(help="cluster bits: conv=8,fc=5 (kinds or layer names)")] = "conv=8,fc=5",
+                      codebook_epochs: Annotated[int, typer.Option(help="codebook fine-tuning epochs")] = 3,
+                      seed: Annotated[int, typer.Option(help="random seed")] = 0,
+                      out_path: Annotated[Path, typer.Option("--out", "-o", help="the .nnc file to write")] = Path("model.nnc"),
+                      json_path: JsonOpt = None) -> None:
+    """Deep Compression: prune, share weights (k-means), fine-tune codebooks, Huffman-code into .nnc."""
+    from .flows.deep_compression import DeepCompressionConfig, deep_compress
+    from .prune.unstructured import MagnitudePrune
+
+    prune_method = MagnitudePrune(sparsity=prune_sparsity, scope=scope) if prune_sparsity > 0 else None
+    config = DeepCompressionConfig(prune=prune_method, schedule=schedule, rounds=rounds, finetune_epochs=finetune_epochs,
+                                   lr_factor=lr_factor, bits=_parse_bits(bits), codebook_epochs=codebook_epochs)
+    data = load_dataset(dataset, data_dir, download=download)
+    _, result = deep_compress(model, data, config, seed=seed, out=out_path)
+    out.print(_deep_compression_table(result["layers"], f"{result['model']} -> {out_path}"))
+    out.print(f"dense accuracy {result['dense_accuracy']:.4f}  compressed accuracy {result['compressed_accuracy']:.4f} "
+              f"(decoded from the file)  {result['dense_bytes']:,} B -> {result['file_bytes']:,} B = "
+              f"{result['compression']:.1f}x  exact round trip: {result['exact_roundtrip']}")
+    _emit_json(json_path, result)
+
+
+def _deep_compression_table(rows: list[dict], title: str) -> Table:
+    table = Table(title=title)
+    columns = ("layer", "weights", "kept (P)", "weight bits P+Q", "P+Q+H", "index bits P+Q", "P+Q+H",
+               "rate P+Q", "rate P+Q+H")
+    for col in columns:
+        table.add_column(col, justify="left" if col == "layer" else "right")
+    for r in rows:
+        table.add_row(r["layer"], f"{r['weights']:,}", f"{100 * r['kept']:.1f}%", str(r["weight_bits_pq"]),
+                      f"{r['weight_bits_pqh']:.2f}", str(r["index_bits_pq"]), f"{r['index_bits_pqh']:.2f}",
+                      f"{100 * r['rate_pq']:.2f}%", f"{100 * r['rate_pqh']:.2f}%")
+    return table
+
+
+@app.command()
+def decode(path: Annotated[Path, typer.Argument(help="a .nnc file")], dataset: DatasetOpt = "digits",
+           data_dir: DataDirOpt = None, download: DownloadOpt = False,
+           out_path: Annotated[Optional[Path], typer.Option("--out", "-o", help="save as .safetensors")] = None,
+           json_path: JsonOpt = None) -> None:
+    """Rebuild a working model from a .nnc file and evaluate it."""
+    from .encode.container import read_nnc
+    from .encode.deep_compression import decode_model
+
+    nnc = read_nnc(path)
+    net = decode_model(nnc)
+    data = load_dataset(dataset, data_dir, download=download)
+    result = {"file": str(path), "file_bytes": path.stat().st_size, **nnc.model,
+              **evaluate_model(net, data.test_loader())}
+    out.print(f"{nnc.model['arch']} from {path} ({result['file_bytes']:,} B): accuracy on {data.name} "
+              f"{result['accuracy']:.4f}")
+    if out_path is not None:
+        api.save_model(net, out_path, arch=nnc.model["arch"], in_shape=tuple(nnc.model["in_shape"]),
+                       num_classes=int(nnc.model["num_classes"]))
+        console.print(f"wrote {out_path}")
+    _emit_json(json_path, result)
+
+
 @app.command("methods")
 def list_methods() -> None:
     """List the registered methods (YAML names) and their fields."""
@@ -235,6 +314,17 @@ def list_methods() -> None:
     for name, cls in sorted(METHODS.items()):
         fields = ", ".join(f.name for f in dataclasses.fields(cls))
         out.print(f"[bold]{name}[/] ({cls.__name__}): {fields}")
+
+
+def _inspect_nnc(path: Path, json_path: Optional[Path]) -> None:
+    from .encode.container import read_nnc
+    from .flows.deep_compression import layer_row
+
+    nnc = read_nnc(path)
+    rows = [layer_row(layer) for layer in nnc.layers]
+    out.print(_deep_compression_table(rows, f"{path} ({path.stat().st_size:,} B): {nnc.model}"))
+    _emit_json(json_path, {"file": str(path), "file_bytes": path.stat().st_size, "model": nnc.model,
+                           "layers": rows, "tensors": {k: list(v.shape) for k, v in nnc.tensors.items()}})
 
 
 @app.command()

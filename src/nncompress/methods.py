@@ -8,7 +8,7 @@ from typing import Any
 
 from .config import Method, Select
 from .prune import unstructured  # noqa: F401
-from .quant import ptq, smooth  # noqa: F401
+from .quant import kmeans, ptq, smooth  # noqa: F401
 from .registry import METHODS
 from .validate import did_you_mean, unknown_name_error
 

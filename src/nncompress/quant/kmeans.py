@@ -1,0 +1,160 @@
+"""K-means weight sharing (Deep Compression, Han et al. ICLR 2016; seed 001 "K-Means-based Weight
+Quantization"; seed 000 "Weight clustering").
+
+Each layer's non-zero weights are clustered into 2^bits shared values (the codebook); the layer
+stores one small index per weight. Pruned zeros stay zero and are not clustered.
+
+1-D k-means is solved exactly per Lloyd step with one sort and prefix sums: for sorted values the
+clusters are contiguous segments split at the midpoints between neighbouring centroids, so each
+step is a binary search per centroid plus two prefix-sum lookups (O(k log n) after the sort).
+Empty clusters are re-seeded inside the most populous cluster.
+
+`SharedWeights` is the parametrization: the model computes with codebook[indices], and the
+codebook is a trainable parameter, so during fine-tuning autograd sums the gradients of all weights
+in a cluster ("grouped by the color and summed together", seed 000) and the optimizer moves the
+centroid; the indices stay fixed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import Context, Method
+from ..parametrize import WeightTransform, attach
+from ..registry import register
+from ..validate import check_choice, check_int_range
+
+INITS = ("linear", "density", "random")
+
+
+def _initial_centroids(sorted_values: np.ndarray, k: int, init: str, seed: int) -> np.ndarray:
+    if init == "linear":  # the paper's recommendation: evenly spaced between min and max
+        return np.linspace(sorted_values[0], sorted_values[-1], k)
+    if init == "density":  # equal-count quantiles of the weight CDF
+        return sorted_values[np.round(np.linspace(0, len(sorted_values) - 1, k)).astype(np.int64)].astype(np.float64)
+    picks = np.random.default_rng(seed).choice(len(sorted_values), size=k, replace=len(sorted_values) < k)
+    return np.sort(sorted_values[picks]).astype(np.float64)
+
+
+def kmeans_1d(values: np.ndarray | torch.Tensor, k: int, *, init: str = "linear", max_iter: int = 100,
+              seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Cluster 1-D `values` into `k` centroids (fewer if there are fewer distinct values); returns
+    (centroids sorted ascending, index per value)."""
+    check_choice("init", init, INITS)
+    flat = np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values, dtype=np.float32).ravel()
+    if flat.size == 0:
+        raise ValueError("k-means needs at least one value; the layer has no non-zero weights")
+    v = np.sort(flat)
+    k = min(k, int(np.count_nonzero(np.diff(v))) + 1)  # never more clusters than distinct values
+    prefix = np.concatenate([[0.0], np.cumsum(v, dtype=np.float64)])
+    centroids = _initial_centroids(v, k, init, seed)
+    tolerance = 1e-6 * float(v[-1] - v[0])
+    for _ in range(max_iter):
+        starts, stops = _segments(v, centroids)
+        counts = stops - starts
+        means = np.where(counts > 0, (prefix[stops] - prefix[starts]) / np.maximum(counts, 1), centroids)
+        means = _reseed_empty(v, means, counts, starts)
+        shift = np.abs(np.sort(means) - centroids).max()
+        centroids = np.sort(means)
+        if shift <= tolerance:
+            break
+    bounds = torch.from_numpy(((centroids[:-1] + centroids[1:]) / 2).astype(np.float32))
+    indices = torch.bucketize(torch.from_numpy(flat), bounds).numpy()
+    return centroids.astype(np.float32), indices
+
+
+def _segments(sorted_values: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    midpoints = ((centroids[:-1] + centroids[1:]) / 2).astype(sorted_values.dtype)  # same dtype: no copy
+    cuts = np.searchsorted(sorted_values, midpoints)
+    return np.concatenate([[0], cuts]), np.concatenate([cuts, [len(sorted_values)]])
+
+
+def _reseed_empty(v: np.ndarray, means: np.ndarray, counts: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Move each empty cluster to a quartile point of the most populous cluster's segment."""
+    for empty in np.flatnonzero(counts == 0):
+        big = int(np.argmax(counts))
+        if counts[big] < 2:
+            break
+        means[empty] = v[starts[big] + counts[big] // 4]
+        counts[big] -= counts[big] // 4
+        counts[empty] = 1
+    return means
+
+
+class SharedWeights(WeightTransform):
+    """w -> codebook[indices] where indices >= 0, else 0 (pruned); `codebook` is trainable."""
+
+    def __init__(self, codebook: torch.Tensor, indices: torch.Tensor):
+        super().__init__()
+        self.codebook = nn.Parameter(codebook.detach().clone().float())
+        self.register_buffer("indices", indices.detach().clone().long())
+
+    @classmethod
+    def fit(cls, w: torch.Tensor, bits: int, init: str = "linear") -> SharedWeights:
+        """Cluster the non-zero entries of `w` into 2^bits centroids (zeros get index -1)."""
+        w = w.detach()
+        nonzero = w != 0
+        indices = torch.full(w.shape, -1, dtype=torch.long)
+        if not nonzero.any():  # a fully pruned layer: nothing to share
+            return cls(torch.zeros(1), indices)
+        centroids, idx = kmeans_1d(w[nonzero], 1 << bits, init=init)
+        indices[nonzero] = torch.from_numpy(idx).long()
+        return cls(torch.from_numpy(centroids), indices)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        shared = self.codebook[self.indices.clamp(min=0)]
+        return torch.where(self.indices >= 0, shared, torch.zeros_like(shared))
+
+    def encode(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"codebook": self.codebook.detach().clone(), "indices": self.indices.clone()}
+
+    def decode(self, encoded: dict[str, torch.Tensor]) -> torch.Tensor:
+        shared = encoded["codebook"][encoded["indices"].clamp(min=0)]
+        return torch.where(encoded["indices"] >= 0, shared, torch.zeros_like(shared))
+
+    def extra_repr(self) -> str:
+        return f"clusters={self.codebook.numel()}"
+
+
+@register("kmeans")
+@dataclass(frozen=True, kw_only=True)
+class KMeansQuant(Method):
+    """Deep Compression weight sharing: 2^bits shared values per layer, fine-tunable codebook.
+
+    Args:
+        bits: index bits for every targeted layer (the paper: 8 for conv, 5 for fc).
+        layer_bits: per-layer overrides, e.g. {"fc3": 6}; "conv" / "fc" set all Conv / Linear layers.
+        init: centroid initialisation: linear (default, as the paper recommends), density, random.
+    Example:
+        >>> import nncompress as nc, torch
+        >>> net = torch.nn.Sequential(torch.nn.Linear(16, 16))
+        >>> _ = nc.quantize_(net, nc.KMeansQuant(bits=2))
+        >>> len(torch.unique(net[0].weight))
+        4
+    """
+
+    bits: int = 5
+    layer_bits: dict[str, int] = field(default_factory=dict)
+    init: str = "linear"
+
+    def __post_init__(self) -> None:
+        check_int_range("bits", self.bits, 1, 16)
+        for name, bits in self.layer_bits.items():
+            check_int_range(f"layer_bits[{name!r}]", bits, 1, 16)
+        check_choice("init", self.init, INITS)
+
+    def bits_for(self, name: str, layer: nn.Module) -> int:
+        kind = "conv" if isinstance(layer, nn.Conv2d) else "fc"
+        return self.layer_bits.get(name, self.layer_bits.get(kind, self.bits))
+
+    def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
+        layers = self.targets.layers(model)
+        if not layers:
+            raise ValueError(f"KMeansQuant: no layer matches {self.targets}")
+        for name, layer in layers.items():
+            attach(layer, SharedWeights.fit(layer.weight, self.bits_for(name, layer), self.init))
+        ctx.record(self, bits={n: self.bits_for(n, m) for n, m in layers.items()})
+        return model
