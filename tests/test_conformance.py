@@ -56,7 +56,7 @@ def test_method_contract(method, kind):
     param_ids = {id(p) for p in model.parameters()}
     out = applied(method, model)(X)
     assert out.shape == (16, 5)
-    assert {id(p) for p in model.parameters()} == param_ids  # optimizers keep working
+    assert param_ids <= {id(p) for p in model.parameters()}  # the same tensors train on (codebooks may be added)
 
     out.square().sum().backward()  # trains through masks and STE
     for module in model.modules():
