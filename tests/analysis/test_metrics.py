@@ -39,3 +39,13 @@ def test_size_bops_and_nonzeros():
     rows = layer_stats(net, (4,))
     assert [(r.name, r.macs, r.nonzero) for r in rows] == [("0", 12, 8), ("2", 6, 6)]
     assert rows[0].density == pytest.approx(8 / 12)
+
+
+def test_parametrized_weights_count_once():
+    import nncompress as nc
+
+    net = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2))
+    before = count_params(net)
+    nc.prune_(net, nc.MagnitudePrune(sparsity=0.5))
+    assert count_params(net) == before == 8 * 4 + 4 + 4 * 2 + 2
+    assert count_nonzero(net) == before - 16 - 4

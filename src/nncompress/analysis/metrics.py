@@ -49,14 +49,13 @@ def count_params(model: nn.Module) -> int:
 
 
 def _plain_params(model: nn.Module):
-    """Every trainable tensor once: plain parameters, and the `original` behind a parametrization."""
-    for module in model.modules():
-        for name, p in module.named_parameters(recurse=False):
-            if "parametrizations" not in name:
-                yield p
-        if hasattr(module, "parametrizations"):
-            for plist in module.parametrizations.values():
-                yield plist.original
+    """Every trainable tensor once: plain parameters and the `original` behind each parametrization
+    (parametrization-owned tensors such as shared-weight codebooks are counted too)."""
+    seen: set[int] = set()
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            yield p
 
 
 def count_nonzero(model: nn.Module) -> int:
