@@ -22,7 +22,7 @@ from .zoo import DATASETS, MODELS, load_dataset
 app = typer.Typer(help="Prune and quantize PyTorch models, and measure what it buys.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 console = Console(stderr=True)
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else 120)  # wide tables in logs and pipes too
 
 ModelArg = Annotated[str, typer.Argument(help=f"zoo model ({', '.join(MODELS)}) or a saved .safetensors file")]
 DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help=f"one of: {', '.join(DATASETS)}")]
@@ -329,8 +329,11 @@ def _inspect_nnc(path: Path, json_path: Optional[Path]) -> None:
 
 @app.command()
 def demo(json_path: JsonOpt = None) -> None:
-    """Train LeNet-300-100 on the embedded digits data and report it (no network, no download)."""
-    train(model="lenet300", dataset="digits", epochs=10, json_path=json_path)
+    """Deep Compression of LeNet-300-100 on the embedded digits data (no network, no download):
+    train, prune, share weights, Huffman-code into runs/demo.nnc, decode and evaluate."""
+    deep_compress_cmd(model="lenet300", dataset="digits", prune_sparsity=0.9, scope="global", schedule="iterative",
+                      rounds=3, finetune_epochs=3, lr_factor=0.3, bits="fc=5", codebook_epochs=2,
+                      out_path=Path("runs/demo.nnc"), json_path=json_path)
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ from .huffman import entropy_bits, huffman_decode, huffman_encode
 from .sparse import RelativeIndices, decode_relative, encode_relative
 
 INDEX_BIT_CHOICES = range(2, 13)
+TABLE_BITS_PER_SYMBOL = 48  # a Huffman table entry costs about 6 bytes of JSON in the .nnc header
 
 
 def _streams(indices: torch.Tensor, k: int, index_bits: int) -> tuple[RelativeIndices, np.ndarray]:
@@ -31,13 +32,14 @@ def _streams(indices: torch.Tensor, k: int, index_bits: int) -> tuple[RelativeIn
 
 
 def encode_layer(name: str, shared: SharedWeights) -> tuple[EncodedLayer, dict]:
-    """Encode one weight-shared layer with the index width that minimises its coded bits."""
+    """Encode one weight-shared layer with the index width that minimises its coded bits, the
+    Huffman tables stored in the header included (wide widths have many distinct distances)."""
     k = shared.codebook.numel()
     best = None
     for bits in INDEX_BIT_CHOICES:
         rel, clusters = _streams(shared.indices, k, bits)
         index, cluster_stream = huffman_encode(rel.distances), huffman_encode(clusters)
-        total = index.n_bits + cluster_stream.n_bits
+        total = index.n_bits + cluster_stream.n_bits + TABLE_BITS_PER_SYMBOL * len(index.symbols)
         if best is None or total < best[0]:
             best = (total, bits, rel, index, cluster_stream, clusters)
     _, bits, rel, index, cluster_stream, clusters = best  # type: ignore[misc]
