@@ -71,7 +71,7 @@ def test_static_ptq_needs_data_and_weight_only_does_not():
 
 def test_quantize_on_top_of_pruning_keeps_zeros_and_remove_restores(digits):
     torch.manual_seed(0)
-    net = build_model("lenet300", digits.in_shape, 10)
+    net = build_model("lenet300", digits.in_shape, 10).eval()
     reference = copy.deepcopy(net)
     nc.prune_(net, nc.MagnitudePrune(sparsity=0.8))
     nc.quantize_(net, nc.DynamicQuant(weight_bits=4, per_token=True))
