@@ -27,7 +27,7 @@ def test_training_reaches_high_accuracy_on_digits(digits):
 def test_training_is_deterministic(digits):
     a, _ = _train(digits)
     b, _ = _train(digits)
-    for pa, pb in zip(a.parameters(), b.parameters()):
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.equal(pa, pb)
 
 
@@ -43,7 +43,7 @@ def test_resume_after_interruption_gives_the_same_weights(digits, tmp_path):
         _train(digits, checkpoint=ckpt, on_epoch=crash)
     resumed, history = _train(digits, checkpoint=ckpt, resume=True)
     assert len(history.train_loss) == FAST.epochs
-    for pa, pb in zip(reference.parameters(), resumed.parameters()):
+    for pa, pb in zip(reference.parameters(), resumed.parameters(), strict=True):
         assert torch.equal(pa, pb)
 
 

@@ -4,7 +4,6 @@ Every command that produces figures prints a table and, with `--json PATH`, writ
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated, Optional

@@ -56,8 +56,9 @@ class Select:
         all_names = [n for n, _ in model.named_modules() if n]
         for pattern in (*self.include, *self.exclude):
             if not pattern.startswith("re:") and pattern not in all_names:
+                layer_names = [n for n, m in model.named_modules() if type_before_parametrizations(m).__name__ in self.types]
                 raise ValueError(f"layer {pattern!r} is not in the model.{did_you_mean(pattern, all_names)} "
-                                 f"Layers: {', '.join(n for n in all_names if '.' not in n or n.count('.') < 3)}")
+                                 f"{'/'.join(self.types)} layers: {', '.join(layer_names) or 'none'}")
         return chosen
 
 

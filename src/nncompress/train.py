@@ -135,7 +135,7 @@ def _load_checkpoint(path: Path, model: nn.Module, opt, sched, history: History)
     return int(state["epoch"]) + 1
 
 
-def _progress(total: int, description: str, enabled: bool):
+def _progress(enabled: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -187,7 +187,7 @@ def _train_epoch(net: nn.Module, batches: Batches, opt, epoch: int, history: His
     net.train()
     loss_sum, count = 0.0, 0
     total = len(batches) if hasattr(batches, "__len__") else None  # type: ignore[arg-type]
-    with _progress(total or 0, description, show) as bar:
+    with _progress(show) as bar:
         task = bar.add_task(description, total=total, status="")
         for x, y in batches:
             opt.zero_grad(set_to_none=True)

@@ -99,7 +99,7 @@ class PercentileObserver(_SampleObserver):
     def range(self) -> tuple[torch.Tensor, torch.Tensor]:
         v = self.values()
         q = torch.tensor([1 - self.percentile / 100, self.percentile / 100])
-        lo, hi = torch.quantile(v[: 1 << 24], q)
+        lo, hi = torch.quantile(v, q)
         return lo, hi
 
 

@@ -74,9 +74,4 @@ def entropy_bits(values: np.ndarray) -> float:
     return float(-(p * np.log2(p)).sum()) if len(p) > 1 else 0.0
 
 
-def huffman_cost_bits(values: np.ndarray) -> int:
-    """Bits of the Huffman payload alone (for choosing widths without building the stream)."""
-    return huffman_encode(values).n_bits
-
-
-__all__ = ["HuffmanStream", "entropy_bits", "huffman_cost_bits", "huffman_decode", "huffman_encode"]
+__all__ = ["HuffmanStream", "entropy_bits", "huffman_decode", "huffman_encode"]

@@ -68,7 +68,7 @@ def find_ticket(model: nn.Module, method: Method, rounds: int,
 
     result = TicketResult(model)
     ctx = Context()
-    for k, target in enumerate(iterative_sparsities(method.sparsity, rounds)):  # type: ignore[attr-defined]
+    for k in range(rounds):
         train(model, capture if rewind_step and not saved else None)
         result.rounds.append(TicketRound(_sparsity(model), evaluate(model), current_masks(model)))
         at_sparsity(method, lambda s, k=k: iterative_sparsities(s, rounds)[k]).apply(model, ctx)

@@ -34,7 +34,7 @@ def prune_iteratively(model: nn.Module, method: Method, ctx: Context, rounds: in
                       retrain: Callable[[nn.Module, int], object]) -> nn.Module:
     """Han 2015 iterative pruning: `rounds` x (prune to s_k, retrain), s_k = 1 - (1 - s)^(k / rounds)."""
     for k in range(1, rounds + 1):
-        step = at_sparsity(method, lambda s: iterative_sparsities(s, rounds)[k - 1])
+        step = at_sparsity(method, lambda s, k=k: iterative_sparsities(s, rounds)[k - 1])
         step.apply(model, ctx)
         retrain(model, k)
     return model
