@@ -22,6 +22,7 @@ from ..config import Context, Method
 from ..parametrize import attach, original
 from ..registry import register
 from ..validate import check_choice, check_int_range
+from .attention import unfuse_attention_
 from .fake import FakeQuant, QuantInput, tensor_range
 from .granularity import Granularity, granularity_from_name
 from .primitives import IntSpec, choose_qparams, fake_quantize
@@ -124,6 +125,7 @@ class LinearQuant(Method):
         return frozenset({"data"}) if self.act_bits is not None else frozenset()
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
+        unfuse_attention_(model)
         layers = self.targets.layers(model)
         if not layers:
             raise ValueError(f"LinearQuant: no layer matches {self.targets}")
@@ -159,6 +161,7 @@ class DynamicQuant(Method):
         _check_bits(self)
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
+        unfuse_attention_(model)
         layers = self.targets.layers(model)
         granularity = granularity_from_name(self.granularity, 0, self.group_size)
         spec = IntSpec(bits=self.act_bits, signed=True, symmetric=False)

@@ -19,6 +19,7 @@ from ..analysis.observers import MinMaxObserver
 from ..config import Context, Method, Select
 from ..registry import register
 from ..validate import check_fraction, check_int_range
+from .attention import unfuse_attention_
 from .fake import QuantInput
 from .granularity import PerChannel
 from .primitives import IntSpec, choose_qparams
@@ -53,6 +54,7 @@ class SmoothQuant(Method):
         check_int_range("act_bits", self.act_bits, 2, 16)
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
+        unfuse_attention_(model)
         layers = {n: m for n, m in self.targets.layers(model).items() if isinstance(m, nn.Linear)}
         observers = observe_inputs(model, {n: MinMaxObserver(axis=-1) for n in layers}, ctx.data or [])
         spec = IntSpec(bits=self.act_bits, signed=False, symmetric=False)
