@@ -1,12 +1,15 @@
 """What users call: build or load a model, train it on a named dataset, save it, inspect it.
 
 Saved models are safetensors files whose header records the zoo architecture, input shape and
-class count, so `load_model(path)` rebuilds the module without unpickling anything.
+class count, so `load_model(path)` rebuilds the module without unpickling anything. A compressed
+model also records its recipe (the Methods applied, as plain data): loading replays the recipe on a
+fixed random probe batch to rebuild the same wrappers and parametrizations, then loads every tensor
+from the file, so calibrated scales, masks and codebooks come back exactly.
 """
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,7 +19,9 @@ from torch import nn
 from .analysis.metrics import count_nonzero, count_params, layer_stats, total_macs, weight_layers
 from .config import Context, Method
 from .parametrize import squash_  # noqa: F401  (re-exported)
+from .quant.ptq import fold_batchnorm_
 from .fileio import load_weights, save_weights
+from .methods import method_from_dict
 from .train import TrainConfig, evaluate, fit, is_main_process
 from .zoo import MODELS, Dataset, build_model, load_dataset
 
@@ -32,21 +37,44 @@ RECOMMENDED_TRAINING: dict[str, TrainConfig] = {
 
 
 def save_model(model: nn.Module, path: str | os.PathLike, *, arch: str, in_shape: tuple[int, ...],
-               num_classes: int, **extra: object) -> Path:
-    """Write `model`'s state_dict as safetensors, with what `load_model` needs to rebuild it."""
+               num_classes: int, recipe: Sequence[Method] = (), fold_batchnorm: bool = False,
+               **extra: object) -> Path:
+    """Write `model`'s state_dict as safetensors, with what `load_model` needs to rebuild it.
+
+    `recipe`: the Methods applied to the freshly built zoo model, in order (after folding its
+    BatchNorms when `fold_batchnorm`); `load_model` replays them before loading the tensors.
+    """
     meta = {"arch": arch, "in_shape": list(in_shape), "num_classes": num_classes, **extra}
+    if recipe:
+        meta["recipe"] = {"fold_batchnorm": fold_batchnorm, "methods": [m.to_dict() for m in recipe]}
     return save_weights(path, model.state_dict(), meta)
 
 
 def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict]:
-    """Rebuild a zoo model saved by `save_model`; returns (model, metadata)."""
+    """Rebuild a zoo model saved by `save_model` (replaying its recipe); returns (model, metadata)."""
     state, meta = load_weights(path)
     if meta.get("arch") not in MODELS:
         raise ValueError(f"{str(path)!r} does not name a zoo architecture (metadata: {meta}); "
                          "load your own model class and call model.load_state_dict(safetensors.torch.load_file(path))")
     model = build_model(meta["arch"], tuple(meta["in_shape"]), int(meta["num_classes"]))
-    model.load_state_dict(state)
+    if "recipe" in meta:
+        replay_recipe_(model, meta["recipe"], tuple(meta["in_shape"]))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"{str(path)!r} does not fit a {meta['arch']} rebuilt from its metadata (a compressed "
+                         f"model saved without recipe=[...]?): {err}") from None
     return model, meta
+
+
+def replay_recipe_(model: nn.Module, recipe: dict, in_shape: tuple[int, ...]) -> nn.Module:
+    """Rebuild a recipe's structure on `model`: the values it calibrates are overwritten by the caller."""
+    if recipe.get("fold_batchnorm"):
+        fold_batchnorm_(model)
+    probe = torch.randn(2, *in_shape, generator=torch.Generator().manual_seed(0))
+    for spec in recipe.get("methods", []):
+        apply_(model, method_from_dict(spec), data=[(probe, None)], train_fn=lambda m: None)
+    return model
 
 
 def resolve_model(spec: str, dataset: Dataset, seed: int = 0) -> tuple[nn.Module, str, bool]:

@@ -198,6 +198,7 @@ def quantize(model: ModelArg = "lenet5", dataset: DatasetOpt = "digits", data_di
              calib_images: Annotated[int, typer.Option(help="training images used for calibration")] = 512,
              seed: Annotated[int, typer.Option(help="random seed")] = 0,
              plot: Annotated[Optional[Path], typer.Option(help="PNG of per-layer output SQNR / cosine")] = None,
+             out_path: Annotated[Optional[Path], typer.Option("--out", "-o", help="save the quantized model")] = None,
              json_path: JsonOpt = None) -> None:
     """Post-training quantization: accuracy before/after and per-layer error analysis."""
     from .flows.ptq import quantize_model
@@ -210,7 +211,8 @@ def quantize(model: ModelArg = "lenet5", dataset: DatasetOpt = "digits", data_di
         method = LinearQuant(**common, act_bits=act_bits or None, observer=observer,
                              layer_bits={name: 8 for name in keep_8bit or ()})
     data = load_dataset(dataset, data_dir, download=download)
-    _, _, result = quantize_model(model, data, method, seed=seed, calib_images=calib_images)
+    _, _, result = quantize_model(model, data, method, seed=seed, calib_images=calib_images,
+                                  out=str(out_path) if out_path else None)
     table = Table(title=f"{result['model']}: {method.name} W{weight_bits}A{act_bits or 32} {granularity}")
     for col in ("layer", "weight SQNR dB", "output SQNR dB", "output cosine"):
         table.add_column(col, justify="left" if col == "layer" else "right")
@@ -223,6 +225,8 @@ def quantize(model: ModelArg = "lenet5", dataset: DatasetOpt = "digits", data_di
         from .analysis.plots import plot_layer_error
         plot_layer_error(result["output_error"], plot, f"{result['model']} {method.name} W{weight_bits}A{act_bits}")
         console.print(f"wrote {plot}")
+    if out_path is not None:
+        console.print(f"wrote {out_path} (reload with nncompress evaluate / nc.load_model)")
     _emit_json(json_path, result)
 
 

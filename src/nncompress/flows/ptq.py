@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..analysis.error import output_error, weight_sqnr
+from ..api import save_model
 from ..config import Context, Method
 from ..quant.ptq import fold_batchnorm_
 from ..train import evaluate
@@ -41,11 +42,17 @@ def ptq_report(model: nn.Module, quant: nn.Module, dataset: Dataset) -> dict:
             "weight_sqnr_db": weight_sqnr(quant), "output_error": output_error(folded, quant, x)}
 
 
-def quantize_model(spec: str, dataset: Dataset, method: Method, *, seed: int = 0,
-                   calib_images: int = 512) -> tuple[nn.Module, nn.Module, dict]:
-    """Trained float model (loaded or trained with its recipe) -> PTQ copy; returns (float, quant, report)."""
+def quantize_model(spec: str, dataset: Dataset, method: Method, *, seed: int = 0, calib_images: int = 512,
+                   out: str | None = None) -> tuple[nn.Module, nn.Module, dict]:
+    """Trained float model (loaded or trained with its recipe) -> PTQ copy; returns (float, quant, report).
+
+    `out`: save the quantized model (its recipe included, so `load_model` rebuilds it exactly)."""
     model, arch, _ = dense_model(spec, dataset, seed)
     model.eval()
     quant = quantize_copy(model, method, calibration_batches(dataset, calib_images))
     report = {"model": arch, "dataset": dataset.name, "method": method.to_dict(), **ptq_report(model, quant, dataset)}
+    if out:
+        save_model(quant, out, arch=arch, in_shape=dataset.in_shape, num_classes=dataset.num_classes,
+                   recipe=[method], fold_batchnorm=True, dataset=dataset.name,
+                   quantized_accuracy=report["quantized_accuracy"])
     return model, quant, report
