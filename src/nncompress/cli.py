@@ -42,7 +42,7 @@ def _layer_table(rows: list[dict], title: str) -> Table:
         table.add_column(col, justify="left" if col in ("layer", "type", "shape") else "right")
     for row in rows:
         table.add_row(row["name"], row["kind"], "x".join(map(str, row["shape"])), f"{row['params']:,}",
-                      f"{row['macs']:,}", f"{row['density']:.3f}", str(row.get("bits", 32)))
+                      f"{row['macs']:,}", f"{row['density']:.3f}", str(row["bits"]))
     return table
 
 

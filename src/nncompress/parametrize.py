@@ -17,7 +17,12 @@ T = TypeVar("T", bound="WeightTransform")
 
 
 class WeightTransform(nn.Module):
-    """Base class of weight parametrizations: subclasses implement `forward(w)` and `encode(w)`."""
+    """Base class of weight parametrizations: subclasses implement `forward(w)` and `encode(w)`.
+
+    `storage_bits`: bits per stored weight after this transform (None: it does not change them).
+    """
+
+    storage_bits: int | None = None
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -36,6 +41,12 @@ def transforms(layer: nn.Module, tensor_name: str = "weight") -> list[nn.Module]
     if not parametrize.is_parametrized(layer, tensor_name):
         return []
     return list(layer.parametrizations[tensor_name])
+
+
+def weight_bits(layer: nn.Module) -> int:
+    """Bits per stored weight of `layer`: the narrowest transform's `storage_bits`, else its dtype's."""
+    bits = [t.storage_bits for t in transforms(layer) if getattr(t, "storage_bits", None)]
+    return min(bits) if bits else original(layer).element_size() * 8
 
 
 def find_transform(layer: nn.Module, cls: type[T], tensor_name: str = "weight") -> T | None:

@@ -49,3 +49,21 @@ def test_parametrized_weights_count_once():
     nc.prune_(net, nc.MagnitudePrune(sparsity=0.5))
     assert count_params(net) == before == 8 * 4 + 4 + 4 * 2 + 2
     assert count_nonzero(net) == before - 16 - 4
+
+
+def test_layer_stats_of_compressed_models_keep_macs_and_report_stored_bits():
+    import nncompress as nc
+    from nncompress.zoo import build_model
+
+    torch.manual_seed(0)
+    dense = build_model("lenet5", (1, 28, 28), 10)
+    expected_macs = [row.macs for row in layer_stats(dense, (1, 28, 28))]
+    calib = [(torch.rand(8, 1, 28, 28), None)]
+    quant = nc.quantize_(build_model("lenet5", (1, 28, 28), 10),
+                         nc.LinearQuant(weight_bits=4, act_bits=8, layer_bits={"conv1": 8}), data=calib)
+    rows = layer_stats(quant, (1, 28, 28))
+    assert [r.macs for r in rows] == expected_macs and sum(expected_macs) == 2_293_000  # hooks fire inside wrappers
+    assert [r.bits for r in rows] == [8, 4, 4, 4]
+    shared = nc.apply_(build_model("lenet5", (1, 28, 28), 10), nc.KMeansQuant(bits=5))
+    assert [r.bits for r in layer_stats(shared, (1, 28, 28))] == [5, 5, 5, 5]
+    assert [r.bits for r in layer_stats(dense, (1, 28, 28))] == [32, 32, 32, 32]

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from ..parametrize import weight_bits
+
 WEIGHT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
 
@@ -29,6 +31,7 @@ class LayerStats:
     weights: int
     nonzero: int
     macs: int
+    bits: int = 32
 
     @property
     def density(self) -> float:
@@ -100,14 +103,15 @@ def _device_of(model: nn.Module) -> torch.device:
 
 
 def layer_stats(model: nn.Module, in_shape: tuple[int, ...]) -> list[LayerStats]:
-    """Per-layer table rows: shape, parameter count, weights, non-zero weights, MACs."""
+    """Per-layer table rows: shape, parameter count, weights, non-zero weights, MACs, bits per weight."""
     macs = count_macs(model, in_shape)
     rows = []
     for name, layer in weight_layers(model).items():
         w = layer.weight.detach()
         bias = layer.bias.numel() if layer.bias is not None else 0
         rows.append(LayerStats(name, type(layer).__name__.replace("Parametrized", ""), tuple(w.shape),
-                               w.numel() + bias, w.numel(), int(torch.count_nonzero(w)), macs.get(name, 0)))
+                               w.numel() + bias, w.numel(), int(torch.count_nonzero(w)), macs.get(name, 0),
+                               weight_bits(layer)))
     return rows
 
 

@@ -10,7 +10,6 @@ and, when the layer's weight is quantized too, the bias as int32 with S_b = S_W 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..parametrize import WeightTransform, find_transform
@@ -42,6 +41,10 @@ class FakeQuant(WeightTransform):
         """Qparams from `r_range` (default: the min / max of `w` at this granularity)."""
         r_min, r_max = r_range if r_range is not None else tensor_range(w.detach(), granularity)
         return cls(spec, granularity, *choose_qparams(r_min, r_max, spec))
+
+    @property
+    def storage_bits(self) -> int:  # type: ignore[override]
+        return self.spec.bits
 
     def _grouped(self, w: torch.Tensor) -> torch.Tensor:
         return self.granularity.group(w) if isinstance(self.granularity, PerGroup) else w
@@ -110,19 +113,24 @@ class QuantInput(nn.Module):
         return self._run_layer(x, scale)
 
     def _run_layer(self, x: torch.Tensor, input_scale: torch.Tensor) -> torch.Tensor:
+        """Call the layer itself (so its hooks fire), then move its bias onto the int32 grid:
+        x W + b + (round(b / S_b) S_b - b) = x W + b_q."""
+        out = self.layer(x)
+        correction = self._bias_correction(input_scale)
+        if correction is None:
+            return out
+        return out + (correction if isinstance(self.layer, nn.Linear) else correction.view(-1, *[1] * (out.dim() - 2)))
+
+    def _bias_correction(self, input_scale: torch.Tensor) -> torch.Tensor | None:
+        """b_q - b with S_b = S_W S_X, Z_b = 0, int32 range (no gradient: the bias trains by STE)."""
         weight_quant = find_transform(self.layer, FakeQuant)
         weight_scale = weight_quant.scale.flatten() if weight_quant is not None else self.weight_scale
         bias = getattr(self.layer, "bias", None)
         if bias is None or weight_scale is None or not self.quantize_bias or input_scale.numel() != 1:
-            return self.layer(x)
+            return None
         bias_scale = (weight_scale if weight_scale.numel() == bias.numel() else weight_scale[:1]) * input_scale.flatten()
         q_bias = torch.clamp(torch.round(bias / bias_scale), -(2**31), 2**31 - 1) * bias_scale
-        q_bias = bias + (q_bias - bias).detach()
-        if isinstance(self.layer, nn.Linear):
-            return F.linear(x, self.layer.weight, q_bias)
-        if isinstance(self.layer, nn.Conv2d):
-            return self.layer._conv_forward(x, self.layer.weight, q_bias)
-        return self.layer(x)
+        return (q_bias - bias).detach()
 
     def extra_repr(self) -> str:
         kind = "dynamic per-token" if self.dynamic and self.per_token else ("dynamic" if self.dynamic else "static")

@@ -16,6 +16,7 @@ centroid; the indices stay fixed.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -103,6 +104,11 @@ class SharedWeights(WeightTransform):
         centroids, idx = kmeans_1d(w[nonzero], 1 << bits, init=init)
         indices[nonzero] = torch.from_numpy(idx).long()
         return cls(torch.from_numpy(centroids), indices)
+
+    @property
+    def storage_bits(self) -> int:  # type: ignore[override]
+        """Bits of a cluster index (Deep Compression stores indices, not values)."""
+        return max(1, math.ceil(math.log2(len(self.codebook))))
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         shared = self.codebook[self.indices.clamp(min=0)]
