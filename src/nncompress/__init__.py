@@ -11,7 +11,8 @@ from .prune.unstructured import MagnitudePrune, RandomPrune, ThresholdPrune
 from .quant.attention import SplitAttention, unfuse_attention_
 from .quant.kmeans import KMeansQuant
 from .quant.granularity import PerChannel, PerGroup, PerTensor
-from .quant.ptq import DynamicQuant, LinearQuant, fold_batchnorm_, remove_quantization_
+from .quant.fold import fold_batchnorm_
+from .quant.ptq import DynamicQuant, LinearQuant, remove_quantization_
 from .quant.smooth import SmoothQuant
 from .methods import METHODS, method_from_dict
 from .train import TrainConfig, evaluate, fit

@@ -10,7 +10,7 @@ from torch import nn
 from ..analysis.error import output_error, weight_sqnr
 from ..api import save_model
 from ..config import Context, Method
-from ..quant.ptq import fold_batchnorm_
+from ..quant.fold import fold_batchnorm_
 from ..train import evaluate
 from ..zoo import Dataset, TensorLoader
 from .prune import dense_model

@@ -1,7 +1,5 @@
 """Post-training quantization (seed 002 "Quantization post training"; seed 004 calibration).
 
-- `fold_batchnorm_`: Conv -> BatchNorm pairs become one Conv: W' = W g / sqrt(v + eps),
-  b' = (b - mu) g / sqrt(v + eps) + beta.
 - `LinearQuant`: weights (symmetric int, per tensor / channel / group, min-max or MSE ranges) and,
   with `act_bits`, static activations (affine uint, ranges from calibration observers) and int32
   biases with S_b = S_W S_X. `act_bits=None` is weight-only PTQ. `layer_bits` overrides the weight
@@ -28,30 +26,6 @@ from .granularity import Granularity, granularity_from_name
 from .primitives import IntSpec, choose_qparams, fake_quantize
 
 WEIGHT_OBSERVERS = ("minmax", "mse")
-
-
-@torch.no_grad()
-def fold_batchnorm_(model: nn.Module) -> list[str]:
-    """Fold every BatchNorm2d that directly follows a Conv2d inside a Sequential; returns the convs."""
-    folded = []
-    for parent_name, parent in list(model.named_modules()):
-        if not isinstance(parent, nn.Sequential):
-            continue
-        children = list(parent.named_children())
-        for (conv_name, conv), (bn_name, bn) in zip(children, children[1:]):
-            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and not parametrize.is_parametrized(conv):
-                _fold_pair(conv, bn)
-                setattr(parent, bn_name, nn.Identity())
-                folded.append(f"{parent_name}.{conv_name}".lstrip("."))
-    return folded
-
-
-def _fold_pair(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
-    factor = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    conv.weight.mul_(factor.view(-1, 1, 1, 1))
-    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-    new_bias = (bias - bn.running_mean) * factor + bn.bias
-    conv.bias = nn.Parameter(new_bias.detach().clone())
 
 
 def weight_range(w: torch.Tensor, spec: IntSpec, granularity: Granularity, observer: str) -> tuple[torch.Tensor, torch.Tensor]:
