@@ -31,7 +31,8 @@ def models():
     torch.manual_seed(0)
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(36, 24), nn.ReLU(), nn.Linear(24, 5))
     cnn = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 5))
-    return {"mlp": mlp, "cnn": cnn}
+    conv1d = nn.Sequential(nn.Flatten(2), nn.Conv1d(1, 3, 5, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 16, 5))
+    return {"mlp": mlp, "cnn": cnn, "conv1d": conv1d}
 
 
 X = torch.randn(16, 1, 6, 6)
@@ -47,11 +48,11 @@ def test_yaml_round_trip(method):
     assert nc.method_from_dict(yaml.safe_load(yaml.safe_dump(method.to_dict()))) == method
 
 
-@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+@pytest.mark.parametrize("kind", ["mlp", "cnn", "conv1d"])
 @pytest.mark.parametrize("method", METHOD_EXAMPLES, ids=lambda m: repr(m.to_dict()))
 def test_method_contract(method, kind):
-    if isinstance(method, nc.SmoothQuant) and kind == "cnn":
-        pytest.skip("SmoothQuant targets Linear layers; the CNN's Linear is covered by the MLP case")
+    if isinstance(method, nc.SmoothQuant) and kind != "mlp":
+        pytest.skip("SmoothQuant targets Linear layers; the convnets' Linear is covered by the MLP case")
     model = models()[kind]
     param_ids = {id(p) for p in model.parameters()}
     out = applied(method, model)(X)

@@ -26,7 +26,7 @@ class Select:
     and matches nothing in `exclude`. Example: `Select(exclude=("conv1",))`.
     """
 
-    types: tuple[str, ...] = ("Linear", "Conv2d")
+    types: tuple[str, ...] = ("Linear", "Conv1d", "Conv2d", "Conv3d")
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
 

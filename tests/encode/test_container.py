@@ -1,3 +1,4 @@
+import json
 import struct
 import zlib
 
@@ -58,29 +59,50 @@ def test_every_flipped_byte_is_caught(compressed):
 
 def test_wrong_version_and_magic(compressed):
     data = bytearray(compressed[2])
-    wrong_version = bytes(data[:4]) + struct.pack("<H", 2) + bytes(data[6:])
-    with pytest.raises(NncFormatError, match="version 2.0"):
+    wrong_version = bytes(data[:4]) + struct.pack("<H", 3) + bytes(data[6:])
+    with pytest.raises(NncFormatError, match="version 3.0; this reader understands 1.x and 2.x"):
         parse(wrong_version)
     with pytest.raises(NncFormatError, match="magic"):
         parse(b"PK\x03\x04" + bytes(data[4:]))
 
 
-def test_hostile_header_with_valid_checksums(compressed):
-    data = compressed[2]
+def header_of(data: bytes) -> dict:
     header_len = struct.unpack_from("<I", data, 8)[0]
-    import json
-    header = json.loads(data[16 : 16 + header_len])
+    return json.loads(zlib.decompress(data[16 : 16 + header_len]))
+
+
+def with_header(data: bytes, raw: bytes, major: int = 2) -> bytes:
+    """`data` with its header bytes replaced by `raw` (valid checksum, format `major`.0)."""
+    header_len = struct.unpack_from("<I", data, 8)[0]
+    preamble = struct.pack("<4sHHII", data[:4], major, 0, len(raw), zlib.crc32(raw))
+    return preamble + raw + data[16 + header_len :]
+
+
+def test_version_1_files_with_a_plain_json_header_still_read(compressed):
+    model, _, data = compressed
+    v1 = with_header(data, json.dumps(header_of(data)).encode(), major=1)
+    x = torch.randn(4, 1, 8, 8)
+    assert torch.equal(decode_model(parse(v1))(x), model(x))
+    assert len(v1) > len(data)  # what version 2 saves
+
+
+def test_hostile_header_with_valid_checksums(compressed, monkeypatch):
+    data = compressed[2]
+    header = header_of(data)
     header["sections"][0]["offset"] = 10**12
-    raw = json.dumps(header).encode()
-    forged = data[:8] + struct.pack("<II", len(raw), zlib.crc32(raw)) + raw + data[16 + header_len :]
     with pytest.raises(NncFormatError, match="outside"):
-        parse(forged)
+        parse(with_header(data, zlib.compress(json.dumps(header).encode())))
     header["sections"][0]["offset"] = 0
     header["sections"][1]["offset"] = 0
-    raw = json.dumps(header).encode()
-    forged = data[:8] + struct.pack("<II", len(raw), zlib.crc32(raw)) + raw + data[16 + header_len :]
     with pytest.raises(NncFormatError):
-        parse(forged)
+        parse(with_header(data, zlib.compress(json.dumps(header).encode())))
+    with pytest.raises(NncFormatError, match="does not decompress"):
+        parse(with_header(data, b"not zlib at all"))
+    with pytest.raises(NncFormatError, match="trailing bytes"):
+        parse(with_header(data, zlib.compress(json.dumps(header_of(data)).encode()) + b"\0"))
+    monkeypatch.setattr("nncompress.encode.container.MAX_HEADER", 10_000)
+    with pytest.raises(NncFormatError, match="inflates beyond 10000 bytes"):  # a decompression bomb
+        parse(with_header(data, zlib.compress(b" " * 1_000_000)))
 
 
 def test_missing_file():

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..parametrize import weight_bits
 
-WEIGHT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear)
+WEIGHT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
 @dataclass

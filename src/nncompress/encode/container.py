@@ -19,10 +19,11 @@ from ..fileio import atomic_write_bytes
 from .huffman import HuffmanStream
 
 MAGIC = b"NNC\x01"
-VERSION = (1, 0)
+VERSION = (2, 0)
+READABLE_MAJORS = (1, 2)  # 1.x: the header is JSON; 2.x: the header is zlib-compressed JSON
 PREAMBLE = struct.Struct("<4sHHII")
 DTYPES = {"float32": "<f4", "float16": "<f2"}
-MAX_HEADER = 64 << 20
+MAX_HEADER = 64 << 20  # bytes of header JSON a reader accepts (after decompression)
 
 
 class NncFormatError(ValueError):
@@ -75,8 +76,8 @@ def serialize(nnc: NncModel) -> bytes:
     for name, blob in blobs:
         sections.append({"name": name, "offset": offset, "length": len(blob), "crc32": zlib.crc32(blob)})
         offset += len(blob)
-    header = json.dumps({"model": nnc.model, "sections": sections, "layers": layers, "tensors": tensors,
-                         "meta": nnc.meta}, separators=(",", ":")).encode()
+    header = zlib.compress(json.dumps({"model": nnc.model, "sections": sections, "layers": layers,
+                                       "tensors": tensors, "meta": nnc.meta}, separators=(",", ":")).encode(), 9)
     return PREAMBLE.pack(MAGIC, *VERSION, len(header), zlib.crc32(header)) + header + b"".join(b for _, b in blobs)
 
 
@@ -97,21 +98,33 @@ def _parse_preamble(data: bytes) -> dict:
     magic, major, minor, header_len, header_crc = PREAMBLE.unpack_from(data)
     if magic != MAGIC:
         raise _fail(f"magic {magic!r}, expected {MAGIC!r}")
-    if major != VERSION[0]:
-        raise _fail(f"format version {major}.{minor}; this reader understands {VERSION[0]}.x")
+    if major not in READABLE_MAJORS:
+        raise _fail(f"format version {major}.{minor}; this reader understands {' and '.join(f'{m}.x' for m in READABLE_MAJORS)}")
     if header_len > min(MAX_HEADER, len(data) - PREAMBLE.size):
         raise _fail(f"header length {header_len} exceeds the file (truncated?)")
     raw = data[PREAMBLE.size : PREAMBLE.size + header_len]
     if zlib.crc32(raw) != header_crc:
         raise _fail("header checksum mismatch (the file is corrupt)")
     try:
-        header = json.loads(raw)
+        header = json.loads(_inflate(raw) if major >= 2 else raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise _fail(f"header is not JSON: {err}") from err
     if not isinstance(header, dict) or not all(k in header for k in ("model", "sections", "layers", "tensors")):
         raise _fail("header lacks model / sections / layers / tensors")
     header["_data_start"] = PREAMBLE.size + header_len
     return header
+
+
+def _inflate(raw: bytes) -> bytes:
+    """zlib-decompress a header, refusing more than MAX_HEADER bytes (no decompression bombs)."""
+    inflater = zlib.decompressobj()
+    try:
+        text = inflater.decompress(raw, MAX_HEADER)
+    except zlib.error as err:
+        raise _fail(f"header does not decompress: {err}") from err
+    if inflater.unconsumed_tail or inflater.unused_data or not inflater.eof:
+        raise _fail(f"header is truncated, has trailing bytes or inflates beyond {MAX_HEADER} bytes")
+    return text
 
 
 def _sections(data: bytes, header: dict) -> dict[str, bytes]:

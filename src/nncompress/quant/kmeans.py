@@ -153,7 +153,7 @@ class KMeansQuant(Method):
         check_choice("init", self.init, INITS)
 
     def bits_for(self, name: str, layer: nn.Module) -> int:
-        kind = "conv" if isinstance(layer, nn.Conv2d) else "fc"
+        kind = "conv" if isinstance(layer, nn.modules.conv._ConvNd) else "fc"
         return self.layer_bits.get(name, self.layer_bits.get(kind, self.bits))
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
