@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+OptionalMask = torch.Tensor | None
+
 
 class SplitAttention(nn.Module):
     """Multi-head attention with one `nn.Linear` per projection; a drop-in for nn.MultiheadAttention."""
@@ -68,7 +70,8 @@ class SplitAttention(nn.Module):
         weights = weights.mean(1) if average_attn_weights else weights
         return out, weights.squeeze(0) if unbatched else weights
 
-    def _attend(self, query, key, value, key_padding_mask, attn_mask, is_causal):
+    def _attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_padding_mask: OptionalMask,
+                attn_mask: OptionalMask, is_causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Sequence-first (L, N, E) attention; returns the output and the (N, H, L, S) weights."""
         length, batch, source = query.shape[0], query.shape[1], key.shape[0]
         q, k, v = (self._heads(p(t)) for p, t in ((self.q_proj, query), (self.k_proj, key), (self.v_proj, value)))
@@ -83,7 +86,8 @@ class SplitAttention(nn.Module):
         """(T, N, E) -> (N, H, T, E / H)."""
         return x.reshape(x.shape[0], x.shape[1], self.num_heads, -1).permute(1, 2, 0, 3)
 
-    def _bias(self, attn_mask, key_padding_mask, is_causal, sizes, like) -> torch.Tensor:
+    def _bias(self, attn_mask: OptionalMask, key_padding_mask: OptionalMask, is_causal: bool, sizes: tuple[int, int, int],
+              like: torch.Tensor) -> torch.Tensor:
         """Additive mask of shape broadcastable to (N, H, L, S): bool True / -inf means 'do not attend'."""
         batch, length, source = sizes
         bias = like.new_zeros(())
