@@ -8,7 +8,7 @@ import torch
 
 import nncompress as nc
 from nncompress.encode.container import NncFormatError, parse, read_nnc, serialize, write_nnc
-from nncompress.encode.deep_compression import decode_model, encode_model, round_biases_fp16_
+from nncompress.encode.deep_compression import decode_model, encode_model, round_biases_fp16_, round_codebooks_fp16_
 from nncompress.zoo import build_model
 
 ARCH = {"arch": "lenet5", "in_shape": [1, 8, 8], "num_classes": 10}
@@ -34,9 +34,24 @@ def test_round_trip_is_exact_and_file_size_matches_the_bits(compressed, tmp_path
     assert torch.equal(decoded(x), model(x))
     header_len = struct.unpack_from("<I", data, 8)[0]
     stream_bytes = sum(-(-s.n_bits // 8) for l in nnc.layers for s in (l.index, l.clusters))  # bits, padded to bytes
-    codebooks = sum(4 * len(l.codebook) for l in nnc.layers)
+    codebooks = sum(l.codebook.nbytes for l in nnc.layers)
     tensors = sum(a.nbytes for a in nnc.tensors.values())
     assert size == 16 + header_len + stream_bytes + codebooks + tensors
+
+
+def test_codebooks_rounded_to_fp16_are_stored_in_2_bytes_and_decode_exactly(compressed):
+    import copy
+
+    model, nnc, data = compressed
+    assert any(l.codebook.dtype == np.float32 for l in nnc.layers)  # k-means centroids: float16 would be lossy
+    model = copy.deepcopy(model)
+    round_codebooks_fp16_(model)
+    nnc16, _ = encode_model(model, ARCH)
+    data16 = serialize(nnc16)
+    assert all(l.codebook.dtype == np.float16 for l in nnc16.layers)
+    assert len(data) - len(data16) >= sum(2 * len(l.codebook) for l in nnc16.layers) - 64  # header may differ a little
+    x = torch.randn(8, 1, 8, 8)
+    assert torch.equal(decode_model(parse(data16))(x), model(x))
 
 
 def test_truncated_file(compressed):
@@ -95,6 +110,10 @@ def test_hostile_header_with_valid_checksums(compressed, monkeypatch):
     header["sections"][0]["offset"] = 0
     header["sections"][1]["offset"] = 0
     with pytest.raises(NncFormatError):
+        parse(with_header(data, zlib.compress(json.dumps(header).encode())))
+    header = header_of(data)
+    header["layers"][0]["codebook_dtype"] = "float64"
+    with pytest.raises(NncFormatError, match="codebook_dtype 'float64'"):
         parse(with_header(data, zlib.compress(json.dumps(header).encode())))
     with pytest.raises(NncFormatError, match="does not decompress"):
         parse(with_header(data, b"not zlib at all"))

@@ -61,10 +61,12 @@ def serialize(nnc: NncModel) -> bytes:
     blobs: list[tuple[str, bytes]] = []
     layers = []
     for layer in nnc.layers:
+        codebook_dtype = "float16" if layer.codebook.dtype == np.float16 else "float32"
         blobs += [(f"{layer.name}.index", layer.index.payload), (f"{layer.name}.clusters", layer.clusters.payload),
-                  (f"{layer.name}.codebook", np.asarray(layer.codebook, dtype="<f4").tobytes())]
+                  (f"{layer.name}.codebook", np.asarray(layer.codebook, dtype=DTYPES[codebook_dtype]).tobytes())]
         layers.append({"name": layer.name, "shape": list(layer.shape), "index_bits": layer.index_bits,
                        "n_entries": layer.index.length, "n_fillers": layer.n_fillers, "codebook": f"{layer.name}.codebook",
+                       "codebook_dtype": codebook_dtype,
                        "index": _stream_header(layer.index, f"{layer.name}.index"),
                        "clusters": _stream_header(layer.clusters, f"{layer.name}.clusters")})
     tensors = []
@@ -156,6 +158,17 @@ def _stream(entry: dict, sections: dict[str, bytes]) -> HuffmanStream:
                          int(entry["n_bits"]), sections[entry["section"]])
 
 
+def _codebook(entry: dict, sections: dict[str, bytes]) -> np.ndarray:
+    """A layer's codebook as float32 (stored as float32, or float16 when `codebook_dtype` says so)."""
+    dtype = entry.get("codebook_dtype", "float32")
+    if dtype not in DTYPES:
+        raise _fail(f"layer {entry['name']!r}: codebook_dtype {dtype!r} is not one of {sorted(DTYPES)}")
+    blob = sections[entry["codebook"]]
+    if len(blob) % np.dtype(DTYPES[dtype]).itemsize:
+        raise _fail(f"layer {entry['name']!r}: a {len(blob)}-byte codebook is not a whole number of {dtype}")
+    return np.frombuffer(blob, dtype=DTYPES[dtype]).astype(np.float32)
+
+
 def _tensor(entry: dict, sections: dict[str, bytes]) -> np.ndarray:
     dtype = np.dtype(DTYPES[entry["dtype"]])
     shape = tuple(int(d) for d in entry["shape"])
@@ -171,7 +184,7 @@ def parse(data: bytes) -> NncModel:
     sections = _sections(data, header)
     try:
         layers = [EncodedLayer(str(e["name"]), tuple(int(d) for d in e["shape"]), int(e["index_bits"]),
-                               int(e["n_fillers"]), np.frombuffer(sections[e["codebook"]], dtype="<f4").astype(np.float32),
+                               int(e["n_fillers"]), _codebook(e, sections),
                                _stream(e["index"], sections), _stream(e["clusters"], sections))
                   for e in header["layers"]]
         tensors = {str(e["name"]): _tensor(e, sections) for e in header["tensors"]}

@@ -20,7 +20,7 @@ from .huffman import entropy_bits, huffman_decode, huffman_encode
 from .sparse import RelativeIndices, decode_relative, encode_relative
 
 INDEX_BIT_CHOICES = range(2, 13)
-TABLE_BITS_PER_SYMBOL = 48  # a Huffman table entry costs about 6 bytes of JSON in the .nnc header
+TABLE_BITS_PER_SYMBOL = 10  # a Huffman table entry costs about 9 bits of the zlib-compressed header
 
 
 def _streams(indices: torch.Tensor, k: int, index_bits: int) -> tuple[RelativeIndices, np.ndarray]:
@@ -44,9 +44,16 @@ def encode_layer(name: str, shared: SharedWeights) -> tuple[EncodedLayer, dict]:
             best = (total, bits, rel, index, cluster_stream, clusters)
     _, bits, rel, index, cluster_stream, clusters = best  # type: ignore[misc]
     layer = EncodedLayer(name, tuple(shared.indices.shape), bits, rel.fillers,
-                         shared.codebook.detach().numpy().astype(np.float32), index, cluster_stream)
+                         _storage_codebook(shared.codebook.detach().numpy()), index, cluster_stream)
     stats = {"index_entropy": entropy_bits(rel.distances), "cluster_entropy": entropy_bits(clusters)}
     return layer, stats
+
+
+def _storage_codebook(codebook: np.ndarray) -> np.ndarray:
+    """float16 when that is lossless (see `round_codebooks_fp16_`), else float32: decoding stays exact."""
+    codebook = codebook.astype(np.float32)
+    half = codebook.astype(np.float16)
+    return half if np.array_equal(half.astype(np.float32), codebook) else codebook
 
 
 def decode_layer(layer: EncodedLayer) -> torch.Tensor:
@@ -73,6 +80,15 @@ def round_biases_fp16_(model: nn.Module) -> None:
     for layer in weight_layers(model).values():
         if layer.bias is not None:
             layer.bias.copy_(layer.bias.half().float())
+
+
+@torch.no_grad()
+def round_codebooks_fp16_(model: nn.Module) -> None:
+    """Round shared-weight codebooks to float16 values, so the .nnc file stores them in 2 bytes each."""
+    for layer in weight_layers(model).values():
+        shared = find_transform(layer, SharedWeights)
+        if shared is not None:
+            shared.codebook.copy_(shared.codebook.half().float())
 
 
 def encode_model(model: nn.Module, arch: dict, meta: dict | None = None) -> tuple[NncModel, dict[str, dict]]:

@@ -18,7 +18,7 @@ from torch import nn
 from ..analysis.metrics import count_params
 from ..config import Context, Method
 from ..encode.container import EncodedLayer, read_nnc, write_nnc
-from ..encode.deep_compression import decode_model, encode_model, round_biases_fp16_
+from ..encode.deep_compression import decode_model, encode_model, round_biases_fp16_, round_codebooks_fp16_
 from ..quant.kmeans import KMeansQuant
 from ..train import TrainConfig, evaluate, fit
 from ..zoo import Dataset
@@ -71,6 +71,7 @@ def share_and_encode(model: nn.Module, arch: str, dataset: Dataset, config: Deep
     result: dict = {"bits": dict(config.bits), "clustered_accuracy": accuracy(model)}
     fine_tune_codebooks(model, dataset, config, seed)
     round_biases_fp16_(model)
+    round_codebooks_fp16_(model)
     model.eval()
     result["simulated_accuracy"] = accuracy(model)
     meta = {"dataset": dataset.name, "bits": dict(config.bits), "seed": seed}
