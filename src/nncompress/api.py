@@ -18,10 +18,10 @@ from torch import nn
 
 from .analysis.metrics import count_nonzero, count_params, layer_stats, total_macs, weight_layers
 from .config import Context, Method
-from .parametrize import squash_  # noqa: F401  (re-exported)
-from .quant.fold import fold_batchnorm_
 from .fileio import load_weights, save_weights
 from .methods import method_from_dict
+from .parametrize import squash_  # noqa: F401  (re-exported)
+from .quant.fold import fold_batchnorm_
 from .train import TrainConfig, evaluate, fit, is_main_process
 from .zoo import MODELS, Dataset, build_model, load_dataset
 
