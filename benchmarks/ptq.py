@@ -55,12 +55,16 @@ def torch_ao_ptq(model: torch.nn.Module, calib: list, example: torch.Tensor) -> 
         return convert_fx(prepared)
 
 
-def run_model(arch: str, data, epochs: int | None) -> list[list[object]]:
-    torch.manual_seed(0)
+def train_float(arch: str, data, seed: int, epochs: int | None) -> torch.nn.Module:
+    """The float model every configuration quantizes (the zoo's recommended training, seeded)."""
+    torch.manual_seed(seed)
     model = build_model(arch, data.in_shape, data.num_classes)
-    config = training_config(arch, epochs=epochs)
-    fit(model, data.train_loader(64, seed=0), config)
-    model.eval()
+    fit(model, data.train_loader(64, seed=seed), training_config(arch, epochs=epochs))
+    return model.eval()
+
+
+def run_model(arch: str, data, epochs: int | None) -> list[list[object]]:
+    model = train_float(arch, data, 0, epochs)
     calib = calibration_batches(data)
     test_x = data.test_x[:500]
     with torch.no_grad():

@@ -21,25 +21,16 @@ import torch
 
 from common import MNIST_DIR, header, table, write_results
 from nncompress.analysis.metrics import sqnr_db
-from nncompress.api import training_config
 from nncompress.flows.ptq import calibration_batches, quantize_copy
 from nncompress.quant.ptq import LinearQuant
-from nncompress.train import fit
-from nncompress.zoo import build_model, load_dataset
-from ptq import torch_ao_ptq
+from nncompress.zoo import load_dataset
+from ptq import torch_ao_ptq, train_float
 
 OURS = {
     "nncompress W8A8 minmax (default)": LinearQuant(weight_bits=8, act_bits=8),
     "nncompress W8A8 mse": LinearQuant(weight_bits=8, act_bits=8, observer="mse"),
 }
 TORCH = "torch.ao FX W8A8 (x86 default)"
-
-
-def train_float(arch: str, data, seed: int, epochs: int | None) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    model = build_model(arch, data.in_shape, data.num_classes)
-    fit(model, data.train_loader(64, seed=seed), training_config(arch, epochs=epochs))
-    return model.eval()
 
 
 @torch.no_grad()
