@@ -19,7 +19,7 @@ METHOD_EXAMPLES = [
     nc.LinearQuant(weight_bits=6, act_bits=None, granularity="group", group_size=4),
     nc.DynamicQuant(weight_bits=8, per_token=True),
     nc.SmoothQuant(alpha=0.5, act_bits=8),
-    nc.KMeansQuant(bits=3, layer_bits={"conv": 4}),
+    nc.KMeansQuant(bits=3, layer_bits={"type:Conv1d|Conv2d": 4}),
 ]
 
 

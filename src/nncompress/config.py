@@ -10,12 +10,14 @@ import dataclasses
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from torch import nn
 from torch.nn.utils.parametrize import type_before_parametrizations
 
-from .validate import did_you_mean
+from .validate import UserError, did_you_mean
+
+V = TypeVar("V")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,9 +41,7 @@ class Select:
 
     @staticmethod
     def _matches(pattern: str, name: str) -> bool:
-        if pattern.startswith("re:"):
-            return re.fullmatch(pattern[3:], name) is not None
-        return pattern == name
+        return pattern_matches(pattern, name)
 
     def matches(self, name: str, module: nn.Module) -> bool:
         if type_before_parametrizations(module).__name__ not in self.types:
@@ -57,9 +57,36 @@ class Select:
         for pattern in (*self.include, *self.exclude):
             if not pattern.startswith("re:") and pattern not in all_names:
                 layer_names = [n for n, m in model.named_modules() if type_before_parametrizations(m).__name__ in self.types]
-                raise ValueError(f"layer {pattern!r} is not in the model.{did_you_mean(pattern, all_names)} "
+                raise UserError(f"layer {pattern!r} is not in the model.{did_you_mean(pattern, all_names)} "
                                  f"{'/'.join(self.types)} layers: {', '.join(layer_names) or 'none'}")
         return chosen
+
+
+def pattern_matches(pattern: str, name: str, module: nn.Module | None = None) -> bool:
+    """Does a layer pattern match? "fc1" (exact name), "re:<regex>" (full match on the name) or
+    "type:Linear|Conv2d" (the layer's class name, before parametrization)."""
+    if pattern.startswith("re:"):
+        return re.fullmatch(pattern[3:], name) is not None
+    if pattern.startswith("type:"):
+        return module is not None and type_before_parametrizations(module).__name__ in pattern[5:].split("|")
+    return pattern == name
+
+
+def per_layer(overrides: dict[str, V], layers: dict[str, nn.Module], default: V, what: str) -> dict[str, V]:
+    """The value for each layer: an exact-name key wins, else the first matching pattern key
+    ("re:...", "type:..."), else `default`. A plain name that is not a targeted layer is an error naming
+    the layers (a pattern may match nothing, so one recipe fits several models)."""
+    for key in overrides:
+        if not key.startswith(("re:", "type:")) and key not in layers:
+            raise UserError(f"{what} key {key!r} matches none of the targeted layers.{did_you_mean(key, layers)} "
+                            f"Layers: {', '.join(layers) or 'none'} (keys: a name, 're:<regex>' or 'type:<Class>')")
+    values = {}
+    for name, module in layers.items():
+        if name in overrides:
+            values[name] = overrides[name]
+            continue
+        values[name] = next((v for k, v in overrides.items() if pattern_matches(k, name, module)), default)
+    return values
 
 
 @dataclass

@@ -1,39 +1,92 @@
 """The parametrization contract every weight transform follows (masks, fake quantizers, codebooks).
 
-A `WeightTransform` is registered on a layer's `weight` with `torch.nn.utils.parametrize`, so the
-model keeps its parameters (optimizers keep working), trains through the transform, and keeps its
-`state_dict` keys (`weight` becomes `parametrizations.weight.original`, transforms add buffers).
-`forward(w)` is what the model computes with; `encode(w)` is what gets stored.
+A `WeightTransform` is registered on a layer's `weight` (or `bias`) with `torch.nn.utils.parametrize`,
+so the model keeps its parameters (optimizers keep working), trains through the transform, and keeps
+its `state_dict` keys (`weight` becomes `parametrizations.weight.original`, transforms add buffers).
+`forward(w)` is what the model computes with; `encode(w)` is what gets stored, as an `Encoded`
+(kind, named tensors, JSON metadata) that the class's `decode` turns back into exactly `forward(w)`.
+The container (`.nnc`), `convert_` and the exporters all go through `encode` / `decode`: a new
+number format is one transform class registered with `@transform_kind`.
+
+Composition rules (one place, `attach`): a tensor holds at most one transform of each role, masks
+("mask") come before quantizers ("quantizer") in the chain, and a mask cannot be added after a
+quantizer (prune first, then quantize, as in Deep Compression). Breaking a rule raises a
+`CompositionError` that names the layer and what is already attached.
 """
 from __future__ import annotations
 
-from typing import TypeVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from .validate import UserError
+
 T = TypeVar("T", bound="WeightTransform")
+ROLES = ("mask", "quantizer")
+
+
+@dataclass
+class Encoded:
+    """What one transform stores for one tensor: `kind` (its registered name), named tensors
+    (integer codes, scales, codebooks...) and JSON-able `meta` (shape, bits, granularity...)."""
+
+    kind: str
+    tensors: dict[str, torch.Tensor]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+#: kind name -> transform class; filled by `@transform_kind` (decoding looks the class up here).
+TRANSFORM_KINDS: dict[str, type[WeightTransform]] = {}
+
+
+def transform_kind(name: str):
+    """Class decorator: register a WeightTransform under `name` for `Encoded.kind`."""
+    def wrap(cls: type[T]) -> type[T]:
+        if name in TRANSFORM_KINDS and TRANSFORM_KINDS[name] is not cls:
+            raise ValueError(f"transform kind {name!r} is already registered by {TRANSFORM_KINDS[name].__name__}")
+        cls.kind = name
+        TRANSFORM_KINDS[name] = cls
+        return cls
+    return wrap
+
+
+class CompositionError(UserError):
+    """A method cannot be applied on top of what a layer already carries (the message says why)."""
 
 
 class WeightTransform(nn.Module):
-    """Base class of weight parametrizations: subclasses implement `forward(w)` and `encode(w)`.
+    """Base class of weight parametrizations: subclasses implement `forward(w)`, `encode(w)` and
+    the classmethod `decode(encoded)`.
 
+    `role`: "mask" (pruning: comes first in a chain) or "quantizer" (at most one per tensor).
     `storage_bits`: bits per stored weight after this transform (None: it does not change them).
     """
 
+    kind: ClassVar[str] = "transform"
+    role: ClassVar[str] = "quantizer"
     storage_bits: int | None = None
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def encode(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The tensors that represent `w` in storage (default: the transformed weight itself)."""
-        return {"weight": self.forward(w).detach()}
+    def encode(self, w: torch.Tensor) -> Encoded:
+        """What represents `forward(w)` in storage (default: the transformed tensor itself)."""
+        return Encoded(self.kind, {"value": self.forward(w).detach()})
 
-    def decode(self, encoded: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Rebuild exactly what `forward` computed from `encode`'s tensors."""
-        return encoded["weight"]
+    @classmethod
+    def decode(cls, encoded: Encoded) -> torch.Tensor:
+        """Rebuild exactly what `forward` computed from `encode`'s output."""
+        return encoded.tensors["value"]
+
+
+def decode(encoded: Encoded) -> torch.Tensor:
+    """Decode any `Encoded` with the transform class registered for its kind."""
+    if encoded.kind not in TRANSFORM_KINDS:
+        raise ValueError(f"unknown transform kind {encoded.kind!r}; known: {', '.join(sorted(TRANSFORM_KINDS))}")
+    return TRANSFORM_KINDS[encoded.kind].decode(encoded)
 
 
 def transforms(layer: nn.Module, tensor_name: str = "weight") -> list[nn.Module]:
@@ -41,6 +94,17 @@ def transforms(layer: nn.Module, tensor_name: str = "weight") -> list[nn.Module]
     if not parametrize.is_parametrized(layer, tensor_name):
         return []
     return list(layer.parametrizations[tensor_name])
+
+
+def encode_chain(layer: nn.Module, tensor_name: str = "weight") -> list[Encoded]:
+    """Each transform's `encode` of its own input, innermost first (the last one decodes to what the
+    layer computes with)."""
+    value = original(layer, tensor_name).detach()
+    out = []
+    for t in transforms(layer, tensor_name):
+        out.append(t.encode(value))
+        value = t(value).detach()
+    return out
 
 
 def weight_bits(layer: nn.Module) -> int:
@@ -61,16 +125,54 @@ def original(layer: nn.Module, tensor_name: str = "weight") -> torch.Tensor:
     return getattr(layer, tensor_name)
 
 
-def attach(layer: nn.Module, transform: WeightTransform, tensor_name: str = "weight") -> WeightTransform:
-    """Register `transform` on `layer.<tensor_name>` (after any already there); `unsafe` keeps shapes free."""
+def check_attachable(layer: nn.Module, role: str, tensor_name: str = "weight", layer_name: str = "",
+                     new: str = "quantizer") -> None:
+    """Raise CompositionError if a transform of `role` may not be added to `layer.<tensor_name>`
+    (methods call this for every layer before changing any, so a refused call changes nothing)."""
+    where = f"{layer_name or type(layer).__name__}.{tensor_name}"
+    for existing in transforms(layer, tensor_name):
+        if getattr(existing, "role", "quantizer") != "quantizer":
+            continue
+        if role == "quantizer":
+            raise CompositionError(
+                f"{where} is already quantized ({type(existing).__name__}: {existing.extra_repr()}); a second "
+                f"{new} would stack two quantizers. Call nc.remove_quantization_(model) first, "
+                f"or leave the layer out with targets=Select(exclude=({layer_name!r},))")
+        raise CompositionError(
+            f"{where} is already quantized ({type(existing).__name__}); prune before quantizing "
+            "(masks must come first so the quantizer sees the pruned weights)")
+
+
+def attach(layer: nn.Module, transform: WeightTransform, tensor_name: str = "weight", *,
+           layer_name: str = "") -> WeightTransform:
+    """Register `transform` on `layer.<tensor_name>` after the transforms already there, following
+    the composition rules above; `unsafe` keeps shapes free."""
+    check_attachable(layer, getattr(transform, "role", "quantizer"), tensor_name, layer_name, type(transform).__name__)
     parametrize.register_parametrization(layer, tensor_name, transform, unsafe=True)
     return transform
+
+
+def detach(layer: nn.Module, drop: type[WeightTransform] | tuple[type[WeightTransform], ...],
+           tensor_name: str = "weight") -> None:
+    """Remove the transforms of type `drop` from `layer.<tensor_name>`, keeping the others (and the
+    original tensor) as they are."""
+    chain = transforms(layer, tensor_name)
+    keep = [t for t in chain if not isinstance(t, drop)]
+    if len(keep) == len(chain):
+        return
+    value = original(layer, tensor_name).detach().clone()
+    parametrize.remove_parametrizations(layer, tensor_name, leave_parametrized=False)
+    with torch.no_grad():
+        getattr(layer, tensor_name).copy_(value)
+    for t in keep:
+        parametrize.register_parametrization(layer, tensor_name, t, unsafe=True)
 
 
 def squash_(model: nn.Module) -> nn.Module:
     """Remove every parametrization, keeping the values the model computes with; returns `model`.
 
-    Afterwards the model has plain `nn.Linear` / `nn.Conv2d` layers and its outputs are unchanged.
+    Afterwards the model has plain `nn.Linear` / `nn.Conv2d` layers and its outputs are unchanged
+    (activation quantizers, which are not parametrizations, stay).
     """
     for module in list(model.modules()):
         if parametrize.is_parametrized(module):

@@ -6,7 +6,7 @@ from torch import nn
 import nncompress as nc
 from nncompress.analysis.metrics import sqnr_db
 from nncompress.quant.attention import SplitAttention, unfuse_attention_
-from nncompress.quant.fake import QuantInput
+from nncompress.quant.activation import input_quantizer
 
 
 def _mha(**kwargs) -> nn.MultiheadAttention:
@@ -85,7 +85,7 @@ def test_ptq_quantizes_every_projection_of_torch_transformer_layers(method):
     x = torch.randn(64, 5, 8)
     reference = model(x)
     nc.quantize_(model, method, data=[(x, torch.zeros(64, dtype=torch.long))])
-    wrapped = [n for n, m in model.named_modules() if isinstance(m, QuantInput)]
+    wrapped = [n for n, m in model.named_modules() if input_quantizer(m) is not None]
     per_layer = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "linear1", "linear2"}
     assert {f"1.layers.{i}.{p}" for i in (0, 1) for p in per_layer} <= set(wrapped)
     assert sqnr_db(reference, model(x)) > 25

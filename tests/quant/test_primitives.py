@@ -86,9 +86,9 @@ def test_encode_decode_reproduces_forward_exactly(gran, spec):
     w = torch.randn(6, 7, 3)
     fq = FakeQuant.fit(w, spec, gran)
     encoded = fq.encode(w)
-    assert encoded["codes"].dtype in (torch.int8, torch.uint8, torch.int16, torch.int32)
+    assert encoded.tensors["codes"].dtype in (torch.int8, torch.uint8, torch.int16, torch.int32)
     q_min, q_max = spec.q_range
-    assert encoded["codes"].min() >= q_min and encoded["codes"].max() <= q_max
+    assert encoded.tensors["codes"].min() >= q_min and encoded.tensors["codes"].max() <= q_max
     assert torch.equal(fq.decode(encoded), fq(w))
 
 

@@ -6,7 +6,8 @@ from torch import nn
 
 import nncompress as nc
 from nncompress.flows.ptq import calibration_batches, quantize_copy
-from nncompress.quant.fake import FakeQuant, QuantInput
+from nncompress.quant.activation import StaticQuantizer, input_quantizer
+from nncompress.quant.fake import FakeQuant
 from nncompress.train import TrainConfig, evaluate, fit
 from nncompress.zoo import build_model
 
@@ -34,7 +35,7 @@ def test_batchnorm_folding_keeps_outputs(digits):
 def test_w8a8_static_ptq_is_close_to_float(trained_lenet5, digits):
     float_acc = evaluate(trained_lenet5, digits.test_loader())["accuracy"]
     quant = quantize_copy(trained_lenet5, nc.LinearQuant(weight_bits=8, act_bits=8), calibration_batches(digits))
-    assert isinstance(quant.conv1, QuantInput) and quant.conv1.scale.numel() == 1
+    assert isinstance(input_quantizer(quant.conv1), StaticQuantizer) and quant.conv1.input_quantizer.scale.numel() == 1
     assert abs(evaluate(quant, digits.test_loader())["accuracy"] - float_acc) <= 0.01
     x = digits.test_x[:64]
     assert torch.nn.functional.cosine_similarity(quant(x).flatten(), trained_lenet5(x).flatten(), dim=0) > 0.999
@@ -52,13 +53,14 @@ def test_w2_per_tensor_hurts_and_layer_bits_override(trained_lenet5, digits):
 
 def test_int32_bias_uses_weight_times_input_scale(trained_lenet5, digits):
     quant = quantize_copy(trained_lenet5, nc.LinearQuant(weight_bits=8, act_bits=8), calibration_batches(digits))
-    wrapper = quant.fc1
-    fq = wrapper.layer.parametrizations.weight[0]
-    bias_scale = fq.scale.flatten() * wrapper.scale
+    layer, act = quant.fc1, quant.fc1.input_quantizer
+    fq = layer.parametrizations.weight[0]
+    bias_scale = fq.scale.flatten() * act.scale
+    float_bias = layer.parametrizations.bias.original
     x = torch.randn(3, 200).clamp(min=0)
-    x_q = (torch.clamp(torch.round(x / wrapper.scale) + wrapper.zero_point, 0, 255) - wrapper.zero_point) * wrapper.scale
-    expected = x_q @ wrapper.layer.weight.t() + torch.round(wrapper.layer.bias / bias_scale) * bias_scale
-    torch.testing.assert_close(wrapper(x), expected)
+    x_q = (torch.clamp(torch.round(x / act.scale) + act.zero_point, 0, 255) - act.zero_point) * act.scale
+    expected = x_q @ layer.weight.t() + torch.round(float_bias / bias_scale) * bias_scale
+    torch.testing.assert_close(layer(x), expected)
 
 
 def test_static_ptq_needs_data_and_weight_only_does_not():
@@ -75,7 +77,7 @@ def test_quantize_on_top_of_pruning_keeps_zeros_and_remove_restores(digits):
     reference = copy.deepcopy(net)
     nc.prune_(net, nc.MagnitudePrune(sparsity=0.8))
     nc.quantize_(net, nc.DynamicQuant(weight_bits=4, per_token=True))
-    assert (net.fc1.layer.weight == 0).float().mean() >= 0.8
+    assert (net.fc1.weight == 0).float().mean() >= 0.8
     nc.remove_quantization_(net)
     nc.prune_(reference, nc.MagnitudePrune(sparsity=0.8))
     x = digits.test_x[:8]

@@ -1,4 +1,4 @@
-"""Quantization error analysis (seed 002 "SQNR"; seed 000 "accumulated quantization error").
+"""Quantization error analysis (lecture "Quantization post training": SQNR; accumulated quantization error).
 
 Per layer: the SQNR of the quantized weight against the float weight, and the SQNR and cosine
 similarity of the layer's output in the quantized model against the float model on the same
@@ -16,7 +16,7 @@ from .metrics import cosine_similarity, sqnr_db, weight_layers
 
 def weight_sqnr(model: nn.Module) -> dict[str, float]:
     """SQNR (dB) of each transformed weight (what the model computes with) against its original."""
-    return {name.removesuffix(".layer"): sqnr_db(original(layer), layer.weight)  # QuantInput wraps as .layer
+    return {name: sqnr_db(original(layer), layer.weight)
             for name, layer in weight_layers(model).items() if transforms(layer)}
 
 

@@ -8,11 +8,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..parametrize import WeightTransform, attach, find_transform, original
+from ..parametrize import Encoded, WeightTransform, attach, find_transform, original, transform_kind
 
 
+@transform_kind("mask")
 class Mask(WeightTransform):
     """w -> w * mask, with the keep mask as a bool buffer named `mask`."""
+
+    role = "mask"
 
     def __init__(self, keep_mask: torch.Tensor):
         super().__init__()
@@ -21,18 +24,21 @@ class Mask(WeightTransform):
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return w * self.mask
 
-    def encode(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Flat indices of the kept weights and their values (a sparse COO form)."""
+    def encode(self, w: torch.Tensor) -> Encoded:
+        """The keep mask and the kept values in C order (a bitmap sparse form)."""
         masked = self.forward(w).detach()
-        return {"indices": self.mask.flatten().nonzero().flatten(), "values": masked.flatten()[self.mask.flatten()]}
+        return Encoded(self.kind, {"keep": self.mask.clone(), "values": masked[self.mask]},
+                       {"shape": list(self.mask.shape)})
 
-    def decode(self, encoded: dict[str, torch.Tensor]) -> torch.Tensor:
-        dense = torch.zeros(self.mask.numel(), dtype=encoded["values"].dtype)
-        dense[encoded["indices"]] = encoded["values"]
-        return dense.view(self.mask.shape)
+    @classmethod
+    def decode(cls, encoded: Encoded) -> torch.Tensor:
+        keep, values = encoded.tensors["keep"].bool(), encoded.tensors["values"]
+        dense = torch.zeros(keep.shape, dtype=values.dtype)
+        dense[keep] = values
+        return dense
 
 
-def attach_mask(layer: nn.Module, keep_mask: torch.Tensor) -> Mask:
+def attach_mask(layer: nn.Module, keep_mask: torch.Tensor, layer_name: str = "") -> Mask:
     """Set `layer.weight`'s keep mask, reusing an existing Mask (so re-pruning never stacks masks)."""
     weight = original(layer)
     if keep_mask.shape != weight.shape:
@@ -43,7 +49,7 @@ def attach_mask(layer: nn.Module, keep_mask: torch.Tensor) -> Mask:
     if existing is not None:
         existing.mask.copy_(keep_mask)
         return existing
-    return attach(layer, Mask(keep_mask))  # type: ignore[return-value]
+    return attach(layer, Mask(keep_mask), layer_name=layer_name)  # type: ignore[return-value]
 
 
 def keep_mask_of(layer: nn.Module) -> torch.Tensor:

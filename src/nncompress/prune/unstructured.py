@@ -28,7 +28,7 @@ def _targets(method: Method, model: nn.Module) -> dict[str, nn.Module]:
 def apply_masks(method: Method, ctx: Context, layers: dict[str, nn.Module], masks: dict[str, torch.Tensor]) -> None:
     """Attach the masks and record each layer's density in the report."""
     for name, layer in layers.items():
-        attach_mask(layer, masks[name])
+        attach_mask(layer, masks[name], layer_name=name)
     kept = sum(int(m.sum()) for m in masks.values())
     total = sum(m.numel() for m in masks.values())
     ctx.record(method, densities={n: density(m) for n, m in masks.items()}, sparsity=1 - kept / total)

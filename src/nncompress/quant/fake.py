@@ -1,20 +1,20 @@
-"""Fake quantization (simulated integers in float) for weights and activations.
+"""Fake quantization of weights and biases (simulated integers in float), as parametrizations.
 
-`FakeQuant` is the weight parametrization: the model computes with S (q - Z) and trains through
-the straight-through estimator; `encode` gives the integer codes and qparams, and `decode`
-rebuilds exactly what `forward` computes. `QuantInput` is the one activation wrapper: it
-fake-quantizes a layer's input (static qparams from calibration, or dynamic per batch / per token)
-and, when the layer's weight is quantized too, the bias as int32 with S_b = S_W S_X, Z_b = 0
-(seed 001 "Linear quantized fully-connected layer").
+`FakeQuant` is the weight transform: the model computes with S (q - Z) and trains through the
+straight-through estimator; `encode` gives the integer codes and qparams (kind "linear"), and
+`decode` rebuilds exactly what `forward` computes. `BiasQuant` puts a bias on the int32 grid of the
+integer matrix multiply, S_b = S_W S_X and Z_b = 0 (Jacob et al., CVPR 2018, eq. 8; lecture
+"Linear quantization: fully-connected layer").
 """
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from ..parametrize import WeightTransform, find_transform
-from .granularity import Granularity, PerChannel, PerGroup, PerTensor
-from .primitives import IntSpec, choose_qparams, dequantize, fake_quantize, int_dtype, quantize
+from ..parametrize import Encoded, WeightTransform, transform_kind
+from .granularity import Granularity, PerGroup, granularity_from_meta, granularity_to_meta
+from .primitives import IntSpec, choose_qparams, dequantize, fake_quantize, int_dtype, quantize, round_ste
+
+INT32_RANGE = (-(2**31), 2**31 - 1)
 
 
 def tensor_range(x: torch.Tensor, granularity: Granularity) -> tuple[torch.Tensor, torch.Tensor]:
@@ -26,6 +26,15 @@ def tensor_range(x: torch.Tensor, granularity: Granularity) -> tuple[torch.Tenso
     return x.amin(dims, keepdim=True), x.amax(dims, keepdim=True)
 
 
+def _grouped(x: torch.Tensor, granularity: Granularity) -> torch.Tensor:
+    return granularity.group(x) if isinstance(granularity, PerGroup) else x
+
+
+def _ungrouped(g: torch.Tensor, like: torch.Tensor, granularity: Granularity) -> torch.Tensor:
+    return granularity.ungroup(g, like) if isinstance(granularity, PerGroup) else g
+
+
+@transform_kind("linear")
 class FakeQuant(WeightTransform):
     """w -> S (clamp(round(w / S) + Z) - Z) with buffers `scale` and `zero_point`."""
 
@@ -46,92 +55,52 @@ class FakeQuant(WeightTransform):
     def storage_bits(self) -> int:  # type: ignore[override]
         return self.spec.bits
 
-    def _grouped(self, w: torch.Tensor) -> torch.Tensor:
-        return self.granularity.group(w) if isinstance(self.granularity, PerGroup) else w
-
-    def _ungrouped(self, g: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        return self.granularity.ungroup(g, like) if isinstance(self.granularity, PerGroup) else g
-
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         q_min, q_max = self.spec.q_range
-        return self._ungrouped(fake_quantize(self._grouped(w), self.scale, self.zero_point, q_min, q_max), w)
+        g = self.granularity
+        return _ungrouped(fake_quantize(_grouped(w, g), self.scale, self.zero_point, q_min, q_max), w, g)
 
-    def encode(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
+    def encode(self, w: torch.Tensor) -> Encoded:
         q_min, q_max = self.spec.q_range
-        codes = quantize(self._grouped(w.detach()), self.scale, self.zero_point, q_min, q_max)
-        codes = self._ungrouped(codes, w).to(int_dtype(self.spec.bits, self.spec.signed))
-        return {"codes": codes, "scale": self.scale.clone(), "zero_point": self.zero_point.to(torch.int32)}
+        codes = quantize(_grouped(w.detach(), self.granularity), self.scale, self.zero_point, q_min, q_max)
+        codes = _ungrouped(codes, w, self.granularity).to(int_dtype(self.spec.bits, self.spec.signed))
+        meta = {"shape": list(w.shape), "bits": self.spec.bits, "signed": self.spec.signed,
+                "q_range": [q_min, q_max], "granularity": granularity_to_meta(self.granularity)}
+        return Encoded(self.kind, {"codes": codes, "scale": self.scale.clone(),
+                                   "zero_point": self.zero_point.to(torch.int32)}, meta)
 
-    def decode(self, encoded: dict[str, torch.Tensor]) -> torch.Tensor:
-        codes = encoded["codes"].float()
-        return self._ungrouped(dequantize(self._grouped(codes), encoded["scale"], encoded["zero_point"].float()), codes)
+    @classmethod
+    def decode(cls, encoded: Encoded) -> torch.Tensor:
+        granularity = granularity_from_meta(encoded.meta["granularity"])
+        codes = encoded.tensors["codes"].float()
+        scale, zero_point = encoded.tensors["scale"].float(), encoded.tensors["zero_point"].float()
+        return _ungrouped(dequantize(_grouped(codes, granularity), scale, zero_point), codes, granularity)
 
     def extra_repr(self) -> str:
         return f"bits={self.spec.bits}, symmetric={self.spec.symmetric}, granularity={self.granularity}"
 
 
-class QuantInput(nn.Module):
-    """Runs `layer` on a fake-quantized input.
+@transform_kind("int32_bias")
+class BiasQuant(WeightTransform):
+    """b -> clamp(round(b / S_b), int32) S_b with S_b = S_W S_X per output channel (a buffer), so
+    the bias adds exactly onto the int32 accumulator; the gradient passes straight through."""
 
-    mode "static": fixed `scale` / `zero_point` (from calibration); "dynamic": qparams from each
-    input at run time, per tensor or per token (`per_token=True`: one scale per row of the last
-    dimension). `smooth` (SmoothQuant, Xiao et al. 2023) divides the input channels by s before
-    quantizing; the caller has multiplied the weight's input channels by the same s.
-    """
+    storage_bits = 32
 
-    def __init__(self, layer: nn.Module, spec: IntSpec, *, scale: torch.Tensor | None = None,
-                 zero_point: torch.Tensor | None = None, per_token: bool = False, quantize_bias: bool = True):
+    def __init__(self, bias_scale: torch.Tensor):
         super().__init__()
-        self.layer, self.spec, self.per_token, self.quantize_bias = layer, spec, per_token, quantize_bias
-        self.register_buffer("scale", None if scale is None else scale.detach().clone().float())
-        self.register_buffer("zero_point", None if zero_point is None else zero_point.detach().clone().float())
-        self.register_buffer("smooth", None)
-        weight_quant = find_transform(layer, FakeQuant)  # kept so the bias stays int32 after squash_
-        self.register_buffer("weight_scale", weight_quant.scale.flatten().clone()
-                             if weight_quant is not None and quantize_bias else None)
+        self.register_buffer("scale", bias_scale.detach().clone().float())
 
-    @property
-    def dynamic(self) -> bool:
-        return self.scale is None
+    def forward(self, b: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(round_ste(b / self.scale), *INT32_RANGE) * self.scale
 
-    def input_qparams(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.dynamic:
-            return self.scale, self.zero_point  # type: ignore[return-value]
-        granularity = PerChannel(0) if self.per_token else PerTensor()
-        rows = x.detach().reshape(-1, x.shape[-1]) if self.per_token else x.detach()
-        scale, zero_point = choose_qparams(*tensor_range(rows, granularity), self.spec)
-        if self.per_token:
-            scale, zero_point = scale.reshape(*x.shape[:-1], 1), zero_point.reshape(*x.shape[:-1], 1)
-        return scale, zero_point
+    def encode(self, b: torch.Tensor) -> Encoded:
+        codes = torch.clamp(torch.round(b.detach() / self.scale), *INT32_RANGE).to(torch.int32)
+        return Encoded(self.kind, {"codes": codes, "scale": self.scale.clone()}, {"shape": list(b.shape), "bits": 32})
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.smooth is not None:  # Linear layers only: channels are the last dimension
-            x = x / self.smooth
-        scale, zero_point = self.input_qparams(x)
-        q_min, q_max = self.spec.q_range
-        x = fake_quantize(x, scale, zero_point, q_min, q_max)
-        return self._run_layer(x, scale)
-
-    def _run_layer(self, x: torch.Tensor, input_scale: torch.Tensor) -> torch.Tensor:
-        """Call the layer itself (so its hooks fire), then move its bias onto the int32 grid:
-        x W + b + (round(b / S_b) S_b - b) = x W + b_q."""
-        out = self.layer(x)
-        correction = self._bias_correction(input_scale)
-        if correction is None:
-            return out
-        return out + (correction if isinstance(self.layer, nn.Linear) else correction.view(-1, *[1] * (out.dim() - 2)))
-
-    def _bias_correction(self, input_scale: torch.Tensor) -> torch.Tensor | None:
-        """b_q - b with S_b = S_W S_X, Z_b = 0, int32 range (no gradient: the bias trains by STE)."""
-        weight_quant = find_transform(self.layer, FakeQuant)
-        weight_scale = weight_quant.scale.flatten() if weight_quant is not None else self.weight_scale
-        bias = getattr(self.layer, "bias", None)
-        if bias is None or weight_scale is None or not self.quantize_bias or input_scale.numel() != 1:
-            return None
-        bias_scale = (weight_scale if weight_scale.numel() == bias.numel() else weight_scale[:1]) * input_scale.flatten()
-        q_bias = torch.clamp(torch.round(bias / bias_scale), -(2**31), 2**31 - 1) * bias_scale
-        return (q_bias - bias).detach()
+    @classmethod
+    def decode(cls, encoded: Encoded) -> torch.Tensor:
+        return encoded.tensors["codes"].float() * encoded.tensors["scale"].float()
 
     def extra_repr(self) -> str:
-        kind = "dynamic per-token" if self.dynamic and self.per_token else ("dynamic" if self.dynamic else "static")
-        return f"act_bits={self.spec.bits}, {kind}"
+        return "int32, S_b = S_W S_X"

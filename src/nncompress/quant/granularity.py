@@ -56,6 +56,27 @@ class PerGroup:
 Granularity = PerTensor | PerChannel | PerGroup
 
 
+def granularity_to_meta(granularity: Granularity) -> dict:
+    """JSON form: {"kind": "tensor"} | {"kind": "channel", "axis": a} | {"kind": "group", "size": n}."""
+    if isinstance(granularity, PerChannel):
+        return {"kind": "channel", "axis": granularity.axis}
+    if isinstance(granularity, PerGroup):
+        return {"kind": "group", "size": granularity.size}
+    return {"kind": "tensor"}
+
+
+def granularity_from_meta(meta: dict) -> Granularity:
+    """Inverse of `granularity_to_meta` (a malformed entry raises ValueError naming it)."""
+    kind = meta.get("kind") if isinstance(meta, dict) else None
+    if kind == "channel":
+        return PerChannel(int(meta.get("axis", 0)))
+    if kind == "group":
+        return PerGroup(int(meta["size"]))
+    if kind == "tensor":
+        return PerTensor()
+    raise ValueError(f"granularity {meta!r} is not tensor / channel / group")
+
+
 def granularity_from_name(name: str, axis: int = 0, group_size: int = 128) -> Granularity:
     """'tensor' | 'channel' | 'group' -> the granularity object (CLI and YAML)."""
     from ..validate import check_choice

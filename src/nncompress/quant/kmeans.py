@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import Context, Method
-from ..parametrize import WeightTransform, attach
+from ..config import Context, Method, per_layer
+from ..parametrize import Encoded, WeightTransform, attach, transform_kind
 from ..registry import register
 from ..validate import check_choice, check_int_range
 
@@ -85,6 +85,7 @@ def _reseed_empty(v: np.ndarray, means: np.ndarray, counts: np.ndarray, starts: 
     return means
 
 
+@transform_kind("kmeans")
 class SharedWeights(WeightTransform):
     """w -> codebook[indices] where indices >= 0, else 0 (pruned); `codebook` is trainable."""
 
@@ -114,12 +115,16 @@ class SharedWeights(WeightTransform):
         shared = self.codebook[self.indices.clamp(min=0)]
         return torch.where(self.indices >= 0, shared, torch.zeros_like(shared))
 
-    def encode(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"codebook": self.codebook.detach().clone(), "indices": self.indices.clone()}
+    def encode(self, w: torch.Tensor) -> Encoded:
+        """The codebook and one cluster index per weight (-1: pruned, value 0)."""
+        return Encoded(self.kind, {"codebook": self.codebook.detach().clone(), "indices": self.indices.clone()},
+                       {"shape": list(self.indices.shape), "bits": self.storage_bits})
 
-    def decode(self, encoded: dict[str, torch.Tensor]) -> torch.Tensor:
-        shared = encoded["codebook"][encoded["indices"].clamp(min=0)]
-        return torch.where(encoded["indices"] >= 0, shared, torch.zeros_like(shared))
+    @classmethod
+    def decode(cls, encoded: Encoded) -> torch.Tensor:
+        codebook, indices = encoded.tensors["codebook"].float(), encoded.tensors["indices"].long()
+        shared = codebook[indices.clamp(min=0)]
+        return torch.where(indices >= 0, shared, torch.zeros_like(shared))
 
     def extra_repr(self) -> str:
         return f"clusters={self.codebook.numel()}"
@@ -132,7 +137,8 @@ class KMeansQuant(Method):
 
     Args:
         bits: index bits for every targeted layer (the paper: 8 for conv, 5 for fc).
-        layer_bits: per-layer overrides, e.g. {"fc3": 6}; "conv" / "fc" set all Conv / Linear layers.
+        layer_bits: per-layer overrides by layer pattern, e.g. {"fc3": 6, "type:Conv2d": 8} (a name,
+            "re:<regex>" or "type:<Class>"; see `config.per_layer`).
         init: centroid initialisation: linear (default, as the paper recommends), density, random.
     Example:
         >>> import nncompress as nc, torch
@@ -152,15 +158,13 @@ class KMeansQuant(Method):
             check_int_range(f"layer_bits[{name!r}]", bits, 1, 16)
         check_choice("init", self.init, INITS)
 
-    def bits_for(self, name: str, layer: nn.Module) -> int:
-        kind = "conv" if isinstance(layer, nn.modules.conv._ConvNd) else "fc"
-        return self.layer_bits.get(name, self.layer_bits.get(kind, self.bits))
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         layers = self.targets.layers(model)
         if not layers:
             raise ValueError(f"KMeansQuant: no layer matches {self.targets}")
+        bits = per_layer(self.layer_bits, layers, self.bits, "layer_bits")
         for name, layer in layers.items():
-            attach(layer, SharedWeights.fit(layer.weight, self.bits_for(name, layer), self.init))
-        ctx.record(self, bits={n: self.bits_for(n, m) for n, m in layers.items()})
+            attach(layer, SharedWeights.fit(layer.weight, bits[name], self.init), layer_name=name)
+        ctx.record(self, bits=bits)
         return model

@@ -85,3 +85,28 @@ def int_dtype(bits: int, signed: bool) -> torch.dtype:
     if bits <= 8:
         return torch.int8 if signed else torch.uint8
     return torch.int16 if bits <= 16 and signed else torch.int32
+
+
+class _RoundSTE(torch.autograd.Function):
+    """round(x) forward (exactly), identity backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return torch.round(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return grad
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """round(x) whose gradient is the identity (the straight-through estimator, Bengio et al. 2013).
+
+    Unlike `x + (round(x) - x).detach()` the forward value is exactly round(x), and a learned step
+    size s in round_ste(v / s) gets LSQ's gradient through the rounding (Esser et al. 2020):
+        >>> s = torch.tensor(0.5, requires_grad=True)
+        >>> round_ste(torch.tensor(1.3) / s).backward()
+        >>> round(float(s.grad), 2)  # d(v/s)/ds = -v/s^2
+        -5.2
+    """
+    return _RoundSTE.apply(x)

@@ -1,4 +1,4 @@
-"""Post-training quantization (seed 002 "Quantization post training"; seed 004 calibration).
+"""Post-training quantization (lecture "Quantization post training"; calibration lecture).
 
 - `LinearQuant`: weights (symmetric int, per tensor / channel / group, min-max or MSE ranges) and,
   with `act_bits`, static activations (affine uint, ranges from calibration observers) and int32
@@ -12,17 +12,17 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from ..analysis.calibrate import observe_inputs
 from ..analysis.observers import OBSERVERS, make_observer
-from ..config import Context, Method
-from ..parametrize import attach, original
+from ..config import Context, Method, per_layer
+from ..parametrize import attach, detach, find_transform, original, transforms
 from ..registry import register
 from ..validate import check_choice, check_int_range
 from .attention import unfuse_attention_
-from .fake import FakeQuant, QuantInput, tensor_range
-from .granularity import Granularity, granularity_from_name
+from .activation import DynamicQuantizer, StaticQuantizer, attach_input_quantizer, detach_input_quantizer, input_quantizer
+from .fake import BiasQuant, FakeQuant, tensor_range
+from .granularity import Granularity, PerGroup, granularity_from_name
 from .primitives import IntSpec, choose_qparams, fake_quantize
 
 WEIGHT_OBSERVERS = ("minmax", "mse")
@@ -36,8 +36,8 @@ def weight_range(w: torch.Tensor, spec: IntSpec, granularity: Granularity, obser
     best_err = torch.full_like(r_max, float("inf"))
     best = (r_min.clone(), r_max.clone())
     q_min, q_max = spec.q_range
-    grouped = granularity.group(w) if hasattr(granularity, "group") else w
-    dims = (-1,) if hasattr(granularity, "group") else granularity.reduce_dims(w)
+    grouped = granularity.group(w) if isinstance(granularity, PerGroup) else w
+    dims = (-1,) if isinstance(granularity, PerGroup) else granularity.reduce_dims(w)
     for ratio in torch.linspace(0.3, 1.0, 71):
         scale, zp = choose_qparams(r_min * ratio, r_max * ratio, spec)
         err = ((fake_quantize(grouped, scale, zp, q_min, q_max) - grouped) ** 2).mean(dims, keepdim=True)
@@ -47,11 +47,29 @@ def weight_range(w: torch.Tensor, spec: IntSpec, granularity: Granularity, obser
     return best
 
 
-def quantize_weight_(layer: nn.Module, bits: int, granularity: Granularity, observer: str = "minmax") -> FakeQuant:
+def quantize_weight_(layer: nn.Module, bits: int, granularity: Granularity, observer: str = "minmax",
+                     layer_name: str = "") -> FakeQuant:
     """Attach a symmetric signed FakeQuant to `layer.weight` (after any mask already there)."""
     spec = IntSpec(bits=bits, signed=True, symmetric=True)
     w = layer.weight.detach()
-    return attach(layer, FakeQuant.fit(w, spec, granularity, weight_range(w, spec, granularity, observer)))  # type: ignore[return-value]
+    quant = FakeQuant.fit(w, spec, granularity, weight_range(w, spec, granularity, observer))
+    return attach(layer, quant, layer_name=layer_name)  # type: ignore[return-value]
+
+
+def quantize_bias_(layer: nn.Module, layer_name: str = "") -> BiasQuant | None:
+    """Put `layer.bias` on the int32 grid S_b = S_W S_X (per output channel) when the weight is
+    quantized per tensor or channel and the input statically; group-wise weights keep a float bias
+    (a group kernel rescales each group's int32 partial sum by its own S_W, then adds the bias)."""
+    weight_quant = find_transform(layer, FakeQuant)
+    act_quant = input_quantizer(layer)
+    bias = getattr(layer, "bias", None)
+    if bias is None or weight_quant is None or act_quant is None or not act_quant.static:
+        return None
+    if isinstance(weight_quant.granularity, PerGroup):
+        return None
+    weight_scale = weight_quant.scale.flatten()
+    bias_scale = weight_scale.expand(bias.numel()) * act_quant.scale.flatten()  # type: ignore[union-attr]
+    return attach(layer, BiasQuant(bias_scale), "bias", layer_name=layer_name)  # type: ignore[return-value]
 
 
 def _check_bits(method: Method) -> None:
@@ -74,7 +92,8 @@ class LinearQuant(Method):
         granularity: "tensor", "channel" (output channels) or "group" (`group_size` inputs).
         observer: activation ranges: minmax, ema, percentile, mse or entropy (weights use
             mse when observer is "mse", else min-max).
-        layer_bits: per-layer bit-width for weights and activations, e.g. {"conv1": 8}.
+        layer_bits: per-layer bit-width for weights and activations by layer pattern, e.g.
+            {"conv1": 8, "re:head.*": 8} (a name, "re:<regex>" or "type:<Class>").
     Example:
         >>> import nncompress as nc, torch
         >>> net = torch.nn.Sequential(torch.nn.Linear(4, 3))
@@ -103,27 +122,34 @@ class LinearQuant(Method):
         layers = self.targets.layers(model)
         if not layers:
             raise ValueError(f"LinearQuant: no layer matches {self.targets}")
+        weight_bits = per_layer(self.layer_bits, layers, self.weight_bits, "layer_bits")
+        act_bits = per_layer(self.layer_bits, layers, self.act_bits, "layer_bits")
         observers = {}
         if self.act_bits is not None:
-            observers = {n: make_observer(self.observer, bits=self.layer_bits.get(n, self.act_bits)) for n in layers}
+            observers = {n: make_observer(self.observer, bits=act_bits[n]) for n in layers}
             observe_inputs(model, observers, ctx.data or [], max_batches=None)
         granularity = granularity_from_name(self.granularity, 0, self.group_size)
         weight_observer = "mse" if self.observer == "mse" else "minmax"
         for name, layer in layers.items():
-            quantize_weight_(layer, self.layer_bits.get(name, self.weight_bits), granularity, weight_observer)
+            quantize_weight_(layer, weight_bits[name], granularity, weight_observer, layer_name=name)
             if self.act_bits is not None:
-                spec = IntSpec(bits=self.layer_bits.get(name, self.act_bits), signed=False, symmetric=False)
+                spec = IntSpec(bits=act_bits[name], signed=False, symmetric=False)
                 scale, zero_point = choose_qparams(*observers[name].range(), spec)
-                model.set_submodule(name, QuantInput(layer, spec, scale=scale, zero_point=zero_point))
-        ctx.record(self, layers=list(layers))
+                attach_input_quantizer(layer, StaticQuantizer(spec, scale, zero_point), layer_name=name)
+                quantize_bias_(layer, layer_name=name)
+        ctx.record(self, layers=list(layers), weight_bits=weight_bits, act_bits=act_bits if self.act_bits else None)
         return model
 
 
 @register("dynamic")
 @dataclass(frozen=True, kw_only=True)
 class DynamicQuant(Method):
-    """Weights quantized ahead of time, activations at run time from each input's own range
-    (per tensor, or per token: one scale per row, which tames outlier tokens)."""
+    """Weights quantized ahead of time, activations at run time from each input's own range.
+
+    `per_token=True`: one scale per token (row) of a Linear's input, which tames outlier tokens;
+    Conv layers then get one scale per image (a scale must not vary along the summed C, kh, kw
+    dimensions, or no integer kernel could apply it after the int32 accumulation).
+    """
 
     weight_bits: int = 8
     act_bits: int = 8
@@ -140,25 +166,24 @@ class DynamicQuant(Method):
         granularity = granularity_from_name(self.granularity, 0, self.group_size)
         spec = IntSpec(bits=self.act_bits, signed=True, symmetric=False)
         for name, layer in layers.items():
-            quantize_weight_(layer, self.weight_bits, granularity)
-            model.set_submodule(name, QuantInput(layer, spec, per_token=self.per_token, quantize_bias=False))
+            quantize_weight_(layer, self.weight_bits, granularity, layer_name=name)
+            per = ("token" if isinstance(layer, nn.Linear) else "sample") if self.per_token else "tensor"
+            attach_input_quantizer(layer, DynamicQuantizer(spec, per), layer_name=name)
         ctx.record(self, layers=list(layers))
         return model
 
 
 def remove_quantization_(model: nn.Module) -> nn.Module:
-    """Unwrap every QuantInput and drop FakeQuant parametrizations (masks stay); returns `model`."""
-    for name, module in list(model.named_modules()):
-        if isinstance(module, QuantInput):
-            model.set_submodule(name, module.layer)
+    """Remove every activation quantizer and every weight / bias transform whose role is
+    "quantizer" (linear, k-means, float formats...); masks stay. SmoothQuant's scaling of the weight
+    columns is undone with its divisor, so the model computes the float function again."""
     for module in model.modules():
-        if parametrize.is_parametrized(module, "weight"):
-            plist = module.parametrizations.weight
-            keep = [t for t in plist if not isinstance(t, FakeQuant)]
-            if len(keep) != len(plist):
-                w = original(module).detach().clone()
-                parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
-                module.weight.data.copy_(w)
-                for t in keep:
-                    attach(module, t)
+        quantizer = detach_input_quantizer(module)
+        for tensor_name in ("weight", "bias"):
+            quantizers = tuple({type(t) for t in transforms(module, tensor_name) if getattr(t, "role", "") == "quantizer"})
+            if quantizers:
+                detach(module, quantizers, tensor_name)
+        if quantizer is not None and quantizer.smooth is not None:
+            with torch.no_grad():
+                original(module).div_(quantizer.smooth)
     return model

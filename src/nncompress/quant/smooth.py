@@ -1,11 +1,11 @@
 """SmoothQuant (Xiao et al., ICML 2023): migrate activation outliers into the weights.
 
-Seed 000 shows why LLM-style models are hard to quantize: a few activation channels are 20-30x
+The LLM-quantization lecture shows why LLM-style models are hard to quantize: a few activation channels are 20-30x
 larger than the rest, so one per-tensor activation scale wastes almost all levels on them. For a
 Linear y = x W^T, pick per-input-channel factors s_j = max|x_j|^alpha / max|W_:,j|^(1 - alpha) and
 compute y = (x / s) (W diag(s))^T: the same function, with flatter activations and slightly
-rougher weights. The division by s is kept in the `QuantInput` wrapper (`smooth` buffer); a
-deployment folds it into the preceding LayerNorm.
+rougher weights. The division by s is kept in the layer's activation quantizer (`smooth` buffer);
+a deployment folds it into the preceding LayerNorm.
 """
 from __future__ import annotations
 
@@ -17,19 +17,28 @@ from torch import nn
 from ..analysis.calibrate import observe_inputs
 from ..analysis.observers import MinMaxObserver
 from ..config import Context, Method, Select
+from ..parametrize import CompositionError, original, transforms
 from ..registry import register
 from ..validate import check_fraction, check_int_range
 from .attention import unfuse_attention_
-from .fake import QuantInput
+from .activation import StaticQuantizer, attach_input_quantizer
 from .granularity import PerChannel
 from .primitives import IntSpec, choose_qparams
-from .ptq import quantize_weight_
+from .ptq import quantize_bias_, quantize_weight_
 
 
 def smoothing_factors(act_absmax: torch.Tensor, weight: torch.Tensor, alpha: float) -> torch.Tensor:
     """s_j = max|x_j|^alpha / max|W_:,j|^(1 - alpha), clamped away from 0."""
     w_absmax = weight.detach().abs().amax(0).clamp_min(1e-5)
     return (act_absmax.clamp_min(1e-5) ** alpha / w_absmax ** (1 - alpha)).clamp_min(1e-5)
+
+
+def check_unquantized(layer: nn.Module, name: str) -> None:
+    """SmoothQuant rescales the weight itself: refuse a layer that is already quantized (before
+    touching it), so a failed call leaves the model as it was."""
+    if any(getattr(t, "role", "") == "quantizer" for t in transforms(layer)) or hasattr(layer, "input_quantizer"):
+        raise CompositionError(f"{name}: SmoothQuant needs a float layer, but it is already quantized; call "
+                               "nc.remove_quantization_(model) first, or leave the layer out with targets=Select(exclude=...)")
 
 
 @register("smoothquant")
@@ -56,17 +65,20 @@ class SmoothQuant(Method):
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         unfuse_attention_(model)
         layers = {n: m for n, m in self.targets.layers(model).items() if isinstance(m, nn.Linear)}
+        for name, layer in layers.items():
+            check_unquantized(layer, name)
         observers = observe_inputs(model, {n: MinMaxObserver(axis=-1) for n in layers}, ctx.data or [])
         spec = IntSpec(bits=self.act_bits, signed=False, symmetric=False)
         for name, layer in layers.items():
             lo, hi = observers[name].range()
             s = smoothing_factors(torch.maximum(lo.abs(), hi.abs()), layer.weight, self.alpha)
             with torch.no_grad():
-                layer.weight.mul_(s)
-            quantize_weight_(layer, self.weight_bits, PerChannel(0))
+                original(layer).mul_(s)
+            quantize_weight_(layer, self.weight_bits, PerChannel(0), layer_name=name)
             scale, zero_point = choose_qparams((lo / s).min(), (hi / s).max(), spec)  # range of x / s
-            wrapper = QuantInput(layer, spec, scale=scale, zero_point=zero_point)
-            wrapper.smooth = s
-            model.set_submodule(name, wrapper)
+            quantizer = StaticQuantizer(spec, scale, zero_point)
+            quantizer.smooth = s
+            attach_input_quantizer(layer, quantizer, layer_name=name)
+            quantize_bias_(layer, layer_name=name)
         ctx.record(self, layers=list(layers))
         return model
