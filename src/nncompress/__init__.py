@@ -15,6 +15,7 @@ from .quant.fold import fold_batchnorm_
 from .quant.ptq import DynamicQuant, LinearQuant, remove_quantization_
 from .quant.smooth import SmoothQuant
 from .methods import METHODS, method_from_dict
+from .quant.convert import convert_
 from .train import TrainConfig, evaluate, fit
 
 try:
@@ -23,6 +24,6 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
 
 __all__ = ["METHODS", "Context", "DynamicQuant", "KMeansQuant", "LinearQuant", "MagnitudePrune", "Method", "PerChannel", "PerGroup",
-           "PerTensor", "RandomPrune", "Select", "SmoothQuant", "SplitAttention", "ThresholdPrune", "TrainConfig", "apply_",
+           "PerTensor", "RandomPrune", "Select", "SmoothQuant", "SplitAttention", "ThresholdPrune", "TrainConfig", "apply_", "convert_",
            "count_nonzero_weights", "evaluate", "fit", "fold_batchnorm_", "load_model", "method_from_dict", "prune_",
            "quantize_", "remove_quantization_", "save_model", "squash_", "unfuse_attention_"]

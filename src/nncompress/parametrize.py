@@ -31,7 +31,11 @@ ROLES = ("mask", "quantizer")
 @dataclass
 class Encoded:
     """What one transform stores for one tensor: `kind` (its registered name), named tensors
-    (integer codes, scales, codebooks...) and JSON-able `meta` (shape, bits, granularity...)."""
+    (integer codes, scales, codebooks...) and JSON-able `meta` (shape, bits, granularity...).
+
+    `meta["int_ranges"]` ({tensor name: [lo, hi]}) declares the range an integer tensor can take
+    by construction (e.g. int4 codes [-7, 7]), so storage may pack it in ceil(log2(hi - lo + 1))
+    bits whatever values this particular tensor happens to hold."""
 
     kind: str
     tensors: dict[str, torch.Tensor]

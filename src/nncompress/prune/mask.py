@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..parametrize import Encoded, WeightTransform, attach, find_transform, original, transform_kind
+from ..parametrize import Encoded, WeightTransform, attach, check_attachable, find_transform, original, transform_kind
 
 
 @transform_kind("mask")
@@ -28,7 +28,7 @@ class Mask(WeightTransform):
         """The keep mask and the kept values in C order (a bitmap sparse form)."""
         masked = self.forward(w).detach()
         return Encoded(self.kind, {"keep": self.mask.clone(), "values": masked[self.mask]},
-                       {"shape": list(self.mask.shape)})
+                       {"shape": list(self.mask.shape), "int_ranges": {"keep": [0, 1]}})
 
     @classmethod
     def decode(cls, encoded: Encoded) -> torch.Tensor:
@@ -44,6 +44,8 @@ def attach_mask(layer: nn.Module, keep_mask: torch.Tensor, layer_name: str = "")
     if keep_mask.shape != weight.shape:
         raise ValueError(f"mask shape {tuple(keep_mask.shape)} does not match weight shape {tuple(weight.shape)}")
     existing = find_transform(layer, Mask)
+    if existing is None:
+        check_attachable(layer, "mask", layer_name=layer_name)  # before zeroing anything
     with torch.no_grad():
         weight.mul_(keep_mask.to(weight.dtype))
     if existing is not None:

@@ -65,7 +65,8 @@ class FakeQuant(WeightTransform):
         codes = quantize(_grouped(w.detach(), self.granularity), self.scale, self.zero_point, q_min, q_max)
         codes = _ungrouped(codes, w, self.granularity).to(int_dtype(self.spec.bits, self.spec.signed))
         meta = {"shape": list(w.shape), "bits": self.spec.bits, "signed": self.spec.signed,
-                "q_range": [q_min, q_max], "granularity": granularity_to_meta(self.granularity)}
+                "q_range": [q_min, q_max], "granularity": granularity_to_meta(self.granularity),
+                "int_ranges": {"codes": [q_min, q_max]}}
         return Encoded(self.kind, {"codes": codes, "scale": self.scale.clone(),
                                    "zero_point": self.zero_point.to(torch.int32)}, meta)
 

@@ -24,9 +24,9 @@ import torch
 from torch import nn
 
 from ..config import Context, Method, per_layer
-from ..parametrize import Encoded, WeightTransform, attach, transform_kind
+from ..parametrize import Encoded, WeightTransform, attach, check_attachable, transform_kind
 from ..registry import register
-from ..validate import check_choice, check_int_range
+from ..validate import UserError, check_choice, check_int_range
 
 INITS = ("linear", "density", "random")
 
@@ -118,7 +118,8 @@ class SharedWeights(WeightTransform):
     def encode(self, w: torch.Tensor) -> Encoded:
         """The codebook and one cluster index per weight (-1: pruned, value 0)."""
         return Encoded(self.kind, {"codebook": self.codebook.detach().clone(), "indices": self.indices.clone()},
-                       {"shape": list(self.indices.shape), "bits": self.storage_bits})
+                       {"shape": list(self.indices.shape), "bits": self.storage_bits,
+                        "int_ranges": {"indices": [-1, (1 << self.storage_bits) - 1]}})
 
     @classmethod
     def decode(cls, encoded: Encoded) -> torch.Tensor:
@@ -162,7 +163,9 @@ class KMeansQuant(Method):
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         layers = self.targets.layers(model)
         if not layers:
-            raise ValueError(f"KMeansQuant: no layer matches {self.targets}")
+            raise UserError(f"KMeansQuant: no layer matches {self.targets}")
+        for name, layer in layers.items():
+            check_attachable(layer, "quantizer", layer_name=name, new="KMeansQuant")
         bits = per_layer(self.layer_bits, layers, self.bits, "layer_bits")
         for name, layer in layers.items():
             attach(layer, SharedWeights.fit(layer.weight, bits[name], self.init), layer_name=name)

@@ -16,9 +16,9 @@ from torch import nn
 from ..analysis.calibrate import observe_inputs
 from ..analysis.observers import OBSERVERS, make_observer
 from ..config import Context, Method, per_layer
-from ..parametrize import attach, detach, find_transform, original, transforms
+from ..parametrize import CompositionError, attach, check_attachable, detach, find_transform, original, transforms
 from ..registry import register
-from ..validate import check_choice, check_int_range
+from ..validate import UserError, check_choice, check_int_range
 from .attention import unfuse_attention_
 from .activation import DynamicQuantizer, StaticQuantizer, attach_input_quantizer, detach_input_quantizer, input_quantizer
 from .fake import BiasQuant, FakeQuant, tensor_range
@@ -72,6 +72,23 @@ def quantize_bias_(layer: nn.Module, layer_name: str = "") -> BiasQuant | None:
     return attach(layer, BiasQuant(bias_scale), "bias", layer_name=layer_name)  # type: ignore[return-value]
 
 
+def quantizable_layers(method: Method, model: nn.Module, *, activations: bool) -> dict[str, nn.Module]:
+    """The layers `method` targets, after checking that none is quantized already (so a refused call
+    changes nothing) and, for activation quantization, unfusing torch's attention first."""
+    for name, layer in method.targets.layers(model).items():
+        check_attachable(layer, "quantizer", layer_name=name, new=type(method).__name__)
+        if activations and input_quantizer(layer) is not None:
+            raise CompositionError(f"{name}: its input is already quantized ({input_quantizer(layer).extra_repr()}); "
+                                   "call nc.remove_quantization_(model) first, or leave the layer out with "
+                                   "targets=Select(exclude=...)")
+    if activations:
+        unfuse_attention_(model)
+    layers = method.targets.layers(model)
+    if not layers:
+        raise UserError(f"{type(method).__name__}: no layer matches {method.targets}")
+    return layers
+
+
 def _check_bits(method: Method) -> None:
     check_int_range("weight_bits", method.weight_bits, 2, 16)
     if getattr(method, "act_bits", None) is not None:
@@ -118,10 +135,7 @@ class LinearQuant(Method):
         return frozenset({"data"}) if self.act_bits is not None else frozenset()
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
-        unfuse_attention_(model)
-        layers = self.targets.layers(model)
-        if not layers:
-            raise ValueError(f"LinearQuant: no layer matches {self.targets}")
+        layers = quantizable_layers(self, model, activations=self.act_bits is not None)
         weight_bits = per_layer(self.layer_bits, layers, self.weight_bits, "layer_bits")
         act_bits = per_layer(self.layer_bits, layers, self.act_bits, "layer_bits")
         observers = {}
@@ -161,8 +175,7 @@ class DynamicQuant(Method):
         _check_bits(self)
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
-        unfuse_attention_(model)
-        layers = self.targets.layers(model)
+        layers = quantizable_layers(self, model, activations=True)
         granularity = granularity_from_name(self.granularity, 0, self.group_size)
         spec = IntSpec(bits=self.act_bits, signed=True, symmetric=False)
         for name, layer in layers.items():

@@ -17,28 +17,19 @@ from torch import nn
 from ..analysis.calibrate import observe_inputs
 from ..analysis.observers import MinMaxObserver
 from ..config import Context, Method, Select
-from ..parametrize import CompositionError, original, transforms
+from ..parametrize import original
 from ..registry import register
 from ..validate import check_fraction, check_int_range
-from .attention import unfuse_attention_
 from .activation import StaticQuantizer, attach_input_quantizer
 from .granularity import PerChannel
 from .primitives import IntSpec, choose_qparams
-from .ptq import quantize_bias_, quantize_weight_
+from .ptq import quantizable_layers, quantize_bias_, quantize_weight_
 
 
 def smoothing_factors(act_absmax: torch.Tensor, weight: torch.Tensor, alpha: float) -> torch.Tensor:
     """s_j = max|x_j|^alpha / max|W_:,j|^(1 - alpha), clamped away from 0."""
     w_absmax = weight.detach().abs().amax(0).clamp_min(1e-5)
     return (act_absmax.clamp_min(1e-5) ** alpha / w_absmax ** (1 - alpha)).clamp_min(1e-5)
-
-
-def check_unquantized(layer: nn.Module, name: str) -> None:
-    """SmoothQuant rescales the weight itself: refuse a layer that is already quantized (before
-    touching it), so a failed call leaves the model as it was."""
-    if any(getattr(t, "role", "") == "quantizer" for t in transforms(layer)) or hasattr(layer, "input_quantizer"):
-        raise CompositionError(f"{name}: SmoothQuant needs a float layer, but it is already quantized; call "
-                               "nc.remove_quantization_(model) first, or leave the layer out with targets=Select(exclude=...)")
 
 
 @register("smoothquant")
@@ -63,10 +54,7 @@ class SmoothQuant(Method):
         check_int_range("act_bits", self.act_bits, 2, 16)
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
-        unfuse_attention_(model)
-        layers = {n: m for n, m in self.targets.layers(model).items() if isinstance(m, nn.Linear)}
-        for name, layer in layers.items():
-            check_unquantized(layer, name)
+        layers = {n: m for n, m in quantizable_layers(self, model, activations=True).items() if isinstance(m, nn.Linear)}
         observers = observe_inputs(model, {n: MinMaxObserver(axis=-1) for n in layers}, ctx.data or [])
         spec = IntSpec(bits=self.act_bits, signed=False, symmetric=False)
         for name, layer in layers.items():

@@ -1,0 +1,135 @@
+"""`convert_`: from a fake-quantized (simulated) model to stored integer codes, in place.
+
+Each parametrized weight or bias is replaced by one `Stored` parametrization that keeps the
+`Encoded` form of its chain's last transform as real tensors of the stored dtype: int8 codes
+(int4 / int2 codes and pruning masks bit-packed into uint8, see `bitpack.py`), scales, zero points,
+codebooks. The layer computes with `decode(...)`, which equals what the simulated model computed
+bit for bit, and `state_dict()` / `save_model` now hold the integer bytes: a W8 model is about 4x
+smaller than float32 on disk, a W4 model about 8x. A converted layer no longer trains (its weight
+is not a parameter any more); the integer engine and the exporters start from this form.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ..bitpack import bits_for_range, pack_bits, unpack_bits
+from ..parametrize import TRANSFORM_KINDS, Encoded, WeightTransform, encode_chain, transforms
+
+
+def _stored_form(name: str, tensor: torch.Tensor, int_range: list[int] | None) -> tuple[torch.Tensor, dict | None]:
+    """The tensor as stored: bit-packed when its declared integer range needs fewer than 8 bits."""
+    if int_range is None:
+        return tensor.detach().clone(), None
+    lo, hi = int(int_range[0]), int(int_range[1])
+    bits = bits_for_range(lo, hi)
+    if bits >= 8:
+        dtype = torch.int8 if -128 <= lo and hi <= 127 else torch.uint8 if 0 <= lo and hi <= 255 else tensor.dtype
+        return tensor.detach().to(dtype).clone(), None
+    return pack_bits(tensor.detach(), lo, bits), {"lo": lo, "bits": bits, "dtype": str(tensor.dtype).removeprefix("torch."),
+                                                  "shape": list(tensor.shape)}
+
+
+class Stored(WeightTransform):
+    """A converted tensor: the Encoded of its last transform, kept as buffers; computes `decode`.
+
+    The buffers adopt the shapes of a loaded state dict (a pruned layer's kept values depend on the
+    data), so a recipe replayed on another batch loads any converted file of that recipe.
+    """
+
+    role = "stored"
+
+    def __init__(self, encoded: Encoded):
+        super().__init__()
+        self.encoded_kind, self.meta = encoded.kind, dict(encoded.meta)
+        self.packing: dict[str, dict] = {}
+        for name, tensor in encoded.tensors.items():
+            stored, packing = _stored_form(name, tensor, encoded.meta.get("int_ranges", {}).get(name))
+            self.register_buffer(name, stored)
+            if packing is not None:
+                self.packing[name] = packing
+
+    @property
+    def storage_bits(self) -> int | None:  # type: ignore[override]
+        return TRANSFORM_KINDS[self.encoded_kind].storage_bits if self.encoded_kind != "linear" else self.meta.get("bits")
+
+    def encoded(self) -> Encoded:
+        """The Encoded form, unpacked (what the transform kind's `decode` expects)."""
+        tensors: dict[str, torch.Tensor] = {}
+        for name, buffer in self._buffers.items():
+            if buffer is None:
+                continue
+            spec = self.packing.get(name)
+            if spec is None:
+                tensors[name] = buffer
+                continue
+            numel = int(torch.Size(spec["shape"]).numel())
+            codes = unpack_bits(buffer, spec["lo"], spec["bits"], numel)
+            tensors[name] = codes.to(getattr(torch, spec["dtype"])).view(spec["shape"])
+        return Encoded(self.encoded_kind, tensors, dict(self.meta))
+
+    def forward(self, _placeholder: torch.Tensor) -> torch.Tensor:
+        return TRANSFORM_KINDS[self.encoded_kind].decode(self.encoded())
+
+    def encode(self, _placeholder: torch.Tensor) -> Encoded:
+        return self.encoded()
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        for name in list(self._buffers):
+            incoming = state_dict.get(prefix + name)
+            if incoming is not None and self._buffers[name] is not None and incoming.shape != self._buffers[name].shape:
+                self._buffers[name] = torch.empty_like(incoming)
+                if name in self.packing:  # a packed tensor's element count follows the byte count
+                    self._resize_packed(name, incoming.numel())
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+    def _resize_packed(self, name: str, n_bytes: int) -> None:
+        spec = self.packing[name]
+        if len(spec["shape"]) == 1:
+            spec["shape"] = [n_bytes * 8 // spec["bits"]]
+
+    def extra_repr(self) -> str:
+        return f"{self.encoded_kind}, " + ", ".join(f"{n}: {tuple(b.shape)} {str(b.dtype).removeprefix('torch.')}"
+                                                    for n, b in self._buffers.items() if b is not None)
+
+
+def convert_tensor_(layer: nn.Module, tensor_name: str) -> Stored | None:
+    """Replace `layer.<tensor_name>`'s transform chain by its stored form; None if untransformed."""
+    chain = encode_chain(layer, tensor_name)
+    if not chain or transforms(layer, tensor_name)[-1].role == "stored":
+        return None
+    stored = Stored(chain[-1])
+    parametrize.remove_parametrizations(layer, tensor_name, leave_parametrized=False)
+    delattr(layer, tensor_name)
+    layer.register_buffer(tensor_name, torch.empty(0))
+    parametrize.register_parametrization(layer, tensor_name, stored, unsafe=True)
+    return stored
+
+
+def convert_(model: nn.Module) -> nn.Module:
+    """Turn every transformed weight and bias of `model` into stored integer codes; returns `model`.
+
+    Outputs are unchanged bit for bit (`Stored.forward` is the transform's exact `decode`).
+    Example:
+        >>> import nncompress as nc, torch
+        >>> net = torch.nn.Sequential(torch.nn.Linear(64, 64))
+        >>> _ = nc.quantize_(net, nc.LinearQuant(weight_bits=4, act_bits=None))
+        >>> x = torch.randn(2, 64); before = net(x)
+        >>> _ = nc.convert_(net)
+        >>> torch.equal(net(x), before), net.state_dict()["0.parametrizations.weight.0.codes"].numel()
+        (True, 2048)
+    """
+    for module in list(model.modules()):
+        for tensor_name in ("weight", "bias"):
+            if parametrize.is_parametrized(module, tensor_name):
+                convert_tensor_(module, tensor_name)
+    return model
+
+
+def is_converted(model: nn.Module) -> bool:
+    """True when some tensor of `model` is in stored (converted) form."""
+    return any(isinstance(t, Stored) for m in model.modules() for name in ("weight", "bias")
+               for t in transforms(m, name))
