@@ -90,3 +90,30 @@ def test_quantize_on_top_of_pruning_keeps_zeros_and_remove_restores(digits):
 def test_bad_quant_config(kwargs, match):
     with pytest.raises(ValueError, match=match):
         nc.LinearQuant(**kwargs)
+
+
+def test_per_token_scales_never_vary_along_a_summed_dimension():
+    """Per-token scales on a Conv used to vary over (C, H) — reduction dims no integer kernel can
+    rescale after the int32 sum. Now: one per row for Linear, one per image for Conv."""
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 4 * 4, 6))
+    nc.quantize_(net, nc.DynamicQuant(per_token=True))
+    conv_scale, _ = net[0].input_quantizer.qparams(torch.randn(5, 3, 6, 6))
+    linear_scale, _ = net[2].input_quantizer.qparams(torch.randn(5, 7, 64))
+    assert conv_scale.shape == (5, 1, 1, 1) and linear_scale.shape == (5, 7, 1)
+
+
+def test_group_wise_weights_keep_a_float_bias():
+    """The bias used to be rounded on the first group's scale times S_X, wrong for every other
+    group. A group kernel adds the bias after rescaling each group's partial sum: it stays float."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 3))
+    layer = net[0]
+    bias = layer.bias.detach().clone() + 0.0123
+    with torch.no_grad():
+        layer.bias.copy_(bias)
+    x = torch.randn(16, 8)
+    nc.quantize_(net, nc.LinearQuant(weight_bits=4, act_bits=8, granularity="group", group_size=4), data=[x])
+    act = layer.input_quantizer
+    x_q = (torch.clamp(torch.round(x / act.scale) + act.zero_point, 0, 255) - act.zero_point) * act.scale
+    assert torch.equal(layer.bias, bias)
+    torch.testing.assert_close(layer(x), x_q @ layer.weight.t() + bias)

@@ -26,6 +26,7 @@ from .granularity import Granularity, PerGroup, granularity_from_name
 from .primitives import IntSpec, choose_qparams, fake_quantize
 
 WEIGHT_OBSERVERS = ("minmax", "mse")
+LOOKUP_LAYERS = (nn.Embedding, nn.EmbeddingBag)  # weights quantized per row; no activation to quantize
 
 
 def weight_range(w: torch.Tensor, spec: IntSpec, granularity: Granularity, observer: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,6 +108,8 @@ class LinearQuant(Method):
         weight_bits: weight bit-width (2..16), symmetric signed, restricted range.
         act_bits: activation bit-width (2..16), affine unsigned; None quantizes weights only.
         granularity: "tensor", "channel" (output channels) or "group" (`group_size` inputs).
+        targets: Linear / Conv layers by default; add "Embedding" to `Select.types` to store
+            embedding tables per row in `weight_bits` too (their integer inputs stay as they are).
         observer: activation ranges: minmax, ema, percentile, mse or entropy (weights use
             mse when observer is "mse", else min-max).
         layer_bits: per-layer bit-width for weights and activations by layer pattern, e.g.
@@ -139,14 +142,15 @@ class LinearQuant(Method):
         weight_bits = per_layer(self.layer_bits, layers, self.weight_bits, "layer_bits")
         act_bits = per_layer(self.layer_bits, layers, self.act_bits, "layer_bits")
         observers = {}
-        if self.act_bits is not None:
-            observers = {n: make_observer(self.observer, bits=act_bits[n]) for n in layers}
+        if self.act_bits is not None:  # embedding lookups take integer ids: their weights only
+            observers = {n: make_observer(self.observer, bits=act_bits[n]) for n, m in layers.items()
+                         if not isinstance(m, LOOKUP_LAYERS)}
             observe_inputs(model, observers, ctx.data or [], max_batches=None)
         granularity = granularity_from_name(self.granularity, 0, self.group_size)
         weight_observer = "mse" if self.observer == "mse" else "minmax"
         for name, layer in layers.items():
             quantize_weight_(layer, weight_bits[name], granularity, weight_observer, layer_name=name)
-            if self.act_bits is not None:
+            if name in observers:
                 spec = IntSpec(bits=act_bits[name], signed=False, symmetric=False)
                 scale, zero_point = choose_qparams(*observers[name].range(), spec)
                 attach_input_quantizer(layer, StaticQuantizer(spec, scale, zero_point), layer_name=name)

@@ -1,0 +1,79 @@
+"""convert_: fake-quantized -> stored integer codes, bit-exact, and really smaller on disk."""
+import copy
+
+import pytest
+import torch
+from safetensors.torch import load, save
+
+import nncompress as nc
+from nncompress.bitpack import pack_bits, unpack_bits
+from nncompress.quant.convert import Stored, is_converted
+from nncompress.zoo import build_model
+
+
+def file_bytes(model):
+    return len(save({k: v.contiguous() for k, v in model.state_dict().items()}))
+
+
+def lenet300():
+    torch.manual_seed(0)
+    return build_model("lenet300", (1, 28, 28), 10).eval()
+
+
+def test_pack_bits_layout_is_msb_first_and_round_trips():
+    assert pack_bits(torch.tensor([1, 0, 1, 1, 0, 0, 0, 0, 1]), 0, 1).tolist() == [0b10110000, 0b10000000]
+    assert pack_bits(torch.tensor([-7, 7, 0]), -7, 4).tolist() == [0x0E, 0x70]  # 0 | 14, then 7 | pad
+    codes = torch.randint(-3, 4, (1001,))
+    assert torch.equal(unpack_bits(pack_bits(codes, -3, 3), -3, 3, 1001), codes)
+    with pytest.raises(ValueError, match="cannot be packed"):
+        pack_bits(torch.tensor([9]), -7, 4)  # -7 + 15 = 8 is the largest
+
+
+@pytest.mark.parametrize("bits, max_ratio", [(8, 0.26), (4, 0.135), (2, 0.075)])
+def test_converted_weights_are_bit_exact_and_smaller(bits, max_ratio):
+    model = lenet300()
+    dense = file_bytes(model)
+    x = torch.randn(8, 1, 28, 28)
+    nc.quantize_(model, nc.LinearQuant(weight_bits=bits, act_bits=8), data=[x])
+    simulated = model(x)
+    nc.convert_(model)
+    assert is_converted(model) and torch.equal(model(x), simulated)
+    assert file_bytes(model) <= max_ratio * dense  # int8 ~4x, int4 ~8x, int2 ~16x (biases stay 32-bit)
+    assert model.state_dict()["fc1.parametrizations.weight.0.codes"].dtype == (torch.int8 if bits == 8 else torch.uint8)
+
+
+def test_pruned_float_layers_store_a_bitmap_and_the_kept_values():
+    model = lenet300()
+    dense = file_bytes(model)
+    nc.prune_(model, nc.MagnitudePrune(sparsity=0.9))
+    x = torch.randn(4, 1, 28, 28)
+    before = model(x)
+    nc.convert_(model)
+    assert torch.equal(model(x), before)
+    assert file_bytes(model) <= 0.14 * dense  # 10% of the values + 1 bit per weight
+
+
+def test_a_converted_file_loads_into_the_recipe_replayed_on_other_data():
+    recipe = [nc.MagnitudePrune(sparsity=0.8), nc.KMeansQuant(bits=4)]
+    model = lenet300()
+    for method in recipe:
+        nc.apply_(model, method)
+    nc.convert_(model)
+    blob = save({k: v.contiguous() for k, v in model.state_dict().items()})
+    twin = build_model("lenet300", (1, 28, 28), 10).eval()  # other weights: other codebooks, same shapes
+    for method in recipe:
+        nc.apply_(twin, method)
+    nc.convert_(twin)
+    twin.load_state_dict(load(blob))
+    x = torch.randn(4, 1, 28, 28)
+    assert torch.equal(twin(x), model(x)) and torch.equal(copy.deepcopy(model)(x), model(x))
+
+
+def test_convert_is_idempotent_and_leaves_plain_layers_alone():
+    model = lenet300()
+    nc.quantize_(model, nc.LinearQuant(weight_bits=8, act_bits=None, targets=nc.Select(include=("fc1",))))
+    nc.convert_(model)
+    stored = model.fc1.parametrizations.weight[0]
+    nc.convert_(model)
+    assert model.fc1.parametrizations.weight[0] is stored and isinstance(stored, Stored)
+    assert isinstance(model.fc2.weight, torch.nn.Parameter)
