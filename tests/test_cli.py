@@ -1,14 +1,35 @@
 import json
+import os
 import subprocess
 import sys
 
+import pytest
+
+from nncompress import cli
 from nncompress.api import load_model
+from nncompress.validate import UserError
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nncompress.cli", *args], capture_output=True, text=True, timeout=300)
+def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    """Run `nncompress ARGS` in a fresh process (one torch thread: the test machines share 2 cores)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "nncompress.cli", *args], capture_output=True, text=True,
+                          timeout=300, env=env, cwd=cwd)
 
 
+@pytest.fixture
+def main(monkeypatch, capsys):
+    """Run `nncompress ARGS` in this process (fast: no torch import); returns (exit code, stdout, stderr)."""
+    def run(*args: str) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", ["nncompress", *args])
+        with pytest.raises(SystemExit) as exit_:
+            cli.main()
+        captured = capsys.readouterr()
+        return exit_.value.code, captured.out, captured.err
+    return run
+
+
+@pytest.mark.slow
 def test_train_writes_json_and_weights_then_evaluate_and_inspect(tmp_path):
     weights, report = tmp_path / "m.safetensors", tmp_path / "r.json"
     done = run_cli("train", "lenet5", "--epochs", "3", "--optimizer", "adam", "--lr", "0.002", "--out", str(weights), "--json", str(report))
@@ -31,8 +52,61 @@ def test_user_errors_are_one_clear_line():
     done = run_cli("train", "lenet", "--epochs", "1")
     assert done.returncode == 2
     assert "unknown model 'lenet'" in done.stderr and "Traceback" not in done.stderr
+    assert done.stderr.count("\n") == 1  # one line, however long
 
 
-def test_help_lists_the_commands():
-    done = run_cli("--help")
-    assert done.returncode == 0 and all(c in done.stdout for c in ("train", "evaluate", "inspect", "demo"))
+def test_help_lists_the_commands(main):
+    code, stdout, _ = main("--help")
+    assert code == 0 and all(c in stdout for c in ("train", "evaluate", "inspect", "deep-compress", "decode", "demo"))
+
+
+def test_only_user_errors_become_exit_code_2(monkeypatch, capsys):
+    def raise_(err):
+        def app():
+            raise err
+        return app
+
+    monkeypatch.setattr(cli, "app", raise_(UserError("sparsity=2 is outside the allowed range [0, 1)")))
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    assert exit_.value.code == 2 and "sparsity=2 is outside" in capsys.readouterr().err
+    monkeypatch.setattr(cli, "app", raise_(FileNotFoundError("weights file 'x' does not exist")))
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    assert exit_.value.code == 2
+    monkeypatch.setattr(cli, "app", raise_(ValueError("internal bug")))  # a bug keeps its traceback
+    with pytest.raises(ValueError, match="internal bug"):
+        cli.main()
+
+
+def test_methods_lists_every_registered_method(main):
+    code, stdout, _ = main("methods")
+    assert code == 0
+    assert all(f"{name} (" in stdout for name in ("magnitude", "linear", "kmeans", "format"))
+    assert "weight_format" in stdout
+
+
+@pytest.mark.slow
+def test_quantize_with_a_number_format_saves_a_reloadable_model(tmp_path):
+    weights, report = tmp_path / "q.safetensors", tmp_path / "q.json"
+    done = run_cli("quantize", "lenet300", "--method", "format", "--set", "weight_format=fp8_e4m3",
+                   "--set", "act_format=fp8_e4m3", "--out", str(weights), "--json", str(report))
+    assert done.returncode == 0, done.stderr
+    r = json.loads(report.read_text())
+    assert r["method"]["weight_format"] == "fp8_e4m3" and r["method"]["act_format"] == "fp8_e4m3"
+    assert abs(r["quantized_accuracy"] - r["float_accuracy"]) <= 0.005
+    done = run_cli("evaluate", str(weights), "--json", str(tmp_path / "e.json"))
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "e.json").read_text())["accuracy"] == r["quantized_accuracy"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (("--method", "format", "--weight-bits", "4"), "--weight-bits does not apply to --method format"),
+    (("--method", "format", "--set", "weight_format=fp4"), "weight_format='fp4' is not one of"),
+    (("--method", "magnitude"), "unknown method 'magnitude'"),
+    (("--set", "weight_bit=4"), "has no field 'weight_bit'. Did you mean 'weight_bits'"),
+    (("--set", "weight_bits"), "--set 'weight_bits' must look like FIELD=VALUE"),
+])
+def test_quantize_options_are_checked_against_the_method_fields(main, args, message):
+    code, _, stderr = main("quantize", "lenet300", *args)
+    assert code == 2 and message in stderr

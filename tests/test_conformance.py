@@ -8,6 +8,7 @@ from torch import nn
 
 import nncompress as nc
 from nncompress.parametrize import transforms
+from nncompress.quant.floating import FormatQuant
 from nncompress.registry import METHODS
 
 METHOD_EXAMPLES = [
@@ -20,6 +21,7 @@ METHOD_EXAMPLES = [
     nc.DynamicQuant(weight_bits=8, per_token=True),
     nc.SmoothQuant(alpha=0.5, act_bits=8),
     nc.KMeansQuant(bits=3, layer_bits={"type:Conv1d|Conv2d": 4}),
+    FormatQuant(weight_format="fp4_e2m1", act_format="fp8_e4m3"),
 ]
 
 

@@ -4,7 +4,9 @@ import sys
 
 import pytest
 import torch
+from torch import nn
 
+import nncompress as nc
 from nncompress.train import History, TrainConfig, evaluate, fit
 from nncompress.zoo import build_model
 
@@ -82,3 +84,89 @@ def test_ddp_two_processes_match_one_process(tmp_path):
                                    "--nproc_per_node=2"], "ddp")
     assert single > 0.93 and ddp > 0.93
     assert abs(single - ddp) < 0.03  # same global batch; only the reduction order differs
+
+
+# --- batches of any shape, loss_fn, regularizers ---------------------------------------------------
+
+QUIET = {"progress": False, "log": lambda m: None}
+
+
+class Halves(nn.Module):
+    """lenet300 fed as two inputs (the image's two halves) or by keyword."""
+
+    def __init__(self, in_shape):
+        super().__init__()
+        self.net = build_model("lenet300", in_shape, 10)
+
+    def forward(self, left=None, right=None, pixels=None):
+        if pixels is None:
+            pixels = left if right is None else torch.cat([left, right], dim=-1)
+        return self.net(pixels)
+
+
+def _train_as(digits, shape: str, **kw):
+    """Train the same model on the same batches, presented in another shape."""
+    rows = digits.in_shape[-1] // 2
+    present = {
+        "tuple": lambda x, y: (x, y),
+        "dict": lambda x, y: {"pixels": x, "labels": y},
+        "two inputs": lambda x, y: ((x[..., :rows], x[..., rows:]), y),
+        "forward_fn": lambda x, y: {"image": x, "label": y},
+    }[shape]
+    torch.manual_seed(1)
+    model = Halves(digits.in_shape)
+    batches = [present(x, y) for x, y in digits.train_loader(64)]
+    fit(model, batches, FAST, **QUIET, **kw)
+    return model, [present(x, y) for x, y in digits.test_loader()]
+
+
+@pytest.mark.parametrize("shape", ["dict", "two inputs", "forward_fn"])
+def test_dict_tuple_of_inputs_and_forward_fn_batches_train_exactly_like_x_y(digits, shape):
+    reference, _ = _train_as(digits, "tuple")
+    fn = (lambda m, b: m(pixels=b["image"])) if shape == "forward_fn" else None
+    model, test = _train_as(digits, shape, forward_fn=fn)
+    for pa, pb in zip(reference.parameters(), model.parameters(), strict=True):
+        assert torch.equal(pa, pb)  # same batches, same order, same seed: the same weights
+    assert evaluate(model, test, forward_fn=fn)["accuracy"] > 0.93
+
+
+def test_loss_fn_fits_a_regression_and_evaluate_reports_its_loss_without_accuracy():
+    x = torch.linspace(-1, 1, 64).unsqueeze(1)
+    batches = [(x[i:i + 16], 3 * x[i:i + 16] + 1) for i in range(0, 64, 16)]
+    model = nn.Linear(1, 1)
+    mse = nn.functional.mse_loss
+    fit(model, batches, TrainConfig(epochs=200, lr=0.1, weight_decay=0.0, schedule="constant"), loss_fn=mse, **QUIET)
+    assert model.weight.item() == pytest.approx(3.0, abs=1e-3) and model.bias.item() == pytest.approx(1.0, abs=1e-3)
+    result = evaluate(model, batches, loss_fn=mse)
+    assert result.keys() == {"loss"} and result["loss"] < 1e-6
+
+
+def test_the_default_loss_without_targets_is_a_clear_error():
+    with pytest.raises(ValueError, match="needs integer class targets.*loss_fn="):
+        fit(nn.Linear(2, 3), [torch.randn(4, 2)], TrainConfig(epochs=1), **QUIET)
+
+
+def test_token_logits_are_scored_per_token_and_minus_100_is_ignored():
+    logits = torch.tensor([[[2.0, 0.0], [0.0, 2.0], [2.0, 0.0]]])  # (B=1, T=3, C=2): predicts 0, 1, 0
+    labels = torch.tensor([[0, 0, -100]])  # right, wrong, ignored
+    result = evaluate(nn.Identity(), [{"x": logits, "labels": labels}], forward_fn=lambda m, b: {"logits": b["x"]})
+    assert result["accuracy"] == 0.5
+    expected = nn.functional.cross_entropy(logits[0, :2], labels[0, :2])
+    assert result["loss"] == pytest.approx(float(expected))
+
+
+def test_a_regularizer_changes_the_trained_weights(digits):
+    plain, _ = _train(digits)
+    l2 = lambda m: 10.0 * m.fc3.weight.pow(2).sum()  # noqa: E731
+    regularized, history = _train(digits, regularizers=[l2])
+    norm = lambda m, layer: getattr(m, layer).weight.norm().item()  # noqa: E731
+    assert norm(regularized, "fc3") < 0.1 * norm(plain, "fc3")  # the penalty drives fc3 towards 0
+    assert norm(regularized, "fc1") == pytest.approx(norm(plain, "fc1"), rel=0.1)  # other layers barely move
+    assert history.train_loss[-1] > 0  # the data loss alone is recorded
+
+
+def test_methods_contribute_no_regularizer_by_default_and_a_bad_one_is_a_clear_error():
+    assert nc.MagnitudePrune(sparsity=0.5).regularizers(nn.Linear(2, 2)) == []
+    with pytest.raises(ValueError, match="regularizer '<lambda>' returned float"):
+        fit(nn.Linear(2, 3), [(torch.randn(4, 2), torch.tensor([0, 1, 2, 0]))], TrainConfig(epochs=1),
+            regularizers=[lambda m: 0.5], **QUIET)

@@ -1,10 +1,13 @@
-"""What users call: build or load a model, train it on a named dataset, save it, inspect it.
+"""What users call: apply methods, build or load a model, train it on a named dataset, save it, inspect it.
 
-Saved models are safetensors files whose header records the zoo architecture, input shape and
-class count, so `load_model(path)` rebuilds the module without unpickling anything. A compressed
-model also records its recipe (the Methods applied, as plain data): loading replays the recipe on a
-fixed random probe batch to rebuild the same wrappers and parametrizations, then loads every tensor
-from the file, so calibrated scales, masks and codebooks come back exactly.
+Saved models are safetensors files with a JSON header. Any `nn.Module` can be saved; a zoo model
+also records its architecture, input shape and class count, so `load_model(path)` rebuilds it
+alone, while any other model is restored into the instance (or factory) passed as `model=`. A
+compressed model records its recipe (the Methods applied, as plain data, whether BatchNorm was
+folded first and whether `convert_` ran last): loading replays the recipe on an example batch (the
+user's, one stored in the file, or a random probe for zoo models) to rebuild the same
+parametrizations and quantizers, then loads every tensor, so calibrated scales, masks, codebooks
+and integer codes come back exactly. Nothing is unpickled.
 """
 from __future__ import annotations
 
@@ -12,18 +15,24 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from .analysis.metrics import count_nonzero, count_params, layer_stats, total_macs, weight_layers
-from .config import Context, Method
+from .batches import ForwardFn, pack_batch, unpack_batch
+from .config import Context, Method, run_method
 from .fileio import load_weights, save_weights
 from .methods import method_from_dict
 from .parametrize import squash_  # noqa: F401  (re-exported)
 from .quant.fold import fold_batchnorm_
 from .train import TrainConfig, evaluate, fit, is_main_process
+from .validate import UserError
 from .zoo import MODELS, Dataset, build_model, load_dataset
+
+#: Prefix of the example batch's tensors in a saved file (kept apart from the model's state_dict).
+EXAMPLE_PREFIX = "__example__"
 
 #: Recipes that reach the baselines in benchmarks/results/baselines.md (SGD + momentum, cosine LR).
 RECOMMENDED_TRAINING: dict[str, TrainConfig] = {
@@ -36,45 +45,166 @@ RECOMMENDED_TRAINING: dict[str, TrainConfig] = {
 }
 
 
-def save_model(model: nn.Module, path: str | os.PathLike, *, arch: str, in_shape: tuple[int, ...],
-               num_classes: int, recipe: Sequence[Method] = (), fold_batchnorm: bool = False,
-               **extra: object) -> Path:
+def save_model(model: nn.Module, path: str | os.PathLike, *, recipe: Sequence[Method] = (), example: Any = None,
+               arch: str | None = None, in_shape: tuple[int, ...] | None = None, num_classes: int | None = None,
+               fold_batchnorm: bool = False, **meta: object) -> Path:
     """Write `model`'s state_dict as safetensors, with what `load_model` needs to rebuild it.
 
-    `recipe`: the Methods applied to the freshly built zoo model, in order (after folding its
-    BatchNorms when `fold_batchnorm`); `load_model` replays them before loading the tensors.
+    `recipe`: the Methods applied to the fresh model, in order (after folding its BatchNorms when
+    `fold_batchnorm`); whether `convert_` ran is detected and recorded. `example`: one small batch of
+    your data, in any shape `batches.py` feeds; it is stored in the file so `load_model` can replay a
+    calibrating recipe without being given one (two rows are enough). `arch` / `in_shape` /
+    `num_classes`: a zoo model, which `load_model` rebuilds by itself. `meta`: any JSON-able extras.
     """
-    meta = {"arch": arch, "in_shape": list(in_shape), "num_classes": num_classes, **extra}
+    header: dict[str, Any] = {**meta, **_zoo_meta(arch, in_shape, num_classes)}
+    converted = _is_converted(model)
+    if converted and not recipe:
+        raise UserError("the model was converted (convert_) but save_model got no recipe: pass "
+                        "recipe=[the methods applied, in order] so load_model can rebuild its structure")
     if recipe:
-        meta["recipe"] = {"fold_batchnorm": fold_batchnorm, "methods": [m.to_dict() for m in recipe]}
-    return save_weights(path, model.state_dict(), meta)
+        header["recipe"] = {"fold_batchnorm": fold_batchnorm, "converted": converted,
+                            "methods": [m.to_dict() for m in recipe]}
+    state, tied = _untie(model.state_dict())
+    if tied:
+        header["tied"] = tied
+    if example is not None:
+        tensors, header["example"] = pack_batch(example, EXAMPLE_PREFIX)
+        state.update(tensors)
+    return save_weights(path, state, header)
 
 
-def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict]:
-    """Rebuild a zoo model saved by `save_model` (replaying its recipe); returns (model, metadata)."""
+def _untie(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Keep one key per shared tensor (tied weights, e.g. a language model's decoder and embedding):
+    safetensors stores each tensor once. Returns (state, {dropped key: kept key}) for `load_model`."""
+    kept: dict[str, torch.Tensor] = {}
+    tied: dict[str, str] = {}
+    first: dict[tuple, str] = {}
+    for key, tensor in state.items():
+        ident = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape),
+                 tuple(tensor.stride()), tensor.dtype)
+        if tensor.numel() and ident in first:
+            tied[key] = first[ident]
+            continue
+        if tensor.numel():
+            first[ident] = key
+        kept[key] = tensor
+    return kept, tied
+
+
+def _zoo_meta(arch: str | None, in_shape: tuple[int, ...] | None, num_classes: int | None) -> dict:
+    """The header fields of the zoo shortcut; a zoo arch needs its input shape and class count."""
+    if arch is None:
+        return {}
+    if arch in MODELS and (in_shape is None or num_classes is None):
+        raise UserError(f"arch={arch!r} is a zoo model: pass in_shape=... and num_classes=... too "
+                        "(or leave arch out and load with load_model(path, model=...))")
+    fields = {"arch": arch, "in_shape": list(in_shape) if in_shape is not None else None, "num_classes": num_classes}
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def _is_converted(model: nn.Module) -> bool:
+    from .quant.convert import is_converted  # imported here: convert is optional for plain models
+    return is_converted(model)
+
+
+def load_model(path: str | os.PathLike, model: nn.Module | Callable[[], nn.Module] | None = None, *,
+               example: Any = None, forward_fn: ForwardFn | None = None) -> tuple[nn.Module, dict]:
+    """Restore a model saved by `save_model`; returns (model, metadata).
+
+    `model`: the module to restore into (in place), or a zero-argument factory building it; required
+    unless the file names a zoo architecture. `example`: one batch of your data (any shape `batches.py`
+    feeds; `forward_fn` as for `quantize_`) to replay the recipe on; default: the example stored in
+    the file, else a random probe of the zoo input shape. The recipe is replayed (fold BatchNorm,
+    each Method, `convert_`), then every tensor is loaded.
+    Example:
+        >>> import nncompress as nc, torch, tempfile, os
+        >>> net = torch.nn.Sequential(torch.nn.Linear(8, 4))
+        >>> _ = nc.quantize_(net, nc.LinearQuant(weight_bits=4, act_bits=8), data=[torch.randn(16, 8)])
+        >>> path = os.path.join(tempfile.mkdtemp(), "q.safetensors")
+        >>> _ = nc.save_model(net, path, recipe=[nc.LinearQuant(weight_bits=4, act_bits=8)], example=torch.randn(2, 8))
+        >>> loaded, _ = nc.load_model(path, lambda: torch.nn.Sequential(torch.nn.Linear(8, 4)))
+        >>> x = torch.randn(3, 8); torch.equal(loaded(x), net(x))
+        True
+    """
     state, meta = load_weights(path)
-    if meta.get("arch") not in MODELS:
-        raise ValueError(f"{str(path)!r} does not name a zoo architecture (metadata: {meta}); "
-                         "load your own model class and call model.load_state_dict(safetensors.torch.load_file(path))")
-    model = build_model(meta["arch"], tuple(meta["in_shape"]), int(meta["num_classes"]))
+    stored_example = unpack_batch(state, meta["example"]) if "example" in meta else None
+    state = {k: v for k, v in state.items() if k.split(".")[0] != EXAMPLE_PREFIX}
+    state.update({key: state[source] for key, source in meta.get("tied", {}).items()})
+    net = _model_to_restore(path, meta, model)
     if "recipe" in meta:
-        replay_recipe_(model, meta["recipe"], tuple(meta["in_shape"]))
+        batch = example if example is not None else stored_example if stored_example is not None else _zoo_probe(meta)
+        replay_recipe_(net, meta["recipe"], None if batch is None else [batch], forward_fn=forward_fn)
+    _load_state(net, state, path, meta)
+    return net, meta
+
+
+def _model_to_restore(path: str | os.PathLike, meta: dict, model: nn.Module | Callable[[], nn.Module] | None) -> nn.Module:
+    """`model` (called when it is a factory), else the zoo model the file names."""
+    if model is None:
+        if meta.get("arch") not in MODELS:
+            raise UserError(f"{str(path)!r} holds a model that is not from the zoo (arch={meta.get('arch')!r}): pass "
+                            "model= an instance of its class or a zero-argument function building one, e.g. "
+                            "load_model(path, model=lambda: MyNet(config))")
+        return build_model(meta["arch"], tuple(meta["in_shape"]), int(meta["num_classes"]))
+    built = model if isinstance(model, nn.Module) else model() if callable(model) else model
+    if not isinstance(built, nn.Module):
+        raise UserError(f"model={model!r} is not an nn.Module nor a zero-argument function returning one")
+    return built
+
+
+def _zoo_probe(meta: dict) -> tuple[torch.Tensor, None] | None:
+    """A fixed random batch of the zoo input shape (None when the file records no shape)."""
+    if "in_shape" not in meta:
+        return None
+    return torch.randn(2, *meta["in_shape"], generator=torch.Generator().manual_seed(0)), None
+
+
+def replay_recipe_(model: nn.Module, recipe: dict, data: Iterable | None,
+                   forward_fn: ForwardFn | None = None) -> nn.Module:
+    """Rebuild a recipe's structure on `model` (fold BatchNorm, each Method on `data`, `convert_`);
+    the values it calibrates are overwritten by the caller's `load_state_dict`."""
+    if recipe.get("fold_batchnorm"):
+        fold_batchnorm_(model)
+    for spec in recipe.get("methods", []):
+        method = method_from_dict(spec)
+        if data is None and "data" in method.needs:
+            raise UserError(f"the saved recipe's {type(method).__name__} calibrates on data: pass example=one batch of "
+                            "your data to load_model (or to save_model, which stores it in the file)")
+        try:
+            apply_(model, method, data=data, train_fn=lambda m: None, forward_fn=forward_fn)
+        except (TypeError, RuntimeError, KeyError, IndexError) as err:  # the model does not take the example
+            raise UserError(f"replaying the saved recipe's {type(method).__name__} on {type(model).__name__} failed "
+                            f"({type(err).__name__}: {err}): pass model= the class the file was saved from and "
+                            "example= a batch it accepts (and forward_fn= if it needs one)") from err
+    if recipe.get("converted"):
+        from .quant.convert import convert_  # imported here: only converted files need it
+        convert_(model)
+    return model
+
+
+def _load_state(model: nn.Module, state: dict[str, torch.Tensor], path: str | os.PathLike, meta: dict) -> None:
+    """`model.load_state_dict(state)`, with missing / unexpected keys and shape clashes as a UserError
+    that says what to pass."""
+    expected = model.state_dict().keys()
+    missing, unexpected = sorted(expected - state.keys()), sorted(state.keys() - expected)
+    if missing or unexpected:
+        compressed = any(".parametrizations." in k or "input_quantizer" in k for k in unexpected)
+        hint = ("it holds a compressed model saved without recipe=[...]: save it again with save_model(..., "
+                "recipe=[the methods applied, in order])" if compressed and "recipe" not in meta else
+                "pass model= the same class and configuration it was saved from")
+        raise UserError(f"{str(path)!r} does not fit the model ({type(model).__name__}): {hint}. "
+                        f"Missing keys: {_few(missing)}; unexpected keys: {_few(unexpected)}")
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        raise ValueError(f"{str(path)!r} does not fit a {meta['arch']} rebuilt from its metadata (a compressed "
-                         f"model saved without recipe=[...]?): {err}") from None
-    return model, meta
+        lines = (line.strip().removesuffix(".") for line in str(err).splitlines())
+        clashes = [line for line in lines if line.startswith("size mismatch")]
+        raise UserError(f"{str(path)!r} does not fit the model ({type(model).__name__}): pass model= the same class "
+                        f"and configuration it was saved from. {_few(clashes, 3) if clashes else err}") from None
 
 
-def replay_recipe_(model: nn.Module, recipe: dict, in_shape: tuple[int, ...]) -> nn.Module:
-    """Rebuild a recipe's structure on `model`: the values it calibrates are overwritten by the caller."""
-    if recipe.get("fold_batchnorm"):
-        fold_batchnorm_(model)
-    probe = torch.randn(2, *in_shape, generator=torch.Generator().manual_seed(0))
-    for spec in recipe.get("methods", []):
-        apply_(model, method_from_dict(spec), data=[(probe, None)], train_fn=lambda m: None)
-    return model
+def _few(keys: list[str], n: int = 5) -> str:
+    return (", ".join(keys[:n]) + (f" ... ({len(keys)} in all)" if len(keys) > n else "")) if keys else "none"
 
 
 def resolve_model(spec: str, dataset: Dataset, seed: int = 0) -> tuple[nn.Module, str, bool]:
@@ -121,19 +251,24 @@ def train_model(arch_or_path: str, dataset_name: str = "digits", *, data_dir: st
 
 
 def apply_(model: nn.Module, method: Method, *, data: Iterable | None = None,
-           train_fn: Callable[[nn.Module], object] | None = None) -> nn.Module:
+           train_fn: Callable[[nn.Module], object] | None = None, forward_fn: ForwardFn | None = None,
+           report: list[dict] | None = None) -> nn.Module:
     """Apply any Method in place (masks / fake quantizers as parametrizations); returns `model`.
 
+    `data`: calibration / data-aware batches of any shape `batches.py` feeds (tensors, (x, y),
+    dicts / BatchEncodings...), `forward_fn(model, batch) -> output` when those rules do not fit.
+    `report`: a list that receives the method's per-layer report entries (`{"method": name, ...}`).
     Example:
         >>> import nncompress as nc, torch
         >>> net = torch.nn.Sequential(torch.nn.Linear(10, 10), torch.nn.ReLU(), torch.nn.Linear(10, 2))
-        >>> _ = nc.prune_(net, nc.MagnitudePrune(sparsity=0.8, scope="global"))
-        >>> round(1 - nc.count_nonzero_weights(net) / 120, 2)
-        0.8
+        >>> entries = []
+        >>> _ = nc.prune_(net, nc.MagnitudePrune(sparsity=0.8, scope="global"), report=entries)
+        >>> round(1 - nc.count_nonzero_weights(net) / 120, 2), entries[0]["method"]
+        (0.8, 'magnitude')
     """
-    ctx = Context(data=data, train_fn=train_fn)
-    method.check_context(ctx)
-    method.apply(model, ctx)
+    entries = run_method(model, method, Context(data=data, train_fn=train_fn, forward_fn=forward_fn))
+    if report is not None:
+        report.extend(entries)
     return model
 
 

@@ -4,19 +4,25 @@ Every command that produces figures prints a table and, with `--json PATH`, writ
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
+import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import api
+from .config import Method, per_layer
 from .fileio import write_json
+from .methods import METHODS, method_from_dict
 from .train import evaluate as evaluate_model
 from .train import is_main_process
-from .zoo import DATASETS, MODELS, load_dataset
+from .validate import UserError, unknown_name_error
+from .zoo import DATASETS, MODELS, Dataset, load_dataset
 
 app = typer.Typer(help="Prune and quantize PyTorch models, and measure what it buys.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -101,49 +107,143 @@ def inspect(model: ModelArg, dataset: DatasetOpt = "digits", data_dir: DataDirOp
     _emit_json(json_path, result)
 
 
-def _parse_layer_values(text: Optional[str]) -> dict[str, float]:
-    """'fc1=0.9,fc3=0.75' -> {'fc1': 0.9, 'fc3': 0.75}."""
-    if not text:
-        return {}
+def _parse_pairs(text: Optional[str], option: str, example: str) -> dict[str, str]:
+    """'fc1=0.9,fc3=0.75' -> {'fc1': '0.9', 'fc3': '0.75'}; a malformed item is a UserError."""
     pairs = {}
-    for item in text.split(","):
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
         name, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--layer-sparsity item {item!r} must look like NAME=FRACTION, e.g. fc3=0.75")
-        pairs[name.strip()] = float(value)
+        if not sep or not name.strip() or not value.strip():
+            raise UserError(f"{option} item {item!r} must look like NAME=VALUE, e.g. {example}")
+        pairs[name.strip()] = value.strip()
     return pairs
+
+
+def _parse_layer_values(text: Optional[str]) -> dict[str, float]:
+    """'fc1=0.9,fc3=0.75' -> {'fc1': 0.9, 'fc3': 0.75} (layer names or 're:' / 'type:' patterns)."""
+    values = {}
+    for name, value in _parse_pairs(text, "--layer-sparsity", "fc1=0.92,fc3=0.75").items():
+        try:
+            values[name] = float(value)
+        except ValueError:
+            raise UserError(f"--layer-sparsity {name}={value!r}: the value must be a fraction in [0, 1)") from None
+    return values
+
+
+def _parse_sets(items: Optional[list[str]]) -> dict[str, Any]:
+    """--set FIELD=VALUE items -> {field: YAML-parsed value}; 'targets.exclude=[conv1]' sets a
+    field of the method's `targets`."""
+    fields: dict[str, Any] = {}
+    for item in items or ():
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set {item!r} must look like FIELD=VALUE, e.g. --set sparsity=0.8 "
+                            "(`nncompress methods` lists each method's fields)")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise UserError(f"--set {item!r}: the value is not valid YAML ({err})") from None
+        head, _, sub = key.strip().partition(".")
+        if sub:
+            fields.setdefault(head, {})[sub] = value
+        else:
+            fields[head] = value
+    return fields
+
+
+def _flag(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def _given(**flags: Any) -> dict[str, Any]:
+    """The flags the user gave (None = not given)."""
+    return {key: value for key, value in flags.items() if value is not None}
+
+
+def method_names(family: str) -> dict[str, type[Method]]:
+    """The registered methods defined in package `nncompress.<family>` ("prune" or "quant")."""
+    return {name: cls for name, cls in sorted(METHODS.items()) if cls.__module__.startswith(f"nncompress.{family}.")}
+
+
+def build_method(name: str, family: str, flags: dict[str, Any], sets: Optional[list[str]],
+                 defaults: Optional[dict[str, Any]] = None) -> Method:
+    """The Method `name` built from its dataclass fields: `defaults` (CLI defaults, used when the
+    method has the field), then the `flags` given (field -> value; a flag the method has no field
+    for is an error), then --set FIELD=VALUE. `family` ("prune" / "quant") limits the names."""
+    choices = method_names(family)
+    if name not in choices:
+        raise unknown_name_error("method", name, choices)
+    fields = {f.name for f in dataclasses.fields(choices[name])}
+    spec: dict[str, Any] = {k: v for k, v in (defaults or {}).items() if k in fields}
+    for key, value in flags.items():
+        if key not in fields:
+            raise UserError(f"{_flag(key)} does not apply to --method {name} (its fields: "
+                            f"{', '.join(sorted(fields))}; set them with --set FIELD=VALUE)")
+        spec[key] = value
+    for key, value in _parse_sets(sets).items():
+        spec[key] = {**spec.get(key, {}), **value} if key == "targets" else value
+    return method_from_dict({"method": name, **spec})
+
+
+def _method_label(method: Method) -> str:
+    """'linear weight_bits=4 act_bits=None': the name and the fields that differ from the defaults."""
+    changed = []
+    for f in dataclasses.fields(method):
+        value = getattr(method, f.name)
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if f.name != "targets" and value != default:
+            changed.append(f"{f.name}={value}")
+    return " ".join([method.name, *changed])
+
+
+def check_layer_keys(method: Method, model_spec: str, data: Dataset) -> None:
+    """Fail fast, before any training: the method's layer names (targets and the keys of per-layer
+    maps such as layer_sparsity / layer_bits) must name layers of the model (did-you-mean UserError)."""
+    net, _, _ = api.resolve_model(model_spec, data)
+    layers = method.targets.layers(net)
+    for f in dataclasses.fields(method):
+        value = getattr(method, f.name)
+        if isinstance(value, dict) and value:
+            per_layer(value, layers, None, f.name)
+
+
+SetOpt = Annotated[Optional[list[str]], typer.Option(
+    "--set", help="FIELD=VALUE for any field of the method, YAML value (repeatable): --set sparsity=0.8, "
+                  "--set 'layer_bits={fc3: 8}', --set targets.exclude=conv1; `nncompress methods` lists the fields")]
+ExcludeOpt = Annotated[Optional[list[str]], typer.Option(help="layer name to leave untouched (repeatable)")]
 
 
 @app.command()
 def prune(model: ModelArg = "lenet300", dataset: DatasetOpt = "digits", data_dir: DataDirOpt = None,
           download: DownloadOpt = False,
-          method: Annotated[str, typer.Option(help="magnitude, random or threshold")] = "magnitude",
-          sparsity: Annotated[float, typer.Option(help="fraction of targeted weights removed, in [0, 1)")] = 0.9,
-          scope: Annotated[str, typer.Option(help="layer (each layer) or global (one threshold)")] = "layer",
-          layer_sparsity: Annotated[Optional[str], typer.Option(help="per-layer overrides: fc1=0.92,fc3=0.75")] = None,
-          quality: Annotated[float, typer.Option(help="threshold method: keep |w| > quality * std(w)")] = 1.0,
-          exclude: Annotated[Optional[list[str]], typer.Option(help="layer name to leave dense (repeatable)")] = None,
+          method: Annotated[str, typer.Option(help=f"one of: {', '.join(method_names('prune'))}")] = "magnitude",
+          sparsity: Annotated[Optional[float], typer.Option(help="fraction of targeted weights removed, in [0, 1) (default 0.9)")] = None,
+          scope: Annotated[Optional[str], typer.Option(help="layer (each layer) or global (one threshold)")] = None,
+          layer_sparsity: Annotated[Optional[str], typer.Option(help="per-layer targets (names or re: / type: patterns), both scopes: fc1=0.92,fc3=0.75")] = None,
+          quality: Annotated[Optional[float], typer.Option(help="threshold method: keep |w| > quality * std(w) (default 1.0)")] = None,
+          exclude: ExcludeOpt = None, set_fields: SetOpt = None,
           schedule: Annotated[str, typer.Option(help="oneshot, iterative or agp")] = "iterative",
-          rounds: Annotated[int, typer.Option(help="iterative: prune-retrain cycles")] = 3,
-          finetune_epochs: Annotated[int, typer.Option(help="retraining epochs (per round), at 1/10 the LR")] = 5,
+          rounds: Annotated[int, typer.Option(min=1, help="iterative: prune-retrain cycles")] = 3,
+          finetune_epochs: Annotated[int, typer.Option(min=0, help="retraining epochs (per round), at 1/10 the LR")] = 5,
           seed: Annotated[int, typer.Option(help="random seed")] = 0,
           out_path: Annotated[Optional[Path], typer.Option("--out", "-o", help="save pruned weights")] = None,
           json_path: JsonOpt = None) -> None:
     """Prune a model (training it first if a zoo name is given), retrain, and report."""
     from .flows.prune import prune_model
-    from .methods import method_from_dict
 
-    spec: dict = {"method": method, "targets": {"exclude": tuple(exclude or ())}}
-    if method == "threshold":
-        spec["quality"] = quality
-    else:
-        spec.update(sparsity=sparsity, scope=scope)
-        if method == "magnitude":
-            spec["layer_sparsity"] = _parse_layer_values(layer_sparsity)
+    flags = _given(sparsity=sparsity, scope=scope, quality=quality,
+                   layer_sparsity=_parse_layer_values(layer_sparsity) or None,
+                   targets={"exclude": list(exclude)} if exclude else None)
+    pruner = build_method(method, "prune", flags, set_fields, defaults={"sparsity": 0.9, "quality": 1.0})
+    if schedule != "oneshot" and not any(f.name == "sparsity" for f in dataclasses.fields(pruner)):
+        raise UserError(f"--schedule {schedule} re-applies the method at rising sparsity, but --method {method} "
+                        "has no sparsity field: use --schedule oneshot")
     data = load_dataset(dataset, data_dir, download=download)
-    _, result = prune_model(model, data, method_from_dict(spec), schedule=schedule, rounds=rounds,
+    check_layer_keys(pruner, model, data)
+    _, result = prune_model(model, data, pruner, schedule=schedule, rounds=rounds,
                             finetune_epochs=finetune_epochs, seed=seed, out=str(out_path) if out_path else None)
-    table = Table(title=f"{result['model']} pruned ({schedule})")
+    table = Table(title=f"{result['model']} pruned ({_method_label(pruner)}, {schedule})")
     for col in ("layer", "density"):
         table.add_column(col)
     for name, dens in result["densities"].items():
@@ -187,57 +287,76 @@ def sensitivity(model: ModelArg = "lenet5", dataset: DatasetOpt = "digits", data
 @app.command()
 def quantize(model: ModelArg = "lenet5", dataset: DatasetOpt = "digits", data_dir: DataDirOpt = None,
              download: DownloadOpt = False,
-             weight_bits: Annotated[int, typer.Option(help="weight bits (2..16), symmetric")] = 8,
-             act_bits: Annotated[int, typer.Option(help="activation bits (2..16); 0 = weight-only")] = 8,
-             granularity: Annotated[str, typer.Option(help="tensor, channel or group")] = "channel",
-             group_size: Annotated[int, typer.Option(help="weights per group for --granularity group")] = 128,
-             observer: Annotated[str, typer.Option(help="minmax, ema, percentile, mse or entropy")] = "minmax",
-             dynamic: Annotated[bool, typer.Option(help="quantize activations at run time")] = False,
-             per_token: Annotated[bool, typer.Option(help="dynamic: one activation scale per row")] = False,
+             method: Annotated[str, typer.Option(help=f"one of: {', '.join(method_names('quant'))}")] = "linear",
+             weight_bits: Annotated[Optional[int], typer.Option(help="weight bits (2..16), symmetric (default 8)")] = None,
+             act_bits: Annotated[Optional[int], typer.Option(help="activation bits (2..16); 0 = weight-only (default 8)")] = None,
+             granularity: Annotated[Optional[str], typer.Option(help="tensor, channel or group (default channel)")] = None,
+             group_size: Annotated[Optional[int], typer.Option(help="weights per group for --granularity group")] = None,
+             observer: Annotated[Optional[str], typer.Option(help="minmax, ema, percentile, mse or entropy")] = None,
+             dynamic: Annotated[bool, typer.Option(help="same as --method dynamic")] = False,
+             per_token: Annotated[Optional[bool], typer.Option("--per-token", help="dynamic: one activation scale per row")] = None,
              keep_8bit: Annotated[Optional[list[str]], typer.Option(help="layer kept at 8 bit (repeatable)")] = None,
-             calib_images: Annotated[int, typer.Option(help="training images used for calibration")] = 512,
+             exclude: ExcludeOpt = None, set_fields: SetOpt = None,
+             calib_images: Annotated[int, typer.Option(min=1, help="training images used for calibration")] = 512,
              seed: Annotated[int, typer.Option(help="random seed")] = 0,
              plot: Annotated[Optional[Path], typer.Option(help="PNG of per-layer output SQNR / cosine")] = None,
              out_path: Annotated[Optional[Path], typer.Option("--out", "-o", help="save the quantized model")] = None,
              json_path: JsonOpt = None) -> None:
-    """Post-training quantization: accuracy before/after and per-layer error analysis."""
+    """Post-training quantization with any quantization method: accuracy before/after and per-layer
+    error analysis (e.g. --method format --set weight_format=fp4_e2m1 --set act_format=fp8_e4m3)."""
     from .flows.ptq import quantize_model
-    from .quant.ptq import DynamicQuant, LinearQuant
 
-    common = dict(weight_bits=weight_bits, granularity=granularity, group_size=group_size)
-    if dynamic:
-        method = DynamicQuant(**common, act_bits=act_bits or 8, per_token=per_token)
-    else:
-        method = LinearQuant(**common, act_bits=act_bits or None, observer=observer,
-                             layer_bits={name: 8 for name in keep_8bit or ()})
+    if dynamic and method not in ("linear", "dynamic"):
+        raise UserError(f"--dynamic means --method dynamic, which contradicts --method {method}")
+    name = "dynamic" if dynamic else method
+    flags = _given(weight_bits=weight_bits, granularity=granularity, group_size=group_size, observer=observer,
+                   per_token=per_token, act_bits=act_bits, layer_bits={layer: 8 for layer in keep_8bit or ()} or None,
+                   targets={"exclude": list(exclude)} if exclude else None)
+    if act_bits == 0:
+        flags["act_bits"] = _weight_only(name)
+    quantizer = build_method(name, "quant", flags, set_fields)
     data = load_dataset(dataset, data_dir, download=download)
-    _, _, result = quantize_model(model, data, method, seed=seed, calib_images=calib_images,
+    _, _, result = quantize_model(model, data, quantizer, seed=seed, calib_images=calib_images,
                                   out=str(out_path) if out_path else None)
-    table = Table(title=f"{result['model']}: {method.name} W{weight_bits}A{act_bits or 32} {granularity}")
+    label = _method_label(quantizer)
+    table = Table(title=f"{result['model']}: {label}")
     for col in ("layer", "weight SQNR dB", "output SQNR dB", "output cosine"):
         table.add_column(col, justify="left" if col == "layer" else "right")
-    for name, err in result["output_error"].items():
-        table.add_row(name, f"{result['weight_sqnr_db'].get(name, float('inf')):.1f}", f"{err['sqnr_db']:.1f}",
+    for layer, err in result["output_error"].items():
+        table.add_row(layer, f"{result['weight_sqnr_db'].get(layer, float('inf')):.1f}", f"{err['sqnr_db']:.1f}",
                       f"{err['cosine']:.5f}")
     out.print(table)
     out.print(f"float accuracy {result['float_accuracy']:.4f}  quantized accuracy {result['quantized_accuracy']:.4f}")
     if plot is not None:
         from .analysis.plots import plot_layer_error
-        plot_layer_error(result["output_error"], plot, f"{result['model']} {method.name} W{weight_bits}A{act_bits}")
+        plot_layer_error(result["output_error"], plot, f"{result['model']} {label}")
         console.print(f"wrote {plot}")
     if out_path is not None:
         console.print(f"wrote {out_path} (reload with nncompress evaluate / nc.load_model)")
     _emit_json(json_path, result)
 
 
+def _weight_only(method: str) -> Optional[int]:
+    """What --act-bits 0 means: act_bits=None (weight-only) for a method whose act_bits may be None;
+    0 otherwise, which the method then rejects naming the field and its range."""
+    cls = METHODS.get(method)
+    act = next((f for f in dataclasses.fields(cls) if f.name == "act_bits"), None) if cls else None
+    return None if act is not None and "None" in str(act.type) else 0
+
+
 def _parse_bits(text: str) -> dict[str, int]:
-    """'conv=8,fc=5' or 'conv1=8,fc=4' -> {'conv': 8, 'fc': 5}."""
+    """'conv=8,fc=5' -> {'type:Conv1d|Conv2d|Conv3d': 8, 'type:Linear': 5} (the kind words become
+    layer patterns: KMeansQuant.layer_bits takes names and patterns only); layer names ('conv1=8')
+    and patterns ('re:fc[12]=4') pass through."""
+    from .flows.deep_compression import LAYER_KINDS
+
     bits = {}
-    for item in text.split(","):
-        name, sep, value = item.partition("=")
-        if not sep or not value.strip().isdigit():
-            raise ValueError(f"--bits item {item!r} must look like NAME=BITS, e.g. conv=8,fc=5")
-        bits[name.strip()] = int(value)
+    for name, value in _parse_pairs(text, "--bits", "conv=8,fc=5").items():
+        if not value.isdigit():
+            raise UserError(f"--bits {name}={value!r}: the value must be a whole number of bits, e.g. conv=8,fc=5")
+        bits[LAYER_KINDS.get(name, name)] = int(value)
+    if not bits:
+        raise UserError("--bits is empty; give NAME=BITS items, e.g. conv=8,fc=5")
     return bits
 
 
@@ -247,22 +366,26 @@ def deep_compress_cmd(model: ModelArg = "lenet300", dataset: DatasetOpt = "digit
                       prune_sparsity: Annotated[float, typer.Option(help="magnitude pruning target (0 = no pruning)")] = 0.92,
                       scope: Annotated[str, typer.Option(help="layer or global")] = "global",
                       schedule: Annotated[str, typer.Option(help="oneshot, iterative or agp")] = "iterative",
-                      rounds: Annotated[int, typer.Option(help="iterative pruning rounds")] = 3,
-                      finetune_epochs: Annotated[int, typer.Option(help="retraining epochs per pruning round")] = 5,
+                      rounds: Annotated[int, typer.Option(min=1, help="iterative pruning rounds")] = 3,
+                      finetune_epochs: Annotated[int, typer.Option(min=0, help="retraining epochs per pruning round")] = 5,
                       lr_factor: Annotated[float, typer.Option(help="retraining LR / original LR")] = 0.1,
-                      bits: Annotated[str, typer.Option(help="cluster bits: conv=8,fc=5 (kinds or layer names)")] = "conv=8,fc=5",
-                      codebook_epochs: Annotated[int, typer.Option(help="codebook fine-tuning epochs")] = 3,
+                      bits: Annotated[str, typer.Option(help="cluster bits: conv=8,fc=5 (kinds conv / fc, layer names or "
+                                                                "'re:' / 'type:' patterns)")] = "conv=8,fc=5",
+                      codebook_epochs: Annotated[int, typer.Option(min=0, help="codebook fine-tuning epochs")] = 3,
                       seed: Annotated[int, typer.Option(help="random seed")] = 0,
                       out_path: Annotated[Path, typer.Option("--out", "-o", help="the .nnc file to write")] = Path("model.nnc"),
                       json_path: JsonOpt = None) -> None:
     """Deep Compression: prune, share weights (k-means), fine-tune codebooks, Huffman-code into .nnc."""
     from .flows.deep_compression import DeepCompressionConfig, deep_compress
     from .prune.unstructured import MagnitudePrune
+    from .quant.kmeans import KMeansQuant
 
     prune_method = MagnitudePrune(sparsity=prune_sparsity, scope=scope) if prune_sparsity > 0 else None
+    layer_bits = _parse_bits(bits)
     config = DeepCompressionConfig(prune=prune_method, schedule=schedule, rounds=rounds, finetune_epochs=finetune_epochs,
-                                   lr_factor=lr_factor, bits=_parse_bits(bits), codebook_epochs=codebook_epochs)
+                                   lr_factor=lr_factor, bits=layer_bits, codebook_epochs=codebook_epochs)
     data = load_dataset(dataset, data_dir, download=download)
+    check_layer_keys(KMeansQuant(layer_bits=layer_bits), model, data)
     _, result = deep_compress(model, data, config, seed=seed, out=out_path)
     out.print(_deep_compression_table(result["layers"], f"{result['model']} -> {out_path}"))
     out.print(f"dense accuracy {result['dense_accuracy']:.4f}  compressed accuracy {result['compressed_accuracy']:.4f} "
@@ -310,10 +433,6 @@ def decode(path: Annotated[Path, typer.Argument(help="a .nnc file")], dataset: D
 @app.command("methods")
 def list_methods() -> None:
     """List the registered methods (YAML names) and their fields."""
-    import dataclasses
-
-    from .methods import METHODS
-
     for name, cls in sorted(METHODS.items()):
         fields = ", ".join(f.name for f in dataclasses.fields(cls))
         out.print(f"[bold]{name}[/] ({cls.__name__}): {fields}")
@@ -340,11 +459,12 @@ def demo(json_path: JsonOpt = None) -> None:
 
 
 def main() -> None:
-    """Entry point: turn user-input errors into one clear line and exit code 2."""
+    """Entry point: user-input errors (`UserError`, a missing file) become one clear line and exit
+    code 2; any other exception is a bug and keeps its traceback."""
     try:
         app()
-    except (ValueError, FileNotFoundError) as err:
-        console.print(f"[bold red]error:[/] {err}")
+    except (UserError, FileNotFoundError) as err:
+        console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         sys.exit(2)
 
 

@@ -1,4 +1,5 @@
-"""The core types: `Select` (which layers), `Method` (one extension point), `Context` (what a method may use).
+"""The core types: `Select` (which layers), `Method` (one extension point), `Context` (what a method may
+use), and `run_method`, the one path every caller applies a Method through.
 
 Every pruning method and quantizer is a frozen, keyword-only dataclass of hyperparameters with
 `apply(model, ctx) -> model`, registered by name for YAML in `registry.py`. Learned state (masks,
@@ -12,9 +13,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
+import torch
 from torch import nn
 from torch.nn.utils.parametrize import type_before_parametrizations
 
+from .batches import ForwardFn, with_forward
 from .validate import UserError, did_you_mean
 
 V = TypeVar("V")
@@ -91,11 +94,21 @@ def per_layer(overrides: dict[str, V], layers: dict[str, nn.Module], default: V,
 
 @dataclass
 class Context:
-    """What a method may use besides the model: calibration data, a training function, the report."""
+    """What a method may use besides the model: calibration data, a training function, the report.
+
+    `data`: batches of any shape `batches.py` feeds (tensors, (x, y), dicts / BatchEncodings...).
+    `forward_fn(model, batch) -> output`: how to feed them when the default rules do not fit; it is
+    bound to `data` (`batches.with_forward`), so every consumer of `ctx.data` (observers, data-aware
+    criteria) uses it without passing it on.
+    """
 
     data: Iterable | None = None
     train_fn: Callable[[nn.Module], Any] | None = None
+    forward_fn: ForwardFn | None = None
     report: list[dict] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.data = with_forward(self.data, self.forward_fn)
 
     def record(self, method: Method, **facts: Any) -> None:
         self.report.append({"method": method.name, **facts})
@@ -103,7 +116,14 @@ class Context:
 
 @dataclass(frozen=True, kw_only=True)
 class Method:
-    """Base of every pruning method and quantizer: hyperparameters only, `apply` does the work."""
+    """Base of every pruning method and quantizer: hyperparameters only, `apply` does the work.
+
+    Optional hooks a subclass may override:
+    - `needs`: what `apply` requires in the Context ("data", "train_fn"), checked before it runs;
+    - `regularizers(model)`: penalties to add to the training loss while fine-tuning the model
+      this method was applied to (PACT's L2 on the clipping levels, network slimming's L1 on BN
+      scales, DiffQ's size penalty): `nc.fit(model, data, config, regularizers=method.regularizers(model))`.
+    """
 
     name: ClassVar[str] = "method"
     needs: ClassVar[frozenset[str]] = frozenset()
@@ -114,9 +134,13 @@ class Method:
 
     def check_context(self, ctx: Context) -> None:
         if "data" in self.needs and ctx.data is None:
-            raise ValueError(f"{type(self).__name__} needs calibration data: pass data=... (or --dataset on the CLI)")
+            raise UserError(f"{type(self).__name__} needs calibration data: pass data=... (or --dataset on the CLI)")
         if "train_fn" in self.needs and ctx.train_fn is None:
-            raise ValueError(f"{type(self).__name__} needs a training function: pass train_fn=...")
+            raise UserError(f"{type(self).__name__} needs a training function: pass train_fn=...")
+
+    def regularizers(self, model: nn.Module) -> list[Callable[[nn.Module], torch.Tensor]]:
+        """Loss terms `model -> scalar tensor` for fine-tuning after `apply`; none by default."""
+        return []
 
     def to_dict(self) -> dict:
         """Plain-data form for YAML / JSON: {"method": name, field: value, ...}."""
@@ -133,3 +157,14 @@ def _plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     return value
+
+
+def run_method(model: nn.Module, method: Method, ctx: Context | None = None) -> list[dict]:
+    """The one application path (`nc.apply_`, the pruning schedules, lottery tickets): check that
+    `ctx` has what `method` needs, apply it in place, and return the report entries it recorded
+    (they are also appended to `ctx.report`, so a schedule's context collects every round)."""
+    ctx = Context() if ctx is None else ctx
+    method.check_context(ctx)
+    start = len(ctx.report)
+    method.apply(model, ctx)
+    return ctx.report[start:]

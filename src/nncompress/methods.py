@@ -8,25 +8,35 @@ from typing import Any
 
 from .config import Method, Select
 from .prune import unstructured  # noqa: F401
-from .quant import kmeans, ptq, smooth  # noqa: F401
+from .quant import floating, kmeans, ptq, smooth  # noqa: F401
 from .registry import METHODS
-from .validate import did_you_mean, unknown_name_error
+from .validate import UserError, did_you_mean, unknown_name_error
 
 __all__ = ["METHODS", "method_from_dict"]
 
 
 def method_from_dict(spec: dict[str, Any]) -> Method:
-    """Build a Method from {"method": name, field: value, ...}; unknown names and fields are errors."""
+    """Build a Method from {"method": name, field: value, ...}; unknown names and fields, and missing
+    required fields, are UserErrors naming them."""
     spec = dict(spec)
     name = spec.pop("method", None)
     if name not in METHODS:
         raise unknown_name_error("method", str(name), METHODS)
     cls = METHODS[name]
-    fields = {f.name for f in dataclasses.fields(cls)}
-    for key in spec:
-        if key not in fields:
-            raise ValueError(f"method {name!r} has no field {key!r}.{did_you_mean(key, fields)} "
-                             f"Fields: {', '.join(sorted(fields))}")
+    _check_keys(f"method {name!r}", spec, dataclasses.fields(cls))
     if isinstance(spec.get("targets"), dict):
+        _check_keys("targets", spec["targets"], dataclasses.fields(Select))
         spec["targets"] = Select(**spec["targets"])
     return cls(**spec)
+
+
+def _check_keys(what: str, spec: dict[str, Any], fields: tuple[dataclasses.Field, ...]) -> None:
+    names = {f.name for f in fields}
+    for key in spec:
+        if key not in names:
+            raise UserError(f"{what} has no field {key!r}.{did_you_mean(key, names)} "
+                            f"Fields: {', '.join(sorted(names))}")
+    missing = [f.name for f in fields if f.name not in spec and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise UserError(f"{what} needs a value for {', '.join(map(repr, missing))}")

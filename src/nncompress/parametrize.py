@@ -135,6 +135,8 @@ def check_attachable(layer: nn.Module, role: str, tensor_name: str = "weight", l
     (methods call this for every layer before changing any, so a refused call changes nothing)."""
     where = f"{layer_name or type(layer).__name__}.{tensor_name}"
     for existing in transforms(layer, tensor_name):
+        if getattr(existing, "role", "quantizer") == "stored":
+            raise CompositionError(f"{where} holds stored integer codes (convert_ ran); apply every method before convert_")
         if getattr(existing, "role", "quantizer") != "quantizer":
             continue
         if role == "quantizer":

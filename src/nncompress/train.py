@@ -1,4 +1,7 @@
-"""Fit and evaluate any `nn.Module` on any iterable of `(inputs, targets)` batches.
+"""Fit and evaluate any `nn.Module` on any iterable of batches: `(inputs, targets)` pairs, dicts /
+`transformers` BatchEncodings with a "labels" key, tuples of several inputs, or a `forward_fn`
+(`batches.py` says how each is fed). The loss is `loss_fn(output, target)` (cross-entropy on the
+logits by default) plus any `regularizers` (`model -> scalar tensor`, e.g. `Method.regularizers`).
 
 Training goes through parametrizations (masks, fake quantizers, codebooks), so the same loop
 fine-tunes dense, pruned and quantized models. It is seeded and deterministic on CPU, writes
@@ -11,7 +14,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -19,11 +22,15 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .batches import ForwardFn, batch_size, feed, output_tensor, target_of
 from .fileio import atomic_write
-from .validate import check_choice, check_int_range, check_positive
+from .validate import UserError, check_choice, check_int_range, check_positive
 from .zoo.loader import TensorLoader
 
-Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+Batches = Iterable  # of batches of any shape batches.py feeds
+LossFn = Callable[[object, object], torch.Tensor]
+Regularizer = Callable[[nn.Module], torch.Tensor]
+StepLoss = Callable[[object], tuple[torch.Tensor, torch.Tensor]]  # batch -> (objective, data loss)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,23 +92,63 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> tuple[torch.optim.O
     return opt, sched
 
 
+def _class_logits(output: object, target: object) -> tuple[torch.Tensor, torch.Tensor, int] | None:
+    """(logits, target, class dim) when `target` holds class indices for `output`'s logits: the class
+    dim is last when logits.shape[:-1] == target.shape (transformers' (B, T, C)), else 1 (torch's
+    (B, C, ...)); None for any other target (regression, none)."""
+    if not isinstance(target, torch.Tensor) or target.is_floating_point() or target.dtype == torch.bool:
+        return None
+    logits = output_tensor(output)
+    if logits.dim() != target.dim() + 1:
+        return None
+    return logits, target, -1 if logits.shape[:-1] == target.shape else 1
+
+
+def cross_entropy(output: object, target: object) -> torch.Tensor:
+    """The default `loss_fn`: mean cross-entropy of the output's logits against class indices
+    (targets equal to -100 are ignored, as in `transformers`)."""
+    found = _class_logits(output, target)
+    if found is None:
+        shape = tuple(target.shape) if isinstance(target, torch.Tensor) else type(target).__name__
+        raise UserError(f"the default loss (cross-entropy) needs integer class targets matching the logits, got target "
+                        f"{shape} for logits {tuple(output_tensor(output).shape)}; give batches a target ((x, y) or a "
+                        "'labels' key) or pass loss_fn=lambda output, target: ...")
+    logits, target, dim = found
+    if dim == -1:
+        logits, target = logits.flatten(0, -2), target.flatten()
+    return nn.functional.cross_entropy(logits, target, ignore_index=-100)
+
+
+def _count_correct(output: object, target: object) -> tuple[int, int]:
+    """(correct top-1 predictions, counted targets) for class targets; (0, 0) otherwise."""
+    found = _class_logits(output, target)
+    if found is None:
+        return 0, 0
+    logits, target, dim = found
+    valid = target != -100
+    return int(((logits.argmax(dim) == target) & valid).sum()), int(valid.sum())
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Batches) -> dict[str, float]:
-    """Top-1 accuracy (a fraction) and mean cross-entropy loss over `batches`."""
+def evaluate(model: nn.Module, batches: Batches, *, forward_fn: ForwardFn | None = None,
+             loss_fn: LossFn | None = None) -> dict[str, float]:
+    """Mean `loss_fn` per sample (default cross-entropy) and, for class targets, top-1 "accuracy"
+    (a fraction; the key is absent when no batch has class targets)."""
+    loss_fn = loss_fn or cross_entropy
     was_training = model.training
     model.eval()
-    correct, total, loss_sum = 0, 0, 0.0
+    correct, counted, loss_sum, samples = 0, 0, 0.0, 0
     try:
-        for x, y in batches:
-            logits = model(x)
-            loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").item()
-            correct += int((logits.argmax(1) == y).sum())
-            total += len(y)
+        for batch in batches:
+            output, target, n = feed(model, batch, forward_fn), target_of(batch), batch_size(batch)
+            loss_sum += float(loss_fn(output, target)) * n
+            hits, count = _count_correct(output, target)
+            correct, counted, samples = correct + hits, counted + count, samples + n
     finally:
         model.train(was_training)
-    if total == 0:
-        raise ValueError("evaluate() got no batches: the evaluation data is empty")
-    return {"accuracy": correct / total, "loss": loss_sum / total}
+    if samples == 0:
+        raise UserError("evaluate() got no batches: the evaluation data is empty")
+    return {"accuracy": correct / counted, "loss": loss_sum / samples} if counted else {"loss": loss_sum / samples}
 
 
 def _shard(batches: Batches, rank: int, world_size: int) -> Batches:
@@ -145,17 +192,24 @@ def _progress(enabled: bool):
 def fit(model: nn.Module, train_batches: Batches, config: TrainConfig = TrainConfig(), *,
         eval_batches: Batches | None = None, checkpoint: str | os.PathLike | None = None, resume: bool = False,
         on_step: Callable[[int], None] | None = None, on_epoch: Callable[[int, History], None] | None = None,
-        progress: bool | None = None, log: Callable[[str], None] | None = None) -> History:
-    """Train `model` in place with cross-entropy; returns the per-epoch history.
+        progress: bool | None = None, log: Callable[[str], None] | None = None,
+        forward_fn: ForwardFn | None = None, loss_fn: LossFn | None = None,
+        regularizers: Sequence[Regularizer] = ()) -> History:
+    """Train `model` in place; returns the per-epoch history.
 
-    `on_step(step)` runs after every optimizer step (pruning schedules use it) and `on_epoch(epoch,
-    history)` after every epoch. With `checkpoint`, state is written after each epoch; with
-    `resume=True` an existing checkpoint is loaded first and training continues where it stopped.
+    Each step minimises `loss_fn(output, target)` (default: cross-entropy on the logits) plus the
+    sum of `regularizers` (each `model -> scalar tensor`, e.g. `method.regularizers(model)`);
+    `history.train_loss` records the data loss alone, comparable with `evaluate`'s. Batches are fed
+    by `batches.py` (or `forward_fn(model, batch)`). `on_step(step)` runs after every optimizer step
+    (pruning schedules use it) and `on_epoch(epoch, history)` after every epoch. With `checkpoint`,
+    state is written after each epoch; with `resume=True` an existing checkpoint is loaded first and
+    training continues where it stopped.
     """
     rank, world_size = init_distributed()
     torch.manual_seed(config.seed)
     train_batches = _shard(train_batches, rank, world_size)
     net = nn.parallel.DistributedDataParallel(model) if world_size > 1 else model
+    step_loss = _objective(net, model, forward_fn, loss_fn or cross_entropy, tuple(regularizers))
     opt, sched = make_optimizer(model, config)
     history = History()
     start = 0
@@ -165,11 +219,14 @@ def fit(model: nn.Module, train_batches: Batches, config: TrainConfig = TrainCon
     log = log or (lambda msg: print(msg, file=sys.stderr) if is_main_process() else None)
     began = time.perf_counter()
     for epoch in range(start, config.epochs):
-        loss = _train_epoch(net, train_batches, opt, epoch, history, on_step, show, f"epoch {epoch + 1}/{config.epochs}")
+        loss = _train_epoch(net, train_batches, opt, step_loss, epoch, history, on_step, show,
+                            f"epoch {epoch + 1}/{config.epochs}")
         sched.step()
         history.train_loss.append(loss)
         if eval_batches is not None:
-            history.eval_accuracy.append(evaluate(model, eval_batches)["accuracy"])
+            measured = evaluate(model, eval_batches, forward_fn=forward_fn, loss_fn=loss_fn)
+            if "accuracy" in measured:
+                history.eval_accuracy.append(measured["accuracy"])
         if checkpoint and is_main_process():
             _save_checkpoint(Path(checkpoint), model, opt, sched, epoch, history, config)
         acc = f" eval acc {history.eval_accuracy[-1]:.4f}" if history.eval_accuracy else ""
@@ -180,7 +237,23 @@ def fit(model: nn.Module, train_batches: Batches, config: TrainConfig = TrainCon
     return history
 
 
-def _train_epoch(net: nn.Module, batches: Batches, opt, epoch: int, history: History,
+def _objective(net: nn.Module, model: nn.Module, forward_fn: ForwardFn | None, loss_fn: LossFn,
+               regularizers: tuple[Regularizer, ...]) -> StepLoss:
+    """batch -> (data loss + regularizers, data loss); `net` may be the DDP wrapper of `model`."""
+    def step_loss(batch: object) -> tuple[torch.Tensor, torch.Tensor]:
+        data_loss = loss_fn(feed(net, batch, forward_fn), target_of(batch))
+        total = data_loss
+        for regularizer in regularizers:
+            penalty = regularizer(model)
+            if not isinstance(penalty, torch.Tensor) or penalty.numel() != 1:
+                raise UserError(f"regularizer {getattr(regularizer, '__name__', regularizer)!r} returned "
+                                f"{type(penalty).__name__}: it must return a scalar tensor (model -> loss term)")
+            total = total + penalty.reshape(())
+        return total, data_loss
+    return step_loss
+
+
+def _train_epoch(net: nn.Module, batches: Batches, opt, step_loss: StepLoss, epoch: int, history: History,
                  on_step: Callable[[int], None] | None, show: bool, description: str) -> float:
     if hasattr(batches, "set_epoch"):
         batches.set_epoch(epoch)
@@ -189,17 +262,18 @@ def _train_epoch(net: nn.Module, batches: Batches, opt, epoch: int, history: His
     total = len(batches) if hasattr(batches, "__len__") else None  # type: ignore[arg-type]
     with _progress(show) as bar:
         task = bar.add_task(description, total=total, status="")
-        for x, y in batches:
+        for batch in batches:
             opt.zero_grad(set_to_none=True)
-            loss = nn.functional.cross_entropy(net(x), y)
-            loss.backward()
+            objective, data_loss = step_loss(batch)
+            objective.backward()
             opt.step()
             history.steps += 1
             if on_step:
                 on_step(history.steps)
-            loss_sum += loss.item() * len(y)
-            count += len(y)
+            n = batch_size(batch)
+            loss_sum += data_loss.item() * n
+            count += n
             bar.update(task, advance=1, status=f"loss {loss_sum / count:.4f}")
     if count == 0:
-        raise ValueError("fit() got no training batches: the training data is empty")
+        raise UserError("fit() got no training batches: the training data is empty")
     return loss_sum / count

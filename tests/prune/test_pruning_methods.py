@@ -1,4 +1,5 @@
 import copy
+from collections import OrderedDict
 
 import pytest
 import torch
@@ -6,7 +7,9 @@ import yaml
 from torch import nn
 
 import nncompress as nc
+from nncompress.parametrize import transforms
 from nncompress.prune.mask import Mask, keep_mask_of
+from nncompress.validate import UserError
 
 
 def small_net():
@@ -100,3 +103,41 @@ def test_deepcopy_and_state_dict_reload_reproduce_outputs():
     twin.load_state_dict(net.state_dict())
     x = torch.randn(3, 20)
     assert torch.equal(twin(x), net(x)) and torch.equal(copy.deepcopy(net)(x), net(x))
+
+
+def named_net():
+    torch.manual_seed(0)
+    return nn.Sequential(OrderedDict(fc1=nn.Linear(20, 30), relu1=nn.ReLU(), fc2=nn.Linear(30, 20), relu2=nn.ReLU(),
+                                     fc3=nn.Linear(20, 10)))
+
+
+def test_global_scope_keeps_per_layer_overrides_and_one_threshold_for_the_rest():
+    net = nc.prune_(named_net(), nc.MagnitudePrune(sparsity=0.5, scope="global", layer_sparsity={"fc3": 0.1}))
+    pruned = {name: int((~keep_mask_of(getattr(net, name))).sum()) for name in ("fc1", "fc2", "fc3")}
+    assert pruned["fc3"] == 20  # its own 10% of 200, not the global threshold
+    assert pruned["fc1"] + pruned["fc2"] == 600  # 50% of the 600 + 600 non-overridden weights
+    scores = {n: getattr(named_net(), n).weight.detach().abs() for n in ("fc1", "fc2")}  # before pruning
+    masks = {n: keep_mask_of(getattr(net, n)) for n in scores}
+    largest_removed = max(float(scores[n][~masks[n]].max()) for n in scores)
+    smallest_kept = min(float(scores[n][masks[n]].min()) for n in scores)
+    assert largest_removed <= smallest_kept  # one threshold shared by fc1 and fc2
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_override_patterns_work_in_both_scopes(scope):
+    net = nc.prune_(named_net(), nc.MagnitudePrune(sparsity=0.5, scope=scope, layer_sparsity={"re:fc[23]": 0.25}))
+    assert int((~keep_mask_of(net.fc2)).sum()) == 150 and int((~keep_mask_of(net.fc3)).sum()) == 50
+    assert int((~keep_mask_of(net.fc1)).sum()) == 300
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_unknown_or_untargeted_override_names_are_user_errors(scope):
+    with pytest.raises(UserError, match="layer_sparsity key 'fc_2' matches none of the targeted layers. "
+                                        "Did you mean 'fc2'"):
+        nc.prune_(named_net(), nc.MagnitudePrune(sparsity=0.5, scope=scope, layer_sparsity={"fc_2": 0.2}))
+    excluded = nc.MagnitudePrune(sparsity=0.5, scope=scope, layer_sparsity={"fc1": 0.2},
+                                 targets=nc.Select(exclude=("fc1",)))
+    net = named_net()
+    with pytest.raises(UserError, match="'fc1' matches none of the targeted layers.*Layers: fc2, fc3"):
+        nc.prune_(net, excluded)
+    assert not any(transforms(m) for m in net.modules())  # refused before any layer changed

@@ -39,7 +39,7 @@ def test_converted_weights_are_bit_exact_and_smaller(bits, max_ratio):
     nc.convert_(model)
     assert is_converted(model) and torch.equal(model(x), simulated)
     assert file_bytes(model) <= max_ratio * dense  # int8 ~4x, int4 ~8x, int2 ~16x (biases stay 32-bit)
-    assert model.state_dict()["fc1.parametrizations.weight.0.codes"].dtype == (torch.int8 if bits == 8 else torch.uint8)
+    assert model.state_dict()["fc1.parametrizations.weight.original"].dtype == (torch.int8 if bits == 8 else torch.uint8)
 
 
 def test_pruned_float_layers_store_a_bitmap_and_the_kept_values():

@@ -1,51 +1,56 @@
 """Run calibration data through a model and let observers watch chosen layers' inputs.
 
-Hooks are attached only for the duration of the call and always removed (no leaked state).
+Batches may have any shape `batches.py` feeds (tensors, (x, y), dicts / BatchEncodings, or a
+`forward_fn`). Hooks are attached only for the duration of the call and always removed (no leaked state).
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
 
+from ..batches import ForwardFn, feed, output_tensor
 from .observers import Observer
+
+
+@contextmanager
+def _eval_mode(model: nn.Module, handles: list) -> Iterator[None]:
+    """Run in eval mode, then restore the mode and remove `handles` (hooks), whatever happens."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
 
 
 @torch.no_grad()
 def observe_inputs(model: nn.Module, observers: dict[str, Observer], batches: Iterable,
-                   max_batches: int | None = None) -> dict[str, Observer]:
-    """Feed `batches` ((x, y) pairs or tensors) to `model`; observers[name] sees layer `name`'s input."""
-    handles = []
-    for name, observer in observers.items():
-        layer = model.get_submodule(name)
-        handles.append(layer.register_forward_pre_hook(lambda _m, args, obs=observer: obs.observe(args[0])))
-    was_training = model.training
-    model.eval()
-    try:
+                   max_batches: int | None = None, *, forward_fn: ForwardFn | None = None) -> dict[str, Observer]:
+    """Feed `batches` to `model` (eval mode); observers[name] sees layer `name`'s first input."""
+    handles = [model.get_submodule(name).register_forward_pre_hook(lambda _m, args, obs=observer: obs.observe(args[0]))
+               for name, observer in observers.items()]
+    with _eval_mode(model, handles):
         for i, batch in enumerate(batches):
             if max_batches is not None and i >= max_batches:
                 break
-            model(batch[0] if isinstance(batch, (tuple, list)) else batch)
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
+            feed(model, batch, forward_fn)
     return observers
 
 
 @torch.no_grad()
-def capture_outputs(model: nn.Module, names: Iterable[str], x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Outputs of the named submodules for one input batch."""
+def capture_outputs(model: nn.Module, names: Iterable[str], batch: Any, *,
+                    forward_fn: ForwardFn | None = None) -> dict[str, torch.Tensor]:
+    """Outputs of the named submodules for one batch (a layer returning a tuple or ModelOutput
+    contributes its main tensor, `batches.output_tensor`)."""
     outputs: dict[str, torch.Tensor] = {}
     handles = [model.get_submodule(n).register_forward_hook(
-        lambda _m, _a, out, n=n: outputs.__setitem__(n, out.detach().clone())) for n in names]
-    was_training = model.training
-    model.eval()
-    try:
-        model(x)
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
+        lambda _m, _a, out, n=n: outputs.__setitem__(n, output_tensor(out).detach().clone())) for n in names]
+    with _eval_mode(model, handles):
+        feed(model, batch, forward_fn)
     return outputs

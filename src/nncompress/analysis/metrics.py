@@ -4,7 +4,8 @@ MACs are counted per layer with forward hooks on one example input (batch 1):
 - Conv: output elements x (C_in / groups) x kH x kW (depthwise: groups = C_in);
 - Linear: output elements x in_features.
 BOPs (bit-operations, as in DiffQ / NIPQ and Baskin et al.) = MACs x weight bits x activation bits.
-SQNR (seed 002): SQNR = sum |W|^2 / sum |W - W_hat|^2, in dB: 10 log10(SQNR).
+SQNR ("Quantizing neural networks", Efficient Deep Learning session 2):
+SQNR = sum |W|^2 / sum |W - W_hat|^2, in dB: 10 log10(SQNR).
 """
 from __future__ import annotations
 

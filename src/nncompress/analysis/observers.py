@@ -1,5 +1,6 @@
-"""Calibration observers: watch tensors, then say which range [r_min, r_max] to quantize
-(seed 004 "Calibration and clipping": run a batch, get the distribution, get rid of outliers).
+"""Calibration observers: watch tensors, then say which range [r_min, r_max] to quantize ("Calibration and
+clipping" in Edge Computing Lecture 06 "Quantization and Pruning": run a batch, get the distribution, get rid
+of outliers; the clipped range then gives S = (r_max - r_min) / (q_max - q_min)).
 
 - `minmax`: the extremes seen (per tensor, or per channel along `axis`).
 - `ema`: exponential moving average of each batch's extremes (TF / PyTorch style, momentum 0.1).
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from ..validate import unknown_name_error
+from ..validate import UserError, unknown_name_error
 
 SAMPLE_CAP = 1 << 20
 
@@ -36,14 +37,14 @@ class Observer:
     def observe(self, x: torch.Tensor) -> None:
         x = x.detach().float()
         if not torch.isfinite(x).all():
-            raise ValueError("observed tensor contains NaN or inf: check the model and the calibration data")
+            raise UserError("observed tensor contains NaN or inf: check the model and the calibration data")
         lo, hi = self._extremes(x)
         self.lo = lo if self.lo is None else torch.minimum(self.lo, lo)
         self.hi = hi if self.hi is None else torch.maximum(self.hi, hi)
 
     def range(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.lo is None or self.hi is None:
-            raise ValueError(f"{type(self).__name__} has observed nothing: run calibration data through the model")
+            raise UserError(f"{type(self).__name__} has observed nothing: run calibration data through the model")
         return self.lo, self.hi
 
 
@@ -68,7 +69,7 @@ class _SampleObserver(Observer):
 
     def __init__(self, axis: int | None = None, bits: int = 8, symmetric: bool = False):
         if axis is not None:
-            raise ValueError(f"{type(self).__name__} supports per-tensor ranges only (axis=None); "
+            raise UserError(f"{type(self).__name__} supports per-tensor ranges only (axis=None); "
                              "use the 'minmax' or 'ema' observer per channel")
         super().__init__(None, bits, symmetric)
         self.samples: list[torch.Tensor] = []

@@ -1,4 +1,6 @@
-"""Per-layer sensitivity analysis (seed 000 "Per-layer sensitivity"; Han et al. 2015 fig. 6).
+"""Per-layer sensitivity analysis ("Per-layer sensitivity" in Yoo, "Compressing Neural Networks: Pruning and
+Quantization", SNU 2023: conv1 near the input is the most sensitive, FC layers much less; Han et al., NeurIPS
+2015, fig. 6: accuracy vs. the fraction of one layer's weights pruned, the others dense).
 
 Each layer is compressed alone at a range of strengths, without retraining, and the model is
 evaluated. Analysis changes nothing: the caller supplies how to compress one layer (`apply_one`),

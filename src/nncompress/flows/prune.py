@@ -14,14 +14,14 @@ from torch import nn
 
 from ..analysis.metrics import weight_layers
 from ..analysis.sensitivity import DEFAULT_SPARSITIES, SensitivityCurves, sensitivity_scan
-from ..api import count_nonzero_weights, resolve_model, save_model, training_config
-from ..config import Context, Method, Select
+from ..api import apply_, count_nonzero_weights, resolve_model, save_model, training_config
+from ..config import Context, Method, Select, run_method
 from ..parametrize import squash_
 from ..prune.schedules import GradualPruning, prune_iteratively, rescale_dropout_, retrain_config
 from ..prune.unstructured import MagnitudePrune
 from ..train import TrainConfig, evaluate, fit
 from ..validate import check_choice
-from ..zoo import Dataset
+from ..zoo import Dataset, TensorLoader
 
 SCHEDULES = ("oneshot", "iterative", "agp")
 
@@ -35,6 +35,13 @@ def dense_model(spec: str, dataset: Dataset, seed: int, batch_size: int = 64) ->
     return model, arch, config
 
 
+def calibration_batches(dataset: Dataset, n_images: int = 512, batch_size: int = 128) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The first `n_images` training images (fixed, so runs are comparable), in batches: the
+    calibration data of PTQ and of data-aware pruning criteria."""
+    n = min(n_images, len(dataset.train_x))
+    return list(TensorLoader(dataset.train_x[:n], dataset.train_y[:n], batch_size))
+
+
 def weight_densities(model: nn.Module) -> dict[str, float]:
     """Fraction of non-zero weights per Conv / Linear layer."""
     return {n: float(torch.count_nonzero(m.weight.detach())) / m.weight.numel() for n, m in weight_layers(model).items()}
@@ -44,9 +51,11 @@ def prune_and_retrain(model: nn.Module, method: Method, dataset: Dataset, base: 
                       schedule: str = "iterative", rounds: int = 3, finetune_epochs: int = 5,
                       lr_factor: float = 0.1, batch_size: int = 64) -> Context:
     """Prune `model` in place on `schedule`, retraining after each step at `lr_factor` x the original
-    learning rate (seed 003: 1/10); returns the context with the report."""
+    learning rate (seed 003: 1/10); returns the context with the report. Every pruning step goes
+    through `run_method` with this context, whose `data` (calibration batches) reaches data-aware
+    criteria."""
     check_choice("schedule", schedule, SCHEDULES)
-    ctx = Context()
+    ctx = Context(data=calibration_batches(dataset))
     config = retrain_config(base, finetune_epochs, lr_factor)
     dropout_rates = {n: m.p for n, m in model.named_modules() if isinstance(m, nn.Dropout)}
 
@@ -56,7 +65,7 @@ def prune_and_retrain(model: nn.Module, method: Method, dataset: Dataset, base: 
             fit(net, dataset.train_loader(batch_size, seed=base.seed + 1000 + round_index), config)
 
     if schedule == "oneshot":
-        method.apply(model, ctx)
+        run_method(model, method, ctx)
         retrain(model)
     elif schedule == "iterative":
         prune_iteratively(model, method, ctx, rounds, retrain)
@@ -93,7 +102,7 @@ def prune_model(spec: str, dataset: Dataset, method: Method, *, schedule: str = 
 def layer_sensitivity(model: nn.Module, dataset: Dataset, sparsities=DEFAULT_SPARSITIES) -> SensitivityCurves:
     """Magnitude-prune each Conv / Linear layer alone (no retraining) and record test accuracy."""
     def apply_one(net: nn.Module, layer: str, sparsity: float) -> None:
-        MagnitudePrune(sparsity=sparsity, targets=Select(include=(layer,))).apply(net, Context())
+        apply_(net, MagnitudePrune(sparsity=sparsity, targets=Select(include=(layer,))))
 
     def accuracy(net: nn.Module) -> float:
         return evaluate(net, dataset.test_loader())["accuracy"]

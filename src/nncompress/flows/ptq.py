@@ -2,44 +2,33 @@
 from __future__ import annotations
 
 import copy
-import itertools
 
-import torch
 from torch import nn
 
 from ..analysis.error import output_error, weight_sqnr
-from ..api import save_model
-from ..config import Context, Method
+from ..api import apply_, save_model
+from ..config import Method
 from ..quant.fold import fold_batchnorm_
 from ..train import evaluate
-from ..zoo import Dataset, TensorLoader
-from .prune import dense_model
-
-
-def calibration_batches(dataset: Dataset, n_images: int = 512, batch_size: int = 128) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The first `n_images` training images (fixed, so runs are comparable), in batches."""
-    n = min(n_images, len(dataset.train_x))
-    return list(TensorLoader(dataset.train_x[:n], dataset.train_y[:n], batch_size))
+from ..zoo import Dataset
+from .prune import calibration_batches, dense_model
 
 
 def quantize_copy(model: nn.Module, method: Method, calib: list) -> nn.Module:
     """A BN-folded, quantized copy of `model` (the original is left untouched)."""
     quant = copy.deepcopy(model)
     fold_batchnorm_(quant)
-    ctx = Context(data=calib)
-    method.check_context(ctx)
-    method.apply(quant, ctx)
-    return quant
+    return apply_(quant, method, data=calib)
 
 
 def ptq_report(model: nn.Module, quant: nn.Module, dataset: Dataset) -> dict:
     """Float vs quantized accuracy, per-layer weight SQNR and output SQNR / cosine."""
     folded = copy.deepcopy(model)
     fold_batchnorm_(folded)
-    x = next(iter(itertools.islice(dataset.test_loader(256), 1)))[0]
+    batch = next(iter(dataset.test_loader(256)))
     return {"float_accuracy": evaluate(model, dataset.test_loader())["accuracy"],
             "quantized_accuracy": evaluate(quant, dataset.test_loader())["accuracy"],
-            "weight_sqnr_db": weight_sqnr(quant), "output_error": output_error(folded, quant, x)}
+            "weight_sqnr_db": weight_sqnr(quant), "output_error": output_error(folded, quant, batch)}
 
 
 def quantize_model(spec: str, dataset: Dataset, method: Method, *, seed: int = 0, calib_images: int = 512,

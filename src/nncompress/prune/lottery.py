@@ -7,13 +7,13 @@ and repeat. The control keeps the same masks but draws a fresh random initializa
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from ..config import Context, Method
+from ..config import Context, Method, run_method
 from ..parametrize import find_transform, plain_state
 from .mask import Mask, attach_mask, keep_mask_of
 from .masks import iterative_sparsities
@@ -53,12 +53,13 @@ def rewind_(model: nn.Module, saved: dict[str, torch.Tensor]) -> nn.Module:
 
 def find_ticket(model: nn.Module, method: Method, rounds: int,
                 train: Callable[[nn.Module, Callable[[int], None] | None], None],
-                evaluate: Callable[[nn.Module], float], rewind_step: int = 0) -> TicketResult:
+                evaluate: Callable[[nn.Module], float], rewind_step: int = 0, data: Iterable | None = None) -> TicketResult:
     """Run `rounds` of train -> prune -> rewind towards `method`'s final sparsity.
 
     `train(model, on_step)` trains in place, calling `on_step(step)` after each step (used to
     capture the weights at `rewind_step` for late rewinding). The returned ticket is rewound and
-    trained once more; each round's sparsity and trained accuracy are recorded.
+    trained once more; each round's sparsity and trained accuracy are recorded. `data` reaches
+    data-aware pruning criteria through their Context.
     """
     saved = snapshot(model) if rewind_step == 0 else {}
 
@@ -67,11 +68,11 @@ def find_ticket(model: nn.Module, method: Method, rounds: int,
             saved.update(snapshot(model))
 
     result = TicketResult(model)
-    ctx = Context()
+    ctx = Context(data=data)
     for k in range(rounds):
         train(model, capture if rewind_step and not saved else None)
         result.rounds.append(TicketRound(_sparsity(model), evaluate(model), current_masks(model)))
-        at_sparsity(method, lambda s, k=k: iterative_sparsities(s, rounds)[k]).apply(model, ctx)
+        run_method(model, at_sparsity(method, lambda s, k=k: iterative_sparsities(s, rounds)[k]), ctx)
         rewind_(model, saved)
     train(model, None)
     result.rounds.append(TicketRound(_sparsity(model), evaluate(model), current_masks(model)))

@@ -1,4 +1,6 @@
-"""The `Mask` parametrization: the model computes with `w * mask` (seed 000, fine-grained pruning).
+"""The `Mask` parametrization: the model computes with `w * mask` (fine-grained pruning in Yoo, "Compressing
+Neural Networks: Pruning and Quantization", SNU 2023; Han et al., NeurIPS 2015: W_pruned = W . M with M_ij = 1
+if |W_ij| is kept).
 
 Because the forward pass multiplies by the mask, pruned weights get zero gradient, and because
 `attach_mask` also zeroes the stored original, weight decay and momentum leave them exactly zero.

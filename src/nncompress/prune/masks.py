@@ -10,6 +10,8 @@ from collections.abc import Mapping
 
 import torch
 
+from ..validate import UserError
+
 
 def prune_count(numel: int, sparsity: float) -> int:
     """How many of `numel` weights a target `sparsity` removes (rounded to nearest)."""
@@ -45,13 +47,24 @@ def global_masks(scores: Mapping[str, torch.Tensor], sparsity: float) -> dict[st
     return out
 
 
+def global_masks_with_overrides(scores: Mapping[str, torch.Tensor], sparsity: float,
+                                layer_sparsity: Mapping[str, float]) -> dict[str, torch.Tensor]:
+    """Global pruning with per-layer exceptions: each layer in `layer_sparsity` loses exactly its own
+    fraction, and the other layers share one threshold removing `sparsity` of their pooled scores."""
+    rest = {name: s for name, s in scores.items() if name not in layer_sparsity}
+    fixed = {name: scores[name] for name in layer_sparsity}
+    masks = {**layer_masks(fixed, layer_sparsity), **(global_masks(rest, sparsity) if rest else {})}
+    return {name: masks[name] for name in scores}
+
+
 def threshold_mask(weight: torch.Tensor, quality: float) -> torch.Tensor:
     """Han et al. 2015: keep |w| > quality x std(w) (the 'quality parameter' threshold)."""
     return weight.detach().abs() > quality * weight.detach().float().std()
 
 
 def magnitude_scores(weight: torch.Tensor) -> torch.Tensor:
-    """|w|, the magnitude criterion (seed 000, 'Magnitude-based pruning')."""
+    """|w|, the magnitude criterion: importance = |W| ("Magnitude-based pruning" in Yoo's lecture
+    "Compressing Neural Networks: Pruning and Quantization"; Han et al., NeurIPS 2015)."""
     return weight.detach().abs()
 
 
@@ -63,7 +76,7 @@ def random_scores(weight: torch.Tensor, generator: torch.Generator) -> torch.Ten
 def agp_sparsity(step: int, final: float, *, initial: float = 0.0, begin: int = 0, end: int) -> float:
     """Zhu & Gupta 2017 gradual pruning: s_t = s_f + (s_i - s_f)(1 - (t - t0)/(t_end - t0))^3."""
     if end <= begin:
-        raise ValueError(f"AGP end step {end} must be after begin step {begin}")
+        raise UserError(f"AGP end step {end} must be after begin step {begin}")
     progress = min(max((step - begin) / (end - begin), 0.0), 1.0)
     return final + (initial - final) * (1.0 - progress) ** 3
 
@@ -72,7 +85,7 @@ def iterative_sparsities(final: float, rounds: int) -> list[float]:
     """Targets for `rounds` prune-retrain cycles removing the same fraction of survivors each round:
     s_k = 1 - (1 - final)^(k / rounds) (Han 2015 iterative pruning; Frankle & Carbin's p% per round)."""
     if rounds < 1:
-        raise ValueError(f"rounds={rounds} must be >= 1")
+        raise UserError(f"rounds={rounds} must be >= 1")
     return [1 - (1 - final) ** (k / rounds) for k in range(1, rounds + 1)]
 
 

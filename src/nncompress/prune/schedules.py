@@ -14,7 +14,7 @@ from dataclasses import replace
 from torch import nn
 
 from ..analysis.metrics import weight_layers
-from ..config import Context, Method
+from ..config import Context, Method, run_method
 from ..train import TrainConfig
 from .mask import keep_mask_of
 from .masks import agp_sparsity, density, iterative_sparsities, sqrt_dropout_rate
@@ -32,10 +32,13 @@ def at_sparsity(method: Method, ramp: Callable[[float], float]) -> Method:
 
 def prune_iteratively(model: nn.Module, method: Method, ctx: Context, rounds: int,
                       retrain: Callable[[nn.Module, int], object]) -> nn.Module:
-    """Han 2015 iterative pruning: `rounds` x (prune to s_k, retrain), s_k = 1 - (1 - s)^(k / rounds)."""
+    """Han 2015 iterative pruning: `rounds` x (prune to s_k, retrain), s_k = 1 - (1 - s)^(k / rounds).
+
+    Each step goes through `run_method` with `ctx` (its data reaches data-aware criteria; its
+    report collects every round)."""
     for k in range(1, rounds + 1):
         step = at_sparsity(method, lambda s, k=k: iterative_sparsities(s, rounds)[k - 1])
-        step.apply(model, ctx)
+        run_method(model, step, ctx)
         retrain(model, k)
     return model
 
@@ -61,7 +64,7 @@ class GradualPruning:
         due = step == self.begin or (self.begin < step <= self.end and (step - self.begin) % self.frequency == 0)
         if due or (step == self.end):
             method = self.target(step)
-            method.apply(self.model, self.ctx)
+            run_method(self.model, method, self.ctx)
             self.applied.append((step, method.sparsity))  # type: ignore[attr-defined]
 
 

@@ -1,7 +1,11 @@
 """Fine-grained (unstructured) pruning methods: magnitude, Han's std threshold, random control.
 
-Seed 000 "Magnitude-based pruning"; seed 003 (Han et al., NeurIPS 2015): prune the connections with
-the smallest |w|, per layer or with one threshold across layers ("global"), then retrain.
+Magnitude-based pruning (importance = |W|; "Magnitude-based pruning" in Yoo, "Compressing Neural Networks:
+Pruning and Quantization", SNU 2023; Han et al., "Learning both Weights and Connections for Efficient
+Neural Networks", NeurIPS 2015): prune the connections with the smallest |w|, per layer or with one
+threshold across layers ("global"), then retrain. Per-layer targets
+(`layer_sparsity`) work in both scopes: under "global" the overridden layers keep their own target
+and the others share one threshold.
 """
 from __future__ import annotations
 
@@ -11,22 +15,26 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..config import Context, Method
+from ..config import Context, Method, per_layer
 from ..registry import register
-from ..validate import check_choice, check_fraction, check_positive
+from ..validate import UserError, check_choice, check_fraction, check_positive
+from ..parametrize import check_attachable
 from .mask import attach_mask
-from .masks import density, global_masks, layer_masks, magnitude_scores, random_scores, threshold_mask
+from .masks import (density, global_masks_with_overrides, layer_masks, magnitude_scores, random_scores,
+                    threshold_mask)
 
 
 def _targets(method: Method, model: nn.Module) -> dict[str, nn.Module]:
     layers = method.targets.layers(model)
     if not layers:
-        raise ValueError(f"{type(method).__name__}: no layer matches {method.targets}")
+        raise UserError(f"{type(method).__name__}: no layer matches {method.targets}")
     return layers
 
 
 def apply_masks(method: Method, ctx: Context, layers: dict[str, nn.Module], masks: dict[str, torch.Tensor]) -> None:
     """Attach the masks and record each layer's density in the report."""
+    for name, layer in layers.items():  # all or nothing: check every layer before zeroing any weight
+        check_attachable(layer, "mask", layer_name=name)
     for name, layer in layers.items():
         attach_mask(layer, masks[name], layer_name=name)
     kept = sum(int(m.sum()) for m in masks.values())
@@ -37,18 +45,22 @@ def apply_masks(method: Method, ctx: Context, layers: dict[str, nn.Module], mask
 def _score_and_mask(method: Method, model: nn.Module, ctx: Context,
                     score: Callable[[torch.Tensor], torch.Tensor]) -> nn.Module:
     layers = _targets(method, model)
+    overrides = layer_overrides(method, layers)
     scores = {name: score(layer.weight) for name, layer in layers.items()}
     if method.scope == "global":
-        masks = global_masks(scores, method.sparsity)
+        masks = global_masks_with_overrides(scores, method.sparsity, overrides)
     else:
-        overrides = getattr(method, "layer_sparsity", {})
-        unknown = set(overrides) - set(layers)
-        if unknown:
-            raise ValueError(f"layer_sparsity names layers that are not targeted: {sorted(unknown)}; "
-                             f"targeted: {sorted(layers)}")
         masks = layer_masks(scores, {n: overrides.get(n, method.sparsity) for n in layers})
     apply_masks(method, ctx, layers, masks)
     return model
+
+
+def layer_overrides(method: Method, layers: dict[str, nn.Module]) -> dict[str, float]:
+    """The targeted layers that `method.layer_sparsity` overrides (keys: a name, "re:<regex>" or
+    "type:<Class>"), with their target; a plain name that is not targeted is a UserError with a
+    did-you-mean and the list of targeted layers."""
+    resolved = per_layer(getattr(method, "layer_sparsity", {}), layers, None, "layer_sparsity")
+    return {name: target for name, target in resolved.items() if target is not None}
 
 
 def _check_common(method: Method) -> None:
@@ -64,7 +76,9 @@ class MagnitudePrune(Method):
     Args:
         sparsity: fraction of targeted weights set to zero, in [0, 1).
         scope: "layer" (each layer loses `sparsity`) or "global" (one threshold across layers).
-        layer_sparsity: per-layer overrides for scope="layer", e.g. {"fc3": 0.75}.
+        layer_sparsity: per-layer targets by layer pattern (a name, "re:<regex>" or "type:<Class>"),
+            e.g. {"fc3": 0.75}. With scope="global" these layers get exactly their own target and
+            the others share one threshold that removes `sparsity` of their (non-overridden) weights.
     Example:
         >>> import nncompress as nc, torch
         >>> net = torch.nn.Sequential(torch.nn.Linear(8, 4))

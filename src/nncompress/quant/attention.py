@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..validate import UserError
+
 OptionalMask = torch.Tensor | None
 
 
@@ -29,7 +31,7 @@ class SplitAttention(nn.Module):
                  kdim: int | None = None, vdim: int | None = None, batch_first: bool = False):
         super().__init__()
         if embed_dim % num_heads:
-            raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
+            raise UserError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
         self.embed_dim, self.num_heads, self.dropout, self.batch_first = embed_dim, num_heads, dropout, batch_first
         self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
         self.k_proj = nn.Linear(kdim or embed_dim, embed_dim, bias=bias)
@@ -41,7 +43,7 @@ class SplitAttention(nn.Module):
     def from_fused(cls, mha: nn.MultiheadAttention) -> SplitAttention:
         """The same attention with the fused weights copied into four Linears."""
         if mha.bias_k is not None or mha.add_zero_attn:
-            raise ValueError("SplitAttention: add_bias_kv / add_zero_attn are not supported; "
+            raise UserError("SplitAttention: add_bias_kv / add_zero_attn are not supported; "
                              "build the attention from nn.Linear layers instead")
         split = cls(mha.embed_dim, mha.num_heads, dropout=mha.dropout, bias=mha.in_proj_bias is not None,
                     kdim=mha.kdim, vdim=mha.vdim, batch_first=mha.batch_first)

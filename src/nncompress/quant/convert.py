@@ -1,7 +1,8 @@
 """`convert_`: from a fake-quantized (simulated) model to stored integer codes, in place.
 
 Each parametrized weight or bias is replaced by one `Stored` parametrization that keeps the
-`Encoded` form of its chain's last transform as real tensors of the stored dtype: int8 codes
+`Encoded` form of its chain's last transform as real tensors of the stored dtype (the integer
+codes become the parametrization's `original`, e.g. `fc1.parametrizations.weight.original`): int8 codes
 (int4 / int2 codes and pruning masks bit-packed into uint8, see `bitpack.py`), scales, zero points,
 codebooks. The layer computes with `decode(...)`, which equals what the simulated model computed
 bit for bit, and `state_dict()` / `save_model` now hold the integer bytes: a W8 model is about 4x
@@ -46,36 +47,45 @@ class Stored(WeightTransform):
         super().__init__()
         self.encoded_kind, self.meta = encoded.kind, dict(encoded.meta)
         self.packing: dict[str, dict] = {}
+        int_ranges = encoded.meta.get("int_ranges", {})
+        #: the tensor kept as the parametrization's `original` (the integer codes, whose shape the
+        #: recipe fixes); the others are buffers of this module
+        self.payload = next((n for n in ("codes", "indices", "keep") if n in encoded.tensors and n in int_ranges), None)
+        self.payload_value: torch.Tensor | None = None
         for name, tensor in encoded.tensors.items():
-            stored, packing = _stored_form(name, tensor, encoded.meta.get("int_ranges", {}).get(name))
-            self.register_buffer(name, stored)
+            stored, packing = _stored_form(name, tensor, int_ranges.get(name))
             if packing is not None:
                 self.packing[name] = packing
+            if name == self.payload:
+                self.payload_value = stored  # moved into `original` by convert_tensor_
+            else:
+                self.register_buffer(name, stored)
 
     @property
     def storage_bits(self) -> int | None:  # type: ignore[override]
         return TRANSFORM_KINDS[self.encoded_kind].storage_bits if self.encoded_kind != "linear" else self.meta.get("bits")
 
-    def encoded(self) -> Encoded:
-        """The Encoded form, unpacked (what the transform kind's `decode` expects)."""
+    def encoded(self, payload: torch.Tensor | None = None) -> Encoded:
+        """The Encoded form, unpacked (what the transform kind's `decode` expects); `payload` is
+        the layer's stored `original` (see `convert_tensor_`)."""
+        stored = {n: b for n, b in self._buffers.items() if b is not None}
+        if self.payload is not None and payload is not None:
+            stored[self.payload] = payload
         tensors: dict[str, torch.Tensor] = {}
-        for name, buffer in self._buffers.items():
-            if buffer is None:
-                continue
+        for name, tensor in stored.items():
             spec = self.packing.get(name)
             if spec is None:
-                tensors[name] = buffer
+                tensors[name] = tensor
                 continue
-            numel = int(torch.Size(spec["shape"]).numel())
-            codes = unpack_bits(buffer, spec["lo"], spec["bits"], numel)
+            codes = unpack_bits(tensor, spec["lo"], spec["bits"], int(torch.Size(spec["shape"]).numel()))
             tensors[name] = codes.to(getattr(torch, spec["dtype"])).view(spec["shape"])
         return Encoded(self.encoded_kind, tensors, dict(self.meta))
 
-    def forward(self, _placeholder: torch.Tensor) -> torch.Tensor:
-        return TRANSFORM_KINDS[self.encoded_kind].decode(self.encoded())
+    def forward(self, payload: torch.Tensor) -> torch.Tensor:
+        return TRANSFORM_KINDS[self.encoded_kind].decode(self.encoded(payload))
 
-    def encode(self, _placeholder: torch.Tensor) -> Encoded:
-        return self.encoded()
+    def encode(self, payload: torch.Tensor) -> Encoded:
+        return self.encoded(payload)
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
         for name in list(self._buffers):
@@ -104,7 +114,8 @@ def convert_tensor_(layer: nn.Module, tensor_name: str) -> Stored | None:
     stored = Stored(chain[-1])
     parametrize.remove_parametrizations(layer, tensor_name, leave_parametrized=False)
     delattr(layer, tensor_name)
-    layer.register_buffer(tensor_name, torch.empty(0))
+    payload, stored.payload_value = stored.payload_value, None
+    layer.register_buffer(tensor_name, payload if payload is not None else torch.empty(0))
     parametrize.register_parametrization(layer, tensor_name, stored, unsafe=True)
     return stored
 
@@ -119,7 +130,7 @@ def convert_(model: nn.Module) -> nn.Module:
         >>> _ = nc.quantize_(net, nc.LinearQuant(weight_bits=4, act_bits=None))
         >>> x = torch.randn(2, 64); before = net(x)
         >>> _ = nc.convert_(net)
-        >>> torch.equal(net(x), before), net.state_dict()["0.parametrizations.weight.0.codes"].numel()
+        >>> torch.equal(net(x), before), net.state_dict()["0.parametrizations.weight.original"].numel()
         (True, 2048)
     """
     for module in list(model.modules()):

@@ -1,4 +1,5 @@
-"""Batch-norm folding before quantization (seed 002 "Quantization post training"; Jacob et al. 2018).
+"""Batch-norm folding before quantization ("Quantization post training" in "Quantizing neural networks",
+Efficient Deep Learning session 2; Jacob et al., CVPR 2018, section 3.2).
 
 A BatchNorm that normalises the output of a convolution becomes part of that layer:
     W' = W g / sqrt(v + eps)  (per output channel),   b' = (b - mu) g / sqrt(v + eps) + beta.

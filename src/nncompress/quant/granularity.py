@@ -1,4 +1,6 @@
-"""Which elements share one scale / zero point (seed 004 "Quantization granularity").
+"""Which elements share one scale / zero point ("Quantization granularity" in Edge Computing Lecture 06
+"Quantization and Pruning": per-tensor S = |r|_max / q_max over the whole tensor vs per-channel S_c =
+|r_c|_max / q_max).
 
 - PerTensor: one pair for the whole tensor.
 - PerChannel(axis): one pair per index along `axis` (axis 0 = output channels of a weight).
@@ -9,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from ..validate import UserError, check_choice
 
 
 @dataclass(frozen=True)
@@ -38,7 +42,7 @@ class PerGroup:
 
     def __post_init__(self) -> None:
         if self.size < 1:
-            raise ValueError(f"group size={self.size} must be >= 1")
+            raise UserError(f"group size={self.size} must be >= 1")
 
     def group(self, x: torch.Tensor) -> torch.Tensor:
         """(out, ...) -> (out, n_groups, size), zero-padded at the end of each row."""
@@ -74,12 +78,10 @@ def granularity_from_meta(meta: dict) -> Granularity:
         return PerGroup(int(meta["size"]))
     if kind == "tensor":
         return PerTensor()
-    raise ValueError(f"granularity {meta!r} is not tensor / channel / group")
+    raise UserError(f"granularity {meta!r} is not tensor / channel / group")
 
 
 def granularity_from_name(name: str, axis: int = 0, group_size: int = 128) -> Granularity:
     """'tensor' | 'channel' | 'group' -> the granularity object (CLI and YAML)."""
-    from ..validate import check_choice
-
     check_choice("granularity", name, ("tensor", "channel", "group"))
     return {"tensor": PerTensor(), "channel": PerChannel(axis), "group": PerGroup(group_size)}[name]

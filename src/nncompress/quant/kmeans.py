@@ -1,5 +1,6 @@
-"""K-means weight sharing (Deep Compression, Han et al. ICLR 2016; seed 001 "K-Means-based Weight
-Quantization"; seed 000 "Weight clustering").
+"""K-means weight sharing (Deep Compression, Han et al. ICLR 2016; "K-Means-based Weight Quantization" in Han,
+EfficientML.ai Lecture 05 "Quantization Part I", MIT; "Weight clustering" in Yoo, "Compressing Neural
+Networks: Pruning and Quantization", SNU 2023).
 
 Each layer's non-zero weights are clustered into 2^bits shared values (the codebook); the layer
 stores one small index per weight. Pruned zeros stay zero and are not clustered.
@@ -11,7 +12,8 @@ Empty clusters are re-seeded inside the most populous cluster.
 
 `SharedWeights` is the parametrization: the model computes with codebook[indices], and the
 codebook is a trainable parameter, so during fine-tuning autograd sums the gradients of all weights
-in a cluster ("grouped by the color and summed together", seed 000) and the optimizer moves the
+in a cluster ("grouped by the color and summed together", Han 2016 as quoted in Yoo's lecture:
+dL/dC_k = sum over w_ij in cluster k of dL/dw_ij) and the optimizer moves the
 centroid; the indices stay fixed.
 """
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """Activation-outlier statistics and a function-preserving way to create them.
 
-`channel_outlier_ratio` measures what seed 000 plots for GPT-3: how much larger the largest input
+`channel_outlier_ratio` measures what Yoo's lecture "Compressing Neural Networks: Pruning and
+Quantization" (SNU 2023, "Wide distributions of activation and weight", after ZeroQuant, Yao et al.
+2022) plots for GPT-3 350M: max_c |x_c|_max / median_c |x_c|_max, how much larger the largest input
 channel of a Linear layer is than a typical one. `inject_outlier_channels_` reproduces the
 phenomenon of large language models in a small model without changing its function: it multiplies
 a few channels of a LayerNorm's output (its gain and bias) by `factor` and divides the matching

@@ -1,4 +1,6 @@
-"""Linear quantization as pure tensor functions (seed 001 "Linear quantization"; seed 002).
+"""Linear quantization as pure tensor functions (lecture "Linear quantization" in Han, EfficientML.ai Lecture 05
+"Quantization Part I", MIT; affine vs scale quantization in "Quantizing neural networks", Efficient Deep
+Learning session 2; Jacob et al., CVPR 2018).
 
 r = S (q - Z): the real value r, the integer code q, the scale S and the zero point Z.
 - affine:    S = (r_max - r_min) / (q_max - q_min),  Z = round(q_min - r_min / S)
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from ..numerics import int_range
+from ..validate import UserError
 
 TINY = torch.finfo(torch.float32).tiny
 
@@ -39,7 +42,7 @@ class IntSpec:
 def check_finite(x: torch.Tensor, what: str = "tensor") -> None:
     if not torch.isfinite(x).all():
         bad = x[~torch.isfinite(x)].flatten()[:3].tolist()
-        raise ValueError(f"{what} contains non-finite values {bad}: quantization needs finite inputs")
+        raise UserError(f"{what} contains non-finite values {bad}: quantization needs finite inputs")
 
 
 def choose_qparams(r_min: torch.Tensor, r_max: torch.Tensor, spec: IntSpec) -> tuple[torch.Tensor, torch.Tensor]:

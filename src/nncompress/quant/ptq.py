@@ -90,13 +90,16 @@ def quantizable_layers(method: Method, model: nn.Module, *, activations: bool) -
     return layers
 
 
-def _check_bits(method: Method) -> None:
-    check_int_range("weight_bits", method.weight_bits, 2, 16)
-    if getattr(method, "act_bits", None) is not None:
-        check_int_range("act_bits", method.act_bits, 2, 16)
-    for name, bits in getattr(method, "layer_bits", {}).items():
+def check_quant_fields(weight_bits: int, act_bits: int | None, granularity: str, group_size: int,
+                       layer_bits: dict[str, int] | None = None) -> None:
+    """Validate the fields LinearQuant and DynamicQuant share (UserError naming field and range)."""
+    check_int_range("weight_bits", weight_bits, 2, 16)
+    if act_bits is not None:
+        check_int_range("act_bits", act_bits, 2, 16)
+    for name, bits in (layer_bits or {}).items():
         check_int_range(f"layer_bits[{name!r}]", bits, 2, 16)
-    check_choice("granularity", method.granularity, ("tensor", "channel", "group"))
+    check_choice("granularity", granularity, ("tensor", "channel", "group"))
+    check_int_range("group_size", group_size, 1, 1 << 16)
 
 
 @register("linear")
@@ -130,7 +133,7 @@ class LinearQuant(Method):
     layer_bits: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _check_bits(self)
+        check_quant_fields(self.weight_bits, self.act_bits, self.granularity, self.group_size, self.layer_bits)
         check_choice("observer", self.observer, OBSERVERS)
 
     @property
@@ -176,7 +179,7 @@ class DynamicQuant(Method):
     per_token: bool = False
 
     def __post_init__(self) -> None:
-        _check_bits(self)
+        check_quant_fields(self.weight_bits, self.act_bits, self.granularity, self.group_size)
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         layers = quantizable_layers(self, model, activations=True)

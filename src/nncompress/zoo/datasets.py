@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..validate import unknown_name_error
+from ..validate import UserError, unknown_name_error
 from .download import fetch
 from .idx import DataFileError, read_idx
 from .loader import TensorLoader
@@ -55,7 +55,7 @@ class Dataset:
     def with_validation(self, n_val: int) -> Dataset:
         """Hold out the last `n_val` training samples as the 'test' split, for tuning without test data."""
         if not 0 < n_val < len(self.train_x):
-            raise ValueError(f"n_val={n_val} must be in [1, {len(self.train_x) - 1}]")
+            raise UserError(f"n_val={n_val} must be in [1, {len(self.train_x) - 1}]")
         return replace(self, name=f"{self.name}/val{n_val}", train_x=self.train_x[:-n_val],
                        train_y=self.train_y[:-n_val], test_x=self.train_x[-n_val:], test_y=self.train_y[-n_val:])
 

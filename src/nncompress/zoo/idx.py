@@ -12,12 +12,15 @@ from pathlib import Path
 
 import numpy as np
 
+from ..validate import UserError
+
 _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
            0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
 
-class DataFileError(ValueError):
-    """A dataset file is missing, truncated or not in the expected format."""
+class DataFileError(UserError):
+    """A dataset file is missing, truncated or not in the expected format (a user error: the CLI
+    prints it and exits 2)."""
 
 
 def _read_bytes(path: Path) -> bytes:

@@ -10,6 +10,8 @@ from collections.abc import Iterator
 
 import torch
 
+from ..validate import UserError
+
 
 class TensorLoader:
     """Iterate `(x, y)` batches; with `shuffle`, the order depends only on (seed, epoch).
@@ -21,9 +23,9 @@ class TensorLoader:
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 64, *, shuffle: bool = False,
                  seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
         if len(x) != len(y):
-            raise ValueError(f"inputs and targets differ in length: {len(x)} vs {len(y)}")
+            raise UserError(f"inputs and targets differ in length: {len(x)} vs {len(y)}")
         if batch_size < 1:
-            raise ValueError(f"batch_size={batch_size} must be >= 1")
+            raise UserError(f"batch_size={batch_size} must be >= 1")
         self.x, self.y, self.batch_size = x, y, batch_size
         self.shuffle, self.seed, self.rank, self.world_size = shuffle, seed, rank, world_size
         self.epoch = 0

@@ -9,6 +9,8 @@ import math
 import torch
 from torch import nn
 
+from ..validate import UserError
+
 
 class Attention(nn.Module):
     def __init__(self, dim: int, heads: int):
@@ -43,7 +45,7 @@ class TinyViT(nn.Module):
         super().__init__()
         c, h, w = in_shape
         if h % grid or w % grid:
-            raise ValueError(f"image size {h}x{w} must be divisible by the {grid}x{grid} patch grid")
+            raise UserError(f"image size {h}x{w} must be divisible by the {grid}x{grid} patch grid")
         self.patch = (h // grid, w // grid)
         self.embed = nn.Linear(c * self.patch[0] * self.patch[1], dim)
         self.pos = nn.Parameter(torch.randn(1, grid * grid, dim) * 0.02)

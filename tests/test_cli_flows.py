@@ -1,0 +1,88 @@
+"""The headline flows through the command line: deep-compress -> inspect / decode / evaluate, and demo.
+
+Written against what the CLI shows (exit codes, JSON figures, the file on disk), not the .nnc layout."""
+import json
+
+import pytest
+from test_cli import main, run_cli  # noqa: F401  (main is a fixture)
+
+LENET300_DIGITS_PARAMS = 64 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10
+
+
+@pytest.fixture(scope="module")
+def compressed(tmp_path_factory):
+    """lenet300 on digits: 90% global pruning (one round), fc layers shared with 4-bit codebooks."""
+    folder = tmp_path_factory.mktemp("deep")
+    nnc, report = folder / "lenet300.nnc", folder / "dc.json"
+    done = run_cli("deep-compress", "lenet300", "--prune-sparsity", "0.9", "--rounds", "1", "--finetune-epochs", "1",
+                   "--codebook-epochs", "1", "--bits", "conv=8,fc=4", "-o", str(nnc), "--json", str(report))
+    assert done.returncode == 0, done.stderr
+    return nnc, json.loads(report.read_text()), done.stdout
+
+
+@pytest.mark.slow
+def test_deep_compress_reports_the_real_file(compressed):
+    nnc, r, stdout = compressed
+    assert r["file_bytes"] == nnc.stat().st_size and r["dense_bytes"] == 4 * LENET300_DIGITS_PARAMS
+    assert r["compression"] == pytest.approx(r["dense_bytes"] / r["file_bytes"]) and r["compression"] > 15
+    assert r["exact_roundtrip"] is True and r["compressed_accuracy"] >= 0.95
+    assert [row["layer"] for row in r["layers"]] == ["fc1", "fc2", "fc3"]
+    assert all(row["weight_bits_pq"] == 4 for row in r["layers"])  # "fc=4" reached every Linear layer
+    kept = sum(row["kept"] * row["weights"] for row in r["layers"])
+    assert kept == pytest.approx(0.1 * sum(row["weights"] for row in r["layers"]), abs=1)  # global 90%
+    assert f"{r['file_bytes']:,} B" in stdout and "exact round" in stdout
+
+
+@pytest.mark.slow
+def test_decode_gives_the_reported_compressed_accuracy(compressed, tmp_path):
+    nnc, r, _ = compressed
+    weights = tmp_path / "decoded.safetensors"
+    done = run_cli("decode", str(nnc), "--json", str(tmp_path / "d.json"), "--out", str(weights))
+    assert done.returncode == 0, done.stderr
+    d = json.loads((tmp_path / "d.json").read_text())
+    assert d["accuracy"] == r["compressed_accuracy"] and d["file_bytes"] == r["file_bytes"]
+    done = run_cli("evaluate", str(weights), "--json", str(tmp_path / "e.json"))
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "e.json").read_text())["accuracy"] == r["compressed_accuracy"]
+
+
+@pytest.mark.slow
+def test_inspect_nnc_lists_the_layers_of_the_file(compressed, tmp_path):
+    nnc, r, _ = compressed
+    done = run_cli("inspect", str(nnc), "--json", str(tmp_path / "i.json"))
+    assert done.returncode == 0, done.stderr
+    i = json.loads((tmp_path / "i.json").read_text())
+    assert i["file_bytes"] == r["file_bytes"] and i["model"]["arch"] == "lenet300"
+    assert [(row["layer"], row["weights"], row["kept"]) for row in i["layers"]] == \
+        [(row["layer"], row["weights"], row["kept"]) for row in r["layers"]]
+    assert all(name in done.stdout for name in ("fc1", "fc2", "fc3"))
+
+
+@pytest.mark.slow
+def test_demo_writes_decodes_and_evaluates_runs_demo_nnc(tmp_path):
+    done = run_cli("demo", "--json", "demo.json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    r = json.loads((tmp_path / "demo.json").read_text())
+    assert r["file_bytes"] == (tmp_path / "runs" / "demo.nnc").stat().st_size
+    assert r["exact_roundtrip"] is True and r["compression"] > 20
+    assert r["compressed_accuracy"] >= r["dense_accuracy"] - 0.02
+
+
+@pytest.mark.parametrize("args,message", [
+    (("--bits", "fc=x"), "--bits fc='x': the value must be a whole number of bits"),
+    (("--bits", "fc5"), "--bits item 'fc5' must look like NAME=VALUE"),
+    (("--bits", "fc_2=4"), "layer_bits key 'fc_2' matches none of the targeted layers. Did you mean 'fc2'"),
+])
+def test_deep_compress_bad_bits_fail_before_training(main, args, message):
+    code, stdout, stderr = main("deep-compress", "lenet300", *args)
+    assert code == 2 and message in stderr
+    assert "epoch" not in stdout + stderr  # refused before any training
+
+
+def test_decode_and_inspect_refuse_missing_and_corrupt_files(main, tmp_path):
+    code, _, stderr = main("decode", str(tmp_path / "missing.nnc"))
+    assert code == 2 and "missing.nnc' does not exist" in stderr
+    corrupt = tmp_path / "corrupt.nnc"
+    corrupt.write_bytes(b"NNC\x00" + bytes(range(200)))
+    code, _, stderr = main("inspect", str(corrupt))
+    assert code == 2 and "corrupt.nnc" in stderr

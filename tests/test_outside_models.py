@@ -1,0 +1,131 @@
+"""Models from outside the zoo: a Hugging Face BERT (built from a small config, no download) fed
+dict batches with padding, and the zoo's tiny_vit, through the same quantize_ / save / load path."""
+import copy
+
+import pytest
+import torch
+
+import nncompress as nc
+from nncompress.analysis.metrics import sqnr_db
+from nncompress.zoo import build_model
+
+transformers = pytest.importorskip("transformers")
+
+W8A8 = nc.LinearQuant(weight_bits=8, act_bits=8)
+
+
+def small_bert() -> torch.nn.Module:
+    """2 layers, hidden 32; initializer_range 0.3 so attention and MLPs matter next to the residual
+    (at BERT's 0.02 the Linears barely change the output and any quantizer would look perfect)."""
+    config = transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                     vocab_size=100, max_position_embeddings=32, initializer_range=0.3)
+    return transformers.BertModel(config).eval()
+
+
+def padded_batch(seed: int, n: int = 8, length: int = 12) -> transformers.BatchEncoding:
+    """Token ids with a random length per row (row 0 full); padding is id 0 with attention_mask 0."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(4, length + 1, (n,), generator=g)
+    lengths[0] = length
+    mask = (torch.arange(length)[None] < lengths[:, None]).long()
+    return transformers.BatchEncoding({"input_ids": torch.randint(1, 100, (n, length), generator=g) * mask,
+                                       "attention_mask": mask})
+
+
+@pytest.fixture(scope="module")
+def bert_w8a8():
+    torch.manual_seed(0)
+    bert = small_bert()
+    test = padded_batch(99)
+    with torch.no_grad():
+        reference = bert(**test).last_hidden_state
+    report: list[dict] = []
+    nc.quantize_(bert, W8A8, data=[padded_batch(s) for s in range(4)], report=report)
+    return bert, test, reference, report
+
+
+def test_bert_calibrates_static_w8a8_on_padded_dict_batches(bert_w8a8):
+    bert, test, reference, report = bert_w8a8
+    assert len(report[0]["layers"]) == 13  # 2 x (q, k, v, attention out, intermediate, output) + pooler
+    with torch.no_grad():
+        quantized = bert(**test).last_hidden_state
+    real = test["attention_mask"].bool()
+    cosine = torch.nn.functional.cosine_similarity(reference[real], quantized[real], dim=-1)
+    assert cosine.min() > 0.99  # every unpadded token
+    assert 25 < sqnr_db(reference[real], quantized[real]) < 60  # quantized (not float), and well
+
+
+def test_the_attention_mask_still_hides_padding_after_quantization(bert_w8a8):
+    bert, test, _, _ = bert_w8a8
+    other_padding = dict(test)
+    other_padding["input_ids"] = test["input_ids"] + 7 * (1 - test["attention_mask"])  # change only padded ids
+    real = test["attention_mask"].bool()
+    with torch.no_grad():
+        a, b = bert(**test).last_hidden_state, bert(**other_padding).last_hidden_state
+    assert torch.allclose(a[real], b[real], atol=1e-5)
+
+
+@pytest.mark.parametrize("convert", [False, True])
+def test_bert_saves_and_loads_into_a_factory_exactly(bert_w8a8, tmp_path, convert):
+    bert, test, _, _ = bert_w8a8
+    model = bert
+    if convert:
+        model = nc.convert_(copy.deepcopy(bert))
+    path = nc.save_model(model, tmp_path / "bert.safetensors", recipe=[W8A8], example=padded_batch(5, n=2))
+    torch.manual_seed(123)  # the factory draws other random weights: every tensor must come from the file
+    loaded, meta = nc.load_model(path, small_bert)
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(**test).last_hidden_state, bert(**test).last_hidden_state)
+    assert meta["recipe"]["converted"] is convert
+
+
+def test_bert_classifier_fine_tunes_and_evaluates_on_batch_encodings_with_labels():
+    torch.manual_seed(0)
+    config = transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                     vocab_size=100, max_position_embeddings=32, num_labels=2)
+    model = transformers.BertForSequenceClassification(config)
+    batches = []
+    for seed in range(8):  # label: does token 7 occur in the unpadded part?
+        batch = padded_batch(seed, n=16)
+        batch["input_ids"][::2, 1] = 7
+        batch["labels"] = (batch["input_ids"] == 7).any(1).long()
+        batches.append(batch)
+    before = nc.evaluate(model, batches)
+    history = nc.fit(model, batches, nc.TrainConfig(epochs=15, lr=3e-3, optimizer="adam", weight_decay=0.0),
+                     progress=False, log=lambda m: None)
+    after = nc.evaluate(model, batches)
+    assert history.train_loss[-1] < 0.5 * history.train_loss[0]
+    assert after["accuracy"] > 0.9 and after["loss"] < 0.5 * before["loss"]
+
+
+def test_tiny_vit_goes_through_the_same_path(digits, tmp_path):
+    torch.manual_seed(0)
+    vit = build_model("tiny_vit", digits.in_shape, 10).eval()
+    x = digits.test_x[:64]
+    with torch.no_grad():
+        reference = vit(x)
+    calib = [{"x": digits.train_x[i:i + 64]} for i in range(0, 256, 64)]  # dict batches: vit(x=...)
+    nc.quantize_(vit, W8A8, data=calib)
+    with torch.no_grad():
+        quantized = vit(x)
+    assert torch.nn.functional.cosine_similarity(reference.flatten(), quantized.flatten(), dim=0) > 0.99
+    path = nc.save_model(nc.convert_(vit), tmp_path / "vit.safetensors", recipe=[W8A8], arch="tiny_vit",
+                         in_shape=digits.in_shape, num_classes=10)
+    loaded, _ = nc.load_model(path)  # a zoo model: the random probe replays the recipe
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(x), quantized)
+
+
+def test_a_model_with_tied_weights_saves_each_tensor_once_and_loads_exactly(tmp_path):
+    torch.manual_seed(0)
+    config = transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                     vocab_size=100, max_position_embeddings=32, initializer_range=0.3)
+    mlm = transformers.BertForMaskedLM(config).eval()  # decoder.weight is the word-embedding table
+    recipe = [nc.LinearQuant(weight_bits=8, act_bits=None)]
+    nc.quantize_(mlm, recipe[0])
+    path = nc.save_model(mlm, tmp_path / "mlm.safetensors", recipe=recipe)
+    loaded, meta = nc.load_model(path, lambda: transformers.BertForMaskedLM(config))
+    assert len(meta["tied"]) >= 1  # stored once, restored under every name
+    test = padded_batch(3)
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(**test).logits, mlm(**test).logits)
