@@ -212,7 +212,7 @@ def resolve_model(spec: str, dataset: Dataset, seed: int = 0) -> tuple[nn.Module
     if Path(spec).suffix == ".safetensors" or Path(spec).is_file():
         model, meta = load_model(spec)
         if tuple(meta["in_shape"]) != dataset.in_shape:
-            raise ValueError(f"{spec!r} was trained on inputs {tuple(meta['in_shape'])}, "
+            raise UserError(f"{spec!r} was trained on inputs {tuple(meta['in_shape'])}, "
                              f"but dataset {dataset.name!r} has {dataset.in_shape}")
         return model, meta["arch"], True
     torch.manual_seed(seed)

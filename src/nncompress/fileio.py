@@ -12,6 +12,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from .validate import UserError
+
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call `write(tmp_path)` then rename tmp_path onto `path` (atomic on POSIX).
@@ -64,4 +66,4 @@ def load_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
             raw = (f.metadata() or {}).get("nncompress", "{}")
         return load_file(str(path)), json.loads(raw)
     except (SafetensorError, json.JSONDecodeError, OSError) as err:
-        raise ValueError(f"{str(path)!r} is not a valid nncompress safetensors file: {err}") from err
+        raise UserError(f"{str(path)!r} is not a valid nncompress safetensors file: {err}") from err

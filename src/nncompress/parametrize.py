@@ -89,7 +89,7 @@ class WeightTransform(nn.Module):
 def decode(encoded: Encoded) -> torch.Tensor:
     """Decode any `Encoded` with the transform class registered for its kind."""
     if encoded.kind not in TRANSFORM_KINDS:
-        raise ValueError(f"unknown transform kind {encoded.kind!r}; known: {', '.join(sorted(TRANSFORM_KINDS))}")
+        raise UserError(f"unknown transform kind {encoded.kind!r}; known: {', '.join(sorted(TRANSFORM_KINDS))}")
     return TRANSFORM_KINDS[encoded.kind].decode(encoded)
 
 

@@ -174,7 +174,7 @@ def _load_checkpoint(path: Path, model: nn.Module, opt, sched, history: History)
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
     except (RuntimeError, KeyError, ValueError, EOFError) as err:
-        raise ValueError(f"checkpoint {str(path)!r} cannot be resumed for this model: {err}") from err
+        raise UserError(f"checkpoint {str(path)!r} cannot be resumed for this model: {err}") from err
     torch.set_rng_state(state["rng"])
     history.train_loss[:] = state["history"]["train_loss"]
     history.eval_accuracy[:] = state["history"]["eval_accuracy"]

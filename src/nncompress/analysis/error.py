@@ -20,11 +20,12 @@ def weight_sqnr(model: nn.Module) -> dict[str, float]:
             for name, layer in weight_layers(model).items() if transforms(layer)}
 
 
-def output_error(float_model: nn.Module, quant_model: nn.Module, x: torch.Tensor) -> dict[str, dict[str, float]]:
-    """Per weight layer (by name in `float_model`): output SQNR (dB) and cosine, quantized vs float."""
+def output_error(float_model: nn.Module, quant_model: nn.Module, batch: object) -> dict[str, dict[str, float]]:
+    """Per weight layer (by name in `float_model`): output SQNR (dB) and cosine, quantized vs float,
+    on one batch of any shape `batches.py` accepts (a tensor, an (x, y) pair, a dict...)."""
     names = [n for n in weight_layers(float_model)]
     quant_names = dict(quant_model.named_modules())
     names = [n for n in names if n in quant_names]
-    ref = capture_outputs(float_model, names, x)
-    got = capture_outputs(quant_model, names, x)
+    ref = capture_outputs(float_model, names, batch)
+    got = capture_outputs(quant_model, names, batch)
     return {n: {"sqnr_db": sqnr_db(ref[n], got[n]), "cosine": cosine_similarity(ref[n], got[n])} for n in names}

@@ -1,86 +1,156 @@
-"""Writer and reader of the `.nnc` container (the byte layout is specified in docs/format.md).
+"""Writer and reader of the `.nnc` container, format 3.0 (byte layout and rules: docs/format.md).
 
-`write_nnc` takes already-encoded layers (see `deep_compression.py`) and raw tensors; `read_nnc`
-validates everything (magic, version, CRCs, bounds, overlaps, stream lengths) before returning
-plain numpy arrays, so a truncated, bit-flipped or hostile file raises `NncFormatError`.
+A file stores, per tensor of a model, either its chain of transform encodings (each stage's
+`Encoded`: kind, JSON meta and named tensors, innermost first, decoded through
+`TRANSFORM_KINDS[kind].decode`) or its plain value. Each named tensor is one section whose byte
+codec (raw, packed, huffman, relative; `codecs.py`) the writer picks as the smallest. After a mask
+stage, a per-element tensor whose pruned entries all hold one value is stored at the kept
+positions only ("sparse"), and non-final stages keep only their integer / bool tensors (their
+float values are what the final stage decodes to anyway).
+
+`read_nnc` checks everything (magic, version, CRCs, bounds, overlaps, every declared shape, count
+and codec against the section lengths and `MAX_ELEMENTS`) before allocating any tensor, so a
+truncated, bit-flipped or hostile file raises `NncFormatError`. 1.x / 2.x files are read through
+`legacy.py`.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import numpy as np
+import torch
 
 from ..fileio import atomic_write_bytes
-from .huffman import HuffmanStream
+from ..parametrize import TRANSFORM_KINDS, Encoded
+from ..validate import UserError
+from . import codecs
+from .codecs import DTYPE_NAMES, DTYPES
 
 MAGIC = b"NNC\x01"
-VERSION = (2, 0)
-READABLE_MAJORS = (1, 2)  # 1.x: the header is JSON; 2.x: the header is zlib-compressed JSON
+VERSION = (3, 0)
+READABLE_MAJORS = (1, 2, 3)  # 1.x: JSON header; 2.x: zlib header, Deep Compression layers; 3.x: chains
 PREAMBLE = struct.Struct("<4sHHII")
-DTYPES = {"float32": "<f4", "float16": "<f2"}
 MAX_HEADER = 64 << 20  # bytes of header JSON a reader accepts (after decompression)
+MAX_ELEMENTS = 1 << 30  # elements a reader allocates for one file, all tensors together
+OVERHEAD = "(header)"  # key of `NncModel.sizes`: the preamble and the header's shared part
 
 
-class NncFormatError(ValueError):
+class NncFormatError(UserError):
     """The file is not a valid .nnc file (the message says what is wrong)."""
 
 
+def fail(what: str) -> NncFormatError:
+    return NncFormatError(f"not a valid .nnc file: {what}")
+
+
 @dataclass
-class EncodedLayer:
-    """One weight layer in Deep Compression form."""
+class StoredLayer:
+    """One transformed tensor as stored: its chain, each array's codec entry and payload bytes
+    (`storage[stage][tensor]`), and its byte share of the file (sections + header share)."""
 
     name: str
     shape: tuple[int, ...]
-    index_bits: int
-    n_fillers: int
-    codebook: np.ndarray
-    index: HuffmanStream
-    clusters: HuffmanStream
+    chain: list[Encoded]
+    storage: list[dict[str, dict]]
+    nbytes: int
 
 
 @dataclass
 class NncModel:
+    """A model as the container sees it: `chains` (tensor name -> Encoded per transform, innermost
+    first) and plain `tensors`, under state-dict names such as `fc1.weight`. `parse` also fills
+    `shapes` (of the decoded chains), `storage` (codec entries), `sizes` (bytes per tensor;
+    `OVERHEAD` for the rest) and `version`."""
+
     model: dict
-    layers: list[EncodedLayer] = field(default_factory=list)
-    tensors: dict[str, np.ndarray] = field(default_factory=dict)
+    chains: dict[str, list[Encoded]] = field(default_factory=dict)
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    storage: dict[str, list[dict[str, dict]]] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)
+    version: tuple[int, int] = VERSION
+
+    @property
+    def layers(self) -> list[StoredLayer]:
+        """The transformed tensors with their storage (after `parse`), in file order."""
+        return [StoredLayer(name, self.shapes.get(name) or tuple(_decoded_shape(chain)), chain,
+                            self.storage.get(name, []), self.sizes.get(name, 0)) for name, chain in self.chains.items()]
 
 
-def _stream_header(stream: HuffmanStream, section: str) -> dict:
-    return {"section": section, "count": stream.count, "symbols": stream.symbols,
-            "length": stream.length, "n_bits": stream.n_bits}
+def _decoded_shape(chain: list[Encoded]) -> torch.Size:
+    return TRANSFORM_KINDS[chain[-1].kind].decode(chain[-1]).shape
+
+
+# --- writing -------------------------------------------------------------------------------------
+
+def _sparse_fill(values: torch.Tensor, keep: torch.Tensor) -> int | float | None:
+    """The one value every pruned entry of `values` holds (bitwise), or None."""
+    if values.shape != keep.shape or values.dtype == torch.bool or bool(keep.all()):
+        return None
+    bits = codecs.bit_view(values[~keep])
+    if not bool((bits == bits[0]).all()):
+        return None
+    fill = values[~keep][0].item()
+    if isinstance(fill, float) and not math.isfinite(fill):
+        return None
+    return fill
+
+
+def _array(values: torch.Tensor, blobs: list[bytes], sparse: dict | None = None) -> dict:
+    codec, payload = codecs.encode(values)
+    blobs.append(payload)
+    entry = {"dtype": DTYPE_NAMES[values.dtype], "shape": list(values.shape), "section": len(blobs) - 1, "codec": codec}
+    return {**entry, "sparse": sparse} if sparse else entry
+
+
+def _stage_entries(chain: list[Encoded], blobs: list[bytes]) -> list[dict]:
+    """Header entries of a chain's stages (see the module doc for what is left out)."""
+    stages, mask = [], None
+    for i, encoded in enumerate(chain):
+        arrays = {}
+        for name, tensor in encoded.tensors.items():
+            tensor = tensor.detach().cpu()
+            if i < len(chain) - 1 and tensor.is_floating_point():
+                continue
+            fill = _sparse_fill(tensor, mask[2]) if mask else None
+            if fill is None:
+                arrays[name] = _array(tensor, blobs)
+            else:
+                sparse = {"mask": [mask[0], mask[1]], "fill": fill}
+                arrays[name] = {**_array(tensor[mask[2]], blobs, sparse), "shape": list(tensor.shape)}
+        stages.append({"kind": encoded.kind, "meta": encoded.meta, "tensors": arrays})
+        if mask is None and getattr(TRANSFORM_KINDS.get(encoded.kind), "role", "") == "mask":
+            mask = next(((i, n, t.detach().cpu()) for n, t in encoded.tensors.items() if t.dtype == torch.bool), None)
+    return stages
+
+
+def _json(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False)
 
 
 def serialize(nnc: NncModel) -> bytes:
-    """The bytes of a .nnc file."""
-    blobs: list[tuple[str, bytes]] = []
-    layers = []
-    for layer in nnc.layers:
-        codebook_dtype = "float16" if layer.codebook.dtype == np.float16 else "float32"
-        blobs += [(f"{layer.name}.index", layer.index.payload), (f"{layer.name}.clusters", layer.clusters.payload),
-                  (f"{layer.name}.codebook", np.asarray(layer.codebook, dtype=DTYPES[codebook_dtype]).tobytes())]
-        layers.append({"name": layer.name, "shape": list(layer.shape), "index_bits": layer.index_bits,
-                       "n_entries": layer.index.length, "n_fillers": layer.n_fillers, "codebook": f"{layer.name}.codebook",
-                       "codebook_dtype": codebook_dtype,
-                       "index": _stream_header(layer.index, f"{layer.name}.index"),
-                       "clusters": _stream_header(layer.clusters, f"{layer.name}.clusters")})
-    tensors = []
-    for name, array in nnc.tensors.items():
-        dtype = "float16" if array.dtype == np.float16 else "float32"
-        blobs.append((name, np.ascontiguousarray(array, dtype=DTYPES[dtype]).tobytes()))
-        tensors.append({"name": name, "dtype": dtype, "shape": list(array.shape), "section": name})
+    """The bytes of a .nnc 3.0 file."""
+    blobs: list[bytes] = []
+    entries = [{"name": name, "shape": list(_decoded_shape(chain)), "chain": _stage_entries(chain, blobs)}
+               for name, chain in nnc.chains.items()]
+    entries += [{"name": name, "value": _array(t.detach().cpu(), blobs)} for name, t in nnc.tensors.items()]
     sections, offset = [], 0
-    for name, blob in blobs:
-        sections.append({"name": name, "offset": offset, "length": len(blob), "crc32": zlib.crc32(blob)})
+    for blob in blobs:
+        sections.append({"offset": offset, "length": len(blob), "crc32": zlib.crc32(blob)})
         offset += len(blob)
-    header = zlib.compress(json.dumps({"model": nnc.model, "sections": sections, "layers": layers,
-                                       "tensors": tensors, "meta": nnc.meta}, separators=(",", ":")).encode(), 9)
-    return PREAMBLE.pack(MAGIC, *VERSION, len(header), zlib.crc32(header)) + header + b"".join(b for _, b in blobs)
+    try:
+        text = _json({"model": nnc.model, "meta": nnc.meta, "sections": sections, "tensors": entries})
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"the model description, meta or a transform's meta is not JSON: {err}") from err
+    header = zlib.compress(text.encode(), 9)
+    return PREAMBLE.pack(MAGIC, *VERSION, len(header), zlib.crc32(header)) + header + b"".join(blobs)
 
 
 def write_nnc(path: str | os.PathLike, nnc: NncModel) -> int:
@@ -90,31 +160,32 @@ def write_nnc(path: str | os.PathLike, nnc: NncModel) -> int:
     return len(data)
 
 
-def _fail(what: str) -> NncFormatError:
-    return NncFormatError(f"not a valid .nnc file: {what}")
+# --- reading: preamble, header, sections ----------------------------------------------------------
 
-
-def _parse_preamble(data: bytes) -> dict:
+def parse_preamble(data: bytes) -> tuple[dict, int]:
+    """The header (checked: magic, version, length, CRC, zlib, JSON object) and the major version."""
     if len(data) < PREAMBLE.size:
-        raise _fail(f"{len(data)} bytes is shorter than the {PREAMBLE.size}-byte preamble (truncated?)")
+        raise fail(f"{len(data)} bytes is shorter than the {PREAMBLE.size}-byte preamble (truncated?)")
     magic, major, minor, header_len, header_crc = PREAMBLE.unpack_from(data)
     if magic != MAGIC:
-        raise _fail(f"magic {magic!r}, expected {MAGIC!r}")
+        raise fail(f"magic {magic!r}, expected {MAGIC!r}")
     if major not in READABLE_MAJORS:
-        raise _fail(f"format version {major}.{minor}; this reader understands {' and '.join(f'{m}.x' for m in READABLE_MAJORS)}")
+        raise fail(f"format version {major}.{minor}; this reader understands "
+                   f"{', '.join(f'{m}.x' for m in READABLE_MAJORS)}")
     if header_len > min(MAX_HEADER, len(data) - PREAMBLE.size):
-        raise _fail(f"header length {header_len} exceeds the file (truncated?)")
+        raise fail(f"header length {header_len} exceeds the file (truncated?)")
     raw = data[PREAMBLE.size : PREAMBLE.size + header_len]
     if zlib.crc32(raw) != header_crc:
-        raise _fail("header checksum mismatch (the file is corrupt)")
+        raise fail("header checksum mismatch (the file is corrupt)")
+    text = _inflate(raw) if major >= 2 else raw
     try:
-        header = json.loads(_inflate(raw) if major >= 2 else raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise _fail(f"header is not JSON: {err}") from err
-    if not isinstance(header, dict) or not all(k in header for k in ("model", "sections", "layers", "tensors")):
-        raise _fail("header lacks model / sections / layers / tensors")
+        header = json.loads(text)
+    except (ValueError, RecursionError) as err:  # ValueError: bad UTF-8 or JSON, a 5000-digit number
+        raise fail(f"header is not JSON: {err}") from err
+    if not isinstance(header, dict):
+        raise fail("header is not a JSON object")
     header["_data_start"] = PREAMBLE.size + header_len
-    return header
+    return header, major
 
 
 def _inflate(raw: bytes) -> bytes:
@@ -123,76 +194,189 @@ def _inflate(raw: bytes) -> bytes:
     try:
         text = inflater.decompress(raw, MAX_HEADER)
     except zlib.error as err:
-        raise _fail(f"header does not decompress: {err}") from err
+        raise fail(f"header does not decompress: {err}") from err
     if inflater.unconsumed_tail or inflater.unused_data or not inflater.eof:
-        raise _fail(f"header is truncated, has trailing bytes or inflates beyond {MAX_HEADER} bytes")
+        raise fail(f"header is truncated, has trailing bytes or inflates beyond {MAX_HEADER} bytes")
     return text
 
 
-def _sections(data: bytes, header: dict) -> dict[str, bytes]:
+def section_blobs(data: bytes, header: dict, named: bool = False) -> list[bytes]:
+    """Each section's bytes, after checking bounds, CRCs, overlaps and that they fill the data area."""
     start, size = header["_data_start"], len(data) - header["_data_start"]
-    spans, out = [], {}
-    try:
-        for s in header["sections"]:
-            name, offset, length, crc = str(s["name"]), int(s["offset"]), int(s["length"]), int(s["crc32"])
-            if offset < 0 or length < 0 or offset + length > size:
-                raise _fail(f"section {name!r} [{offset}, {offset + length}) lies outside the {size}-byte data area")
-            blob = data[start + offset : start + offset + length]
-            if zlib.crc32(blob) != crc:
-                raise _fail(f"section {name!r} checksum mismatch (the file is corrupt)")
-            spans.append((offset, offset + length, name))
-            out[name] = blob
-    except (KeyError, TypeError) as err:
-        raise _fail(f"malformed section entry: {err}") from err
+    spans, out = [], []
+    if not isinstance(header.get("sections"), list):
+        raise fail("header lacks a sections list")
+    for i, s in enumerate(header["sections"]):
+        try:
+            name = str(s["name"]) if named else str(i)
+            offset, length, crc = (_natural(s[k], f"section {name} {k}") for k in ("offset", "length", "crc32"))
+        except (KeyError, TypeError) as err:
+            raise fail(f"malformed section entry {i}: {err!r}") from err
+        if offset + length > size:
+            raise fail(f"section {name!r} [{offset}, {offset + length}) lies outside the {size}-byte data area")
+        blob = data[start + offset : start + offset + length]
+        if zlib.crc32(blob) != crc:
+            raise fail(f"section {name!r} checksum mismatch (the file is corrupt)")
+        spans.append((offset, offset + length, name))
+        out.append(blob)
     spans.sort()
     for (_, end, a), (begin, _, b) in zip(spans, spans[1:]):
         if begin < end:
-            raise _fail(f"sections {a!r} and {b!r} overlap")
+            raise fail(f"sections {a!r} and {b!r} overlap")
     if sum(e - b for b, e, _ in spans) != size:
-        raise _fail("the data area holds bytes that no section names (or is truncated)")
+        raise fail("the data area holds bytes that no section names (or is truncated)")
     return out
 
 
-def _stream(entry: dict, sections: dict[str, bytes]) -> HuffmanStream:
-    return HuffmanStream([int(c) for c in entry["count"]], [int(s) for s in entry["symbols"]], int(entry["length"]),
-                         int(entry["n_bits"]), sections[entry["section"]])
+def _natural(value: Any, what: str, limit: int = 1 << 62) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= limit:
+        raise fail(f"{what} = {value!r} is not an integer in [0, {limit}]")
+    return value
 
 
-def _codebook(entry: dict, sections: dict[str, bytes]) -> np.ndarray:
-    """A layer's codebook as float32 (stored as float32, or float16 when `codebook_dtype` says so)."""
-    dtype = entry.get("codebook_dtype", "float32")
-    if dtype not in DTYPES:
-        raise _fail(f"layer {entry['name']!r}: codebook_dtype {dtype!r} is not one of {sorted(DTYPES)}")
-    blob = sections[entry["codebook"]]
-    if len(blob) % np.dtype(DTYPES[dtype]).itemsize:
-        raise _fail(f"layer {entry['name']!r}: a {len(blob)}-byte codebook is not a whole number of {dtype}")
-    return np.frombuffer(blob, dtype=DTYPES[dtype]).astype(np.float32)
+def check_shape(shape: Any, what: str) -> tuple[int, ...]:
+    """A declared shape, each dimension and the element count at most MAX_ELEMENTS."""
+    if not isinstance(shape, list) or len(shape) > 16:
+        raise fail(f"{what}: shape {shape!r} is not a list of at most 16 dimensions")
+    dims = tuple(_natural(d, f"{what}: a dimension", MAX_ELEMENTS) for d in shape)
+    if math.prod(dims) > MAX_ELEMENTS:
+        raise fail(f"{what}: shape {list(dims)} has more than MAX_ELEMENTS = {MAX_ELEMENTS} elements")
+    return dims
 
 
-def _tensor(entry: dict, sections: dict[str, bytes]) -> np.ndarray:
-    dtype = np.dtype(DTYPES[entry["dtype"]])
-    shape = tuple(int(d) for d in entry["shape"])
-    blob = sections[entry["section"]]
-    if len(blob) != int(np.prod(shape)) * dtype.itemsize:
-        raise _fail(f"tensor {entry['name']!r}: {len(blob)} bytes do not fit shape {shape}")
-    return np.frombuffer(blob, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
+def byte_shares(header: dict, file_len: int, owners: dict[str, tuple[Any, list[int]]]) -> dict[str, int]:
+    """Bytes of the file per tensor: its sections, plus the compressed header split in proportion to
+    the JSON of its entry and section entries; `OVERHEAD` gets the preamble and the rest, so the
+    shares add up to the file size exactly."""
+    header_len = header["_data_start"] - PREAMBLE.size
+    public = {k: v for k, v in header.items() if not k.startswith("_")}
+    total_json = len(_json(public))
+    sizes = {}
+    for name, (entry, section_ids) in owners.items():
+        weight = len(_json(entry)) + sum(len(_json(header["sections"][i])) + 1 for i in section_ids)
+        sizes[name] = sum(header["sections"][i]["length"] for i in section_ids) + header_len * weight // total_json
+    sizes[OVERHEAD] = file_len - sum(sizes.values())
+    return sizes
+
+
+# --- reading 3.0 ---------------------------------------------------------------------------------
+
+def _check_array(a: Any, where: str, blobs: list[bytes], stages: list[dict]) -> int:
+    """Check one stored array's entry (dtype, shape, section, sparse reference, codec vs payload
+    length) without decoding it; returns its element count."""
+    if not isinstance(a, dict) or a.get("dtype") not in DTYPES:
+        raise fail(f"{where}: dtype {a.get('dtype') if isinstance(a, dict) else a!r} is not one of {sorted(DTYPES)}")
+    numel = math.prod(check_shape(a.get("shape"), where))
+    section = _natural(a.get("section"), f"{where}: section", len(blobs) - 1)
+    sparse = a.get("sparse")
+    if sparse is not None:
+        _check_sparse(sparse, a, where, stages)
+    try:
+        codecs.check(a.get("codec"), a["dtype"], len(blobs[section]), numel, sparse is not None)
+    except ValueError as err:
+        raise fail(f"{where}: {err}") from err
+    return numel
+
+
+def _check_sparse(sparse: Any, a: dict, where: str, stages: list[dict]) -> None:
+    ref = sparse.get("mask") if isinstance(sparse, dict) else None
+    fill = sparse.get("fill") if isinstance(sparse, dict) else None
+    ok = isinstance(ref, list) and len(ref) == 2 and isinstance(ref[0], int) and 0 <= ref[0] < len(stages)
+    mask = stages[ref[0]]["tensors"].get(ref[1]) if ok and isinstance(ref[1], str) else None
+    if not (mask and mask["dtype"] == "bool" and "sparse" not in mask and mask["shape"] == a["shape"]):
+        raise fail(f"{where}: sparse reference {ref!r} is not an earlier stage's dense bool tensor of shape {a['shape']}")
+    floating = a["dtype"] in codecs.FLOATS
+    lo, hi = (-math.inf, math.inf) if floating else codecs.int_range(a["dtype"])
+    if isinstance(fill, bool) or not isinstance(fill, float if floating else int) or not lo <= fill <= hi:
+        raise fail(f"{where}: fill {fill!r} is not a {a['dtype']} value")
+
+
+def _check_entries(header: dict, blobs: list[bytes]) -> list[dict]:
+    """Check every tensor entry before anything is allocated (MAX_ELEMENTS over the whole file)."""
+    entries, total, names = header.get("tensors"), 0, set()
+    if not isinstance(entries, list) or not isinstance(header.get("model"), dict):
+        raise fail("header lacks a model object or a tensors list")
+    for entry in entries:
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or name in names or ("chain" in entry) == ("value" in entry):
+            raise fail(f"tensor entry {str(entry)[:80]!r}: needs a new name and one of chain / value")
+        names.add(name)
+        if "value" in entry:
+            total += _check_array(entry["value"], name, blobs, [])
+            continue
+        check_shape(entry.get("shape"), name)
+        chain = entry["chain"]
+        if not isinstance(chain, list) or not chain:
+            raise fail(f"{name}: chain must be a non-empty list of stages")
+        for i, stage in enumerate(chain):
+            if not (isinstance(stage, dict) and isinstance(stage.get("kind"), str) and isinstance(stage.get("meta"), dict)
+                    and isinstance(stage.get("tensors"), dict)):
+                raise fail(f"{name}: stage {i} needs kind (string), meta and tensors (objects)")
+            for t_name, a in stage["tensors"].items():
+                total += _check_array(a, f"{name}: stage {i} ({stage['kind']}) tensor {t_name!r}", blobs, chain[:i])
+        if total > MAX_ELEMENTS:
+            raise fail(f"the tensors hold more than MAX_ELEMENTS = {MAX_ELEMENTS} elements")
+    if total > MAX_ELEMENTS:
+        raise fail(f"the tensors hold more than MAX_ELEMENTS = {MAX_ELEMENTS} elements")
+    return entries
+
+
+def _decode_array(a: dict, where: str, blobs: list[bytes], decoded: list[Encoded]) -> torch.Tensor:
+    shape = tuple(a["shape"])
+    keep = None
+    if "sparse" in a:
+        stage, name = a["sparse"]["mask"]
+        keep = decoded[stage].tensors[name]
+    count = int(keep.sum()) if keep is not None else math.prod(shape)
+    try:
+        if codecs.check(a["codec"], a["dtype"], len(blobs[a["section"]]), math.prod(shape), keep is not None) != count:
+            raise ValueError(f"{count} kept positions, a different number of stored values")
+        flat = codecs.decode(a["codec"], blobs[a["section"]], a["dtype"], count)
+    except ValueError as err:
+        raise fail(f"{where}: {err}") from err
+    if keep is None:
+        return flat.reshape(shape)
+    dense = torch.full(shape, a["sparse"]["fill"], dtype=DTYPES[a["dtype"]])
+    dense[keep] = flat
+    return dense
+
+
+def _decode_entry(entry: dict, blobs: list[bytes]) -> tuple[list[Encoded] | torch.Tensor, list[dict]]:
+    name = entry["name"]
+    if "value" in entry:
+        return _decode_array(entry["value"], name, blobs, []), []
+    chain: list[Encoded] = []
+    for i, stage in enumerate(entry["chain"]):
+        tensors = {t: _decode_array(a, f"{name}: stage {i} tensor {t!r}", blobs, chain) for t, a in stage["tensors"].items()}
+        chain.append(Encoded(stage["kind"], tensors, stage["meta"]))
+    storage = [{t: {**a, "bytes": len(blobs[a["section"]])} for t, a in stage["tensors"].items()} for stage in entry["chain"]]
+    return chain, storage
+
+
+def _section_ids(entry: dict) -> list[int]:
+    arrays = [entry["value"]] if "value" in entry else [a for s in entry["chain"] for a in s["tensors"].values()]
+    return [a["section"] for a in arrays]
 
 
 def parse(data: bytes) -> NncModel:
-    """Validate and parse .nnc bytes."""
-    header = _parse_preamble(data)
-    sections = _sections(data, header)
-    try:
-        layers = [EncodedLayer(str(e["name"]), tuple(int(d) for d in e["shape"]), int(e["index_bits"]),
-                               int(e["n_fillers"]), _codebook(e, sections),
-                               _stream(e["index"], sections), _stream(e["clusters"], sections))
-                  for e in header["layers"]]
-        tensors = {str(e["name"]): _tensor(e, sections) for e in header["tensors"]}
-    except (KeyError, TypeError, ValueError) as err:
-        if isinstance(err, NncFormatError):
-            raise
-        raise _fail(f"malformed layer or tensor entry: {err!r}") from err
-    return NncModel(header["model"], layers, tensors, header.get("meta", {}))
+    """Validate and parse .nnc bytes (any readable version)."""
+    header, major = parse_preamble(data)
+    if major < 3:
+        from .legacy import parse_legacy  # legacy.py builds on this module's checks
+
+        return parse_legacy(data, header, major)
+    blobs = section_blobs(data, header)
+    entries = _check_entries(header, blobs)
+    nnc = NncModel(header["model"], meta=header.get("meta", {}), version=(major, 0))
+    for entry in entries:
+        value, storage = _decode_entry(entry, blobs)
+        if isinstance(value, torch.Tensor):
+            nnc.tensors[entry["name"]] = value
+        else:
+            nnc.chains[entry["name"]], nnc.storage[entry["name"]] = value, storage
+            nnc.shapes[entry["name"]] = tuple(entry["shape"])
+    nnc.sizes = byte_shares(header, len(data), {e["name"]: (e, _section_ids(e)) for e in entries})
+    return nnc
 
 
 def read_nnc(path: str | os.PathLike) -> NncModel:

@@ -1,4 +1,5 @@
-"""Sparse storage of pruned weights (seed 000 "How to efficiently store sparse weight matrix").
+"""Sparse storage of pruned weights ("How to efficiently store sparse weight matrix? CSR or CSC" in Yoo,
+"Compressing Neural Networks: Pruning and Quantization", SNU 2023).
 
 - CSR / CSC (Han 2015): values, column (row) indices and a row (column) pointer: 2a + n + 1 numbers
   for a non-zeros and n rows (columns).

@@ -1,8 +1,9 @@
 """The `nncompress deep-compress` workflow (Han et al., ICLR 2016): prune -> retrain -> share weights
 (k-means) -> fine-tune the codebooks -> Huffman-code into a .nnc file -> decode and measure.
 
-Every figure is measured on the model decoded from the file written to disk, and the file size is
-the real size (header, codebooks, biases and tables included).
+Every figure is measured on the model decoded from the file written to disk, and the per-layer
+byte shares (each layer's sections plus its share of the compressed header) and the remaining
+header + other tensors add up to the file size exactly.
 """
 from __future__ import annotations
 
@@ -16,18 +17,26 @@ import torch
 from torch import nn
 
 from ..analysis.metrics import count_params
-from ..config import Context, Method
-from ..encode.container import EncodedLayer, read_nnc, write_nnc
-from ..encode.deep_compression import decode_model, encode_model, round_biases_fp16_, round_codebooks_fp16_
+from ..api import apply_
+from ..config import Method
+from ..encode.codecs import relative_symbols
+from ..encode.container import OVERHEAD, NncModel, StoredLayer, read_nnc, write_nnc
+from ..encode.deep_compression import round_biases_fp16_, round_codebooks_fp16_
+from ..encode.huffman import entropy_bits
+from ..encode.model import decode_model, encode_model
 from ..quant.kmeans import KMeansQuant
 from ..train import TrainConfig, evaluate, fit
 from ..zoo import Dataset
 from .prune import dense_model, prune_and_retrain
 
+#: `DeepCompressionConfig.bits` keys that name a kind of layer, as layer patterns (`config.per_layer`).
+LAYER_KINDS = {"conv": "type:Conv1d|Conv2d|Conv3d", "fc": "type:Linear"}
+
 
 @dataclass(frozen=True, kw_only=True)
 class DeepCompressionConfig:
-    """The recipe: pruning (method + schedule), bits per layer kind, codebook fine-tuning."""
+    """The recipe: pruning (method + schedule), bits per layer kind ("conv", "fc") or layer pattern
+    (a name, "re:<regex>", "type:<Class>"), codebook fine-tuning."""
 
     prune: Method | None = None
     schedule: str = "iterative"
@@ -39,20 +48,58 @@ class DeepCompressionConfig:
     codebook_lr: float = 1e-3
 
 
-def layer_row(layer: EncodedLayer) -> dict:
-    """Han 2016 table 2 columns for one layer (bits per stored entry; rates vs 32-bit dense)."""
+def layer_bits(bits: dict[str, int]) -> dict[str, int]:
+    """{"conv": 8, "fc": 5, "fc3": 6} -> {"type:Conv1d|Conv2d|Conv3d": 8, "type:Linear": 5, "fc3": 6}."""
+    return {LAYER_KINDS.get(key, key): value for key, value in bits.items()}
+
+
+def _mask(layer: StoredLayer) -> tuple[torch.Tensor | None, dict]:
+    """The chain's keep mask (its first bool tensor) and that tensor's storage entry."""
+    for stage, storage in zip(layer.chain, layer.storage):
+        for name, tensor in stage.tensors.items():
+            if tensor.dtype == torch.bool:
+                return tensor, storage.get(name, {})
+    return None, {}
+
+
+def _coded_bits(entry: dict) -> int:
+    return entry["codec"].get("n_bits", 8 * entry.get("bytes", 0))
+
+
+def layer_row(layer: StoredLayer) -> dict:
+    """Han 2016 table 2 columns for one stored layer: bits per stored entry of the index stream
+    (relative positions, fillers included; a mask stored as a bitmap has one entry per position)
+    and of the weight stream (P+Q: fixed width; P+Q+H: as coded), and rates vs 32-bit dense weights. `bytes` is the layer's real share of the file
+    (its sections + header share); rate P+Q+H = 8 bytes / (32 n). Rate P+Q counts the index and
+    weight streams at fixed width plus the layer's other arrays (codebook, scales) as stored."""
     numel = math.prod(layer.shape)
-    k = len(layer.codebook)
-    entries = layer.index.length
-    kept = entries - layer.n_fillers
-    weight_bits = math.ceil(math.log2(k + (1 if layer.n_fillers else 0)))
-    codebook_bits = 32 * k
-    return {"layer": layer.name, "weights": numel, "kept": kept / numel, "clusters": k,
-            "weight_bits_pq": weight_bits, "weight_bits_pqh": layer.clusters.n_bits / max(entries, 1),
-            "index_bits_pq": layer.index_bits, "index_bits_pqh": layer.index.n_bits / max(entries, 1),
-            "fillers": layer.n_fillers,
-            "rate_pq": (entries * (weight_bits + layer.index_bits) + codebook_bits) / (32 * numel),
-            "rate_pqh": (layer.index.n_bits + layer.clusters.n_bits + codebook_bits) / (32 * numel)}
+    keep, keep_entry = _mask(layer)
+    kept = int(keep.sum()) if keep is not None else numel
+    relative = keep_entry["codec"] if keep_entry.get("codec", {}).get("name") == "relative" else None
+    bitmap = keep_entry and not relative  # a dense mask is stored as one bit (or none) per position
+    entries = relative["length"] if relative else numel if bitmap else kept
+    final, final_storage = layer.chain[-1], layer.storage[-1]
+    main = max(final.tensors, key=lambda n: final.tensors[n].numel())
+    main_entry = final_storage[main]
+    values = final.tensors[main][keep] if "sparse" in main_entry else final.tensors[main].flatten()
+    weight_bits = final.meta.get("bits") or main_entry["codec"].get("bits") or 8 * values.element_size()
+    other_bytes = sum(e.get("bytes", 0) for s in layer.storage for n, e in s.items()
+                      if e is not main_entry and e is not keep_entry)
+    index_bits = relative["index_bits"] if relative else keep_entry["codec"].get("bits", 1) if bitmap else 0
+    return {"layer": layer.name.removesuffix(".weight"), "weights": numel, "kept": kept / numel,
+            "weight_bits_pq": weight_bits, "weight_bits_pqh": _coded_bits(main_entry) / max(len(values), 1),
+            "cluster_entropy": entropy_bits(values.numpy()),
+            "index_bits_pq": index_bits, "index_bits_pqh": _coded_bits(keep_entry) / max(entries, 1) if keep_entry else 0.0,
+            "index_entropy": entropy_bits(relative_symbols(keep.numpy(), index_bits)) if relative else 0.0,
+            "fillers": entries - kept if relative else 0, "bytes": layer.nbytes,
+            "rate_pq": (entries * index_bits + len(values) * weight_bits + 8 * other_bytes) / (32 * numel),
+            "rate_pqh": 8 * layer.nbytes / (32 * numel)}
+
+
+def overhead_row(nnc: NncModel) -> dict:
+    """The bytes no layer row counts: preamble, the header's shared part, untransformed tensors."""
+    return {"layer": "header + other tensors", "tensors": len(nnc.tensors),
+            "bytes": nnc.sizes.get(OVERHEAD, 0) + sum(nnc.sizes.get(name, 0) for name in nnc.tensors)}
 
 
 def fine_tune_codebooks(model: nn.Module, dataset: Dataset, config: DeepCompressionConfig, seed: int) -> None:
@@ -67,7 +114,7 @@ def share_and_encode(model: nn.Module, arch: str, dataset: Dataset, config: Deep
     """Weight sharing + codebook fine-tuning + Huffman coding of an (already pruned) model, in place;
     returns (model decoded from the written file, figures)."""
     accuracy = lambda m: evaluate(m, dataset.test_loader())["accuracy"]  # noqa: E731
-    KMeansQuant(layer_bits=dict(config.bits)).apply(model, Context())
+    apply_(model, KMeansQuant(layer_bits=layer_bits(config.bits)))
     result: dict = {"bits": dict(config.bits), "clustered_accuracy": accuracy(model)}
     fine_tune_codebooks(model, dataset, config, seed)
     round_biases_fp16_(model)
@@ -75,16 +122,16 @@ def share_and_encode(model: nn.Module, arch: str, dataset: Dataset, config: Deep
     model.eval()
     result["simulated_accuracy"] = accuracy(model)
     meta = {"dataset": dataset.name, "bits": dict(config.bits), "seed": seed}
-    nnc, stats = encode_model(model, {"arch": arch, "in_shape": list(dataset.in_shape),
-                                      "num_classes": dataset.num_classes}, meta)
+    nnc = encode_model(model, {"arch": arch, "in_shape": list(dataset.in_shape), "num_classes": dataset.num_classes}, meta)
     path = Path(out) if out else Path(tempfile.mkdtemp()) / f"{arch}.nnc"
     result["file_bytes"] = write_nnc(path, nnc)
-    decoded = decode_model(read_nnc(path))
+    stored = read_nnc(path)
+    decoded = decode_model(stored)
     x = dataset.test_x[:256]
     with torch.no_grad():
         result["exact_roundtrip"] = bool(torch.equal(decoded(x), model(x)))
     result.update(compressed_accuracy=accuracy(decoded), file=str(path),
-                  layers=[{**layer_row(layer), **stats[layer.name]} for layer in nnc.layers])
+                  layers=[layer_row(layer) for layer in stored.layers], overhead=overhead_row(stored))
     return decoded, result
 
 

@@ -2,7 +2,7 @@
 
 prune: get a trained dense model (train it with the model's recipe if a zoo name is given), prune
 it with a Method on a schedule (one-shot, iterative, AGP) with retraining at 1/10 of the original
-learning rate (seed 003), and report dense vs pruned accuracy and per-layer densities.
+learning rate (Han et al. 2015), and report dense vs pruned accuracy and per-layer densities.
 """
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def prune_and_retrain(model: nn.Module, method: Method, dataset: Dataset, base: 
                       schedule: str = "iterative", rounds: int = 3, finetune_epochs: int = 5,
                       lr_factor: float = 0.1, batch_size: int = 64) -> Context:
     """Prune `model` in place on `schedule`, retraining after each step at `lr_factor` x the original
-    learning rate (seed 003: 1/10); returns the context with the report. Every pruning step goes
+    learning rate (Han et al. 2015: 1/10); returns the context with the report. Every pruning step goes
     through `run_method` with this context, whose `data` (calibration batches) reaches data-aware
     criteria."""
     check_choice("schedule", schedule, SCHEDULES)

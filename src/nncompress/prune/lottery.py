@@ -1,4 +1,4 @@
-"""Lottery tickets (Frankle & Carbin, ICLR 2019; seed 000 "Lottery ticket").
+"""Lottery tickets (Frankle & Carbin, ICLR 2019; pruning lecture, "Lottery ticket hypothesis").
 
 Iterative magnitude pruning with rewinding: train, prune the smallest surviving weights, reset the
 survivors to their values at initialization (or at step k, "late rewinding", Frankle et al. 2020),

@@ -2,12 +2,11 @@
 
 A schedule takes a sparsity-bearing Method (MagnitudePrune, RandomPrune, ...) as the final target
 and re-applies it at intermediate targets; each re-application starts from the surviving weights,
-so masks only grow. Retraining follows seed 003 (Han 2015): a learning rate 1/10 of the original,
+so masks only grow. Retraining follows Han et al. 2015 (NeurIPS, "Learning both weights and connections"): a learning rate 1/10 of the original,
 and dropout rescaled by D_r = D_o sqrt(C_r / C_o).
 """
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -17,17 +16,16 @@ from ..analysis.metrics import weight_layers
 from ..config import Context, Method, run_method
 from ..train import TrainConfig
 from .mask import keep_mask_of
+from .unstructured import SparsityPrune
 from .masks import agp_sparsity, density, iterative_sparsities, sqrt_dropout_rate
 
 
 def at_sparsity(method: Method, ramp: Callable[[float], float]) -> Method:
     """`method` with every sparsity target s replaced by ramp(s) (per-layer overrides too)."""
-    if not any(f.name == "sparsity" for f in dataclasses.fields(method)):
-        raise ValueError(f"{type(method).__name__} has no 'sparsity' field, so it cannot be scheduled")
-    changes: dict = {"sparsity": ramp(method.sparsity)}  # type: ignore[attr-defined]
-    if getattr(method, "layer_sparsity", None):
-        changes["layer_sparsity"] = {n: ramp(s) for n, s in method.layer_sparsity.items()}  # type: ignore[attr-defined]
-    return replace(method, **changes)
+    if not isinstance(method, SparsityPrune):
+        raise UserError(f"{type(method).__name__} has no sparsity target (it is not a SparsityPrune), "
+                        "so it cannot be scheduled; use the one-shot schedule")
+    return method.at_sparsity(ramp)
 
 
 def prune_iteratively(model: nn.Module, method: Method, ctx: Context, rounds: int,
@@ -52,7 +50,7 @@ class GradualPruning:
 
     def __init__(self, model: nn.Module, method: Method, ctx: Context, *, begin: int, end: int, frequency: int = 10):
         if frequency < 1:
-            raise ValueError(f"frequency={frequency} must be >= 1")
+            raise UserError(f"frequency={frequency} must be >= 1")
         self.model, self.method, self.ctx = model, method, ctx
         self.begin, self.end, self.frequency = begin, end, frequency
         self.applied: list[tuple[int, float]] = []

@@ -9,6 +9,7 @@ and the others share one threshold.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -42,7 +43,7 @@ def apply_masks(method: Method, ctx: Context, layers: dict[str, nn.Module], mask
     ctx.record(method, densities={n: density(m) for n, m in masks.items()}, sparsity=1 - kept / total)
 
 
-def _score_and_mask(method: Method, model: nn.Module, ctx: Context,
+def _score_and_mask(method: SparsityPrune, model: nn.Module, ctx: Context,
                     score: Callable[[torch.Tensor], torch.Tensor]) -> nn.Module:
     layers = _targets(method, model)
     overrides = layer_overrides(method, layers)
@@ -55,23 +56,18 @@ def _score_and_mask(method: Method, model: nn.Module, ctx: Context,
     return model
 
 
-def layer_overrides(method: Method, layers: dict[str, nn.Module]) -> dict[str, float]:
+def layer_overrides(method: SparsityPrune, layers: dict[str, nn.Module]) -> dict[str, float]:
     """The targeted layers that `method.layer_sparsity` overrides (keys: a name, "re:<regex>" or
     "type:<Class>"), with their target; a plain name that is not targeted is a UserError with a
     did-you-mean and the list of targeted layers."""
-    resolved = per_layer(getattr(method, "layer_sparsity", {}), layers, None, "layer_sparsity")
+    resolved = per_layer(method.layer_sparsity, layers, None, "layer_sparsity")
     return {name: target for name, target in resolved.items() if target is not None}
 
 
-def _check_common(method: Method) -> None:
-    check_fraction("sparsity", method.sparsity)
-    check_choice("scope", method.scope, ("layer", "global"))
-
-
-@register("magnitude")
 @dataclass(frozen=True, kw_only=True)
-class MagnitudePrune(Method):
-    """Remove the `sparsity` fraction of weights with the smallest |w|.
+class SparsityPrune(Method):
+    """Base of the pruning methods that reach a sparsity target: the explicit contract the
+    iterative and AGP schedules rely on (they ramp `sparsity` and every `layer_sparsity` value).
 
     Args:
         sparsity: fraction of targeted weights set to zero, in [0, 1).
@@ -79,6 +75,29 @@ class MagnitudePrune(Method):
         layer_sparsity: per-layer targets by layer pattern (a name, "re:<regex>" or "type:<Class>"),
             e.g. {"fc3": 0.75}. With scope="global" these layers get exactly their own target and
             the others share one threshold that removes `sparsity` of their (non-overridden) weights.
+    """
+
+    sparsity: float
+    scope: str = "layer"
+    layer_sparsity: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_fraction("sparsity", self.sparsity)
+        check_choice("scope", self.scope, ("layer", "global"))
+        for name, value in self.layer_sparsity.items():
+            check_fraction(f"layer_sparsity[{name!r}]", value)
+
+    def at_sparsity(self, ramp: Callable[[float], float]) -> SparsityPrune:
+        """This method with every target s replaced by ramp(s) (the per-layer ones too)."""
+        return dataclasses.replace(self, sparsity=ramp(self.sparsity),
+                                   layer_sparsity={n: ramp(s) for n, s in self.layer_sparsity.items()})
+
+
+@register("magnitude")
+@dataclass(frozen=True, kw_only=True)
+class MagnitudePrune(SparsityPrune):
+    """Remove the `sparsity` fraction of weights with the smallest |w| (fields: see SparsityPrune).
+
     Example:
         >>> import nncompress as nc, torch
         >>> net = torch.nn.Sequential(torch.nn.Linear(8, 4))
@@ -87,30 +106,16 @@ class MagnitudePrune(Method):
         16
     """
 
-    sparsity: float
-    scope: str = "layer"
-    layer_sparsity: dict[str, float] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        _check_common(self)
-        for name, value in self.layer_sparsity.items():
-            check_fraction(f"layer_sparsity[{name!r}]", value)
-
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         return _score_and_mask(self, model, ctx, magnitude_scores)
 
 
 @register("random")
 @dataclass(frozen=True, kw_only=True)
-class RandomPrune(Method):
+class RandomPrune(SparsityPrune):
     """Remove a random `sparsity` fraction of weights: the control any criterion must beat."""
 
-    sparsity: float
-    scope: str = "layer"
     seed: int = 0
-
-    def __post_init__(self) -> None:
-        _check_common(self)
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         generator = torch.Generator().manual_seed(self.seed)

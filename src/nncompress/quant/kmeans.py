@@ -49,7 +49,7 @@ def kmeans_1d(values: np.ndarray | torch.Tensor, k: int, *, init: str = "linear"
     check_choice("init", init, INITS)
     flat = np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values, dtype=np.float32).ravel()
     if flat.size == 0:
-        raise ValueError("k-means needs at least one value; the layer has no non-zero weights")
+        raise UserError("k-means needs at least one value; the layer has no non-zero weights")
     v = np.sort(flat)
     k = min(k, int(np.count_nonzero(np.diff(v))) + 1)  # never more clusters than distinct values
     prefix = np.concatenate([[0.0], np.cumsum(v, dtype=np.float64)])
