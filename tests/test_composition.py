@@ -66,7 +66,7 @@ def state(model):
 @pytest.mark.parametrize("kind", ["mlp", "resbn", "encoder"])
 @pytest.mark.parametrize("second", ONE_PER_METHOD, ids=lambda m: m.name)
 @pytest.mark.parametrize("first", ONE_PER_METHOD, ids=lambda m: m.name)
-def test_every_pair_composes_or_is_refused_cleanly(first, second, kind):
+def test_every_pair_composes_or_is_refused_cleanly(first, second, kind, tmp_path):
     model = apply_all(make(kind), [first], kind, seed=1)
     before, structure = state(model), repr(model)
     try:
@@ -86,11 +86,15 @@ def test_every_pair_composes_or_is_refused_cleanly(first, second, kind):
     assert any(not torch.equal(p, s) for p, s in zip(trainable, snapshot, strict=True))
 
     model.eval()
-    twin = apply_all(make(kind), [first, second], kind, seed=3)  # rebuilt from the recipe on other data
-    twin.load_state_dict(model.state_dict())
+    path = nc.save_model(model, tmp_path / "m.safetensors", recipe=[first, second])
+    twin, _ = nc.load_model(path, lambda: make(kind), example=inputs(kind, seed=3))  # replayed on other data
     twin.eval()
     assert torch.equal(twin(x), model(x))
     assert torch.equal(copy.deepcopy(model)(x), model(x))
+    nc.convert_(model)  # ... and the stored integer form reloads too
+    path = nc.save_model(model, tmp_path / "c.safetensors", recipe=[first, second])
+    converted, _ = nc.load_model(path, lambda: make(kind), example=inputs(kind, seed=4))
+    assert torch.equal(converted.eval()(x), model(x))
 
 
 def test_layers_keep_their_names_and_keys():
