@@ -4,8 +4,9 @@ Usage: python benchmarks/deep_compression.py [--seeds 3] [--val]
 Per seed: train the dense model, prune it (the settings of benchmarks/pruning.py), then for each
 bit configuration share weights, fine-tune the codebooks, Huffman-code into a .nnc file, decode the
 file and evaluate the decoded model. Compression = fp32 parameter bytes / .nnc file bytes (the
-real file: header, Huffman tables, codebooks and float16 biases included). Also times k-means on
-10M weights against scikit-learn.
+real format 3.0 file: header, Huffman tables, codebooks and float16 biases included); the per-layer
+bytes (each layer's sections + its share of the header) plus the header + biases row add up to the
+file size. Also times k-means on 10M weights against scikit-learn.
 """
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ def run_seed(arch: str, data, seed: int) -> list[dict]:
         r.update(label=label, seed=seed, dense_accuracy=dense_acc, pruned_accuracy=pruned_acc,
                  compression=4 * count_params(model) / r["file_bytes"])
         assert r["exact_roundtrip"], "decoded model differs from the simulated one"
+        assert sum(row["bytes"] for row in r["layers"]) + r["overhead"]["bytes"] == r["file_bytes"]
         print(f"{arch} seed {seed} {label}: dense {dense_acc:.4f} pruned {pruned_acc:.4f} "
               f"decoded {r['compressed_accuracy']:.4f} {r['file_bytes']} B {r['compression']:.1f}x", flush=True)
         results.append(r)
@@ -66,10 +68,14 @@ def summary_rows(arch: str, runs: list[list[dict]]) -> list[list[object]]:
 
 
 def layer_rows(arch: str, result: dict) -> list[list[object]]:
-    return [[arch, r["layer"], f"{r['weights']:,}", f"{100 * r['kept']:.1f}%", r["weight_bits_pq"],
+    rows = [[arch, r["layer"], f"{r['weights']:,}", f"{100 * r['kept']:.1f}%", r["weight_bits_pq"],
              f"{r['weight_bits_pqh']:.2f}", f"{r['cluster_entropy']:.2f}", r["index_bits_pq"],
              f"{r['index_bits_pqh']:.2f}", f"{r['index_entropy']:.2f}", f"{100 * r['rate_pq']:.2f}%",
-             f"{100 * r['rate_pqh']:.2f}%"] for r in result["layers"]]
+             f"{100 * r['rate_pqh']:.2f}%", f"{r['bytes']:,}"] for r in result["layers"]]
+    other = result["overhead"]
+    rows.append([arch, f"{other['layer']} ({other['tensors']})"] + [""] * 10 + [f"{other['bytes']:,}"])
+    rows.append([arch, "**file**"] + [""] * 10 + [f"**{result['file_bytes']:,}**"])
+    return rows
 
 
 def kmeans_speed() -> list[list[object]]:
@@ -111,9 +117,12 @@ def main() -> None:
     text += table(["model", "bits", "dense acc %", "decoded acc %", "mean gap (points)", "worst seed",
                    "file bytes", "compression"], summary)
     text += ("\n### Per layer (seed 0, paper bits), as in Han et al. 2016 table 2\n\nBits are per stored entry "
-             "(fillers included); H = Huffman; entropy = Shannon bound of the same stream.\n\n")
+             "(fillers included); H = Huffman; entropy = Shannon bound of the same stream. Rate P+Q: the index and "
+             "weight streams at fixed width plus the codebook as stored; rate P+Q+H and bytes: the layer's real "
+             "share of the file (its sections + its share of the compressed header), so the bytes column adds up "
+             "to the file.\n\n")
     text += table(["model", "layer", "weights", "kept (P)", "weight bits P+Q", "P+Q+H", "entropy", "index bits P+Q",
-                   "P+Q+H", "entropy", "rate P+Q", "rate P+Q+H"], layers)
+                   "P+Q+H", "entropy", "rate P+Q", "rate P+Q+H", "bytes"], layers)
     if not args.val:
         text += "\n### Clustering speed (median of 5, 2 threads)\n\n" + table(
             ["implementation", "weights", "clusters", "seconds", "range"], kmeans_speed())

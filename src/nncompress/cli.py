@@ -387,23 +387,26 @@ def deep_compress_cmd(model: ModelArg = "lenet300", dataset: DatasetOpt = "digit
     data = load_dataset(dataset, data_dir, download=download)
     check_layer_keys(KMeansQuant(layer_bits=layer_bits), model, data)
     _, result = deep_compress(model, data, config, seed=seed, out=out_path)
-    out.print(_deep_compression_table(result["layers"], f"{result['model']} -> {out_path}"))
+    out.print(_deep_compression_table(result["layers"], f"{result['model']} -> {out_path}", result["overhead"]))
     out.print(f"dense accuracy {result['dense_accuracy']:.4f}  compressed accuracy {result['compressed_accuracy']:.4f} "
               f"(decoded from the file)  {result['dense_bytes']:,} B -> {result['file_bytes']:,} B = "
               f"{result['compression']:.1f}x  exact round trip: {result['exact_roundtrip']}")
     _emit_json(json_path, result)
 
 
-def _deep_compression_table(rows: list[dict], title: str) -> Table:
+def _deep_compression_table(rows: list[dict], title: str, overhead: dict | None = None) -> Table:
+    """Han 2016 table 2 per layer; the `bytes` column (plus the header row) adds up to the file."""
     table = Table(title=title)
     columns = ("layer", "weights", "kept (P)", "weight bits P+Q", "P+Q+H", "index bits P+Q", "P+Q+H",
-               "rate P+Q", "rate P+Q+H")
+               "rate P+Q", "rate P+Q+H", "bytes")
     for col in columns:
         table.add_column(col, justify="left" if col == "layer" else "right")
     for r in rows:
         table.add_row(r["layer"], f"{r['weights']:,}", f"{100 * r['kept']:.1f}%", str(r["weight_bits_pq"]),
                       f"{r['weight_bits_pqh']:.2f}", str(r["index_bits_pq"]), f"{r['index_bits_pqh']:.2f}",
-                      f"{100 * r['rate_pq']:.2f}%", f"{100 * r['rate_pqh']:.2f}%")
+                      f"{100 * r['rate_pq']:.2f}%", f"{100 * r['rate_pqh']:.2f}%", f"{r['bytes']:,}")
+    if overhead is not None:
+        table.add_row(overhead["layer"], *[""] * (len(columns) - 2), f"{overhead['bytes']:,}")
     return table
 
 
@@ -414,7 +417,7 @@ def decode(path: Annotated[Path, typer.Argument(help="a .nnc file")], dataset: D
            json_path: JsonOpt = None) -> None:
     """Rebuild a working model from a .nnc file and evaluate it."""
     from .encode.container import read_nnc
-    from .encode.deep_compression import decode_model
+    from .encode.model import decode_model
 
     nnc = read_nnc(path)
     net = decode_model(nnc)
@@ -430,6 +433,110 @@ def decode(path: Annotated[Path, typer.Argument(help="a .nnc file")], dataset: D
     _emit_json(json_path, result)
 
 
+def _export_inputs(model: str, dataset: str, data_dir: Optional[str], download: bool, calib_images: int,
+                   quantize: str, seed: int):
+    """(float model, converted int8 model, data, arch, calibration batches) for export / bench."""
+    from .encode.onnx_run import QUANTIZE_CHOICES, quantize_for_export
+    from .validate import check_choice
+
+    check_choice("--quantize", quantize, QUANTIZE_CHOICES)
+    data = load_dataset(dataset, data_dir, download=download)
+    net, arch, _ = api.resolve_model(model, data, seed=seed)
+    calib, seen = [], 0
+    for x, _ in data.train_loader(min(calib_images, 128), seed=seed):
+        calib.append(x)
+        seen += len(x)
+        if seen >= calib_images:
+            break
+    return net.eval(), quantize_for_export(net, quantize, calib), data, arch, calib
+
+
+QuantizeOpt = Annotated[str, typer.Option(help="if the model is not quantized yet: static (W8A8 per channel, BatchNorm "
+                                               "folded), dynamic (W8, per-token activations) or none")]
+WeightRangeOpt = Annotated[str, typer.Option(help="int8 weights as: auto (probe this machine), full, reduce (7-bit) or uint8")]
+
+
+@app.command()
+def export(model: ModelArg, onnx_path: Annotated[Path, typer.Option("--onnx", help="the .onnx file to write")],
+           format: Annotated[str, typer.Option("--format", help="qdq or qoperator")] = "qdq",
+           weight_range: WeightRangeOpt = "auto", quantize: QuantizeOpt = "static",
+           dataset: DatasetOpt = "digits", data_dir: DataDirOpt = None, download: DownloadOpt = False,
+           calib_images: Annotated[int, typer.Option(min=1, help="training images for calibration")] = 256,
+           check_images: Annotated[int, typer.Option(min=0, help="test images to compare ONNX Runtime with PyTorch")] = 500,
+           seed: Annotated[int, typer.Option(help="random seed (zoo models)")] = 0,
+           json_path: JsonOpt = None) -> None:
+    """Export a (quantized) model to ONNX (QDQ or QOperator) and check it in ONNX Runtime."""
+    from .encode.onnx import export_onnx
+    from .encode.onnx_graph import ort_session
+    from .encode.onnx_run import compare_on_data
+
+    _, net, data, arch, calib = _export_inputs(model, dataset, data_dir, download, calib_images, quantize, seed)
+    example = calib[0][:1]
+    result = export_onnx(net, example, onnx_path, format=format, weight_range=weight_range, calibration=calib)
+    summary = {"model": arch, "dataset": data.name, **result.summary(), "file_bytes": onnx_path.stat().st_size}
+    if check_images:
+        batches, seen = [], 0
+        for x, y in data.test_loader(min(check_images, 256)):
+            batches.append((x[: check_images - seen], y[: check_images - seen]))
+            seen += len(batches[-1][1])
+            if seen >= check_images:
+                break
+        summary["check"] = compare_on_data(net, ort_session(str(onnx_path), threads=torch_threads()), batches)
+    table = Table(title=f"{arch} -> {onnx_path} ({format}, {summary['file_bytes']:,} B)")
+    for col in ("layer", "weight", "input"):
+        table.add_column(col)
+    for name, info in result.layers.items():
+        table.add_row(name, info["weight"], info["input"])
+    out.print(table)
+    for note in result.notes:
+        out.print(f"note: {note}")
+    if "check" in summary:
+        c = summary["check"]
+        out.print(f"ONNX Runtime vs PyTorch on {c['images']} test images: accuracy {c['ort_accuracy']:.4f} vs "
+                  f"{c['torch_accuracy']:.4f}, top-1 agreement {c['top1_agreement']:.4f}, max |diff| "
+                  f"{c['max_abs_diff']:.3g} ({100 * c['max_rel_diff']:.3f}% of the largest output)")
+    _emit_json(json_path, summary)
+
+
+def torch_threads() -> int:
+    import torch
+    return torch.get_num_threads()
+
+
+@app.command()
+def bench(model: ModelArg,
+          batch: Annotated[int, typer.Option(min=1, help="batch size")] = 64,
+          threads: Annotated[int, typer.Option(min=1, help="threads (torch and ONNX Runtime intra-op)")] = 2,
+          repeats: Annotated[int, typer.Option(min=1, help="interleaved timing rounds (medians reported)")] = 15,
+          weight_range: WeightRangeOpt = "auto", quantize: QuantizeOpt = "static",
+          dataset: DatasetOpt = "digits", data_dir: DataDirOpt = None, download: DownloadOpt = False,
+          calib_images: Annotated[int, typer.Option(min=1, help="training images for calibration")] = 256,
+          seed: Annotated[int, typer.Option(help="random seed (zoo models)")] = 0,
+          json_path: JsonOpt = None) -> None:
+    """Latency / throughput: float32 PyTorch, int8 PyTorch (quantize_dynamic, Linear models), float32 ONNX
+    Runtime and the int8 ONNX export, timed interleaved in one process."""
+    import torch
+
+    from .encode.onnx_run import bench_backends, torch_dynamic_int8
+    from .quant.fold import fold_batchnorm_
+
+    float_net, net, data, arch, calib = _export_inputs(model, dataset, data_dir, download, calib_images, quantize, seed)
+    fold_batchnorm_(float_net)
+    x = torch.randn(batch, *data.in_shape, generator=torch.Generator().manual_seed(seed))
+    result = bench_backends(float_net, net, x, threads=threads, repeats=repeats, calib=calib,
+                            torch_int8=torch_dynamic_int8(float_net), weight_range=weight_range)
+    table = Table(title=f"{arch}, batch {batch}, {threads} threads, median of {repeats} interleaved rounds")
+    for col in ("backend", "ms / batch", "items / s", "vs float32 torch", "vs float32 ORT"):
+        table.add_column(col, justify="left" if col == "backend" else "right")
+    for row in result["rows"]:
+        table.add_row(row["backend"], f"{row['ms']:.3f}", f"{row['items_per_s']:,.0f}", f"{row['vs_float32_torch']:.2f}x",
+                      f"{row['vs_float32_ort']:.2f}x")
+    out.print(table)
+    for note in result["notes"]:
+        out.print(f"note: {note}")
+    _emit_json(json_path, {"model": arch, "dataset": data.name, **result})
+
+
 @app.command("methods")
 def list_methods() -> None:
     """List the registered methods (YAML names) and their fields."""
@@ -440,13 +547,14 @@ def list_methods() -> None:
 
 def _inspect_nnc(path: Path, json_path: Optional[Path]) -> None:
     from .encode.container import read_nnc
-    from .flows.deep_compression import layer_row
+    from .flows.deep_compression import layer_row, overhead_row
 
     nnc = read_nnc(path)
-    rows = [layer_row(layer) for layer in nnc.layers]
-    out.print(_deep_compression_table(rows, f"{path} ({path.stat().st_size:,} B): {nnc.model}"))
+    rows, overhead = [layer_row(layer) for layer in nnc.layers], overhead_row(nnc)
+    out.print(_deep_compression_table(rows, f"{path} ({path.stat().st_size:,} B): {nnc.model}", overhead))
     _emit_json(json_path, {"file": str(path), "file_bytes": path.stat().st_size, "model": nnc.model,
-                           "layers": rows, "tensors": {k: list(v.shape) for k, v in nnc.tensors.items()}})
+                           "layers": rows, "overhead": overhead,
+                           "tensors": {k: list(v.shape) for k, v in nnc.tensors.items()}})
 
 
 @app.command()

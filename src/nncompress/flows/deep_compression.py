@@ -66,12 +66,21 @@ def _coded_bits(entry: dict) -> int:
     return entry["codec"].get("n_bits", 8 * entry.get("bytes", 0))
 
 
+def _index_entropy(keep: torch.Tensor | None, relative: dict | None) -> float:
+    """Shannon bound of the stored index stream: relative-index symbols, or the bitmap's bits."""
+    if keep is None:
+        return 0.0
+    keep = keep.flatten().numpy()
+    return entropy_bits(relative_symbols(keep, relative["index_bits"]) if relative else keep)
+
+
 def layer_row(layer: StoredLayer) -> dict:
     """Han 2016 table 2 columns for one stored layer: bits per stored entry of the index stream
     (relative positions, fillers included; a mask stored as a bitmap has one entry per position)
-    and of the weight stream (P+Q: fixed width; P+Q+H: as coded), and rates vs 32-bit dense weights. `bytes` is the layer's real share of the file
-    (its sections + header share); rate P+Q+H = 8 bytes / (32 n). Rate P+Q counts the index and
-    weight streams at fixed width plus the layer's other arrays (codebook, scales) as stored."""
+    and of the weight stream (P+Q: fixed width; P+Q+H: as coded), and rates vs 32-bit dense
+    weights. `bytes` is the layer's real share of the file (its sections + header share); rate
+    P+Q+H = 8 bytes / (32 n). Rate P+Q counts the index and weight streams at fixed width plus the
+    layer's other arrays (codebook, scales) as stored."""
     numel = math.prod(layer.shape)
     keep, keep_entry = _mask(layer)
     kept = int(keep.sum()) if keep is not None else numel
@@ -79,7 +88,7 @@ def layer_row(layer: StoredLayer) -> dict:
     bitmap = keep_entry and not relative  # a dense mask is stored as one bit (or none) per position
     entries = relative["length"] if relative else numel if bitmap else kept
     final, final_storage = layer.chain[-1], layer.storage[-1]
-    main = max(final.tensors, key=lambda n: final.tensors[n].numel())
+    main = max((n for n in final.tensors if final_storage[n] is not keep_entry), key=lambda n: final.tensors[n].numel())
     main_entry = final_storage[main]
     values = final.tensors[main][keep] if "sparse" in main_entry else final.tensors[main].flatten()
     weight_bits = final.meta.get("bits") or main_entry["codec"].get("bits") or 8 * values.element_size()
@@ -90,7 +99,7 @@ def layer_row(layer: StoredLayer) -> dict:
             "weight_bits_pq": weight_bits, "weight_bits_pqh": _coded_bits(main_entry) / max(len(values), 1),
             "cluster_entropy": entropy_bits(values.numpy()),
             "index_bits_pq": index_bits, "index_bits_pqh": _coded_bits(keep_entry) / max(entries, 1) if keep_entry else 0.0,
-            "index_entropy": entropy_bits(relative_symbols(keep.numpy(), index_bits)) if relative else 0.0,
+            "index_entropy": _index_entropy(keep, relative),
             "fillers": entries - kept if relative else 0, "bytes": layer.nbytes,
             "rate_pq": (entries * index_bits + len(values) * weight_bits + 8 * other_bytes) / (32 * numel),
             "rate_pqh": 8 * layer.nbytes / (32 * numel)}

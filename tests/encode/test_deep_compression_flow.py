@@ -1,0 +1,60 @@
+"""The Deep Compression flow writes through the 3.0 container and its per-layer table adds up to the file."""
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import nncompress as nc
+from nncompress.encode.container import parse, read_nnc
+from nncompress.flows.deep_compression import DeepCompressionConfig, layer_bits, layer_row, overhead_row, share_and_encode
+from nncompress.zoo import build_model
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def test_bits_by_layer_kind_become_layer_patterns():
+    assert layer_bits({"conv": 8, "fc": 5, "fc3": 6}) == {"type:Conv1d|Conv2d|Conv3d": 8, "type:Linear": 5, "fc3": 6}
+
+
+@pytest.fixture(scope="module")
+def compressed(digits, tmp_path_factory):
+    torch.manual_seed(0)
+    model = build_model("lenet300", digits.in_shape, digits.num_classes)
+    nc.prune_(model, nc.MagnitudePrune(sparsity=0.9, scope="layer"))
+    path = tmp_path_factory.mktemp("dc") / "lenet300.nnc"
+    config = DeepCompressionConfig(bits={"fc": 4, "fc3": 5}, codebook_epochs=0)
+    decoded, result = share_and_encode(model, "lenet300", digits, config, seed=0, out=path)
+    return model, decoded, result, path
+
+
+def test_the_decoded_file_is_the_simulated_model(compressed):
+    model, decoded, result, path = compressed
+    assert result["exact_roundtrip"] and result["compressed_accuracy"] == result["simulated_accuracy"]
+    assert result["file_bytes"] == os.path.getsize(path)
+    codebooks = {name: chain[-1].tensors["codebook"].numel() for name, chain in read_nnc(path).chains.items()}
+    assert codebooks == {"fc1.weight": 16, "fc2.weight": 16, "fc3.weight": 32}  # fc: 4 bits, fc3: 5
+
+
+def test_the_per_layer_bytes_add_up_to_the_file(compressed):
+    _, _, result, path = compressed
+    rows = result["layers"]
+    assert [r["layer"] for r in rows] == ["fc1", "fc2", "fc3"]
+    assert sum(r["bytes"] for r in rows) + result["overhead"]["bytes"] == os.path.getsize(path)
+    for r in rows:
+        assert r["rate_pqh"] * 32 * r["weights"] == pytest.approx(8 * r["bytes"])
+        assert r["kept"] == pytest.approx(0.1, abs=0.001)
+        assert r["weight_bits_pq"] in (4, 5) and r["weight_bits_pqh"] <= r["weight_bits_pq"] + 0.2
+        assert 2 <= r["index_bits_pq"] <= 12 and r["index_bits_pqh"] >= r["index_entropy"] - 1e-9
+    biases = 2 * (300 + 100 + 10)  # float16
+    assert result["overhead"]["tensors"] == 3 and result["overhead"]["bytes"] > biases + 16
+
+
+@pytest.mark.parametrize("name", ["legacy_v1.nnc", "legacy_v2.nnc", "tiny_v3.nnc"])
+def test_rows_of_any_file_add_up_to_its_size(name):
+    data = (GOLDEN / name).read_bytes()
+    nnc = parse(data)
+    rows = [layer_row(layer) for layer in nnc.layers]
+    assert sum(r["bytes"] for r in rows) + overhead_row(nnc)["bytes"] == len(data)
+    assert all(r["bytes"] > 0 and math.isfinite(r["rate_pq"]) for r in rows)
