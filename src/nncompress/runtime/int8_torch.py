@@ -1,0 +1,137 @@
+"""Fast int8 execution inside PyTorch for converted models, on oneDNN's x86 int8 kernels (the ones
+torch.compile's x86 quantization lowers to: `torch.ops.onednn.qlinear_pointwise` / `qconv2d_pointwise`).
+
+`to_int8_(model)` replaces each converted, statically quantized Linear / Conv2d by an `Int8Linear` /
+`Int8Conv2d`: the float input is quantized on the layer's own static grid (exactly the
+StaticQuantizer's rounding, clamp(round(x / S_X) + Z_X)), the stored int8 codes are prepacked once,
+and the kernel accumulates u8 x s8 products in int32 and writes float32 S_X S_W acc + b (zero padding
+pads the codes with Z_X). So every layer computes the fake-quantized layer's function (the plain
+simulation) up to float32 rounding, and everything between layers (ReLU, pools, residual adds) runs
+as before. Unlike the reference `IntegerEngine` the activations between layers stay float: this is
+the fast path, the engine is the bit-exact oracle.
+
+Each layer checks at construction that the kernel is exact on this CPU (random full-range codes
+against the int64 accumulator): without VNNI, x86 int8 kernels may saturate u8 x s8 pair sums in
+int16 (see BENCHMARKING.md); such a CPU gets an UnsupportedModelError instead of wrong outputs.
+Measured against float32 eager on one thread of an AVX-512 VNNI VM (benchmarks/results/runtime_int8.md):
+a 4096x4096 Linear 3.0x at batch 1 and 5.7x at batch 64; LeNet-5 0.99x / 3.2x and ResNet-20
+0.74x / 1.6x at batch 1 / 64 (activations cross to float between layers; torch.ao's FX int8 model,
+which keeps uint8 activations and fuses ReLU / add, is faster on conv nets but is another function).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils.parametrize import type_before_parametrizations
+
+from .layers import IntegerLayer
+from .qvalue import Grid, UnsupportedModelError
+
+TOLERANCE = 1e-5  # relative to the largest |output|: float32 rounding only
+
+
+def _quantize_u8(x: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """clamp(round(x / S) + Z) as uint8: the StaticQuantizer's float32 operations in its order, in
+    place on one temporary (10x faster than fresh tensors per step on large activations)."""
+    return x.div(grid.scale).round_().add_(grid.zero_point).clamp_(grid.q_min, grid.q_max).to(torch.uint8)
+
+
+class _Int8Layer(nn.Module):
+    """Shared part: the input grid, per-channel weight scales (float32), float bias and the check."""
+
+    def __init__(self, layer: IntegerLayer, bias: torch.Tensor | None):
+        super().__init__()
+        if (layer.grid.q_min, layer.grid.q_max) != (0, 255) or int(layer.weight.abs().max()) > 127:
+            raise UnsupportedModelError(f"layer {layer.name!r}: the int8 kernels need uint8 inputs and int8 weights")
+        self.grid = layer.grid
+        self.register_buffer("weight_scale", layer.weight_scale.float())
+        self.register_buffer("weight_zero_point", torch.zeros(layer.weight.shape[0], dtype=torch.int64))
+        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+
+    def check_exact(self, layer: IntegerLayer, shape: tuple[int, ...]) -> None:
+        """Compare the kernel with the exact int64 accumulator on random full-range codes."""
+        gen = torch.Generator().manual_seed(0)
+        codes = torch.randint(0, 256, shape, generator=gen)
+        info = layer.acc_info()
+        q_b = layer.bias + layer.grid.zero_point * layer.weight.flatten(1).sum(1)  # undo the zero-point folding
+        exact = info.dequantize(layer.accumulate(codes) - q_b.view(info.scale.shape), torch.float64)
+        got = self.kernel(codes.to(torch.uint8), with_bias=False).double()
+        error = float((got - exact).abs().max() / exact.abs().max().clamp_min(1e-30))
+        if error > TOLERANCE:
+            raise UnsupportedModelError(f"layer {layer.name!r}: oneDNN's int8 kernel is not exact on this CPU "
+                                        f"(relative error {error:.1e}, int16 saturation without VNNI?); use the "
+                                        "float model")
+
+    def kernel(self, codes: torch.Tensor, with_bias: bool = True) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.kernel(_quantize_u8(x, self.grid))
+
+
+class Int8Linear(_Int8Layer):
+    """y = S_X S_W (q_W (q_X - Z_X)) + b with oneDNN's int8 GEMM; inputs of any leading shape."""
+
+    def __init__(self, layer: IntegerLayer, bias: torch.Tensor | None):
+        super().__init__(layer, bias)
+        self.register_buffer("packed", torch.ops.onednn.qlinear_prepack(layer.weight.to(torch.int8), None))
+        self.check_exact(layer, (8, layer.weight.shape[1]))
+
+    def kernel(self, codes: torch.Tensor, with_bias: bool = True) -> torch.Tensor:
+        rows = codes.reshape(-1, codes.shape[-1])
+        bias = self.bias if with_bias else None
+        out = torch.ops.onednn.qlinear_pointwise(rows, float(self.grid.scale), self.grid.zero_point, self.packed,
+                                                 self.weight_scale, self.weight_zero_point, bias, 1.0, 0,
+                                                 torch.float32, "none", [], "")
+        return out.reshape(*codes.shape[:-1], out.shape[-1])
+
+
+class Int8Conv2d(_Int8Layer):
+    """Conv2d with oneDNN's int8 convolution (zero padding = code Z_X), float32 output."""
+
+    def __init__(self, layer: IntegerLayer, bias: torch.Tensor | None, module: nn.Conv2d):
+        super().__init__(layer, bias)
+        pads = layer.conv["pads"]  # F.pad order (w_left, w_right, h_top, h_bottom)
+        if pads[0] != pads[1] or pads[2] != pads[3]:
+            raise UnsupportedModelError(f"layer {layer.name!r}: asymmetric padding")
+        self.stride, self.dilation = list(module.stride), list(module.dilation)
+        self.padding, self.groups = [pads[2], pads[0]], module.groups
+        packed = torch.ops.onednn.qconv_prepack(layer.weight.to(torch.int8), self.weight_scale, float(self.grid.scale),
+                                                self.grid.zero_point, self.stride, self.padding, self.dilation,
+                                                self.groups, None)
+        self.register_buffer("packed", packed)
+        self.check_exact(layer, (2, module.in_channels, 9, 9))
+
+    def kernel(self, codes: torch.Tensor, with_bias: bool = True) -> torch.Tensor:
+        return torch.ops.onednn.qconv2d_pointwise(codes, float(self.grid.scale), self.grid.zero_point, self.packed,
+                                                  self.weight_scale, self.weight_zero_point,
+                                                  self.bias if with_bias else None, self.stride, self.padding,
+                                                  self.dilation, self.groups, 1.0, 0, torch.float32, "none", [], None)
+
+
+def int8_layer(module: nn.Module, name: str = "") -> _Int8Layer:
+    """The int8 replacement of one converted, statically quantized Linear / Conv2d."""
+    layer = IntegerLayer.from_module(module, name)
+    bias = module.bias if getattr(module, "bias", None) is not None else None
+    kind = type_before_parametrizations(module)
+    if issubclass(kind, nn.Linear):
+        return Int8Linear(layer, bias)
+    if issubclass(kind, nn.Conv2d):
+        return Int8Conv2d(layer, bias, module)
+    raise UnsupportedModelError(f"layer {name!r} ({kind.__name__}): only Linear and Conv2d have int8 kernels here")
+
+
+@torch.no_grad()
+def to_int8_(model: nn.Module) -> nn.Module:
+    """Replace every converted, statically quantized Linear / Conv2d of `model` by its int8 layer
+    (in place, eval mode; the model keeps working as an nn.Module); returns `model`.
+
+    Raises UnsupportedModelError naming the layer when one cannot run in int8 (not static W8A8,
+    or a CPU whose int8 kernel is not exact)."""
+    model.eval()
+    targets = {name: module for name, module in model.named_modules()
+               if isinstance(module, (nn.Linear, nn.Conv2d)) and hasattr(module, "input_quantizer")}
+    replacements = {name: int8_layer(module, name) for name, module in targets.items()}  # all checked first
+    for name, replacement in replacements.items():
+        model.set_submodule(name, replacement)
+    return model
