@@ -1,0 +1,50 @@
+"""`nncompress export` writes a checked ONNX file and compares it with PyTorch; `nncompress bench`
+prints the four backends; both write --json; bad options are one-line errors."""
+import json
+import sys
+
+import pytest
+
+pytest.importorskip("onnxruntime")
+
+from nncompress import cli  # noqa: E402
+
+
+@pytest.fixture
+def main(monkeypatch, capsys):
+    def run(*args: str) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", ["nncompress", *args])
+        with pytest.raises(SystemExit) as exit_:
+            cli.main()
+        captured = capsys.readouterr()
+        return exit_.value.code, captured.out, captured.err
+    return run
+
+
+def test_export_writes_onnx_and_json(main, tmp_path):
+    import onnx
+
+    path, report = tmp_path / "lenet5.onnx", tmp_path / "export.json"
+    code, out, err = main("export", "lenet5", "--onnx", str(path), "--format", "qoperator", "--calib-images", "64",
+                          "--check-images", "100", "--json", str(report))
+    assert code in (0, None), err
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    result = json.loads(report.read_text())
+    assert result["format"] == "qoperator" and result["ops"]["QLinearConv"] == 2
+    assert result["check"]["top1_agreement"] >= 0.99 and result["check"]["images"] == 100
+    assert "weight_range=" in out and "conv1" in out
+
+
+def test_bench_table_and_json(main, tmp_path):
+    report = tmp_path / "bench.json"
+    code, out, err = main("bench", "lenet300", "--batch", "4", "--threads", "1", "--repeats", "2",
+                          "--calib-images", "32", "--json", str(report))
+    assert code in (0, None), err
+    rows = {r["backend"]: r for r in json.loads(report.read_text())["rows"]}
+    assert {"float32 torch", "int8 torch (quantize_dynamic)", "float32 ORT", "int8 ORT (nncompress export)"} == set(rows)
+    assert all(r["ms"] > 0 for r in rows.values()) and "vs float32 ORT" in out
+
+
+def test_export_bad_format_is_one_line_error(main, tmp_path):
+    code, _, err = main("export", "lenet5", "--onnx", str(tmp_path / "x.onnx"), "--format", "tflite")
+    assert code == 2 and "format" in err and "Traceback" not in err
