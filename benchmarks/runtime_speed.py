@@ -33,9 +33,9 @@ from torch import nn
 from common import MNIST_DIR, header, table, write_results
 import nncompress as nc
 from nncompress.api import training_config
-from nncompress.encode.onnx import export_onnx
-from nncompress.encode.onnx_graph import cpu_has_vnni, ort_session, u8s8_saturates
-from nncompress.encode.onnx_run import cosine, interleaved, ratio, torch_dynamic_int8
+from nncompress.export.onnx import export_onnx
+from nncompress.export.graph import cpu_has_vnni, ort_session, u8s8_saturates
+from nncompress.export.bench import cosine, interleaved, ratio, torch_dynamic_int8
 from nncompress.zoo import build_model, load_dataset
 
 TMP = Path(tempfile.mkdtemp(prefix="nnc_runtime_"))

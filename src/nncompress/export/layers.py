@@ -21,7 +21,7 @@ from torch.nn.utils import parametrize
 from ..parametrize import Encoded, encode_chain
 from ..quant.activation import DynamicQuantizer, StaticQuantizer, input_quantizer
 from ..validate import UserError
-from .onnx_graph import Grid, Value
+from .graph import Grid, Value
 
 #: How int8 weight codes are written (ONNX Runtime's u8s8 kernels on AVX2 without VNNI add pairs of
 #: uint8 x int8 products in int16 with saturation, vpmaddubsw; measured in benchmarks/results/runtime.md):

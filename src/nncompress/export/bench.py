@@ -20,7 +20,7 @@ from ..quant.convert import convert_
 from ..quant.fold import fold_batchnorm_
 from ..quant.ptq import DynamicQuant, LinearQuant
 from ..quant.activation import input_quantizer
-from .onnx_graph import ort_session
+from .graph import ort_session
 
 QUANTIZE_CHOICES = ("static", "dynamic", "none")
 

@@ -19,8 +19,8 @@ from torch import nn
 
 from ..quant.attention import SplitAttention
 from ..validate import UserError
-from .onnx_graph import Value
-from .onnx_layers import CONV_TYPES, emit_layer
+from .graph import Value
+from .layers import CONV_TYPES, emit_layer
 
 LAYER_TYPES = (nn.Linear, *CONV_TYPES)
 

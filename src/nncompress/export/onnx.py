@@ -1,7 +1,7 @@
 """Export a quantized (simulated or converted) model to standard ONNX: QDQ or QOperator.
 
     >>> import torch, nncompress as nc
-    >>> from nncompress.encode.onnx import export_onnx
+    >>> from nncompress.export.onnx import export_onnx
     >>> net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
     >>> _ = nc.quantize_(net, nc.LinearQuant(weight_bits=8, act_bits=8), data=[torch.randn(64, 8)])
     >>> result = export_onnx(nc.convert_(net.eval()), torch.randn(2, 8))
@@ -10,7 +10,7 @@
 
 How (one pass over the torch.fx graph, built with `onnx.helper`, no torch.onnx):
 - Linear / Conv layers are leaves; their weights, biases and input quantizers are read from the
-  model's own transforms (`onnx_layers.py`): int8 codes with per-output-channel scales (axis 0),
+  model's own transforms (`layers.py`): int8 codes with per-output-channel scales (axis 0),
   int32 biases on S_x S_w, static uint8 activations as QuantizeLinear / DequantizeLinear (QDQ) or
   QLinearConv / MatMulInteger + requant (QOperator), dynamic activations as DynamicQuantizeLinear
   (per tensor) or per-row QuantizeLinear (per token) + MatMulInteger.
@@ -37,9 +37,9 @@ from torch import nn
 from ..quant.activation import input_quantizer
 from ..quant.primitives import IntSpec, choose_qparams
 from ..validate import UserError, check_choice
-from .onnx_graph import GraphBuilder, Grid, Value, cpu_has_vnni, require_onnx, u8s8_saturates
-from .onnx_layers import WEIGHT_RANGES, input_quant
-from .onnx_ops import FUNCTION_OPS, LAYER_TYPES, METHOD_OPS, MODULE_OPS
+from .graph import GraphBuilder, Grid, Value, cpu_has_vnni, require_onnx, u8s8_saturates
+from .layers import WEIGHT_RANGES, input_quant
+from .ops import FUNCTION_OPS, LAYER_TYPES, METHOD_OPS, MODULE_OPS
 from ..quant.attention import SplitAttention
 
 FORMATS = ("qdq", "qoperator")
@@ -360,7 +360,7 @@ def _attr(gm: nn.Module, target: str) -> torch.Tensor:
 
 
 def default_weight_range() -> tuple[str, str]:
-    """The weight range for this machine and why (see onnx_layers.WEIGHT_RANGES): the 8-bit codes
+    """The weight range for this machine and why (see layers.WEIGHT_RANGES): the 8-bit codes
     unless this ONNX Runtime's uint8 x int8 kernels saturate (probed with worst-case codes)."""
     if not u8s8_saturates():
         return "full", ("weights keep their exact 8-bit codes: a worst-case probe (255 x 127 in every product) of this "
@@ -377,7 +377,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path | None
     `example`: one input batch (its shape, batch size free). `format`: "qdq" (QuantizeLinear /
     DequantizeLinear around float ops) or "qoperator" (QLinearConv / MatMulInteger + requant).
     `weight_range`: "auto" (this CPU's choice, said in `notes`), "full", "reduce" or "uint8" (see
-    `onnx_layers.WEIGHT_RANGES`). `calibration`: input batches giving ranges for the residual adds'
+    `layers.WEIGHT_RANGES`). `calibration`: input batches giving ranges for the residual adds'
     operands, so that ONNX Runtime runs residual blocks in int8 (without it they stay float there).
     Writes `path` when given and checks the file with `onnx.checker`.
     """

@@ -14,9 +14,9 @@ pytest.importorskip("onnxruntime")
 import onnx  # noqa: E402
 
 import nncompress as nc  # noqa: E402
-from nncompress.encode.onnx import export_onnx  # noqa: E402
-from nncompress.encode.onnx_graph import ort_session, u8s8_saturates  # noqa: E402
-from nncompress.encode.onnx_layers import _int8_grid  # noqa: E402
+from nncompress.export.onnx import export_onnx  # noqa: E402
+from nncompress.export.graph import ort_session, u8s8_saturates  # noqa: E402
+from nncompress.export.layers import _int8_grid  # noqa: E402
 from nncompress.validate import UserError  # noqa: E402
 
 
