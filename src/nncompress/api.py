@@ -11,6 +11,7 @@ and integer codes come back exactly. Nothing is unpickled.
 """
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
@@ -18,13 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from .analysis.metrics import count_nonzero, count_params, layer_stats, total_macs, weight_layers
 from .batches import ForwardFn, pack_batch, unpack_batch
 from .config import Context, Method, run_method
-from .fileio import load_weights, save_weights
-from .methods import method_from_dict
+from .encode.model import check_zoo_desc, zoo_shapes
+from .fileio import load_weights, read_metadata, save_weights
+from .methods import MAX_RECIPE_METHODS, method_from_dict
 from .parametrize import squash_  # noqa: F401  (re-exported)
 from .quant.fold import fold_batchnorm_
 from .train import TrainConfig, evaluate, fit, is_main_process
@@ -126,8 +129,13 @@ def load_model(path: str | os.PathLike, model: nn.Module | Callable[[], nn.Modul
         >>> x = torch.randn(3, 8); torch.equal(loaded(x), net(x))
         True
     """
+    meta = read_metadata(path) if Path(path).is_file() else {}
+    check_metadata(meta, path, zoo=model is None)
+    if model is None:
+        _check_zoo_size(meta, path)  # before any tensor or model is allocated
     state, meta = load_weights(path)
-    stored_example = unpack_batch(state, meta["example"]) if "example" in meta else None
+    _check_finite(state, path)
+    stored_example = _stored_example(state, meta, path)
     state = {k: v for k, v in state.items() if k.split(".")[0] != EXAMPLE_PREFIX}
     state.update({key: state[source] for key, source in meta.get("tied", {}).items()})
     net = _model_to_restore(path, meta, model)
@@ -138,18 +146,124 @@ def load_model(path: str | os.PathLike, model: nn.Module | Callable[[], nn.Modul
     return net, meta
 
 
+#: a zoo model rebuilt from a file may take at most this many bytes per byte of the file (2-bit codes
+#: decode to float32: 16x), plus ZOO_FIXED_BYTES, before anything is built
+ZOO_BYTES_PER_FILE_BYTE = 16
+ZOO_FIXED_BYTES = 16 << 20  # every zoo architecture at its usual input size is far below this
+
+
+def check_metadata(meta: dict, path: str | os.PathLike, *, zoo: bool) -> None:
+    """Check the types and bounds of a file's metadata fields (UserError naming the field) before
+    anything is built: arch / in_shape / num_classes (all of them when the zoo model is rebuilt),
+    tied, example, and the recipe (fold_batchnorm, converted, at most MAX_RECIPE_METHODS methods)."""
+    where = f"{str(path)!r} metadata"
+    arch = meta.get("arch")
+    if arch is not None and not isinstance(arch, str):
+        raise UserError(f"{where}: field 'arch'={str(arch)[:80]} must be a string")
+    if zoo and arch not in MODELS:
+        raise _not_zoo_error(path, meta)
+    if arch in MODELS:
+        check_zoo_desc({k: meta.get(k) for k in ("arch", "in_shape", "num_classes")}, where, UserError)
+    elif "in_shape" in meta and not (isinstance(meta["in_shape"], list) and len(meta["in_shape"]) <= 16 and all(
+            isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= 1 << 16 for d in meta["in_shape"])):
+        raise UserError(f"{where}: field 'in_shape'={str(meta['in_shape'])[:80]} must list positive integers")
+    tied = meta.get("tied", {})
+    if not (isinstance(tied, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in tied.items())):
+        raise UserError(f"{where}: field 'tied' must be an object of tensor name -> tensor name")
+    if "example" in meta and not isinstance(meta["example"], dict):
+        raise UserError(f"{where}: field 'example' must be an object (a packed batch)")
+    if "recipe" in meta:
+        _check_recipe(meta["recipe"], where)
+
+
+def _check_recipe(recipe: Any, where: str) -> None:
+    if not isinstance(recipe, dict):
+        raise UserError(f"{where}: field 'recipe' must be an object with 'methods', 'fold_batchnorm', 'converted'")
+    for key in ("fold_batchnorm", "converted"):
+        if not isinstance(recipe.get(key, False), bool):
+            raise UserError(f"{where}: field 'recipe.{key}'={recipe[key]!r} must be true or false")
+    methods = recipe.get("methods", [])
+    if not isinstance(methods, list) or len(methods) > MAX_RECIPE_METHODS:
+        raise UserError(f"{where}: field 'recipe.methods' must be a list of at most {MAX_RECIPE_METHODS} methods")
+    for i, spec in enumerate(methods):
+        try:
+            method_from_dict(spec)
+        except UserError as err:
+            raise UserError(f"{where}: recipe.methods[{i}]: {err}") from None
+
+
+def _check_zoo_size(meta: dict, path: str | os.PathLike) -> None:
+    """Refuse a zoo description whose model would take far more memory than the file could fill."""
+    arch, in_shape, num_classes = check_zoo_desc({k: meta.get(k) for k in ("arch", "in_shape", "num_classes")},
+                                                 f"{str(path)!r} metadata", UserError)
+    shapes = zoo_shapes(arch, in_shape, num_classes)
+    need = 4 * sum(math.prod(shape) for shape in shapes.values())
+    allowed = ZOO_BYTES_PER_FILE_BYTE * Path(path).stat().st_size + ZOO_FIXED_BYTES
+    if need > allowed:
+        raise UserError(f"{str(path)!r} metadata: a {arch} of in_shape {list(in_shape)} and {num_classes} classes "
+                        f"takes {need} bytes, more than a {Path(path).stat().st_size}-byte file can hold; nothing was built")
+    converted = isinstance(meta.get("recipe"), dict) and meta["recipe"].get("converted") is True
+    declared = _declared_shapes(path)
+    clashes = [k for k, shape in shapes.items() if _stored_shape(declared, k, converted) not in (None, shape)]
+    if clashes:
+        raise UserError(f"{str(path)!r} metadata: a {arch} of in_shape {list(in_shape)} and {num_classes} classes does "
+                        f"not fit the stored tensors ({_few(clashes)}); nothing was built")
+
+
+def _declared_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape as the safetensors header declares it (nothing is loaded)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError) as err:
+        raise UserError(f"{str(path)!r} is not a valid nncompress safetensors file: {err}") from err
+
+
+def _stored_shape(declared: dict[str, tuple[int, ...]], key: str, converted: bool) -> tuple[int, ...] | None:
+    """The declared shape of state key `key` (or of its parametrized original), None when the file
+    holds neither or a converted model packs it (its shape then differs by design)."""
+    module, _, name = key.rpartition(".")
+    original = f"{module}.parametrizations.{name}.original" if module else f"parametrizations.{name}.original"
+    if key in declared:
+        return declared[key]
+    return declared.get(original) if not converted else None
+
+
+def _check_finite(state: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """Refuse NaN / infinite values in any stored floating-point tensor, naming it (a crafted file
+    must not load into a model that silently computes garbage)."""
+    for key, tensor in state.items():
+        if tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(tensor).all()):
+            raise UserError(f"{str(path)!r}: tensor {key!r} holds NaN or infinite values")
+
+
+def _stored_example(state: dict[str, torch.Tensor], meta: dict, path: str | os.PathLike) -> Any:
+    if "example" not in meta:
+        return None
+    try:
+        return unpack_batch(state, meta["example"])
+    except (KeyError, TypeError, AttributeError, IndexError, RecursionError) as err:
+        raise UserError(f"{str(path)!r} metadata: field 'example' does not describe the stored example "
+                        f"tensors ({type(err).__name__}: {err})") from None
+
+
 def _model_to_restore(path: str | os.PathLike, meta: dict, model: nn.Module | Callable[[], nn.Module] | None) -> nn.Module:
     """`model` (called when it is a factory), else the zoo model the file names."""
     if model is None:
         if meta.get("arch") not in MODELS:
-            raise UserError(f"{str(path)!r} holds a model that is not from the zoo (arch={meta.get('arch')!r}): pass "
-                            "model= an instance of its class or a zero-argument function building one, e.g. "
-                            "load_model(path, model=lambda: MyNet(config))")
-        return build_model(meta["arch"], tuple(meta["in_shape"]), int(meta["num_classes"]))
+            raise _not_zoo_error(path, meta)
+        return build_model(*check_zoo_desc({k: meta.get(k) for k in ("arch", "in_shape", "num_classes")},
+                                           f"{str(path)!r} metadata", UserError))
     built = model if isinstance(model, nn.Module) else model() if callable(model) else model
     if not isinstance(built, nn.Module):
         raise UserError(f"model={model!r} is not an nn.Module nor a zero-argument function returning one")
     return built
+
+
+def _not_zoo_error(path: str | os.PathLike, meta: dict) -> UserError:
+    return UserError(f"{str(path)!r} holds a model that is not from the zoo (arch={str(meta.get('arch'))[:80]!r}): "
+                     "pass model= an instance of its class or a zero-argument function building one, e.g. "
+                     "load_model(path, model=lambda: MyNet(config))")
 
 
 def _zoo_probe(meta: dict) -> tuple[torch.Tensor, None] | None:
@@ -172,7 +286,7 @@ def replay_recipe_(model: nn.Module, recipe: dict, data: Iterable | None,
                             "your data to load_model (or to save_model, which stores it in the file)")
         try:
             apply_(model, method, data=data, train_fn=lambda m: None, forward_fn=forward_fn)
-        except (TypeError, RuntimeError, KeyError, IndexError) as err:  # the model does not take the example
+        except (TypeError, RuntimeError, KeyError, IndexError, AttributeError) as err:  # the model does not take the example
             raise UserError(f"replaying the saved recipe's {type(method).__name__} on {type(model).__name__} failed "
                             f"({type(err).__name__}: {err}): pass model= the class the file was saved from and "
                             "example= a batch it accepts (and forward_fn= if it needs one)") from err

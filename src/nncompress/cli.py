@@ -21,7 +21,7 @@ from .fileio import write_json
 from .methods import METHODS, method_from_dict
 from .train import evaluate as evaluate_model
 from .train import is_main_process
-from .validate import UserError, unknown_name_error
+from .validate import UserError, check_fraction, unknown_name_error
 from .zoo import DATASETS, MODELS, Dataset, load_dataset
 
 app = typer.Typer(help="Prune and quantize PyTorch models, and measure what it buys.",
@@ -75,6 +75,10 @@ def train(model: ModelArg = "lenet300", dataset: DatasetOpt = "digits", data_dir
           resume: Annotated[bool, typer.Option(help="continue from --checkpoint if it exists")] = False,
           json_path: JsonOpt = None) -> None:
     """Train a zoo model (or continue a saved one) and report its test accuracy."""
+    _check_out_path(out_path, "--out")
+    _check_out_path(checkpoint, "--checkpoint")
+    if resume and checkpoint is not None and checkpoint.is_file():
+        _check_checkpoint(checkpoint)
     _, result = api.train_model(model, dataset, data_dir=data_dir, download=download, batch_size=batch_size,
                                 out=str(out_path) if out_path else None, checkpoint=str(checkpoint) if checkpoint else None,
                                 resume=resume, epochs=epochs, lr=lr, optimizer=optimizer, schedule=schedule,
@@ -105,6 +109,31 @@ def inspect(model: ModelArg, dataset: DatasetOpt = "digits", data_dir: DataDirOp
     result = {"model": arch, "dataset": data.name, **api.summarize(net, data)}
     _print_summary(result, f"{arch} for {data.name} inputs {data.in_shape}")
     _emit_json(json_path, result)
+
+
+def _check_out_path(path: Optional[Path], option: str) -> None:
+    """Fail before any work when an output path cannot be written (a folder, a file as parent)."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise UserError(f"{option} {str(path)!r} is a folder; give a file name, e.g. {str(path / 'model.safetensors')!r}")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise UserError(f"{option} {str(path)!r}: {str(parent)!r} is a file, not a folder")
+
+
+def _check_checkpoint(path: Path) -> None:
+    """--resume: the checkpoint must be one `train` wrote (tensors and plain types only), checked
+    before training starts."""
+    import torch
+
+    try:
+        state = torch.load(path, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file (pickle, zip, EOF errors) is the user's
+        raise UserError(f"--checkpoint {str(path)!r} is not a training checkpoint "
+                        f"({type(err).__name__}: {str(err)[:120]})") from None
+    if not isinstance(state, dict) or not {"model", "optimizer", "scheduler"} <= state.keys():
+        raise UserError(f"--checkpoint {str(path)!r} is not a training checkpoint (no model / optimizer / scheduler)")
 
 
 def _parse_pairs(text: Optional[str], option: str, example: str) -> dict[str, str]:
@@ -239,6 +268,7 @@ def prune(model: ModelArg = "lenet300", dataset: DatasetOpt = "digits", data_dir
     if schedule != "oneshot" and not any(f.name == "sparsity" for f in dataclasses.fields(pruner)):
         raise UserError(f"--schedule {schedule} re-applies the method at rising sparsity, but --method {method} "
                         "has no sparsity field: use --schedule oneshot")
+    _check_out_path(out_path, "--out")
     data = load_dataset(dataset, data_dir, download=download)
     check_layer_keys(pruner, model, data)
     _, result = prune_model(model, data, pruner, schedule=schedule, rounds=rounds,
@@ -265,6 +295,7 @@ def sensitivity(model: ModelArg = "lenet5", dataset: DatasetOpt = "digits", data
     from .analysis.plots import plot_sensitivity
     from .flows.prune import dense_model, layer_sensitivity
 
+    check_fraction("--budget", budget, allow_one=True)
     data = load_dataset(dataset, data_dir, download=download)
     net, arch, _ = dense_model(model, data, seed)
     curves = layer_sensitivity(net, data)
@@ -315,7 +346,9 @@ def quantize(model: ModelArg = "lenet5", dataset: DatasetOpt = "digits", data_di
     if act_bits == 0:
         flags["act_bits"] = _weight_only(name)
     quantizer = build_method(name, "quant", flags, set_fields)
+    _check_out_path(out_path, "--out")
     data = load_dataset(dataset, data_dir, download=download)
+    check_layer_keys(quantizer, model, data)
     _, _, result = quantize_model(model, data, quantizer, seed=seed, calib_images=calib_images,
                                   out=str(out_path) if out_path else None)
     label = _method_label(quantizer)
@@ -380,6 +413,8 @@ def deep_compress_cmd(model: ModelArg = "lenet300", dataset: DatasetOpt = "digit
     from .prune.unstructured import MagnitudePrune
     from .quant.kmeans import KMeansQuant
 
+    check_fraction("--prune-sparsity", prune_sparsity)
+    _check_out_path(out_path, "--out")
     prune_method = MagnitudePrune(sparsity=prune_sparsity, scope=scope) if prune_sparsity > 0 else None
     layer_bits = _parse_bits(bits)
     config = DeepCompressionConfig(prune=prune_method, schedule=schedule, rounds=rounds, finetune_epochs=finetune_epochs,
@@ -419,6 +454,7 @@ def decode(path: Annotated[Path, typer.Argument(help="a .nnc file")], dataset: D
     from .encode.container import read_nnc
     from .encode.model import decode_model
 
+    _check_out_path(out_path, "--out")
     nnc = read_nnc(path)
     net = decode_model(nnc)
     data = load_dataset(dataset, data_dir, download=download)
@@ -436,7 +472,7 @@ def decode(path: Annotated[Path, typer.Argument(help="a .nnc file")], dataset: D
 def _export_inputs(model: str, dataset: str, data_dir: Optional[str], download: bool, calib_images: int,
                    quantize: str, seed: int):
     """(float model, converted int8 model, data, arch, calibration batches) for export / bench."""
-    from .encode.onnx_run import QUANTIZE_CHOICES, quantize_for_export
+    from .export.bench import QUANTIZE_CHOICES, quantize_for_export
     from .validate import check_choice
 
     check_choice("--quantize", quantize, QUANTIZE_CHOICES)
@@ -466,9 +502,9 @@ def export(model: ModelArg, onnx_path: Annotated[Path, typer.Option("--onnx", he
            seed: Annotated[int, typer.Option(help="random seed (zoo models)")] = 0,
            json_path: JsonOpt = None) -> None:
     """Export a (quantized) model to ONNX (QDQ or QOperator) and check it in ONNX Runtime."""
-    from .encode.onnx import export_onnx
-    from .encode.onnx_graph import ort_session
-    from .encode.onnx_run import compare_on_data
+    from .export.onnx import export_onnx
+    from .export.graph import ort_session
+    from .export.bench import compare_on_data
 
     _, net, data, arch, calib = _export_inputs(model, dataset, data_dir, download, calib_images, quantize, seed)
     example = calib[0][:1]
@@ -517,7 +553,7 @@ def bench(model: ModelArg,
     Runtime and the int8 ONNX export, timed interleaved in one process."""
     import torch
 
-    from .encode.onnx_run import bench_backends, torch_dynamic_int8
+    from .export.bench import bench_backends, torch_dynamic_int8
     from .quant.fold import fold_batchnorm_
 
     float_net, net, data, arch, calib = _export_inputs(model, dataset, data_dir, download, calib_images, quantize, seed)
@@ -547,14 +583,26 @@ def list_methods() -> None:
 
 def _inspect_nnc(path: Path, json_path: Optional[Path]) -> None:
     from .encode.container import read_nnc
+    from .encode.model import decoded_state
     from .flows.deep_compression import layer_row, overhead_row
 
     nnc = read_nnc(path)
-    rows, overhead = [layer_row(layer) for layer in nnc.layers], overhead_row(nnc)
+    decoded_state(nnc)  # every chain decodes (a bad file is refused here, not summarised)
+    rows, overhead = [_layer_row(layer_row, layer, path) for layer in nnc.layers], overhead_row(nnc)
     out.print(_deep_compression_table(rows, f"{path} ({path.stat().st_size:,} B): {nnc.model}", overhead))
     _emit_json(json_path, {"file": str(path), "file_bytes": path.stat().st_size, "model": nnc.model,
                            "layers": rows, "overhead": overhead,
                            "tensors": {k: list(v.shape) for k, v in nnc.tensors.items()}})
+
+
+def _layer_row(layer_row: Any, layer: Any, path: Path) -> dict:
+    """One table row; a layer the statistics cannot describe (zero-size, empty codebook, a kind
+    without them) is a UserError naming it, not a traceback."""
+    try:
+        return layer_row(layer)
+    except (ZeroDivisionError, ValueError, KeyError, IndexError, TypeError, RuntimeError) as err:
+        raise UserError(f"{path}: layer {layer.name!r} (shape {list(layer.shape)}) cannot be summarised: "
+                        f"{type(err).__name__}: {err}") from None
 
 
 @app.command()

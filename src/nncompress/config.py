@@ -8,6 +8,7 @@ scales, codebooks) lives on the model as buffers; figures go into `ctx.report`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -20,7 +21,16 @@ from torch.nn.utils.parametrize import type_before_parametrizations
 from .batches import ForwardFn, with_forward
 from .validate import UserError, did_you_mean
 
+try:
+    import re2
+except ImportError:  # pragma: no cover - google-re2 is a dependency; plain `re` where it cannot install
+    re2 = None
+
 V = TypeVar("V")
+_RE2_OPTIONS = None
+if re2 is not None:
+    _RE2_OPTIONS = re2.Options()
+    _RE2_OPTIONS.log_errors = False  # errors become UserErrors, not lines on stderr
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,7 +50,12 @@ class Select:
             value = getattr(self, name)
             if isinstance(value, str):
                 value = (value,)
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                raise UserError(f"targets.{name}={value!r} must be a list of strings (layer names, 're:<regex>' "
+                                "or, for types, class names)")
             object.__setattr__(self, name, tuple(value))
+        for pattern in (*self.include, *self.exclude):
+            check_pattern(pattern, "targets pattern")
 
     @staticmethod
     def _matches(pattern: str, name: str) -> bool:
@@ -65,11 +80,39 @@ class Select:
         return chosen
 
 
-def pattern_matches(pattern: str, name: str, module: nn.Module | None = None) -> bool:
-    """Does a layer pattern match? "fc1" (exact name), "re:<regex>" (full match on the name) or
-    "type:Linear|Conv2d" (the layer's class name, before parametrization)."""
+MAX_PATTERN_LENGTH = 1000  # characters of a "re:" pattern (they may come from files)
+
+
+@functools.lru_cache(maxsize=1024)
+def compile_pattern(regex: str) -> Any:
+    """A compiled layer regex. With google-re2 (a dependency) matching takes linear time, so a
+    pattern read from a file cannot stall loading (`(.*)*(.*)*x` on a long name); Python's `re` is
+    the fallback where re2 is missing. A bad pattern is a UserError naming it."""
+    if not isinstance(regex, str) or len(regex) > MAX_PATTERN_LENGTH:
+        raise UserError(f"layer pattern {str(regex)[:80]!r}... is longer than {MAX_PATTERN_LENGTH} characters")
+    try:
+        if re2 is not None:
+            return re2.compile(regex, _RE2_OPTIONS)
+        return re.compile(regex)
+    except (re.error, getattr(re2, "error", re.error)) as err:
+        msg = err.args[0].decode() if err.args and isinstance(err.args[0], bytes) else str(err)
+        raise UserError(f"layer pattern 're:{regex}' is not a valid regular expression (RE2 syntax): {msg}") from None
+
+
+def check_pattern(pattern: object, field: str) -> str:
+    """A layer pattern from a file: a string; a "re:" one must compile (UserError naming `field`)."""
+    if not isinstance(pattern, str):
+        raise UserError(f"{field}={pattern!r} must be a layer name, 're:<regex>' or 'type:<Class>' (a string)")
     if pattern.startswith("re:"):
-        return re.fullmatch(pattern[3:], name) is not None
+        compile_pattern(pattern[3:])
+    return pattern
+
+
+def pattern_matches(pattern: str, name: str, module: nn.Module | None = None) -> bool:
+    """Does a layer pattern match? "fc1" (exact name), "re:<regex>" (full match on the name, RE2
+    syntax, linear time) or "type:Linear|Conv2d" (the layer's class name, before parametrization)."""
+    if pattern.startswith("re:"):
+        return compile_pattern(pattern[3:]).fullmatch(name) is not None
     if pattern.startswith("type:"):
         return module is not None and type_before_parametrizations(module).__name__ in pattern[5:].split("|")
     return pattern == name

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..batches import ForwardFn, feed, output_tensor
+from ..validate import UserError
 from .observers import Observer
 
 
@@ -35,11 +36,15 @@ def observe_inputs(model: nn.Module, observers: dict[str, Observer], batches: It
     """Feed `batches` to `model` (eval mode); observers[name] sees layer `name`'s first input."""
     handles = [model.get_submodule(name).register_forward_pre_hook(lambda _m, args, obs=observer: obs.observe(args[0]))
                for name, observer in observers.items()]
+    seen = 0
     with _eval_mode(model, handles):
         for i, batch in enumerate(batches):
             if max_batches is not None and i >= max_batches:
                 break
             feed(model, batch, forward_fn)
+            seen += 1
+    if not seen and observers and max_batches != 0:
+        raise UserError("the calibration data is empty (no batch): pass data= at least one batch")
     return observers
 
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from ..fileio import atomic_write_bytes
+from ..fileio import atomic_write_bytes, loads_bounded
 from ..parametrize import TRANSFORM_KINDS, Encoded
 from ..validate import UserError
 from . import codecs
@@ -38,6 +38,11 @@ READABLE_MAJORS = (1, 2, 3)  # 1.x: JSON header; 2.x: zlib header, Deep Compress
 PREAMBLE = struct.Struct("<4sHHII")
 MAX_HEADER = 64 << 20  # bytes of header JSON a reader accepts (after decompression)
 MAX_ELEMENTS = 1 << 30  # elements a reader allocates for one file, all tensors together
+#: bytes a reader decodes from one file (arrays at their dtype, plus each chain's float32 output):
+#: at most DECODE_FIXED_BYTES + DECODE_EXPANSION x the file size, so a small file cannot declare a huge
+#: constant (0-bit packed) or fully pruned tensor and make the reader allocate gigabytes
+DECODE_FIXED_BYTES = 64 << 20
+DECODE_EXPANSION = 256  # int64 k-means indices from ~5-bit codes, masks from relative indices, float outputs
 OVERHEAD = "(header)"  # key of `NncModel.sizes`: the preamble and the header's shared part
 
 
@@ -178,10 +183,7 @@ def parse_preamble(data: bytes) -> tuple[dict, int]:
     if zlib.crc32(raw) != header_crc:
         raise fail("header checksum mismatch (the file is corrupt)")
     text = _inflate(raw) if major >= 2 else raw
-    try:
-        header = json.loads(text)
-    except (ValueError, RecursionError) as err:  # ValueError: bad UTF-8 or JSON, a 5000-digit number
-        raise fail(f"header is not JSON: {err}") from err
+    header = loads_bounded(text, "not a valid .nnc file: header", NncFormatError)  # items / depth bounded
     if not isinstance(header, dict):
         raise fail("header is not a JSON object")
     header["_data_start"] = PREAMBLE.size + header_len
@@ -291,9 +293,18 @@ def _check_sparse(sparse: Any, a: dict, where: str, stages: list[dict]) -> None:
         raise fail(f"{where}: fill {fill!r} is not a {a['dtype']} value")
 
 
-def _check_entries(header: dict, blobs: list[bytes]) -> list[dict]:
-    """Check every tensor entry before anything is allocated (MAX_ELEMENTS over the whole file)."""
-    entries, total, names = header.get("tensors"), 0, set()
+def check_decoded_bytes(decoded: int, file_len: int) -> None:
+    """The decode budget of a file (see DECODE_FIXED_BYTES), checked before anything is allocated."""
+    limit = DECODE_FIXED_BYTES + DECODE_EXPANSION * file_len
+    if decoded > limit:
+        raise fail(f"the tensors decode to {decoded} bytes, more than {limit} for a {file_len}-byte file "
+                   f"({DECODE_FIXED_BYTES} + {DECODE_EXPANSION} x the file size)")
+
+
+def _check_entries(header: dict, blobs: list[bytes], file_len: int) -> list[dict]:
+    """Check every tensor entry before anything is allocated (MAX_ELEMENTS over the whole file and
+    the decode budget `check_decoded_bytes`)."""
+    entries, total, names, decoded = header.get("tensors"), 0, set(), 0
     if not isinstance(entries, list) or not isinstance(header.get("model"), dict):
         raise fail("header lacks a model object or a tensors list")
     for entry in entries:
@@ -302,9 +313,10 @@ def _check_entries(header: dict, blobs: list[bytes]) -> list[dict]:
             raise fail(f"tensor entry {str(entry)[:80]!r}: needs a new name and one of chain / value")
         names.add(name)
         if "value" in entry:
-            total += _check_array(entry["value"], name, blobs, [])
+            numel = _check_array(entry["value"], name, blobs, [])
+            total, decoded = total + numel, decoded + numel * codecs.itemsize(entry["value"]["dtype"])
             continue
-        check_shape(entry.get("shape"), name)
+        decoded += 4 * math.prod(check_shape(entry.get("shape"), name))  # the chain's float output
         chain = entry["chain"]
         if not isinstance(chain, list) or not chain:
             raise fail(f"{name}: chain must be a non-empty list of stages")
@@ -313,11 +325,14 @@ def _check_entries(header: dict, blobs: list[bytes]) -> list[dict]:
                     and isinstance(stage.get("tensors"), dict)):
                 raise fail(f"{name}: stage {i} needs kind (string), meta and tensors (objects)")
             for t_name, a in stage["tensors"].items():
-                total += _check_array(a, f"{name}: stage {i} ({stage['kind']}) tensor {t_name!r}", blobs, chain[:i])
+                numel = _check_array(a, f"{name}: stage {i} ({stage['kind']}) tensor {t_name!r}", blobs, chain[:i])
+                total, decoded = total + numel, decoded + numel * codecs.itemsize(a["dtype"])
         if total > MAX_ELEMENTS:
             raise fail(f"the tensors hold more than MAX_ELEMENTS = {MAX_ELEMENTS} elements")
+        check_decoded_bytes(decoded, file_len)
     if total > MAX_ELEMENTS:
         raise fail(f"the tensors hold more than MAX_ELEMENTS = {MAX_ELEMENTS} elements")
+    check_decoded_bytes(decoded, file_len)
     return entries
 
 
@@ -334,6 +349,8 @@ def _decode_array(a: dict, where: str, blobs: list[bytes], decoded: list[Encoded
         flat = codecs.decode(a["codec"], blobs[a["section"]], a["dtype"], count)
     except ValueError as err:
         raise fail(f"{where}: {err}") from err
+    if flat.is_floating_point() and flat.numel() and not bool(torch.isfinite(flat.float()).all()):
+        raise fail(f"{where}: holds NaN or infinite values (section {a['section']})")
     if keep is None:
         return flat.reshape(shape)
     dense = torch.full(shape, a["sparse"]["fill"], dtype=DTYPES[a["dtype"]])
@@ -358,15 +375,30 @@ def _section_ids(entry: dict) -> list[int]:
     return [a["section"] for a in arrays]
 
 
+#: What a checked-but-hostile file may still provoke deep inside numpy / torch / bitarray; `parse`
+#: reports them as NncFormatError so a reader sees one error type (the fuzzer looks for others).
+_LEAKS = (KeyError, IndexError, TypeError, AttributeError, OverflowError, ZeroDivisionError, RecursionError,
+          RuntimeError, ValueError, MemoryError)
+
+
 def parse(data: bytes) -> NncModel:
-    """Validate and parse .nnc bytes (any readable version)."""
+    """Validate and parse .nnc bytes (any readable version); any defect raises NncFormatError."""
+    try:
+        return _parse(data)
+    except NncFormatError:
+        raise
+    except _LEAKS as err:
+        raise fail(f"{type(err).__name__}: {str(err)[:200]}") from err
+
+
+def _parse(data: bytes) -> NncModel:
     header, major = parse_preamble(data)
     if major < 3:
         from .legacy import parse_legacy  # legacy.py builds on this module's checks
 
         return parse_legacy(data, header, major)
     blobs = section_blobs(data, header)
-    entries = _check_entries(header, blobs)
+    entries = _check_entries(header, blobs, len(data))
     nnc = NncModel(header["model"], meta=header.get("meta", {}), version=(major, 0))
     for entry in entries:
         value, storage = _decode_entry(entry, blobs)

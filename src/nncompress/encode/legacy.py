@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from ..parametrize import Encoded
-from .container import MAX_ELEMENTS, NncFormatError, NncModel, byte_shares, check_shape, fail, section_blobs
+from .container import (MAX_ELEMENTS, NncFormatError, NncModel, _natural, byte_shares, check_decoded_bytes,
+                        check_shape, fail, section_blobs)
 from .huffman import HuffmanStream, huffman_decode
 
 DTYPES = {"float32": "<f4", "float16": "<f2"}
@@ -24,13 +25,19 @@ DTYPES = {"float32": "<f4", "float16": "<f2"}
 def _stream(entry: dict, sections: dict[str, bytes], numel: int, what: str) -> HuffmanStream:
     """A Huffman stream entry, checked against its section and the layer size before decoding."""
     payload = sections[entry["section"]]
-    n_bits, length = int(entry["n_bits"]), int(entry["length"])
-    count, symbols = [int(c) for c in entry["count"]], [int(s) for s in entry["symbols"]]
+    n_bits, length = _natural(entry["n_bits"], f"{what}: n_bits"), _natural(entry["length"], f"{what}: length")
+    count, symbols = _naturals(entry["count"], f"{what}: count"), _naturals(entry["symbols"], f"{what}: symbols")
     if not 0 <= n_bits <= 8 * len(payload) or not 0 <= length <= min(n_bits, numel):
         raise fail(f"{what}: {length} symbols in {n_bits} bits do not fit {len(payload)} bytes and {numel} weights")
     if len(symbols) > length + 1 or len(count) > 32:
         raise fail(f"{what}: a Huffman table of {len(symbols)} symbols for {length} entries")
     return HuffmanStream(count, symbols, length, n_bits, payload)
+
+
+def _naturals(values: object, what: str) -> list[int]:
+    if not isinstance(values, list) or len(values) > 1 << 17:
+        raise fail(f"{what} is not a list of at most {1 << 17} integers")
+    return [_natural(v, what) for v in values]
 
 
 def _codebook(entry: dict, sections: dict[str, bytes]) -> np.ndarray:
@@ -41,7 +48,10 @@ def _codebook(entry: dict, sections: dict[str, bytes]) -> np.ndarray:
     blob = sections[entry["codebook"]]
     if not blob or len(blob) % np.dtype(DTYPES[dtype]).itemsize:
         raise fail(f"layer {entry['name']!r}: a {len(blob)}-byte codebook is not a whole number of {dtype}")
-    return np.frombuffer(blob, dtype=DTYPES[dtype]).astype(np.float32)
+    codebook = np.frombuffer(blob, dtype=DTYPES[dtype]).astype(np.float32)
+    if not np.isfinite(codebook).all():
+        raise fail(f"layer {entry['name']!r}: the codebook holds NaN or infinite values")
+    return codebook
 
 
 def _layer_chain(entry: dict, sections: dict[str, bytes]) -> list[Encoded]:
@@ -59,6 +69,9 @@ def _layer_chain(entry: dict, sections: dict[str, bytes]) -> list[Encoded]:
         raise fail(f"layer {name!r}: {len(distances)} index entries but {len(symbols)} cluster entries")
     if symbols.size and symbols.max() > k:
         raise fail(f"layer {name!r}: cluster symbol outside the {k}-entry codebook")
+    max_gap = (1 << _natural(entry.get("index_bits"), f"layer {name!r}: index_bits", 32)) - 1
+    if distances.size and (distances[1:].min(initial=1) < 1 or distances[0] < 0 or distances.max() > max_gap):
+        raise fail(f"layer {name!r}: relative distances must lie in [1, {max_gap}] (the first in [0, {max_gap}])")
     positions = np.cumsum(distances)
     if positions.size and positions[-1] >= numel:
         raise fail(f"layer {name!r}: relative indices point past the tensor end ({positions[-1]} >= {numel})")
@@ -93,18 +106,23 @@ def _tensor(entry: dict, sections: dict[str, bytes]) -> torch.Tensor:
     blob = sections[entry["section"]]
     if len(blob) != math.prod(shape) * dtype.itemsize:
         raise fail(f"tensor {entry['name']!r}: {len(blob)} bytes do not fit shape {shape}")
-    return torch.from_numpy(np.frombuffer(blob, dtype=dtype).astype(np.float32).reshape(shape))
+    values = np.frombuffer(blob, dtype=dtype).astype(np.float32).reshape(shape)
+    if not np.isfinite(values).all():
+        raise fail(f"tensor {entry['name']!r}: holds NaN or infinite values")
+    return torch.from_numpy(values)
 
 
-def _check_total(header: dict) -> None:
-    """Every declared shape, and their sum, within MAX_ELEMENTS (before decoding anything)."""
+def _check_total(header: dict, file_len: int) -> None:
+    """Every declared shape, and their sum, within MAX_ELEMENTS and the decode budget (a layer
+    decodes to int64 indices, a bool mask and float32 values; a tensor to float32), before decoding."""
     try:
-        entries = [*header["layers"], *header["tensors"]]
-        total = sum(math.prod(check_shape(e["shape"], f"tensor {e['name']!r}")) for e in entries)
+        layers = sum(math.prod(check_shape(e["shape"], f"tensor {e['name']!r}")) for e in header["layers"])
+        tensors = sum(math.prod(check_shape(e["shape"], f"tensor {e['name']!r}")) for e in header["tensors"])
     except (KeyError, TypeError) as err:
         raise fail(f"malformed layer or tensor entry: {err!r}") from err
-    if total > MAX_ELEMENTS:
+    if layers + tensors > MAX_ELEMENTS:
         raise fail(f"the tensors hold more than MAX_ELEMENTS = {MAX_ELEMENTS} elements")
+    check_decoded_bytes(13 * layers + 4 * tensors, file_len)
 
 
 def parse_legacy(data: bytes, header: dict, major: int) -> NncModel:
@@ -116,7 +134,7 @@ def parse_legacy(data: bytes, header: dict, major: int) -> NncModel:
     sections = {name: blobs[i] for name, i in names.items()}
     nnc = NncModel(header["model"], meta=header.get("meta", {}), version=(major, 0))
     owners: dict = {}
-    _check_total(header)
+    _check_total(header, len(data))
     try:
         for entry in header["layers"]:
             name = f"{entry['name']}.weight"

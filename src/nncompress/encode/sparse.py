@@ -98,7 +98,11 @@ def encode_relative(flat: np.ndarray, index_bits: int) -> RelativeIndices:
 
 def decode_relative(encoded: RelativeIndices) -> np.ndarray:
     """Rebuild the flat dense array from its relative-index form."""
-    positions = np.cumsum(encoded.distances)
+    distances = np.asarray(encoded.distances)
+    if distances.size and (distances[0] < 0 or distances[1:].min(initial=1) < 1):
+        raise ValueError("relative indices: distances must be >= 1 (the first >= 0); a negative one would "
+                         "wrap around to the tensor's end")
+    positions = np.cumsum(distances)
     if len(positions) and positions[-1] >= encoded.numel:
         raise ValueError(f"relative indices point past the tensor end ({positions[-1]} >= {encoded.numel})")
     flat = np.zeros(encoded.numel, dtype=encoded.values.dtype)

@@ -13,6 +13,17 @@ import torch
 from ..validate import UserError
 
 
+def check_weight(weight: torch.Tensor, layer: str, method: str) -> None:
+    """A UserError naming the layer when its weight is empty or holds NaN / infinite values."""
+    if weight.numel() == 0:
+        raise UserError(f"{method}: layer {layer!r} has a zero-size weight {list(weight.shape)}; exclude it "
+                        "(targets=Select(exclude=(...)))")
+    bad = int((~torch.isfinite(weight.detach())).sum())
+    if bad:
+        raise UserError(f"{method}: layer {layer!r} has {bad} NaN or infinite weights; fix the model "
+                        "(or exclude the layer) before compressing it")
+
+
 def prune_count(numel: int, sparsity: float) -> int:
     """How many of `numel` weights a target `sparsity` removes (rounded to nearest)."""
     return int(round(sparsity * numel))

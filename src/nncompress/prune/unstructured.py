@@ -21,14 +21,18 @@ from ..registry import register
 from ..validate import UserError, check_choice, check_fraction, check_positive
 from ..parametrize import check_attachable
 from .mask import attach_mask
-from .masks import (density, global_masks_with_overrides, layer_masks, magnitude_scores, random_scores,
+from .masks import (check_weight, density, global_masks_with_overrides, layer_masks, magnitude_scores, random_scores,
                     threshold_mask)
 
 
 def _targets(method: Method, model: nn.Module) -> dict[str, nn.Module]:
+    """The targeted layers; every weight non-empty and finite (NaN would survive its mask, NaN * 0 =
+    NaN, and poison a global threshold)."""
     layers = method.targets.layers(model)
     if not layers:
         raise UserError(f"{type(method).__name__}: no layer matches {method.targets}")
+    for name, layer in layers.items():
+        check_weight(layer.weight, name, type(method).__name__)
     return layers
 
 

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..config import Context, Method, per_layer
+from ..prune.masks import check_weight
 from ..parametrize import Encoded, WeightTransform, attach, check_attachable, transform_kind
 from ..registry import register
 from ..validate import UserError, check_choice, check_int_range
@@ -50,6 +51,8 @@ def kmeans_1d(values: np.ndarray | torch.Tensor, k: int, *, init: str = "linear"
     flat = np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values, dtype=np.float32).ravel()
     if flat.size == 0:
         raise UserError("k-means needs at least one value; the layer has no non-zero weights")
+    if not np.isfinite(flat).all():
+        raise UserError(f"k-means: {int((~np.isfinite(flat)).sum())} of the values are NaN or infinite")
     v = np.sort(flat)
     k = min(k, int(np.count_nonzero(np.diff(v))) + 1)  # never more clusters than distinct values
     prefix = np.concatenate([[0.0], np.cumsum(v, dtype=np.float64)])
@@ -129,6 +132,15 @@ class SharedWeights(WeightTransform):
         shared = codebook[indices.clamp(min=0)]
         return torch.where(indices >= 0, shared, torch.zeros_like(shared))
 
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object) -> None:
+        """Adopt the stored codebook size: it depends on the data (fewer distinct weights, fewer
+        clusters), so a recipe replayed on a fresh model may have built another one."""
+        incoming = state_dict.get(prefix + "codebook")
+        if isinstance(incoming, torch.Tensor) and incoming.dim() == 1 and incoming.shape != self.codebook.shape:
+            self.codebook = nn.Parameter(torch.empty_like(incoming, dtype=self.codebook.dtype),
+                                         requires_grad=self.codebook.requires_grad)
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
     def extra_repr(self) -> str:
         return f"clusters={self.codebook.numel()}"
 
@@ -168,6 +180,7 @@ class KMeansQuant(Method):
             raise UserError(f"KMeansQuant: no layer matches {self.targets}")
         for name, layer in layers.items():
             check_attachable(layer, "quantizer", layer_name=name, new="KMeansQuant")
+            check_weight(layer.weight, name, "KMeansQuant")
         bits = per_layer(self.layer_bits, layers, self.bits, "layer_bits")
         for name, layer in layers.items():
             attach(layer, SharedWeights.fit(layer.weight, bits[name], self.init), layer_name=name)

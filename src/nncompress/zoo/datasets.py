@@ -69,9 +69,16 @@ def _normalize(images: np.ndarray, mean: tuple[float, ...], std: tuple[float, ..
     return (x - m) / s
 
 
-def _labels(array: np.ndarray, name: str, n_images: int) -> torch.Tensor:
+def _labels(array: np.ndarray, name: str, n_images: int, num_classes: int = 10) -> torch.Tensor:
+    """Class labels: an integer IDX type (a float file would be truncated silently), one per image,
+    each in [0, num_classes) (an out-of-range label would crash the loss, or count as a class)."""
     if len(array) != n_images:
         raise DataFileError(f"{name}: {len(array)} labels for {n_images} images")
+    if not np.issubdtype(array.dtype, np.integer):
+        raise DataFileError(f"{name}: labels of type {array.dtype}, expected an integer IDX type (0x08 unsigned byte)")
+    if array.size and (array.min() < 0 or array.max() >= num_classes):
+        bad = int(array[(array < 0) | (array >= num_classes)][0])
+        raise DataFileError(f"{name}: label {bad} is outside [0, {num_classes - 1}] ({num_classes} classes)")
     return torch.from_numpy(array.astype(np.int64))
 
 

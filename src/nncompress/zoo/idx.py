@@ -6,6 +6,7 @@ one big-endian uint32 per dimension and the data in C order. Files may be gzip-c
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
 from pathlib import Path
@@ -48,7 +49,7 @@ def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
         raise DataFileError(f"{name}: truncated header ({len(data)} bytes, need {header})")
     shape = struct.unpack(f">{ndim}I", data[4:header])
     dtype = np.dtype(_DTYPES[type_code])
-    expected = header + int(np.prod(shape)) * dtype.itemsize
+    expected = header + math.prod(shape) * dtype.itemsize  # Python ints: no int64 wrap-around
     if len(data) != expected:
         raise DataFileError(f"{name}: {len(data)} bytes but shape {shape} needs {expected}: "
                             "the file is truncated or has trailing data")
