@@ -26,3 +26,19 @@ def mnist10k():
         pytest.skip(f"MNIST test set not found in {MNIST_DIR}")
     from nncompress.zoo import load_dataset
     return load_dataset("mnist-10k", MNIST_DIR)
+
+
+@pytest.fixture
+def main(monkeypatch, capsys):
+    """Run `nncompress ARGS` in this process (fast: no subprocess); returns (exit code, stdout, stderr)."""
+    import sys
+
+    from nncompress import cli
+
+    def run(*args: str) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", ["nncompress", *args])
+        with pytest.raises(SystemExit) as exit_:
+            cli.main()
+        captured = capsys.readouterr()
+        return exit_.value.code, captured.out, captured.err
+    return run

@@ -17,17 +17,6 @@ def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
                           timeout=300, env=env, cwd=cwd)
 
 
-@pytest.fixture
-def main(monkeypatch, capsys):
-    """Run `nncompress ARGS` in this process (fast: no torch import); returns (exit code, stdout, stderr)."""
-    def run(*args: str) -> tuple[int, str, str]:
-        monkeypatch.setattr(sys, "argv", ["nncompress", *args])
-        with pytest.raises(SystemExit) as exit_:
-            cli.main()
-        captured = capsys.readouterr()
-        return exit_.value.code, captured.out, captured.err
-    return run
-
 
 @pytest.mark.slow
 def test_train_writes_json_and_weights_then_evaluate_and_inspect(tmp_path):

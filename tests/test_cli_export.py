@@ -1,24 +1,10 @@
 """`nncompress export` writes a checked ONNX file and compares it with PyTorch; `nncompress bench`
 prints the four backends; both write --json; bad options are one-line errors."""
 import json
-import sys
 
 import pytest
 
 pytest.importorskip("onnxruntime")
-
-from nncompress import cli  # noqa: E402
-
-
-@pytest.fixture
-def main(monkeypatch, capsys):
-    def run(*args: str) -> tuple[int, str, str]:
-        monkeypatch.setattr(sys, "argv", ["nncompress", *args])
-        with pytest.raises(SystemExit) as exit_:
-            cli.main()
-        captured = capsys.readouterr()
-        return exit_.value.code, captured.out, captured.err
-    return run
 
 
 def test_export_writes_onnx_and_json(main, tmp_path):

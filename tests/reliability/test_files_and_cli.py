@@ -3,28 +3,16 @@ labels are checked, and atomic writes clean up after killed writers, respect the
 import gzip
 import os
 import struct
-import sys
 import time
 
 import numpy as np
 import pytest
 
-from nncompress import cli, fileio
+from nncompress import fileio
 from nncompress.fileio import atomic_write_text
 from nncompress.zoo import DataFileError, load_dataset
 from nncompress.zoo.idx import write_idx
 
-
-@pytest.fixture
-def main(monkeypatch, capsys):
-    """Run `nncompress ARGS` in this process; returns (exit code, stdout, stderr)."""
-    def run(*args: str) -> tuple[int, str, str]:
-        monkeypatch.setattr(sys, "argv", ["nncompress", *args])
-        with pytest.raises(SystemExit) as exit_:
-            cli.main()
-        captured = capsys.readouterr()
-        return exit_.value.code, captured.out, captured.err
-    return run
 
 
 @pytest.mark.parametrize("args, message", [
