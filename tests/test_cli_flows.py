@@ -4,7 +4,7 @@ Written against what the CLI shows (exit codes, JSON figures, the file on disk),
 import json
 
 import pytest
-from test_cli import main, run_cli  # noqa: F401  (main is a fixture)
+from test_cli import run_cli  # the `main` fixture comes from conftest.py
 
 LENET300_DIGITS_PARAMS = 64 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10
 

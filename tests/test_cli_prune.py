@@ -1,7 +1,7 @@
 import json
 
 import pytest
-from test_cli import main, run_cli  # noqa: F401  (main is a fixture)
+from test_cli import run_cli  # the `main` fixture comes from conftest.py
 
 LENET300_WEIGHTS = {"fc1": 64 * 300, "fc2": 300 * 100, "fc3": 100 * 10}
 
