@@ -1,0 +1,4 @@
+"""`python -m nncompress.cli`."""
+from . import main
+
+main()

@@ -1,0 +1,203 @@
+"""Compression commands: prune, sensitivity, quantize (PTQ), deep-compress."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from ..methods import METHODS
+from ..validate import UserError, check_fraction
+from ..zoo import load_dataset
+from .common import (DataDirOpt, DatasetOpt, DownloadOpt, ExcludeOpt, JsonOpt, ModelArg, SetOpt, app, build_method,
+                     check_layer_keys, check_out_path, console, deep_compression_table, emit_json, given,
+                     method_label, method_names, out, parse_layer_values, parse_pairs)
+
+@app.command()
+def prune(model: ModelArg = "lenet300", dataset: DatasetOpt = "digits", data_dir: DataDirOpt = None,
+          download: DownloadOpt = False,
+          method: Annotated[str, typer.Option(help=f"one of: {', '.join(method_names('prune'))}")] = "magnitude",
+          sparsity: Annotated[Optional[float], typer.Option(help="fraction of targeted weights removed, in [0, 1) (default 0.9)")] = None,
+          scope: Annotated[Optional[str], typer.Option(help="layer (each layer) or global (one threshold)")] = None,
+          layer_sparsity: Annotated[Optional[str], typer.Option(help="per-layer targets (names or re: / type: patterns), both scopes: fc1=0.92,fc3=0.75")] = None,
+          quality: Annotated[Optional[float], typer.Option(help="threshold method: keep |w| > quality * std(w) (default 1.0)")] = None,
+          exclude: ExcludeOpt = None, set_fields: SetOpt = None,
+          schedule: Annotated[str, typer.Option(help="oneshot, iterative or agp")] = "iterative",
+          rounds: Annotated[int, typer.Option(min=1, help="iterative: prune-retrain cycles")] = 3,
+          finetune_epochs: Annotated[int, typer.Option(min=0, help="retraining epochs (per round), at 1/10 the LR")] = 5,
+          seed: Annotated[int, typer.Option(help="random seed")] = 0,
+          out_path: Annotated[Optional[Path], typer.Option("--out", "-o", help="save pruned weights")] = None,
+          json_path: JsonOpt = None) -> None:
+    """Prune a model (training it first if a zoo name is given), retrain, and report."""
+    from ..flows.prune import prune_model
+
+    flags = given(sparsity=sparsity, scope=scope, quality=quality,
+                   layer_sparsity=parse_layer_values(layer_sparsity) or None,
+                   targets={"exclude": list(exclude)} if exclude else None)
+    pruner = build_method(method, "prune", flags, set_fields, defaults={"sparsity": 0.9, "quality": 1.0})
+    if schedule != "oneshot" and not any(f.name == "sparsity" for f in dataclasses.fields(pruner)):
+        raise UserError(f"--schedule {schedule} re-applies the method at rising sparsity, but --method {method} "
+                        "has no sparsity field: use --schedule oneshot")
+    check_out_path(out_path, "--out")
+    data = load_dataset(dataset, data_dir, download=download)
+    check_layer_keys(pruner, model, data)
+    _, result = prune_model(model, data, pruner, schedule=schedule, rounds=rounds,
+                            finetune_epochs=finetune_epochs, seed=seed, out=str(out_path) if out_path else None)
+    table = Table(title=f"{result['model']} pruned ({method_label(pruner)}, {schedule})")
+    for col in ("layer", "density"):
+        table.add_column(col)
+    for name, dens in result["densities"].items():
+        table.add_row(name, f"{dens:.3f}")
+    out.print(table)
+    out.print(f"dense accuracy {result['dense_accuracy']:.4f}  pruned accuracy {result['pruned_accuracy']:.4f}  "
+              f"non-zero {result['nonzero_weights']:,} / {result['total_weights']:,}  "
+              f"compression {result['compression']:.1f}x")
+    emit_json(json_path, result)
+
+
+@app.command()
+def sensitivity(model: ModelArg = "lenet5", dataset: DatasetOpt = "digits", data_dir: DataDirOpt = None,
+                download: DownloadOpt = False, seed: Annotated[int, typer.Option(help="random seed")] = 0,
+                plot: Annotated[Path, typer.Option(help="PNG file for the accuracy-vs-sparsity plot")] = Path("sensitivity.png"),
+                budget: Annotated[float, typer.Option(help="max accuracy drop for the suggested per-layer targets")] = 0.01,
+                json_path: JsonOpt = None) -> None:
+    """Prune each layer alone at 0..95% (no retraining): table, plot, and per-layer targets."""
+    from ..analysis.plots import plot_sensitivity
+    from ..flows.prune import dense_model, layer_sensitivity
+
+    check_fraction("--budget", budget, allow_one=True)
+    data = load_dataset(dataset, data_dir, download=download)
+    net, arch, _ = dense_model(model, data, seed)
+    curves = layer_sensitivity(net, data)
+    plot_sensitivity(curves, plot, f"{arch} on {data.name}: per-layer pruning sensitivity")
+    table = Table(title=f"accuracy (%) with one layer pruned; dense {100 * curves.baseline:.2f}")
+    table.add_column("layer")
+    for s in curves.sparsities:
+        table.add_column(f"{int(round(100 * s))}%", justify="right")
+    for row in curves.as_rows():
+        table.add_row(*map(str, row))
+    out.print(table)
+    targets = curves.targets_for_budget(budget)
+    out.print(f"most sensitive layer: {curves.most_sensitive()}; targets within {budget:.3f} drop: {targets}")
+    console.print(f"wrote {plot}")
+    emit_json(json_path, {"model": arch, "dataset": data.name, "baseline": curves.baseline,
+                           "sparsities": list(curves.sparsities), "accuracy": curves.accuracy,
+                           "most_sensitive": curves.most_sensitive(), "targets": targets, "plot": str(plot)})
+
+
+@app.command()
+def quantize(model: ModelArg = "lenet5", dataset: DatasetOpt = "digits", data_dir: DataDirOpt = None,
+             download: DownloadOpt = False,
+             method: Annotated[str, typer.Option(help=f"one of: {', '.join(method_names('quant'))}")] = "linear",
+             weight_bits: Annotated[Optional[int], typer.Option(help="weight bits (2..16), symmetric (default 8)")] = None,
+             act_bits: Annotated[Optional[int], typer.Option(help="activation bits (2..16); 0 = weight-only (default 8)")] = None,
+             granularity: Annotated[Optional[str], typer.Option(help="tensor, channel or group (default channel)")] = None,
+             group_size: Annotated[Optional[int], typer.Option(help="weights per group for --granularity group")] = None,
+             observer: Annotated[Optional[str], typer.Option(help="minmax, ema, percentile, mse or entropy")] = None,
+             dynamic: Annotated[bool, typer.Option(help="same as --method dynamic")] = False,
+             per_token: Annotated[Optional[bool], typer.Option("--per-token", help="dynamic: one activation scale per row")] = None,
+             keep_8bit: Annotated[Optional[list[str]], typer.Option(help="layer kept at 8 bit (repeatable)")] = None,
+             exclude: ExcludeOpt = None, set_fields: SetOpt = None,
+             calib_images: Annotated[int, typer.Option(min=1, help="training images used for calibration")] = 512,
+             seed: Annotated[int, typer.Option(help="random seed")] = 0,
+             plot: Annotated[Optional[Path], typer.Option(help="PNG of per-layer output SQNR / cosine")] = None,
+             out_path: Annotated[Optional[Path], typer.Option("--out", "-o", help="save the quantized model")] = None,
+             json_path: JsonOpt = None) -> None:
+    """Post-training quantization with any quantization method: accuracy before/after and per-layer
+    error analysis (e.g. --method format --set weight_format=fp4_e2m1 --set act_format=fp8_e4m3)."""
+    from ..flows.ptq import quantize_model
+
+    if dynamic and method not in ("linear", "dynamic"):
+        raise UserError(f"--dynamic means --method dynamic, which contradicts --method {method}")
+    name = "dynamic" if dynamic else method
+    flags = given(weight_bits=weight_bits, granularity=granularity, group_size=group_size, observer=observer,
+                   per_token=per_token, act_bits=act_bits, layer_bits={layer: 8 for layer in keep_8bit or ()} or None,
+                   targets={"exclude": list(exclude)} if exclude else None)
+    if act_bits == 0:
+        flags["act_bits"] = _weight_only(name)
+    quantizer = build_method(name, "quant", flags, set_fields)
+    check_out_path(out_path, "--out")
+    data = load_dataset(dataset, data_dir, download=download)
+    check_layer_keys(quantizer, model, data)
+    _, _, result = quantize_model(model, data, quantizer, seed=seed, calib_images=calib_images,
+                                  out=str(out_path) if out_path else None)
+    label = method_label(quantizer)
+    table = Table(title=f"{result['model']}: {label}")
+    for col in ("layer", "weight SQNR dB", "output SQNR dB", "output cosine"):
+        table.add_column(col, justify="left" if col == "layer" else "right")
+    for layer, err in result["output_error"].items():
+        table.add_row(layer, f"{result['weight_sqnr_db'].get(layer, float('inf')):.1f}", f"{err['sqnr_db']:.1f}",
+                      f"{err['cosine']:.5f}")
+    out.print(table)
+    out.print(f"float accuracy {result['float_accuracy']:.4f}  quantized accuracy {result['quantized_accuracy']:.4f}")
+    if plot is not None:
+        from ..analysis.plots import plot_layer_error
+        plot_layer_error(result["output_error"], plot, f"{result['model']} {label}")
+        console.print(f"wrote {plot}")
+    if out_path is not None:
+        console.print(f"wrote {out_path} (reload with nncompress evaluate / nc.load_model)")
+    emit_json(json_path, result)
+
+
+def _weight_only(method: str) -> Optional[int]:
+    """What --act-bits 0 means: act_bits=None (weight-only) for a method whose act_bits may be None;
+    0 otherwise, which the method then rejects naming the field and its range."""
+    cls = METHODS.get(method)
+    act = next((f for f in dataclasses.fields(cls) if f.name == "act_bits"), None) if cls else None
+    return None if act is not None and "None" in str(act.type) else 0
+
+
+def _parse_bits(text: str) -> dict[str, int]:
+    """'conv=8,fc=5' -> {'type:Conv1d|Conv2d|Conv3d': 8, 'type:Linear': 5} (the kind words become
+    layer patterns: KMeansQuant.layer_bits takes names and patterns only); layer names ('conv1=8')
+    and patterns ('re:fc[12]=4') pass through."""
+    from ..flows.deep_compression import LAYER_KINDS
+
+    bits = {}
+    for name, value in parse_pairs(text, "--bits", "conv=8,fc=5").items():
+        if not value.isdigit():
+            raise UserError(f"--bits {name}={value!r}: the value must be a whole number of bits, e.g. conv=8,fc=5")
+        bits[LAYER_KINDS.get(name, name)] = int(value)
+    if not bits:
+        raise UserError("--bits is empty; give NAME=BITS items, e.g. conv=8,fc=5")
+    return bits
+
+
+@app.command("deep-compress")
+def deep_compress_cmd(model: ModelArg = "lenet300", dataset: DatasetOpt = "digits", data_dir: DataDirOpt = None,
+                      download: DownloadOpt = False,
+                      prune_sparsity: Annotated[float, typer.Option(help="magnitude pruning target (0 = no pruning)")] = 0.92,
+                      scope: Annotated[str, typer.Option(help="layer or global")] = "global",
+                      schedule: Annotated[str, typer.Option(help="oneshot, iterative or agp")] = "iterative",
+                      rounds: Annotated[int, typer.Option(min=1, help="iterative pruning rounds")] = 3,
+                      finetune_epochs: Annotated[int, typer.Option(min=0, help="retraining epochs per pruning round")] = 5,
+                      lr_factor: Annotated[float, typer.Option(help="retraining LR / original LR")] = 0.1,
+                      bits: Annotated[str, typer.Option(help="cluster bits: conv=8,fc=5 (kinds conv / fc, layer names or "
+                                                                "'re:' / 'type:' patterns)")] = "conv=8,fc=5",
+                      codebook_epochs: Annotated[int, typer.Option(min=0, help="codebook fine-tuning epochs")] = 3,
+                      seed: Annotated[int, typer.Option(help="random seed")] = 0,
+                      out_path: Annotated[Path, typer.Option("--out", "-o", help="the .nnc file to write")] = Path("model.nnc"),
+                      json_path: JsonOpt = None) -> None:
+    """Deep Compression: prune, share weights (k-means), fine-tune codebooks, Huffman-code into .nnc."""
+    from ..flows.deep_compression import DeepCompressionConfig, deep_compress
+    from ..prune.unstructured import MagnitudePrune
+    from ..quant.kmeans import KMeansQuant
+
+    check_fraction("--prune-sparsity", prune_sparsity)
+    check_out_path(out_path, "--out")
+    prune_method = MagnitudePrune(sparsity=prune_sparsity, scope=scope) if prune_sparsity > 0 else None
+    layer_bits = _parse_bits(bits)
+    config = DeepCompressionConfig(prune=prune_method, schedule=schedule, rounds=rounds, finetune_epochs=finetune_epochs,
+                                   lr_factor=lr_factor, bits=layer_bits, codebook_epochs=codebook_epochs)
+    data = load_dataset(dataset, data_dir, download=download)
+    check_layer_keys(KMeansQuant(layer_bits=layer_bits), model, data)
+    _, result = deep_compress(model, data, config, seed=seed, out=out_path)
+    out.print(deep_compression_table(result["layers"], f"{result['model']} -> {out_path}", result["overhead"]))
+    out.print(f"dense accuracy {result['dense_accuracy']:.4f}  compressed accuracy {result['compressed_accuracy']:.4f} "
+              f"(decoded from the file)  {result['dense_bytes']:,} B -> {result['file_bytes']:,} B = "
+              f"{result['compression']:.1f}x  exact round trip: {result['exact_roundtrip']}")
+    emit_json(json_path, result)
+
+
