@@ -204,7 +204,7 @@ def _check_zoo_size(meta: dict, path: str | os.PathLike) -> None:
                         f"takes {need} bytes, more than a {Path(path).stat().st_size}-byte file can hold; nothing was built")
     converted = isinstance(meta.get("recipe"), dict) and meta["recipe"].get("converted") is True
     declared = _declared_shapes(path)
-    clashes = [k for k, shape in shapes.items() if _stored_shape(declared, k, converted) not in (None, shape)]
+    clashes = [k for k, shape in shapes.items() if not _fits_stored(declared, k, shape, converted)]
     if clashes:
         raise UserError(f"{str(path)!r} metadata: a {arch} of in_shape {list(in_shape)} and {num_classes} classes does "
                         f"not fit the stored tensors ({_few(clashes)}); nothing was built")
@@ -219,14 +219,23 @@ def _declared_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
         raise UserError(f"{str(path)!r} is not a valid nncompress safetensors file: {err}") from err
 
 
-def _stored_shape(declared: dict[str, tuple[int, ...]], key: str, converted: bool) -> tuple[int, ...] | None:
-    """The declared shape of state key `key` (or of its parametrized original), None when the file
-    holds neither or a converted model packs it (its shape then differs by design)."""
+def _fits_stored(declared: dict[str, tuple[int, ...]], key: str, shape: tuple[int, ...], converted: bool) -> bool:
+    """Whether the file's tensor for state key `key` (or its parametrized original) can hold a zoo
+    tensor of `shape`; True when the file holds neither. A converted model packs its codes (shapes
+    differ by design; the codes may sit in the original or in the chain's buffers), but never in
+    fewer elements than one bit per weight needs, so fewer than that are a clash:
+    an edited `num_classes` cannot make `load_model` build and calibrate a model the file cannot fill."""
     module, _, name = key.rpartition(".")
     original = f"{module}.parametrizations.{name}.original" if module else f"parametrizations.{name}.original"
     if key in declared:
-        return declared[key]
-    return declared.get(original) if not converted else None
+        return declared[key] == shape
+    if original not in declared:
+        return True
+    if not converted:
+        return declared[original] == shape
+    prefix = original[: -len("original")]
+    stored = sum(math.prod(s) for k, s in declared.items() if k.startswith(prefix))
+    return stored >= math.ceil(math.prod(shape) / 8)
 
 
 def _check_finite(state: dict[str, torch.Tensor], path: str | os.PathLike) -> None:

@@ -106,3 +106,33 @@ def test_recipe_length_is_bounded(tmp_path):
     path = save_recipe_model(tmp_path / "m.safetensors", [{"method": "magnitude", "sparsity": 0.1}] * 200)
     with pytest.raises(UserError, match="recipe.methods' must be a list of at most 64 methods"):
         nc.load_model(path)
+
+
+def test_converted_file_with_an_edited_class_count_builds_nothing(tmp_path, monkeypatch):
+    """A converted file packs its codes, so its tensor shapes differ from the float model's by design;
+    still no packing stores fewer than one bit per weight. `num_classes` edited from 10 to 4,000 asks
+    for a 100 x 4,000 last layer the 500 stored code bytes cannot hold: refused before any build (the
+    fuzzer's one memory finding, 165 MiB for a 35 KB file, came from building and calibrating it)."""
+    import torch
+    from nncompress.quant.convert import convert_
+    from nncompress.quant.ptq import LinearQuant
+    from nncompress.zoo import build_model
+    from reliability_util import rewrite_metadata
+    from safetensors import safe_open
+
+    path = tmp_path / "w4.safetensors"
+    model = build_model("lenet300", (1, 8, 8), 10)
+    method = LinearQuant(weight_bits=4, act_bits=8)
+    x = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    nc.apply_(model, method, data=[x])
+    convert_(model)
+    nc.save_model(model, path, recipe=[method], example=x, arch="lenet300", in_shape=(1, 8, 8), num_classes=10)
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["nncompress"])
+        assert "fc3.bias" not in f.keys()  # the bias is int32 codes too: no float tensor names the class count
+    assert torch.equal(nc.load_model(path)[0].eval()(x), model.eval()(x))
+    rewrite_metadata(path, json.dumps({**meta, "num_classes": 4000}))
+    built = record_builds(monkeypatch, "nncompress.api.build_model")
+    with pytest.raises(UserError, match="num_classes|classes"):
+        nc.load_model(path)
+    assert built == []
