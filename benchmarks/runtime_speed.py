@@ -213,28 +213,35 @@ def transformer_section(args, data) -> str:
     vit, how = trained("tiny_vit", data, args.vit_epochs)
     torch.manual_seed(0)
     bert = bert_encoder()
-    text = (f"## Transformers: dynamic per-token int8\n\ntiny_vit {how} on mnist-10k "
+    text = (f"## Transformers: dynamic int8, per token and per tensor\n\ntiny_vit {how} on mnist-10k "
             "(the recipe has 30). Our int8: nc.DynamicQuant(per_token=True) (W8 per-channel, activations int8 per "
-            "row at run time), converted and exported (per-row QuantizeLinear + MatMulInteger). Cosine: outputs "
+            "row at run time), converted and exported (per-row QuantizeLinear + MatMulInteger), and "
+            "nc.DynamicQuant(per_token=False) (one activation scale per tensor at run time: ONNX's "
+            "DynamicQuantizeLinear, the form ORT's own quantize_dynamic uses; fewer ops per Linear). Cosine: outputs "
             "vs float32 on the timed input (tiny_vit: logits of 2,000 test images).\n\n")
     acc_rows, rows = [], []
     for label, net, shapes in (("tiny_vit", vit, [(b, 1, 28, 28) for b in (1, 8)]),
                                ("BERT-style 6x384", bert, [(b, 128, 384) for b in (1, 8)])):
         q = nc.convert_(nc.quantize_(copy.deepcopy(net), nc.DynamicQuant(per_token=True)))
+        qt = nc.convert_(nc.quantize_(copy.deepcopy(net), nc.DynamicQuant(per_token=False)))
         torch_q = torch_dynamic_int8(net)
         stem = TMP / label.split()[0].replace("-", "_")
-        f_path, q_path = Path(f"{stem}_f.onnx"), Path(f"{stem}_q.onnx")
+        f_path, q_path, t_path = Path(f"{stem}_f.onnx"), Path(f"{stem}_q.onnx"), Path(f"{stem}_qt.onnx")
         export_onnx(net, torch.randn(1, *shapes[0][1:]), f_path, weight_range="full")
         result = export_onnx(q, torch.randn(1, *shapes[0][1:]), q_path)
+        export_onnx(qt, torch.randn(1, *shapes[0][1:]), t_path)
         o_path = ort_dynamic(f_path, Path(f"{stem}_ortq.onnx"))
         x_eval = data.test_x if label == "tiny_vit" else torch.randn(8, 128, 384)
-        s2 = {n: ort_session(str(p), 2) for n, p in (("f", f_path), ("q", q_path), ("o", o_path))}
+        paths = (("f", f_path), ("q", q_path), ("t", t_path), ("o", o_path))
+        s2 = {n: ort_session(str(p), 2) for n, p in paths}
         with torch.no_grad():
             ref = torch.cat([net(c) for c in x_eval.split(500)]).numpy()
-            outs = {"nncompress int8, PyTorch": torch.cat([q(c) for c in x_eval.split(500)]).numpy(),
+            outs = {"nncompress int8 per token, PyTorch": torch.cat([q(c) for c in x_eval.split(500)]).numpy(),
+                    "nncompress int8 per tensor, PyTorch": torch.cat([qt(c) for c in x_eval.split(500)]).numpy(),
                     "torch quantize_dynamic": torch.cat([torch_q(c) for c in x_eval.split(500)]).numpy()}
-        outs["nncompress int8 export, ORT"] = np.concatenate([s2["q"].run(None, {"input": c.numpy()})[0] for c in x_eval.split(500)])
-        outs["ORT quantize_dynamic"] = np.concatenate([s2["o"].run(None, {"input": c.numpy()})[0] for c in x_eval.split(500)])
+        for name, key in (("nncompress int8 per token export, ORT", "q"), ("nncompress int8 per tensor export, ORT", "t"),
+                          ("ORT quantize_dynamic", "o")):
+            outs[name] = np.concatenate([s2[key].run(None, {"input": c.numpy()})[0] for c in x_eval.split(500)])
         for name, y_hat in [("float32", ref), *outs.items()]:
             acc = (f"{100 * float((torch.from_numpy(y_hat).argmax(1) == data.test_y).float().mean()):.2f}"
                    if label == "tiny_vit" else "-")
@@ -242,11 +249,12 @@ def transformer_section(args, data) -> str:
         for shape in shapes:
             xb = torch.randn(*shape)
             for threads in args.threads:
-                s = {n: ort_session(str(p), threads) for n, p in (("f", f_path), ("q", q_path), ("o", o_path))}
+                s = {n: ort_session(str(p), threads) for n, p in paths}
                 feed = {"input": xb.numpy()}
                 fns = {"float32 torch": lambda: net(xb), "int8 torch (quantize_dynamic)": lambda: torch_q(xb),
                        "float32 ORT": lambda: s["f"].run(None, feed),
-                       "int8 ORT (nncompress export)": lambda: s["q"].run(None, feed),
+                       "int8 ORT (nncompress export, per token)": lambda: s["q"].run(None, feed),
+                       "int8 ORT (nncompress export, per tensor)": lambda: s["t"].run(None, feed),
                        "int8 ORT (ORT quantize_dynamic)": lambda: s["o"].run(None, feed)}
                 rows += timing_rows(f"{label} {'x'.join(map(str, shape[1:]))}", fns, shape[0], threads, args.repeats,
                                     "float32 ORT")

@@ -59,6 +59,20 @@ def test_inspect_nnc_lists_the_layers_of_the_file(compressed, tmp_path):
 
 
 @pytest.mark.slow
+def test_deep_compressed_file_exports_to_onnx_with_the_same_accuracy(compressed, tmp_path):
+    """Issue 10: a Deep-Compressed .nnc exports (its shared values written exactly, as float) and
+    ONNX Runtime gives the accuracy the file's own decode gives."""
+    pytest.importorskip("onnxruntime")
+    nnc, r, _ = compressed
+    done = run_cli("export", str(nnc), "--quantize", "none", "--onnx", str(tmp_path / "dc.onnx"),
+                   "--check-images", "360", "--json", str(tmp_path / "x.json"))
+    assert done.returncode == 0, done.stderr
+    check = json.loads((tmp_path / "x.json").read_text())["check"]
+    assert check["images"] == 360 and check["ort_accuracy"] == check["torch_accuracy"] == r["compressed_accuracy"]
+    assert check["top1_agreement"] == 1.0
+
+
+@pytest.mark.slow
 def test_demo_writes_decodes_and_evaluates_runs_demo_nnc(tmp_path):
     done = run_cli("demo", "--json", "demo.json", cwd=tmp_path)
     assert done.returncode == 0, done.stderr

@@ -25,7 +25,8 @@ from torch import nn
 from .analysis.metrics import count_nonzero, count_params, layer_stats, total_macs, weight_layers
 from .batches import ForwardFn, pack_batch, unpack_batch
 from .config import Context, Method, run_method
-from .encode.model import check_zoo_desc, zoo_shapes
+from .encode.container import read_nnc
+from .encode.model import check_zoo_desc, decode_model, zoo_shapes
 from .fileio import load_weights, read_metadata, save_weights
 from .methods import MAX_RECIPE_METHODS, method_from_dict
 from .parametrize import squash_  # noqa: F401  (re-exported)
@@ -331,15 +332,21 @@ def _few(keys: list[str], n: int = 5) -> str:
 
 
 def resolve_model(spec: str, dataset: Dataset, seed: int = 0) -> tuple[nn.Module, str, bool]:
-    """`spec` is a zoo name (a fresh model, seeded) or a saved file; returns (model, arch, trained)."""
-    if Path(spec).suffix == ".safetensors" or Path(spec).is_file():
-        model, meta = load_model(spec)
-        if tuple(meta["in_shape"]) != dataset.in_shape:
-            raise UserError(f"{spec!r} was trained on inputs {tuple(meta['in_shape'])}, "
-                             f"but dataset {dataset.name!r} has {dataset.in_shape}")
-        return model, meta["arch"], True
-    torch.manual_seed(seed)
-    return build_model(spec, dataset.in_shape, dataset.num_classes), spec, False
+    """`spec` is a zoo name (a fresh model, seeded), a saved .safetensors file or a .nnc file (decoded:
+    float weights holding the file's exact values); returns (model, arch, trained)."""
+    path = Path(spec)
+    if path.suffix not in (".nnc", ".safetensors") and not path.is_file():
+        torch.manual_seed(seed)
+        return build_model(spec, dataset.in_shape, dataset.num_classes), spec, False
+    if path.suffix == ".nnc":
+        nnc = read_nnc(path)
+        model, meta = decode_model(nnc), nnc.model
+    else:
+        model, meta = load_model(path)
+    if tuple(meta["in_shape"]) != dataset.in_shape:
+        raise UserError(f"{spec!r} was trained on inputs {tuple(meta['in_shape'])}, "
+                        f"but dataset {dataset.name!r} has {dataset.in_shape}")
+    return model, meta["arch"], True
 
 
 def training_config(arch: str, **overrides: object) -> TrainConfig:
