@@ -345,7 +345,10 @@ class Stats:
         self.hangs: list[dict] = []
         self.memory: list[dict] = []
         self.nonfinite: list[dict] = []
-        self.slowest = 0.0
+        self.slowest = 0.0  # wall-clock seconds of the slowest execution
+        self.slowest_cpu = 0.0  # CPU seconds (all threads) of the most expensive one
+        self.stalls = 0  # executions over 1 s of wall clock but not of CPU: waiting for a shared core
+        self.load = [round(os.getloadavg()[0], 2)]
         self.max_input = 0
         self.base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         self.peak_rss = self.base_rss
@@ -359,13 +362,21 @@ class Stats:
         path.write_bytes(data)
         return str(path)
 
-    def record(self, data: bytes, seconds: float, outcome: str, detail: str = "", state=None) -> None:
+    def record(self, data: bytes, seconds: float, cpu_seconds: float, outcome: str, detail: str = "",
+               state=None) -> None:
+        """One execution. A hang is over HANG_SECONDS of CPU time (the decoder's own work: a ReDoS, a
+        huge loop); over HANG_SECONDS of wall clock only is a stall (the process waited for a core that
+        other work on the machine held) and is counted apart."""
         self.execs += 1
         self.outcomes[outcome] += 1
         self.slowest = max(self.slowest, seconds)
+        self.slowest_cpu = max(self.slowest_cpu, cpu_seconds)
         self.max_input = max(self.max_input, len(data))
-        if seconds > HANG_SECONDS and self.warm:  # the warm-up's first uses import modules lazily
-            self.hangs.append({"seconds": round(seconds, 2), "bytes": len(data), "outcome": outcome, "exec": self.execs,
+        if seconds > HANG_SECONDS and cpu_seconds <= HANG_SECONDS and self.warm:
+            self.stalls += 1
+        if cpu_seconds > HANG_SECONDS and self.warm:  # the warm-up's first uses import modules lazily
+            self.hangs.append({"seconds": round(seconds, 2), "cpu_seconds": round(cpu_seconds, 2), "bytes": len(data),
+                               "outcome": outcome, "exec": self.execs,
                                "detail": detail[:200], "input": self.keep("hang", data) if len(self.hangs) < 5 else ""})
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         if rss > self.peak_rss:
@@ -389,7 +400,8 @@ class Stats:
                "exec_per_s": round(self.execs / max(seconds, 1e-9), 1), "outcomes": dict(self.outcomes.most_common()),
                "leaked_types": {k: v["detail"].splitlines()[-1] if v["detail"] else "" for k, v in self.leaks.items()},
                "leaks": self.leaks, "hangs": self.hangs[:50], "hang_count": len(self.hangs),
-               "slowest_s": round(self.slowest, 3), "memory_findings": self.memory[:50],
+               "slowest_s": round(self.slowest, 3), "slowest_cpu_s": round(self.slowest_cpu, 3), "stalls": self.stalls,
+               "load_average": [*self.load, round(os.getloadavg()[0], 2)], "memory_findings": self.memory[:50],
                "peak_rss_growth_mib": round((self.peak_rss - self.base_rss) / 2**20, 1), "max_input_bytes": self.max_input,
                "nonfinite_decodes": self.nonfinite[:50], "nonfinite_count": len(self.nonfinite),
                "command": " ".join(["nice -n 10", "python", *sys.argv])}
@@ -401,7 +413,7 @@ def execute(decoder: str, data: bytes, tmp: Path, stats: Stats) -> str:
     run = DECODERS[decoder][2]
     expected = expected_error(decoder)
     signal.alarm(KILL_SECONDS)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     state, detail = None, ""
     try:
         state = run(data, tmp)
@@ -414,7 +426,7 @@ def execute(decoder: str, data: bytes, tmp: Path, stats: Stats) -> str:
         outcome, detail = f"leak:{type(err).__name__}", traceback.format_exc()
     finally:
         signal.alarm(0)
-    stats.record(data, time.perf_counter() - start, outcome, detail, state)
+    stats.record(data, time.perf_counter() - start, time.process_time() - cpu_start, outcome, detail, state)
     return outcome + ":" + detail[:60]
 
 
@@ -502,13 +514,16 @@ def report(paths: list[Path]) -> str:
              "Produced by `benchmarks/fuzz.py` (mutation fuzzer with a CRC-fixing mode: the header JSON is mutated "
              "as bytes or structurally, sections are mutated, then every length / checksum is recomputed so the "
              "parser itself is exercised). One decoder per run, niced. Machine: 2 shared cores.", "",
-             "| decoder | input class | engine | duration | executions | exec/s | leaked exception types | hangs > 1 s "
-             "| slowest | memory > 10x input + 160 MiB | non-finite decodes |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| decoder | input class | engine | duration | executions | exec/s | leaked exception types "
+             "| hangs > 1 s CPU | slowest CPU / wall | stalls > 1 s wall only | load average (start, end) "
+             "| memory > 10x input + 160 MiB | non-finite decodes |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in runs:
         leaks = ", ".join(sorted(r["leaked_types"])) or "none"
         lines.append(f"| {r['decoder']} | {DECODERS[r['decoder']][4]} | {r['engine']} | {r['seconds'] / 60:.1f} min | "
-                     f"{r['executions']:,} | {r['exec_per_s']} | {leaks} | {r['hang_count']} | {r['slowest_s']} s | "
+                     f"{r['executions']:,} | {r['exec_per_s']} | {leaks} | {r['hang_count']} | "
+                     f"{r.get('slowest_cpu_s', '?')} s / {r['slowest_s']} s | {r.get('stalls', '?')} | "
+                     f"{', '.join(map(str, r.get('load_average', [])))} | "
                      f"{len(r['memory_findings'])} (peak RSS growth {r['peak_rss_growth_mib']} MiB) | {r['nonfinite_count']} |")
     lines += ["", "Crafted inputs of the issue's defect classes (tests in `tests/reliability/`; each fails on the code "
               "before the fix except the regression guards marked (already handled)):", "", "| input class | expected | observed (test) |", "| --- | --- | --- |"]
