@@ -178,12 +178,18 @@ def squash_(model: nn.Module) -> nn.Module:
     """Remove every parametrization, keeping the values the model computes with; returns `model`.
 
     Afterwards the model has plain `nn.Linear` / `nn.Conv2d` layers and its outputs are unchanged
-    (activation quantizers, which are not parametrizations, stay).
+    (activation quantizers, which are not parametrizations, stay), converted models included.
     """
     for module in list(model.modules()):
         if parametrize.is_parametrized(module):
-            for name in list(module.parametrizations.keys()):
-                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+            values = {name: getattr(module, name).detach().clone() for name in module.parametrizations}
+            # Not torch's remove_parametrizations: it deletes the property from the module's class, which
+            # a deep copy shares (squashing a copy broke the original), and it writes the value into
+            # `original` in place (a converted layer stores int codes there).
+            module.__class__ = parametrize.type_before_parametrizations(module)
+            del module.parametrizations
+            for name, value in values.items():
+                setattr(module, name, nn.Parameter(value, requires_grad=value.is_floating_point()))
     return model
 
 

@@ -77,3 +77,21 @@ def test_convert_is_idempotent_and_leaves_plain_layers_alone():
     nc.convert_(model)
     assert model.fc1.parametrizations.weight[0] is stored and isinstance(stored, Stored)
     assert isinstance(model.fc2.weight, torch.nn.Parameter)
+
+
+def test_squash_of_a_converted_deep_copy_leaves_the_original_working():
+    """squash_ turns stored int codes back into float weights, and squashing a deep copy must not
+    touch the original: torch's remove_parametrizations deletes the property from the module's
+    class, which deep copies share (the original then had no `weight`)."""
+    import copy
+
+    import nncompress as nc
+    from nncompress.parametrize import squash_
+
+    net = torch.nn.Sequential(torch.nn.Linear(8, 4))
+    x = torch.randn(5, 8)
+    nc.convert_(nc.quantize_(net, nc.LinearQuant(weight_bits=4, act_bits=None), data=[x]))
+    before = net(x)
+    plain = squash_(copy.deepcopy(net))
+    assert type(plain[0]) is torch.nn.Linear and plain[0].weight.dtype == torch.float32
+    assert torch.equal(plain(x), before) and torch.equal(net(x), before)

@@ -122,6 +122,43 @@ class GraphBuilder:
         return model
 
 
+class GridValues:
+    """Values as float tensors or as codes on a grid, with the Q / DQ nodes between them emitted once
+    per (tensor, grid): the part of an exporter that the layer emitters (`layers.emit_layer`) use,
+    besides `g` (a GraphBuilder), `fmt` ("qdq" / "qoperator"), `weight_range` and `layers`."""
+
+    def __init__(self, g: GraphBuilder, fmt: str, weight_range: str):
+        self.g, self.fmt, self.weight_range = g, fmt, weight_range
+        self.layers: dict[str, dict] = {}  # how each layer went out (weight, input)
+        self._q_cache: dict[tuple, Value] = {}
+        self._dq_cache: dict[str, str] = {}
+
+    def as_float(self, v: Value, where: str) -> str:
+        if v.float is not None:
+            return v.float
+        if v.codes not in self._dq_cache:
+            self._dq_cache[v.codes] = self.g.node("DequantizeLinear", [v.codes, *self._qparams(v.grid, where)], where)
+        return self._dq_cache[v.codes]
+
+    def _qparams(self, grid: Grid, where: str) -> list[str]:
+        return [self.g.const(np.float32(grid.scale), f"{where}.scale"),
+                self.g.const(np.array(grid.zero_point, grid.np_dtype), f"{where}.zero_point")]
+
+    def to_grid(self, v: Value, grid: Grid | None, where: str) -> Value:
+        """`v` as codes on `grid` (QuantizeLinear; in QDQ form followed by DequantizeLinear)."""
+        if grid is None or (v.grid == grid and v.codes is not None):
+            return v
+        source = self.as_float(v, where)
+        key = (source, grid)
+        if key not in self._q_cache:
+            codes = self.g.node("QuantizeLinear", [source, *self._qparams(grid, where)], where)
+            value = Value(codes=codes, grid=grid)
+            if self.fmt == "qdq":
+                value.float = self.as_float(Value(codes=codes, grid=grid), where)
+            self._q_cache[key] = value
+        return self._q_cache[key]
+
+
 def ort_session(model: Any, threads: int = 2, optimize: bool = True, optimized_path: str | None = None) -> Any:
     """An onnxruntime CPU session for a ModelProto or a file path, with `threads` intra-op threads."""
     try:

@@ -37,8 +37,9 @@ from torch import nn
 from ..quant.activation import input_quantizer
 from ..quant.primitives import IntSpec, choose_qparams
 from ..validate import UserError, check_choice
-from .graph import GraphBuilder, Grid, Value, cpu_has_vnni, require_onnx, u8s8_saturates
+from .graph import GraphBuilder, Grid, GridValues, Value, cpu_has_vnni, require_onnx, u8s8_saturates
 from .layers import WEIGHT_RANGES, input_quant
+from .splice import export_spliced
 from .ops import FUNCTION_OPS, LAYER_TYPES, METHOD_OPS, MODULE_OPS
 from ..quant.attention import SplitAttention
 
@@ -56,6 +57,7 @@ class OnnxExport:
     extra_grids: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     path: str | None = None
+    inputs: list[str] = field(default_factory=lambda: ["input"])  # the graph's input names, in order
 
     def summary(self) -> dict:
         ops: dict[str, int] = {}
@@ -119,18 +121,14 @@ class _Dynamic:
         self.value = value
 
 
-class Exporter:
+class Exporter(GridValues):
     def __init__(self, model: nn.Module, example: torch.Tensor, fmt: str, weight_range: str,
                  calibration: list | None):
-        self.fmt, self.weight_range = fmt, weight_range
+        super().__init__(GraphBuilder(name=type(model).__name__), fmt, weight_range)
         self.gm = trace(model.eval())
         self.modules = dict(self.gm.named_modules())
         self.nodes = list(self.gm.graph.nodes)
-        self.g = GraphBuilder(name=type(model).__name__)
         self.env: dict[str, Any] = {}
-        self.layers: dict[str, dict] = {}
-        self._q_cache: dict[tuple, Value] = {}
-        self._dq_cache: dict[str, str] = {}
         with torch.no_grad():
             one = example[:1]
             self.run1 = self._record(one)
@@ -266,32 +264,6 @@ class Exporter:
             chain.append(source)
         return False
 
-    # -- values -------------------------------------------------------------------------------
-    def as_float(self, v: Value, where: str) -> str:
-        if v.float is not None:
-            return v.float
-        if v.codes not in self._dq_cache:
-            self._dq_cache[v.codes] = self.g.node("DequantizeLinear", [v.codes, *self._qparams(v.grid, where)], where)
-        return self._dq_cache[v.codes]
-
-    def _qparams(self, grid: Grid, where: str) -> list[str]:
-        return [self.g.const(np.float32(grid.scale), f"{where}.scale"),
-                self.g.const(np.array(grid.zero_point, grid.np_dtype), f"{where}.zero_point")]
-
-    def to_grid(self, v: Value, grid: Grid | None, where: str) -> Value:
-        """`v` as codes on `grid` (QuantizeLinear; in QDQ form followed by DequantizeLinear)."""
-        if grid is None or (v.grid == grid and v.codes is not None):
-            return v
-        source = self.as_float(v, where)
-        key = (source, grid)
-        if key not in self._q_cache:
-            codes = self.g.node("QuantizeLinear", [source, *self._qparams(grid, where)], where)
-            value = Value(codes=codes, grid=grid)
-            if self.fmt == "qdq":
-                value.float = self.as_float(Value(codes=codes, grid=grid), where)
-            self._q_cache[key] = value
-        return self._q_cache[key]
-
     def tensor_arg(self, node: torch.fx.Node, i: int) -> Value:
         value = self.env[node.args[i].name] if isinstance(node.args[i], torch.fx.Node) else None
         if not isinstance(value, Value):
@@ -374,7 +346,9 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path | None
                 weight_range: str = "auto", calibration: list | None = None, check: bool = True) -> OnnxExport:
     """Export `model` (quantized with nncompress, converted or not, or plain float) to ONNX.
 
-    `example`: one input batch (its shape, batch size free). `format`: "qdq" (QuantizeLinear /
+    `example`: one input batch (its shape, batch size free): a tensor (traced by torch.fx), or a dict
+    of tensors (`model(**example)`, e.g. a Hugging Face model's input_ids / attention_mask) or a tuple
+    (`model(*example)`), exported by torch.onnx with our int8 Linear layers spliced in (`splice.py`). `format`: "qdq" (QuantizeLinear /
     DequantizeLinear around float ops) or "qoperator" (QLinearConv / MatMulInteger + requant).
     `weight_range`: "auto" (this CPU's choice, said in `notes`), "full", "reduce" or "uint8" (see
     `layers.WEIGHT_RANGES`). `calibration`: input batches giving ranges for the residual adds'
@@ -390,20 +364,29 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path | None
     if weight_range == "auto":
         weight_range, why = default_weight_range()
         notes.append(f"weight_range={weight_range}: {why}")
-    if not torch.is_tensor(example):
-        raise UserError("export_onnx takes one input tensor as example (models with several inputs do not export yet)")
-    exporter = Exporter(model, example, format, weight_range, calibration)
-    proto = exporter.run()
+    if torch.is_tensor(example):
+        exporter = Exporter(model, example, format, weight_range, calibration)
+        proto, layers, extra_grids, inputs = exporter.run(), exporter.layers, exporter.extra_grids, ["input"]
+    elif isinstance(example, (dict, tuple, list)):
+        proto, layers, inputs, unused = export_spliced(model, example, format, weight_range)
+        extra_grids = []
+        notes.append(f"several inputs ({', '.join(inputs)}): torch.onnx's float graph of the first output with our "
+                     "int8 Linear layers spliced in")
+        if unused:
+            notes.append(f"not in the graph (the first output does not use them): {', '.join(unused)}")
+    else:
+        raise UserError(f"export example: a tensor, a dict of tensors (model(**example)) or a tuple of tensors, "
+                        f"got {type(example).__name__}")
     if check:
         onnx.checker.check_model(proto, full_check=True)
-    if exporter.extra_grids:
-        notes.append(f"{len(exporter.extra_grids)} tensors put on calibrated uint8 grids so ONNX Runtime stays in int8 "
+    if extra_grids:
+        notes.append(f"{len(extra_grids)} tensors put on calibrated uint8 grids so ONNX Runtime stays in int8 "
                      f"(residual-add operands, pool inputs; one rounding each that the model does not have): "
-                     f"{', '.join(exporter.extra_grids)}")
-    floats = [n for n, info in exporter.layers.items() if info["weight"].startswith("float")]
-    if floats and any(info["input"] != "none" for info in exporter.layers.values()):
+                     f"{', '.join(extra_grids)}")
+    floats = [n for n, info in layers.items() if info["weight"].startswith("float")]
+    if floats and any(info["input"] != "none" for info in layers.values()):
         notes.append(f"float weights (run in float): {', '.join(floats)}")
-    result = OnnxExport(proto, format, weight_range, exporter.layers, exporter.extra_grids, notes)
+    result = OnnxExport(proto, format, weight_range, layers, extra_grids, notes, inputs=inputs)
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         onnx.save(proto, str(path))
