@@ -264,6 +264,61 @@ def transformer_section(args, data) -> str:
     return text
 
 
+def hf_section(args) -> str:
+    """A Hugging Face BertModel (random weights, the BERT-style shape above) with token ids and an
+    attention mask: exported through torch.onnx with our int8 Linear layers spliced in."""
+    import transformers
+
+    config = transformers.BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                                     intermediate_size=1536, attn_implementation="eager")
+    torch.manual_seed(0)
+    net = transformers.BertModel(config).eval()
+    variants = {"per token": nc.DynamicQuant(per_token=True), "per tensor": nc.DynamicQuant(per_token=False)}
+    quantized = {k: nc.convert_(nc.quantize_(copy.deepcopy(net), m)) for k, m in variants.items()}
+    torch_q = torch_dynamic_int8(net)
+
+    def inputs(batch: int, length: int = 128, seed: int = 0) -> dict:
+        g = torch.Generator().manual_seed(seed)
+        mask = torch.ones(batch, length, dtype=torch.long)
+        mask[0, length * 3 // 4:] = 0
+        return {"input_ids": torch.randint(0, config.vocab_size, (batch, length), generator=g), "attention_mask": mask}
+
+    paths = {"f": TMP / "hf_bert_f.onnx", **{k: TMP / f"hf_bert_{k.replace(' ', '_')}.onnx" for k in variants}}
+    export_onnx(net, inputs(1), paths["f"])
+    for k, q in quantized.items():
+        export_onnx(q, inputs(1), paths[k])
+    paths["o"] = ort_dynamic(paths["f"], TMP / "hf_bert_ortq.onnx")
+    x_eval = inputs(8, seed=1)
+    feed_eval = {k: v.numpy() for k, v in x_eval.items()}
+    with torch.no_grad():
+        ref = net(**x_eval).last_hidden_state.numpy()
+        outs = {f"nncompress int8 {k}, PyTorch": q(**x_eval).last_hidden_state.numpy() for k, q in quantized.items()}
+        outs["torch quantize_dynamic"] = torch_q(**x_eval).last_hidden_state.numpy()
+    for k in variants:
+        outs[f"nncompress int8 {k} export, ORT"] = ort_session(str(paths[k]), 2).run(None, feed_eval)[0]
+    outs["ORT quantize_dynamic"] = ort_session(str(paths["o"]), 2).run(None, feed_eval)[0]
+    acc_rows = [["HF BertModel 6x384", name, f"{cosine(y, ref):.5f}"] for name, y in outs.items()]
+    rows = []
+    for batch in (1, 8):
+        xb = inputs(batch, seed=2)
+        feed = {k: v.numpy() for k, v in xb.items()}
+        for threads in args.threads:
+            s = {k: ort_session(str(p), threads) for k, p in paths.items()}
+            fns = {"float32 torch": lambda: net(**xb), "int8 torch (quantize_dynamic)": lambda: torch_q(**xb),
+                   "float32 ORT": lambda: s["f"].run(None, feed),
+                   "int8 ORT (nncompress export, per token)": lambda: s["per token"].run(None, feed),
+                   "int8 ORT (nncompress export, per tensor)": lambda: s["per tensor"].run(None, feed),
+                   "int8 ORT (ORT quantize_dynamic)": lambda: s["o"].run(None, feed)}
+            rows += timing_rows("HF BertModel 6x384 seq 128", fns, batch, threads, args.repeats, "float32 ORT")
+    text = ("## Hugging Face BertModel: token ids and an attention mask\n\n`transformers.BertModel` (6 layers, hidden "
+            "384, 12 heads, FFN 1536, eager attention, random weights), inputs `input_ids` and `attention_mask` (one "
+            "sequence padded by a quarter), sequence 128. Exported with `export_onnx(model, {'input_ids': ..., "
+            "'attention_mask': ...})`: torch.onnx's float graph with our int8 Linear layers spliced in. Cosine of "
+            "`last_hidden_state` vs float32 on 8 sequences:\n\n")
+    text += table(["model", "configuration", "cosine vs float32"], acc_rows) + "\n" + table(TIME_COLUMNS, rows)
+    return text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--epochs", type=int, default=3)
@@ -272,8 +327,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--train-only", action="store_true", help="train and cache the float models, time nothing")
-    parser.add_argument("--only", choices=["resnet", "linear", "transformer"], nargs="+",
-                        default=["resnet", "linear", "transformer"])
+    parser.add_argument("--only", choices=["resnet", "linear", "transformer", "hf"], nargs="+",
+                        default=["resnet", "linear", "transformer", "hf"])
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(max(args.threads))
@@ -282,7 +337,7 @@ def main() -> None:
         trained("resnet20", data, args.epochs), trained("tiny_vit", data, args.vit_epochs)
         return
     sections = {"resnet": lambda: resnet_section(args, data), "linear": lambda: linear_section(args),
-                "transformer": lambda: transformer_section(args, data)}
+                "transformer": lambda: transformer_section(args, data), "hf": lambda: hf_section(args)}
     text = header("int8 in ONNX Runtime: nncompress export vs float32, PyTorch and ORT's own quantizers") + "\n"
     text += (f"Timings: one process, interleaved rounds after warm-up, medians of {args.repeats} rounds; speed-ups are "
              "the median of per-round ratios (min-max in brackets). 'vs float32 ORT' > 1 means faster than the float32 "
