@@ -227,7 +227,25 @@ def test_int8_resnet20_predicts_like_the_model(trained):
     with torch.no_grad():
         agree = (fast(run.x).argmax(1) == run.model(run.x).argmax(1)).sum()
     assert int(agree) >= len(run.x) - 1
-    dynamic = nn.Sequential(nn.Linear(8, 4))
-    nc.quantize_(dynamic, nc.DynamicQuant(weight_bits=8, act_bits=8))
-    with pytest.raises(UnsupportedModelError, match="static input quantizer"):
-        to_int8_(dynamic)
+    four_bit_inputs = nn.Sequential(nn.Linear(8, 4))
+    nc.quantize_(four_bit_inputs, nc.DynamicQuant(weight_bits=8, act_bits=4))
+    with pytest.raises(UnsupportedModelError, match="layer '0': int8 kernels need 8-bit dynamic inputs"):
+        to_int8_(four_bit_inputs)
+
+
+@pytest.mark.parametrize("per_token", [True, False])
+def test_int8_dynamic_linears_compute_the_fake_quantized_layers(per_token):
+    """Dynamic inputs (per token / per tensor, the transformer recipe) also run on oneDNN's int8 GEMM:
+    a 3-D input, per-row scales applied after the int32 dot product, the zero-point term per row."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 4))
+    nc.convert_(nc.quantize_(model, nc.DynamicQuant(per_token=per_token)))
+    fast = int8_copy(model)
+    assert all(type(m).__name__ == "Int8DynamicLinear" for m in (fast[0], fast[2]))
+    x = torch.randn(3, 7, 16)
+    x[0, 0] *= 30  # one outlier token: per-token scales differ a lot between rows
+    with torch.no_grad():
+        y = model[0](x)
+        torch.testing.assert_close(fast[0](x), y, rtol=0, atol=1e-5 * float(y.abs().max()))
+        expected = model(x)
+        torch.testing.assert_close(fast(x), expected, rtol=0, atol=1e-3 * float(expected.abs().max()))

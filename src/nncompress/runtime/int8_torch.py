@@ -24,7 +24,8 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrize import type_before_parametrizations
 
-from .layers import IntegerLayer
+from ..quant.activation import DynamicQuantizer, input_quantizer
+from .layers import IntegerLayer, _weight_codes
 from .qvalue import Grid, UnsupportedModelError
 
 TOLERANCE = 1e-5  # relative to the largest |output|: float32 rounding only
@@ -109,11 +110,73 @@ class Int8Conv2d(_Int8Layer):
                                                   self.dilation, self.groups, 1.0, 0, torch.float32, "none", [], None)
 
 
-def int8_layer(module: nn.Module, name: str = "") -> _Int8Layer:
-    """The int8 replacement of one converted, statically quantized Linear / Conv2d."""
+class Int8DynamicLinear(nn.Module):
+    """A Linear whose input is quantized at run time (DynamicQuantizer, 8 bits, per tensor or per
+    token), on oneDNN's int8 GEMM. The codes are the quantizer's own, clamp(round(x / S) + Z) with
+    its (S, Z) from each input, moved to uint8 (q - q_min); the kernel gets unit scales and zero
+    points, so it returns the raw accumulator sum_k q_u8 q_W as float32, and per row
+
+        y = S_x S_W (acc - (Z_x - q_min) sum_k q_W) + b
+
+    which is the fake-quantized layer's function (per-token scales apply after the int32 dot
+    product because the reduction runs over the row). Checked against the layer at construction."""
+
+    def __init__(self, module: nn.Module, name: str):
+        super().__init__()
+        codes, scale = _weight_codes(module, name)
+        quantizer = input_quantizer(module)
+        q_min, q_max = quantizer.spec.q_range
+        if q_max - q_min != 255 or quantizer.per not in ("tensor", "token") or int(codes.abs().max()) > 127:
+            raise UnsupportedModelError(f"layer {name!r}: int8 kernels need 8-bit dynamic inputs per tensor or per "
+                                        f"token and int8 weights (got {quantizer.extra_repr()})")
+        self.quantizer, self.q_min = quantizer, q_min
+        self.register_buffer("packed", torch.ops.onednn.qlinear_prepack(codes.to(torch.int8), None))
+        self.register_buffer("weight_scale", scale.float())
+        self.register_buffer("colsum", codes.sum(1).float())
+        self.register_buffer("unit_scale", torch.ones(codes.shape[0]))
+        self.register_buffer("unit_zero_point", torch.zeros(codes.shape[0], dtype=torch.int64))
+        bias = getattr(module, "bias", None)
+        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+        self._check(module, name)
+
+    def _check(self, module: nn.Module, name: str) -> None:
+        """Same outputs as the fake-quantized layer on inputs with outliers (full-range codes)."""
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(8, module.in_features, generator=gen)
+        x[:, 0] *= 40
+        ref, got = module(x), self(x)
+        error = float((got - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
+        if error > TOLERANCE:
+            raise UnsupportedModelError(f"layer {name!r}: oneDNN's int8 kernel is not exact on this CPU "
+                                        f"(relative error {error:.1e}, int16 saturation without VNNI?); use the "
+                                        "float model")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.quantizer.smooth is not None:
+            x = x / self.quantizer.smooth
+        scale, zero_point = self.quantizer.qparams(x)
+        rows = x.reshape(-1, x.shape[-1])
+        scale, zero_point = scale.reshape(-1, 1), zero_point.reshape(-1, 1)
+        q_min, q_max = self.quantizer.spec.q_range
+        codes = rows.div(scale).round_().add_(zero_point).clamp_(q_min, q_max).sub_(q_min).to(torch.uint8)
+        acc = torch.ops.onednn.qlinear_pointwise(codes, 1.0, 0, self.packed, self.unit_scale, self.unit_zero_point,
+                                                 None, 1.0, 0, torch.float32, "none", [], "")
+        y = (acc - (zero_point - q_min) * self.colsum).mul_(scale * self.weight_scale)
+        if self.bias is not None:
+            y += self.bias
+        return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
+def int8_layer(module: nn.Module, name: str = "") -> nn.Module:
+    """The int8 replacement of one converted Linear / Conv2d: static inputs (Linear, Conv2d) or dynamic
+    inputs per tensor / per token (Linear)."""
+    kind = type_before_parametrizations(module)
+    if isinstance(input_quantizer(module), DynamicQuantizer):
+        if not issubclass(kind, nn.Linear):
+            raise UnsupportedModelError(f"layer {name!r} ({kind.__name__}): dynamic int8 inputs run on Linear only")
+        return Int8DynamicLinear(module, name)
     layer = IntegerLayer.from_module(module, name)
     bias = module.bias if getattr(module, "bias", None) is not None else None
-    kind = type_before_parametrizations(module)
     if issubclass(kind, nn.Linear):
         return Int8Linear(layer, bias)
     if issubclass(kind, nn.Conv2d):
@@ -123,11 +186,11 @@ def int8_layer(module: nn.Module, name: str = "") -> _Int8Layer:
 
 @torch.no_grad()
 def to_int8_(model: nn.Module) -> nn.Module:
-    """Replace every converted, statically quantized Linear / Conv2d of `model` by its int8 layer
+    """Replace every converted, quantized Linear / Conv2d of `model` by its int8 layer
     (in place, eval mode; the model keeps working as an nn.Module); returns `model`.
 
-    Raises UnsupportedModelError naming the layer when one cannot run in int8 (not static W8A8,
-    or a CPU whose int8 kernel is not exact)."""
+    Raises UnsupportedModelError naming the layer when one cannot run in int8 (not W8A8 with static
+    inputs or dynamic ones per tensor / per token, or a CPU whose int8 kernel is not exact)."""
     model.eval()
     targets = {name: module for name, module in model.named_modules()
                if isinstance(module, (nn.Linear, nn.Conv2d)) and hasattr(module, "input_quantizer")}
