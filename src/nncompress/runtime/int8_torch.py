@@ -7,8 +7,10 @@ StaticQuantizer's rounding, clamp(round(x / S_X) + Z_X)), the stored int8 codes 
 and the kernel accumulates u8 x s8 products in int32 and writes float32 S_X S_W acc + b (zero padding
 pads the codes with Z_X). So every layer computes the fake-quantized layer's function (the plain
 simulation) up to float32 rounding, and everything between layers (ReLU, pools, residual adds) runs
-as before. Unlike the reference `IntegerEngine` the activations between layers stay float: this is
-the fast path, the engine is the bit-exact oracle.
+as before. A Linear with dynamic inputs (per tensor or per token: the transformer recipe) becomes an
+`Int8DynamicLinear` on the same GEMM, its per-row scales applied after the int32 dot product.
+Unlike the reference `IntegerEngine` the activations between layers stay float: this is the fast
+path, the engine is the bit-exact oracle.
 
 Each layer checks at construction that the kernel is exact on this CPU (random full-range codes
 against the int64 accumulator): without VNNI, x86 int8 kernels may saturate u8 x s8 pair sums in
