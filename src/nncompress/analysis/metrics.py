@@ -98,6 +98,30 @@ def count_macs(model: nn.Module, in_shape: tuple[int, ...]) -> dict[str, int]:
     return macs
 
 
+@torch.no_grad()
+def count_activations(model: nn.Module, in_shape: tuple[int, ...]) -> dict[str, tuple[int, int]]:
+    """(input elements, output elements) per weight layer for one input of shape `in_shape`
+    (no batch dimension): the activations each layer reads and writes (summed over repeated calls)."""
+    counts: dict[str, tuple[int, int]] = {}
+
+    def hook(name: str):
+        def record(module: nn.Module, inputs, output) -> None:
+            seen_in, seen_out = counts.get(name, (0, 0))
+            counts[name] = (seen_in + inputs[0].numel(), seen_out + output.numel())
+        return record
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in weight_layers(model).items()]
+    was_training = model.training
+    try:
+        model.eval()
+        model(torch.zeros(1, *in_shape, device=_device_of(model)))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return counts
+
+
 def _device_of(model: nn.Module) -> torch.device:
     param = next(model.parameters(), None)
     return param.device if param is not None else torch.device("cpu")

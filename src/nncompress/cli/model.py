@@ -79,11 +79,17 @@ def list_methods() -> None:
 @app.command()
 def demo(json_path: JsonOpt = None) -> None:
     """Deep Compression of LeNet-300-100 on the embedded digits data (no network, no download):
-    train, prune, share weights, Huffman-code into runs/demo.nnc, decode and evaluate."""
-    from .compress import deep_compress_cmd
+    train, prune, share weights, Huffman-code into runs/demo.nnc, decode and evaluate, and write a
+    report (runs/demo_report/report.md and a self-contained report.html). Deterministic to the byte
+    (torch pinned to one thread)."""
+    from ..report.demo import run_demo
+    from .common import deep_compression_table
 
-    deep_compress_cmd(model="lenet300", dataset="digits", prune_sparsity=0.9, scope="global", schedule="iterative",
-                      rounds=3, finetune_epochs=3, lr_factor=0.3, bits="fc=5", codebook_epochs=2,
-                      out_path=Path("runs/demo.nnc"), json_path=json_path)
+    result = run_demo("runs")
+    out.print(deep_compression_table(result["layers"], f"{result['model']} -> {result['file']}", result["overhead"]))
+    out.print(f"exact round trip: {result['exact_roundtrip']}")
+    out.print(f"report: {result['report_html']} (and {result['report_md']})")
+    out.print(result["summary"])
+    emit_json(json_path, result)
 
 

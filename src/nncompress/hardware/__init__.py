@@ -1,0 +1,1 @@
+"""Hardware cost models: energy per layer (energy.py), zero-skipping accelerator simulation."""
