@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..parametrize import Encoded, encode_chain
-from ..quant.activation import DynamicQuantizer, StaticQuantizer, input_quantizer
+from ..quant.activation import DynamicQuantizer, input_quantizer, on_fixed_grid
 from ..validate import UserError
 from .graph import Grid, Value
 
@@ -130,7 +130,7 @@ def input_quant(layer: nn.Module, name: str) -> InputQuant:
         return InputQuant("none")
     smooth = None if quantizer.smooth is None else quantizer.smooth.detach().float().numpy().copy()
     q_min, q_max = quantizer.spec.q_range
-    if isinstance(quantizer, StaticQuantizer):
+    if on_fixed_grid(quantizer):  # learned integer grids too (PACT, LSQ)
         scale, zero_point = float(quantizer.scale.flatten()[0]), int(quantizer.zero_point.flatten()[0])
         if quantizer.scale.numel() != 1:
             raise UserError(f"layer {name!r}: per-channel activation scales have no ONNX QuantizeLinear form on an input")

@@ -93,6 +93,14 @@ def _quantize_input(module: nn.Module, args: tuple) -> tuple:
     return (module.input_quantizer(args[0]), *args[1:])
 
 
+def on_fixed_grid(quantizer: ActQuantizer | None) -> bool:
+    """Whether the quantizer's input grid is one fixed integer grid once trained: a StaticQuantizer,
+    or a learned one (PACT's clip, LSQ's step) with an integer spec. The integer engine and the ONNX
+    export run those as static uint8 / int8 inputs."""
+    return isinstance(quantizer, StaticQuantizer) or (
+        getattr(quantizer, "static", False) and isinstance(getattr(quantizer, "spec", None), IntSpec))
+
+
 def input_quantizer(layer: nn.Module) -> ActQuantizer | None:
     """The activation quantizer attached to `layer`, or None."""
     quantizer = getattr(layer, "input_quantizer", None)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..quant.activation import StaticQuantizer, input_quantizer
+from ..quant.activation import input_quantizer, on_fixed_grid
 from ..quant.primitives import quantize
 from ..validate import UserError
 
@@ -34,7 +34,7 @@ class Grid:
     def of_layer(cls, layer: torch.nn.Module, where: str) -> Grid:
         """The grid of `layer`'s static input quantizer (an UnsupportedModelError if it has none)."""
         quantizer = input_quantizer(layer)
-        if not isinstance(quantizer, StaticQuantizer):
+        if not on_fixed_grid(quantizer):  # a StaticQuantizer, or a learned grid (PACT, LSQ)
             found = type(quantizer).__name__ if quantizer is not None else "no input quantizer"
             raise UnsupportedModelError(
                 f"{where}: the integer engine needs a static input quantizer (found {found}); quantize "

@@ -1,0 +1,215 @@
+"""Quantization-aware training on mnist-10k: LSQ and PACT vs PTQ with the same bits (issue 13 A).
+
+Usage: python benchmarks/qat.py [--models lenet5] [--seeds 0 1 2] [--float-epochs 6] [--qat-epochs 2]
+       [--configs lsq:4:4 lsq:3:3 lsq:2:2 pact:4:4] [--threads 1]
+Per seed: one float model is trained (the zoo recipe, `--float-epochs`), then every configuration
+quantizes a copy of it: PTQ (LinearQuant, min-max, the same bits and layers) and QAT (BatchNorm
+folded, fake quantizers, `--qat-epochs` of fine-tuning at 0.1x the float learning rate, convert_).
+As in the LSQ and PACT papers the first and last layer stay at 8 bits (weights and inputs) in both.
+The converted model is also run by the integer engine and ONNX Runtime (8-bit-and-below grids).
+Results of every model run so far are kept in results/qat.json and the table is rebuilt from them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from common import MNIST_DIR, RESULTS, header, table, write_results
+from nncompress.api import training_config
+from nncompress.flows.ptq import calibration_batches, quantize_copy
+from nncompress.flows.qat import make_method, ptq_twin, qat_model
+from nncompress.train import evaluate, fit
+from nncompress.zoo import build_model, load_dataset
+
+STORE = RESULTS / "qat.json"
+
+
+def run_seed(arch: str, data, seed: int, configs: list[tuple[str, int, int, int | None]], float_epochs: int,
+             qat_epochs: int, first_last_bits: int | None = 8) -> list[dict]:
+    torch.manual_seed(seed)
+    model = build_model(arch, data.in_shape, data.num_classes)
+    fit(model, data.train_loader(64, seed=seed), training_config(arch, epochs=float_epochs, seed=seed),
+        progress=False, log=lambda _m: None)
+    model.eval()
+    calib = calibration_batches(data)
+    rows = []
+    for name, wb, ab, skip in configs:
+        method = make_method(name, wb, ab, model=model, skip_bits=skip, first_last_bits=first_last_bits)
+        ptq_acc = evaluate(quantize_copy(model, ptq_twin(method), calib), data.test_loader())["accuracy"]
+        began = time.perf_counter()
+        _, _, rep = qat_model(arch, data, method, epochs=qat_epochs, seed=seed, float_model=model, progress=False,
+                              skip_bits=skip)
+        rows.append({"arch": arch, "seed": seed, "method": name, "w": wb, "a": ab, "skip": skip, "ptq": ptq_acc,
+                     "first_last": first_last_bits,
+                     "seconds": time.perf_counter() - began,
+                     **{k: rep.get(k) for k in ("float_accuracy", "initial_accuracy", "qat_accuracy",
+                                                "converted_accuracy", "converted_exact", "engine_accuracy",
+                                                "onnx_accuracy", "engine_error", "onnx_error", "oscillation",
+                                                "epochs", "lr")}})
+        print(json.dumps({k: v for k, v in rows[-1].items() if k != "oscillation"}), flush=True)
+    return rows
+
+
+def parse_config(text: str) -> tuple[str, int, int, int | None]:
+    """"lsq:4:4" (method, weight bits, act bits) or "lsq:2:2:8" (+ skip-path bits: precision highway)."""
+    parts = text.split(":")
+    return parts[0], int(parts[1]), int(parts[2]), int(parts[3]) if len(parts) > 3 else None
+
+
+def label(r: dict) -> str:
+    skip = f", {r['skip']}-bit skips" if r.get("skip") else ""
+    edges = ", first/last too" if r.get("first_last", 8) is None else ""
+    return f"{r['method'].upper()} W{r['w']}A{r['a']}{skip}{edges}"
+
+
+def pct(values: list[float]) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    mean = 100 * statistics.fmean(values)
+    return f"{mean:.2f} ± {100 * statistics.stdev(values):.2f}" if len(values) > 1 else f"{mean:.2f}"
+
+
+def summary(rows: list[dict]) -> str:
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["arch"], label(r)), []).append(r)
+    out = []
+    for (arch, name), rs in groups.items():
+        mean = lambda key: statistics.fmean(r[key] for r in rs)  # noqa: E731
+        last_osc = [r["oscillation"][-1] for r in rs if r["oscillation"] and r["method"] == "lsq"]  # LSQ weights only
+        out.append([arch, name, len(rs), rs[0]["epochs"], pct([r["float_accuracy"] for r in rs]),
+                    pct([r["ptq"] for r in rs]), pct([r["qat_accuracy"] for r in rs]),
+                    f"{100 * (mean('qat_accuracy') - mean('float_accuracy')):+.2f}",
+                    f"{100 * (mean('qat_accuracy') - mean('ptq')):+.2f}",
+                    "yes" if all(r["converted_exact"] and r["converted_accuracy"] == r["qat_accuracy"] for r in rs) else "NO",
+                    pct([r.get("engine_accuracy") for r in rs]), pct([r.get("onnx_accuracy") for r in rs]),
+                    f"{statistics.fmean(o['oscillating_fraction'] for o in last_osc):.2e}" if last_osc else "-"])
+    return table(["model", "QAT", "seeds", "QAT epochs", "float %", "PTQ %", "QAT %", "QAT - float", "QAT - PTQ",
+                  "convert_ exact", "int engine %", "ONNX RT %", "oscillating weights (last epoch)"], out)
+
+
+def per_seed(rows: list[dict]) -> str:
+    return table(["model", "seed", "config", "float %", "PTQ %", "QAT init %", "QAT %", "engine %", "ONNX %", "s"],
+                 [[r["arch"], r["seed"], label(r), *[_p(r.get(k)) for k in (
+                     "float_accuracy", "ptq", "initial_accuracy", "qat_accuracy", "engine_accuracy", "onnx_accuracy")],
+                   round(r["seconds"])] for r in rows])
+
+
+def _p(value: float | None) -> str:
+    return f"{100 * value:.2f}" if value is not None else "-"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--models", nargs="+", default=["lenet5"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--float-epochs", type=int, default=6)
+    parser.add_argument("--qat-epochs", type=int, default=2)
+    parser.add_argument("--configs", nargs="+", default=["lsq:4:4", "lsq:3:3", "lsq:2:2", "pact:4:4"])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--first-last-bits", type=int, default=8, help="bits of the first and last layer; 0: same as the rest")
+    parser.add_argument("--store", default=str(STORE), help="JSON file collecting the rows (one per parallel run)")
+    parser.add_argument("--merge", nargs="+", help="only rebuild results/qat.md from these stores (seeds merged)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)  # the header records it; the runs' own headers are quoted per model
+    if args.merge:
+        write_results("qat", report(merge(args.merge)))
+        return
+    configs = [parse_config(c) for c in args.configs]
+    data = load_dataset("mnist-10k", MNIST_DIR)
+    store_path = Path(args.store)
+    store = json.loads(store_path.read_text()) if store_path.is_file() else {}
+    began = time.perf_counter()
+    for arch in args.models:
+        rows = [row for seed in args.seeds for row in run_seed(arch, data, seed, configs, args.float_epochs, args.qat_epochs,
+                                                               args.first_last_bits or None)]
+        store[arch] = {"rows": rows, "float_epochs": args.float_epochs, "qat_epochs": args.qat_epochs,
+                       "seeds": args.seeds, "threads": args.threads, "load": os.getloadavg(),
+                       "header": header("QAT"), "minutes": (time.perf_counter() - began) / 60}
+        store_path.write_text(json.dumps(store, indent=1))
+    if store_path == STORE:
+        write_results("qat", report(store))
+
+
+def merge(paths: list[str]) -> dict:
+    """One store from several (parallel runs of other seeds): rows concatenated per model."""
+    merged: dict = {}
+    for path in paths:
+        for arch, run in json.loads(Path(path).read_text()).items():
+            if arch not in merged:
+                merged[arch] = dict(run, rows=list(run["rows"]), seeds=list(run["seeds"]))
+                continue
+            merged[arch]["rows"] += run["rows"]
+            merged[arch]["seeds"] = sorted(set(merged[arch]["seeds"]) | set(run["seeds"]))
+            merged[arch]["minutes"] = max(merged[arch]["minutes"], run["minutes"])
+    for run in merged.values():
+        run["rows"].sort(key=lambda r: (r["seed"], r.get("first_last", 8) is None, r["method"], -r["w"]))
+    return merged
+
+
+def report(store: dict) -> str:
+    text = [header("Quantization-aware training (STE / PACT / LSQ) vs PTQ on mnist-10k (2,000 test images)"), ""]
+    text.append("Every QAT row: BatchNorm folded, first and last layer at 8 bits (weights and inputs) as in the "
+                "LSQ and PACT papers unless the row says 'first/last too', per-channel weights; PTQ = LinearQuant min-max with the same bits and layers, "
+                "calibrated on 512 training images, no training. Float, PTQ and QAT come from the same float model of "
+                "each seed (mean ± std over seeds). 'convert_ exact': the converted model's outputs equal the "
+                "fake-quantized ones bit for bit and its accuracy is the same. 'int engine' / 'ONNX RT': the converted "
+                "model run by runtime/ (integer-only) and by ONNX Runtime (4-bit and 2-bit inputs run as emulated "
+                "QDQ grids there). Oscillating weights: share of weights whose code flipped back at least once "
+                "in the last QAT epoch (quant/oscillation.py; tracked on LSQ weights, PACT's fixed weight grids are not tracked).\n")
+    for arch, run in store.items():
+        text.append(f"## {arch}\n")
+        text.append(f"Budget: float {run['float_epochs']} epochs, QAT {run['qat_epochs']} epochs per configuration, "
+                    f"seeds {run['seeds']}; torch threads {run['threads']}, load average at the end "
+                    f"{', '.join(f'{v:.1f}' for v in run['load'])} (2-core machine shared with other jobs), "
+                    f"{run['minutes']:.0f} min (seeds run as parallel processes). Run header:\n\n> " + run["header"].replace("\n", "\n> ") + "\n")
+        text.append(summary(run["rows"]))
+        text.append("\nPer seed:\n")
+        text.append(per_seed(run["rows"]))
+    text.append(NOTES)
+    if "resnet20" not in store:
+        text.append(RESNET_MISSING)
+    return "\n".join(text)
+
+
+RESNET_MISSING = """- **ResNet-20 is not in this table.** A one-seed run (float 2 epochs, QAT 1 epoch; LSQ W4A4,
+  LSQ W2A2 with 8-bit skips, LSQ W2A2 with 2-bit skips) was started and stopped unfinished after
+  30 minutes: with the machine's load average above 30 it had not finished its float training.
+  Re-run `python benchmarks/qat.py --models resnet20 --seeds 0 --float-epochs 2 --qat-epochs 1
+  --configs lsq:4:4 lsq:2:2:8 lsq:2:2:2` on a quieter machine to add it; the precision highway is
+  covered by tests/quant/test_qat.py only so far.
+"""
+
+
+NOTES = """
+## Notes
+
+- Budget: the issue asks for the zoo recipe (15 float epochs); on this shared 2-core machine (load
+  average above 30 during the runs) we trained the float models for the epochs stated above and
+  fine-tuned each QAT configuration for the stated epochs. 'float %' is the model QAT starts from;
+  QAT adds its fine-tuning epochs on top, so part of a positive 'QAT - float' is extra training.
+- 'PTQ %' quantizes the same float model with LinearQuant (same bits and layers), no training.
+  In the 'first/last too' rows every layer, the network input included, is at the row's bits.
+- The integer engine and ONNX export read the learned PACT / LSQ grids as static grids
+  (runtime/qvalue.py and export/layers.py accept any activation quantizer with `static = True`);
+  weights are stored as symmetric per-channel codes of kind "linear" and biases on the int32 grid
+  S_W S_X of the learned scales. Grids of 2 to 8 bits run in the engine; ONNX Runtime runs uint8 /
+  int8 grids natively and narrower ones as emulated QDQ.
+- ResNet-20: the integer engine carries a residual skip on the grid of the next layer's input
+  (k bits), while the fake-quantized model carries it in float; the engine column shows what that
+  costs. Precision-highway rows ('8-bit skips') quantize each identity skip with its own 8-bit LSQ
+  quantizer and keep projection shortcuts at 8 bits; '2-bit skips' rows quantize the skips at the
+  convolutions' bits. The engine does not run a quantizer on an identity module, so those rows have
+  no engine figure.
+"""
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""The `nncompress qat` workflow: float model -> fold BatchNorm -> fake quantizers (STE, PACT or LSQ)
+-> fine-tune the float shadow weights (and the learned clips / steps) -> `convert_` -> measure.
+
+BatchNorm is folded *before* QAT (Jacob et al. 2018 sec. 3.2; Krishnamoorthi 2018 sec. 3.2 offers
+folding or freezing statistics): the fake-quantized weights the network trains with are then exactly
+the folded weights the integer engine and ONNX export run, the bias lands on the int32 grid
+S_W S_X, and no running statistics drift while the grid is being learned. What folding gives up,
+batch statistics during fine-tuning, matters little for a short fine-tune at a tenth of the
+learning rate from a trained float model (the BN statistics would barely move at that rate anyway),
+whereas freezing statistics after some epochs would still leave a re-fold (and a weight change)
+after training that the quantizers never saw.
+
+Oscillation (quant/oscillation.py) is tracked on LSQ weights every step and reported per epoch;
+`freeze_threshold` freezes oscillating weights, `dampen` adds Nagel et al.'s dampening loss.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..api import apply_, save_model, training_config
+from ..config import Method
+from ..quant.convert import convert_
+from ..quant.fold import fold_batchnorm_
+from ..quant.highway import highway_layer_bits, quantize_skips_, skip_bits_report
+from ..quant.lsq import LSQ
+from ..quant.oscillation import OscillationTracker, dampening_loss
+from ..quant.pact import PACT
+from ..quant.ptq import LinearQuant
+from ..quant.qat import STEQuant
+from ..train import TrainConfig, evaluate, fit
+from ..validate import UserError, check_choice
+from ..zoo import Dataset
+from .prune import calibration_batches, dense_model
+
+QAT_METHODS = {"ste": STEQuant, "pact": PACT, "lsq": LSQ}
+
+
+def edge_layers(model: nn.Module, method: Method | None = None) -> tuple[str, str]:
+    """Names of the first and the last targeted layer (kept at 8 bits by LSQ and PACT)."""
+    names = list((method.targets if method is not None else LinearQuant().targets).layers(model))
+    if not names:
+        raise UserError("the model has no Linear / Conv layer to quantize")
+    return names[0], names[-1]
+
+
+def make_method(name: str, weight_bits: int, act_bits: int | None, *, model: nn.Module | None = None,
+                first_last_bits: int | None = 8, granularity: str = "channel", skip_bits: int | None = None) -> Method:
+    """A QAT method by name ("ste", "pact", "lsq"); with `model`, its first and last layers get
+    `first_last_bits` (weights and inputs), as in the LSQ and PACT papers, and with `skip_bits` its
+    projection shortcuts get that many bits (the precision highway, quant/highway.py)."""
+    check_choice("method", name, tuple(QAT_METHODS))
+    layer_bits = {}
+    if model is not None and first_last_bits is not None:
+        layer_bits = {n: first_last_bits for n in edge_layers(model)}
+    if model is not None and skip_bits is not None:
+        layer_bits.update(highway_layer_bits(model, skip_bits))
+    return QAT_METHODS[name](weight_bits=weight_bits, act_bits=act_bits, granularity=granularity,
+                             layer_bits=layer_bits)
+
+
+def ptq_twin(method: Method) -> LinearQuant:
+    """PTQ with the same bits and layers (LinearQuant, min-max): the baseline QAT must beat."""
+    return LinearQuant(weight_bits=method.weight_bits, act_bits=method.act_bits, granularity=method.granularity,
+                       layer_bits=dict(method.layer_bits), targets=method.targets)
+
+
+def qat_finetune(model: nn.Module, method: Method, dataset: Dataset, config: TrainConfig, *, batch_size: int = 64,
+                 freeze_threshold: float | None = None, dampen: float = 0.0, checkpoint: str | None = None,
+                 resume: bool = False, progress: bool | None = None) -> tuple[dict, OscillationTracker]:
+    """Fine-tune a fake-quantized `model` in place with `method`'s regularizers; returns the training
+    figures and the oscillation tracker (its state is saved next to `checkpoint` for exact resumes)."""
+    tracker = OscillationTracker(model, freeze_threshold=freeze_threshold)
+    osc_path = Path(f"{checkpoint}.oscillation.pt") if checkpoint else None
+    if resume and osc_path is not None and osc_path.is_file():
+        tracker.load_state_dict(torch.load(osc_path, weights_only=True))
+
+    def on_epoch(epoch: int, history) -> None:
+        tracker.end_epoch(epoch, history)
+        if osc_path is not None:
+            torch.save(tracker.state_dict(), osc_path)
+
+    regularizers = list(method.regularizers(model)) + ([dampening_loss(dampen)] if dampen > 0 else [])
+    history = fit(model, dataset.train_loader(batch_size, seed=config.seed + 2000), config, on_step=tracker,
+                  on_epoch=on_epoch, regularizers=regularizers, checkpoint=checkpoint, resume=resume,
+                  progress=progress, log=lambda _msg: None)
+    return {"train_loss": history.train_loss, "seconds": history.seconds}, tracker
+
+
+@torch.no_grad()
+def engine_accuracy(model: nn.Module, dataset: Dataset) -> dict:
+    """Test accuracy of the integer engine (and of ONNX Runtime when onnx/onnxruntime are installed)
+    on a converted model; a model they cannot run gets the reason instead."""
+    from ..runtime.engine import IntegerEngine
+    from ..runtime.qvalue import UnsupportedModelError
+
+    example = dataset.test_x[:2]
+    out: dict = {}
+    try:
+        out["engine_accuracy"] = evaluate(IntegerEngine.from_model(model, example), dataset.test_loader())["accuracy"]
+    except (UnsupportedModelError, OverflowError) as err:
+        out["engine_error"] = str(err)
+    try:
+        from ..export.graph import ort_session
+        from ..export.onnx import export_onnx
+
+        session = ort_session(export_onnx(model, example).model, threads=1)
+        correct = sum(int((torch.from_numpy(session.run(None, {"input": x.numpy()})[0]).argmax(1) == y).sum())
+                      for x, y in dataset.test_loader())
+        out["onnx_accuracy"] = correct / len(dataset.test_y)
+    except (UserError, ImportError) as err:
+        out["onnx_error"] = str(err)
+    return out
+
+
+def qat_model(spec: str, dataset: Dataset, method: Method, *, epochs: int | None = None, lr_factor: float = 0.1,
+              seed: int = 0, batch_size: int = 64, freeze_threshold: float | None = None, dampen: float = 0.0,
+              float_model: nn.Module | None = None, checkpoint: str | None = None, resume: bool = False,
+              runtimes: bool = True, out: str | None = None, skip_bits: int | None = None,
+              progress: bool | None = None) -> tuple[nn.Module, nn.Module, dict]:
+    """Trained float model -> QAT copy, fine-tuned and converted; returns (float, converted, report).
+
+    `epochs`: fine-tuning epochs (default: a third of the model's float recipe), at `lr_factor` x its
+    learning rate; `float_model`: reuse a trained float model instead of loading / training one;
+    `skip_bits`: quantize the residual skip paths to that many bits (8: precision highway; build the
+    method with `make_method(..., skip_bits=...)` so that projection shortcuts match)."""
+    if float_model is None:
+        float_model, arch, base = dense_model(spec, dataset, seed)
+    else:
+        arch, base = spec, training_config(spec, seed=seed)
+    float_model.eval()
+    calib = calibration_batches(dataset)
+    net = copy.deepcopy(float_model)
+    folded = fold_batchnorm_(net)
+    apply_(net, method, data=calib)
+    if skip_bits is not None:
+        quantize_skips_(net, skip_bits, calib)
+    report = {"model": arch, "dataset": dataset.name, "method": method.to_dict(), "seed": seed,
+              "folded_batchnorm": folded, "float_accuracy": evaluate(float_model, dataset.test_loader())["accuracy"],
+              "initial_accuracy": evaluate(net, dataset.test_loader())["accuracy"], "skip_bits": skip_bits_report(net)}
+    config = replace(base, epochs=epochs if epochs is not None else max(base.epochs // 3, 1),
+                     lr=base.lr * lr_factor, seed=seed)
+    trained, tracker = qat_finetune(net, method, dataset, config, batch_size=batch_size,
+                                    freeze_threshold=freeze_threshold, dampen=dampen, checkpoint=checkpoint,
+                                    resume=resume, progress=progress)
+    net.eval()
+    report.update(epochs=config.epochs, lr=config.lr, **trained, oscillation=tracker.history,
+                  qat_accuracy=evaluate(net, dataset.test_loader())["accuracy"])
+    probe = dataset.test_x[:256]
+    before = net(probe)
+    convert_(net)
+    report["converted_accuracy"] = evaluate(net, dataset.test_loader())["accuracy"]
+    report["converted_exact"] = bool(torch.equal(net(probe), before))
+    if runtimes:
+        report.update(engine_accuracy(net, dataset))
+    if out:
+        save_model(net, out, arch=arch, in_shape=dataset.in_shape, num_classes=dataset.num_classes, recipe=[method],
+                   fold_batchnorm=True, dataset=dataset.name, quantized_accuracy=report["converted_accuracy"])
+    return float_model, net, report
+

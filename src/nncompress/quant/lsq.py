@@ -1,0 +1,206 @@
+"""LSQ: Learned Step size Quantization (Esser et al., ICLR 2020, arXiv:1902.08153; lecture "LSQ: Learned
+Step size Quantization" in seeds 000 and 002).
+
+With the original value v, the step size s and Q_N / Q_P the numbers of negative / positive levels:
+    v_bar = round(clip(v / s, -Q_N, Q_P)),          v_hat = v_bar * s                (eqs. 1, 2)
+    d v_hat / d s = -v/s + round(v/s)   if -Q_N < v/s < Q_P
+                  = -Q_N                if v/s <= -Q_N
+                  = Q_P                 if v/s >= Q_P                                  (eq. 3)
+    d v_hat / d v = 1 inside (-Q_N, Q_P), 0 at the clip ends (straight-through estimator)
+The step's gradient is multiplied by g = 1 / sqrt(N Q_P) (N: weights of the layer, or of one output
+channel for per-channel steps; features of one sample for activations), and s starts at
+2 <|v|> / sqrt(Q_P). Weights are signed (Q_N = 2^(b-1), Q_P = 2^(b-1) - 1); activations are
+unsigned (Q_N = 0, Q_P = 2^b - 1) after a ReLU and signed when the calibration data has negative
+values (a network's input).
+
+`LSQWeight` is a weight parametrization whose `encode` gives kind "linear" (integer codes, the step
+as scale, zero point 0), so `convert_`, `.nnc`, the integer engine and ONNX export read it as any
+symmetric linear weight. `LSQActQuantizer` is an `ActQuantizer` with a learned scalar step; after
+training it is a fixed static grid (`static = True`, `scale`, `zero_point`) for the engine.
+Both compute v_hat exactly as v_bar * s, so `decode(encode(w))` equals `forward(w)` bit for bit.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..parametrize import Encoded, WeightTransform
+from ..registry import register
+from ..validate import UserError
+from .activation import ActQuantizer
+from .fake import FakeQuant
+from .granularity import Granularity, PerChannel, PerTensor, granularity_to_meta
+from .primitives import IntSpec, check_finite, int_dtype
+from .qat import QATMethod, freezable_codes
+
+
+class LSQFunction(torch.autograd.Function):
+    """v_hat = round(clip(v / s, -Q_N, Q_P)) * s with LSQ's gradients (eq. 3), the step's scaled by g.
+
+    Example (the lecture's piecewise gradient, g = 1):
+        >>> v = torch.tensor([0.3, 1.3, -5.0, 9.0]); s = torch.tensor(1.0, requires_grad=True)
+        >>> LSQFunction.apply(v, s, 4, 3, 1.0).sum().backward()
+        >>> round(float(s.grad), 4)  # (-0.3 + 0) + (-1.3 + 1) + (-4) + 3
+        -1.6
+    """
+
+    @staticmethod
+    def forward(ctx, v: torch.Tensor, step: torch.Tensor, q_n: int, q_p: int, grad_scale: float) -> torch.Tensor:  # type: ignore[override]
+        ratio = v / step
+        codes = torch.clamp(torch.round(ratio), -q_n, q_p)
+        ctx.save_for_backward(ratio, codes)
+        ctx.q_n, ctx.q_p, ctx.grad_scale, ctx.step_shape = q_n, q_p, grad_scale, step.shape
+        return codes * step
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        ratio, codes = ctx.saved_tensors
+        inside = (ratio > -ctx.q_n) & (ratio < ctx.q_p)
+        grad_v = grad * inside
+        d_step = torch.where(inside, codes - ratio, torch.where(ratio <= -ctx.q_n, float(-ctx.q_n), float(ctx.q_p)))
+        grad_step = _reduce_to(grad * d_step, ctx.step_shape) * ctx.grad_scale
+        return grad_v, grad_step, None, None, None
+
+
+def _reduce_to(x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Sum `x` over the dimensions along which a tensor of `shape` was broadcast."""
+    if x.shape == shape:
+        return x
+    lead = x.dim() - len(shape)
+    dims = tuple(range(lead)) + tuple(lead + i for i, n in enumerate(shape) if n == 1 and x.shape[lead + i] != 1)
+    return x.sum(dims, keepdim=True).reshape(shape) if dims else x.reshape(shape)
+
+
+def lsq_quantize(v: torch.Tensor, step: torch.Tensor, q_n: int, q_p: int, grad_scale: float = 1.0) -> torch.Tensor:
+    """LSQ's fake quantization v_hat of `v` (see `LSQFunction`)."""
+    return LSQFunction.apply(v, step, q_n, q_p, grad_scale)
+
+
+def lsq_levels(bits: int, signed: bool) -> tuple[int, int]:
+    """(Q_N, Q_P): signed b bits -> (2^(b-1), 2^(b-1) - 1); unsigned -> (0, 2^b - 1)."""
+    return (2 ** (bits - 1), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+
+
+def grad_scale(n: int, q_p: int) -> float:
+    """LSQ's step-gradient scale g = 1 / sqrt(N Q_P)."""
+    return 1.0 / math.sqrt(max(n, 1) * q_p)
+
+
+def initial_step(v: torch.Tensor, q_p: int, dims: tuple[int, ...] | None = None) -> torch.Tensor:
+    """LSQ's initialisation s = 2 <|v|> / sqrt(Q_P) (mean over `dims`, all by default); a zero
+    mean (an all-zero tensor) gives s = 1 so that the step stays positive."""
+    mean_abs = v.detach().abs().mean() if dims is None else v.detach().abs().mean(dims, keepdim=True)
+    step = 2 * mean_abs / math.sqrt(q_p)
+    return torch.where(step > 0, step, torch.ones_like(step)).float()
+
+
+class LSQWeight(WeightTransform):
+    """A weight quantized with a learned step per tensor or per output channel (parameter `step`).
+
+    Weights whose codes oscillate can be frozen (`freeze_`, quant/oscillation.py): they then keep
+    their frozen code whatever the latent weight does (and get no gradient).
+    """
+
+    kind = "linear"  # encodes as a symmetric linear weight: convert_, the engine and ONNX read it as one
+
+    def __init__(self, w: torch.Tensor, bits: int, granularity: Granularity):
+        super().__init__()
+        if not isinstance(granularity, (PerTensor, PerChannel)):
+            raise UserError(f"LSQ weight granularity {granularity} is not supported: use 'tensor' or 'channel'")
+        check_finite(w, "weight")
+        self.bits, self.granularity = bits, granularity
+        self.q_n, self.q_p = lsq_levels(bits, signed=True)
+        dims = granularity.reduce_dims(w) if isinstance(granularity, PerChannel) else None
+        self.step = nn.Parameter(initial_step(w, self.q_p, dims))
+        per_step = w.numel() // self.step.numel()
+        self.grad_scale = grad_scale(per_step, self.q_p)
+        self.register_buffer("frozen", torch.zeros(w.shape, dtype=torch.bool))
+        self.register_buffer("frozen_codes", torch.zeros(w.shape, dtype=int_dtype(bits, True)))
+
+    @property
+    def storage_bits(self) -> int:  # type: ignore[override]
+        return self.bits
+
+    @property
+    def scale(self) -> torch.Tensor:
+        """The step as a quantization scale (detached)."""
+        return self.step.detach()
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        out = lsq_quantize(w, self.step, self.q_n, self.q_p, self.grad_scale)
+        return freezable_codes(self, out, self.step)
+
+    def codes(self, w: torch.Tensor) -> torch.Tensor:
+        """The integer codes v_bar of `w` (frozen entries keep their frozen code), as float."""
+        codes = torch.clamp(torch.round(w.detach() / self.step.detach()), -self.q_n, self.q_p)
+        return torch.where(self.frozen, self.frozen_codes.float(), codes)
+
+    def encode(self, w: torch.Tensor) -> Encoded:
+        codes = self.codes(w).to(int_dtype(self.bits, True))
+        q_range = [-self.q_n, self.q_p]
+        meta = {"shape": list(w.shape), "bits": self.bits, "signed": True, "q_range": q_range,
+                "granularity": granularity_to_meta(self.granularity), "int_ranges": {"codes": q_range}}
+        scale = self.step.detach().clone().float()
+        return Encoded("linear", {"codes": codes, "scale": scale,
+                                  "zero_point": torch.zeros_like(scale, dtype=torch.int32)}, meta)
+
+    @classmethod
+    def decode(cls, encoded: Encoded) -> torch.Tensor:
+        return FakeQuant.decode(encoded)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, learned step, granularity={self.granularity}, frozen={int(self.frozen.sum())}"
+
+
+class LSQActQuantizer(ActQuantizer):
+    """An activation quantizer with a learned scalar step (parameter `step`), Z = 0.
+
+    `scale` / `zero_point` give the static grid the integer engine and ONNX export read.
+    """
+
+    static = True
+
+    def __init__(self, bits: int, signed: bool, step: torch.Tensor, features: int):
+        super().__init__(IntSpec(bits=bits, signed=signed, symmetric=True, restricted=False))
+        self.q_n, self.q_p = lsq_levels(bits, signed)
+        self.step = nn.Parameter(torch.as_tensor(step, dtype=torch.float32).detach().clone().reshape(()))
+        self.grad_scale = grad_scale(features, self.q_p)
+        self.register_buffer("zero_point", torch.zeros(()))
+
+    @property
+    def scale(self) -> torch.Tensor:
+        return self.step.detach()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return lsq_quantize(x, self.step, self.q_n, self.q_p, self.grad_scale)
+
+    def extra_repr(self) -> str:
+        sign = "signed" if self.spec.signed else "unsigned"
+        return f"bits={self.spec.bits}, {sign}, learned step={float(self.step):.4g}"
+
+
+@register("lsq")
+@dataclass(frozen=True, kw_only=True)
+class LSQ(QATMethod):
+    """Quantization-aware training with learned step sizes for weights and activations (Esser et al. 2020).
+
+    Apply, then fine-tune the model (`nc.fit`, or `flows/qat.py`); the steps train with the weights.
+    Args: see `QATMethod` (weight_bits, act_bits, granularity, layer_bits).
+    Example:
+        >>> import nncompress as nc, torch
+        >>> net = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+        >>> _ = nc.apply_(net, LSQ(weight_bits=3, act_bits=3), data=[torch.randn(16, 8)])
+        >>> len(torch.unique(net[0].weight.detach() / net[0].parametrizations.weight[0].step.detach())) <= 8
+        True
+    """
+
+    def weight_quantizer(self, w: torch.Tensor, bits: int, granularity: Granularity) -> WeightTransform:
+        return LSQWeight(w, bits, granularity)
+
+    def act_quantizer(self, bits: int, stats: dict) -> ActQuantizer:
+        signed = bool(stats["min"] < 0)
+        _, q_p = lsq_levels(bits, signed)
+        return LSQActQuantizer(bits, signed, initial_step(stats["mean_abs"], q_p), stats["features"])
