@@ -1,0 +1,322 @@
+"""Automatic per-layer allocation of density and bits toward a size or accuracy budget.
+
+Han et al. chose each layer's pruning rate and bits by hand from sensitivity curves (NeurIPS 2015
+fig. 6, ICLR 2016 table 2). Here the choice is made by a program:
+
+1. Candidates: for every Conv / Linear layer, every (density d, bits b) of a grid: keep the d
+   largest |w|, share the kept values among 2^b k-means centroids (`encode/cost.py`).
+2. Exact cost: bytes_l(d, b), the bytes the candidate's chain adds to a real `.nnc` file (the real
+   codecs: relative indices, Huffman tables, float16 codebook), plus the file's fixed part (header,
+   float16 biases) measured the same way.
+3. Sensitivity: Delta loss_l(d, b) and Delta accuracy_l(d, b), the change of the cross-entropy and
+   accuracy on held-in training images when only layer l is replaced by its candidate, no
+   retraining (the per-layer sensitivity of `analysis/sensitivity.py`, over a 2-D grid).
+4. Search: assuming the per-layer damages add up, pick one candidate per layer to
+      minimise sum_l Delta loss_l(c_l)  subject to  fixed + sum_l bytes_l(c_l) <= budget
+   (a multiple-choice knapsack, solved exactly by dynamic programming over byte bins rounded up, so
+   the planned sum never exceeds the budget); for an accuracy budget, the fewest bytes with
+   sum_l Delta accuracy_l(c_l) >= -max_drop.
+5. Then prune to the chosen densities with retraining, share weights with the chosen bits,
+   fine-tune the codebooks, write the file; if the written file exceeds the budget (retraining
+   changes the weights, so the streams code slightly differently), lower the bits of the layer
+   whose planned loss per byte saved is smallest and re-share, until the file fits.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..analysis.metrics import count_params, weight_layers
+from ..encode.cost import LayerCosts, candidate, plan_bytes, tensors_bytes
+from ..parametrize import plain_state
+from ..prune.unstructured import MagnitudePrune
+from ..train import TrainConfig, evaluate
+from ..validate import UserError, check_fraction, check_positive
+from ..zoo import Dataset, TensorLoader
+from .control import TrainingPhase, codebook_phase, pruning_phases
+from .deep_compression import DeepCompressionConfig, share_and_encode
+from .prune import dense_model, prune_and_retrain
+
+DEFAULT_DENSITIES = (1.0, 0.7, 0.5, 0.35, 0.25, 0.18, 0.13, 0.09, 0.065, 0.045, 0.032, 0.023, 0.016, 0.011, 0.008)
+DEFAULT_BITS = (1, 2, 3, 4, 5, 6, 7, 8)
+MAX_BINS = 4096  # byte bins of the knapsack table
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One (density, bits) choice for one layer: its exact byte cost and its measured damage."""
+
+    density: float
+    bits: int
+    bytes: int
+    loss: float  # increase of the cross-entropy, this layer alone compressed
+    accuracy: float  # change of accuracy (negative: a drop), this layer alone compressed
+
+
+@dataclass(frozen=True, kw_only=True)
+class AllocationConfig:
+    """A size budget (`target_bytes` or `target_ratio` = fp32 parameter bytes / file bytes) or an
+    accuracy budget (`max_accuracy_drop`, a fraction, predicted by the additive sensitivity model);
+    the candidate grid; the retraining of `flows/prune.py` and the codebook fine-tuning of Deep
+    Compression; `margin`: the fraction of the budget kept free when planning."""
+
+    target_bytes: int | None = None
+    target_ratio: float | None = None
+    max_accuracy_drop: float | None = None
+    densities: tuple[float, ...] = DEFAULT_DENSITIES
+    bits: tuple[int, ...] = DEFAULT_BITS
+    sensitivity_images: int = 1024
+    margin: float = 0.02
+    schedule: str = "iterative"
+    rounds: int = 3
+    finetune_epochs: int = 5
+    lr_factor: float = 0.1
+    codebook_epochs: int = 3
+    codebook_lr: float = 1e-3
+
+    def __post_init__(self) -> None:
+        given = [v is not None for v in (self.target_bytes, self.target_ratio, self.max_accuracy_drop)]
+        if sum(given) != 1:
+            raise UserError("give exactly one budget: target_bytes, target_ratio or max_accuracy_drop")
+        if self.target_bytes is not None and self.target_bytes < 1:
+            raise UserError(f"target_bytes={self.target_bytes} must be >= 1")
+        if self.target_ratio is not None:
+            check_positive("target_ratio", self.target_ratio)
+        if self.max_accuracy_drop is not None:
+            check_fraction("max_accuracy_drop", self.max_accuracy_drop)
+        check_fraction("margin", self.margin)
+        if not self.densities or not all(0.0 < d <= 1.0 for d in self.densities):
+            raise UserError(f"densities={self.densities} must be fractions in (0, 1]")
+        if not self.bits or not all(1 <= b <= 16 for b in self.bits):
+            raise UserError(f"bits={self.bits} must be integers in [1, 16]")
+
+    def budget_bytes(self, model: nn.Module) -> int | None:
+        """The size budget in bytes (None for an accuracy budget)."""
+        if self.target_bytes is not None:
+            return self.target_bytes
+        if self.target_ratio is not None:
+            return int(4 * count_params(model) / self.target_ratio)
+        return None
+
+
+@dataclass
+class Allocation:
+    """The plan: per layer the chosen candidate, the fixed bytes and the whole candidate table."""
+
+    choice: dict[str, Candidate]
+    fixed_bytes: int
+    budget: int | None
+    table: dict[str, list[Candidate]] = field(default_factory=dict)
+    planned_bytes: int = 0  # exact bytes of the planned file, before retraining
+
+    @property
+    def densities(self) -> dict[str, float]:
+        return {name: c.density for name, c in self.choice.items()}
+
+    @property
+    def bits(self) -> dict[str, int]:
+        return {name: c.bits for name, c in self.choice.items()}
+
+
+def _sensitivity_batches(dataset: Dataset, n_images: int) -> TensorLoader:
+    n = min(n_images, len(dataset.train_x))
+    return TensorLoader(dataset.train_x[:n], dataset.train_y[:n], 256)
+
+
+@torch.no_grad()
+def candidate_table(model: nn.Module, batches, densities, bits) -> dict[str, list[Candidate]]:
+    """Every layer's candidates with exact bytes and measured damage (one layer at a time; the model
+    is restored after each)."""
+    model = copy.deepcopy(model).eval()
+    base = evaluate(model, batches)
+    table: dict[str, list[Candidate]] = {}
+    for name, layer in weight_layers(model).items():
+        original = layer.weight.detach().clone()
+        costs = LayerCosts(f"{name}.weight", original)
+        rows = []
+        for density in densities:
+            for b in bits:
+                value, nbytes = costs.evaluate(density, b)
+                layer.weight.copy_(value)
+                measured = evaluate(model, batches)
+                rows.append(Candidate(density, b, nbytes, measured["loss"] - base["loss"],
+                                      measured["accuracy"] - base["accuracy"]))
+        layer.weight.copy_(original)
+        table[name] = rows
+    return table
+
+
+def other_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors of the file besides the weight chains (biases rounded to float16 as the Deep
+    Compression flow stores them; BatchNorm statistics as they are)."""
+    layers = {f"{n}.weight" for n in weight_layers(model)}
+    return {k: (v.half().float() if k.endswith(".bias") else v) for k, v in plain_state(model).items() if k not in layers}
+
+
+def measure_table(model: nn.Module, dataset: Dataset, config: AllocationConfig) -> dict[str, list[Candidate]]:
+    """The candidate table of `config`'s grid, damage measured on the first `sensitivity_images`
+    training images (never the test split)."""
+    return candidate_table(model, _sensitivity_batches(dataset, config.sensitivity_images), config.densities,
+                           config.bits)
+
+
+def fixed_bytes(model: nn.Module, model_desc: dict, meta: dict | None = None) -> int:
+    """Bytes of the file besides the weight chains: header, description and the other tensors."""
+    return tensors_bytes(model_desc, other_tensors(model), meta)
+
+
+def exact_plan_bytes(model: nn.Module, choice: dict[str, Candidate], model_desc: dict, meta: dict | None = None) -> int:
+    """Bytes of the file the plan gives before retraining: every chosen chain serialized together."""
+    layers = weight_layers(model)
+    chains = {f"{name}.weight": candidate(layers[name].weight, c.density, c.bits)[1] for name, c in choice.items()}
+    return plan_bytes(model_desc, chains, other_tensors(model), meta)
+
+
+def knapsack(table: dict[str, list[Candidate]], capacity: int, objective: str = "loss") -> tuple[np.ndarray, list]:
+    """Min over choices of sum(objective) with sum(bytes) <= j bins, for every j (the last axis);
+    returns (best per bin count, per layer the argmin arrays) and the bin size. Bytes are rounded
+    *up* to bins, so a plan that fits in bins fits in bytes."""
+    bin_size = max(1, math.ceil(capacity / MAX_BINS))
+    cap = capacity // bin_size
+    best = np.zeros(cap + 1)
+    picks = []
+    for rows in table.values():
+        new, arg = np.full(cap + 1, np.inf), np.full(cap + 1, -1)
+        for i, c in enumerate(rows):
+            w = math.ceil(c.bytes / bin_size)
+            if w > cap:
+                continue
+            value = getattr(c, objective) * (-1 if objective == "accuracy" else 1) + 1e-12 * c.bytes
+            trial = best[: cap + 1 - w] + value
+            better = trial < new[w:]
+            new[w:][better], arg[w:][better] = trial[better], i
+        best = new
+        picks.append((arg, bin_size))
+    return best, picks
+
+
+def _backtrack(table: dict[str, list[Candidate]], picks: list, j: int) -> dict[str, Candidate]:
+    choice = {}
+    for name, (arg, bin_size) in reversed(list(zip(table, picks))):
+        c = table[name][int(arg[j])]
+        choice[name] = c
+        j -= math.ceil(c.bytes / bin_size)
+    return dict(reversed(list(choice.items())))
+
+
+def solve(table: dict[str, list[Candidate]], *, fixed: int, budget: int | None = None,
+          max_accuracy_drop: float | None = None) -> dict[str, Candidate]:
+    """The allocation: least summed loss within `budget` bytes, or fewest bytes whose summed accuracy
+    change stays above -max_accuracy_drop. UserError when nothing fits."""
+    if budget is not None:
+        best, picks = knapsack(table, max(budget - fixed, 0), "loss")
+        if budget < fixed or not np.isfinite(best[-1]):
+            smallest = fixed + sum(min(c.bytes for c in rows) for rows in table.values())
+            raise UserError(f"a budget of {budget:,} bytes cannot be met: the smallest candidates take "
+                            f"{smallest:,} bytes; allow fewer bits / lower densities or a larger budget")
+        return _backtrack(table, picks, len(best) - 1)
+    capacity = sum(max(c.bytes for c in rows) for rows in table.values())
+    best, picks = knapsack(table, capacity, "accuracy")
+    feasible = np.flatnonzero(best <= max_accuracy_drop + 1e-12)
+    if not len(feasible):
+        raise UserError(f"no allocation keeps the predicted accuracy drop within {max_accuracy_drop}")
+    return _backtrack(table, picks, int(feasible[0]))
+
+
+def allocate(model: nn.Module, dataset: Dataset, config: AllocationConfig, model_desc: dict,
+             meta: dict | None = None, table: dict[str, list[Candidate]] | None = None) -> Allocation:
+    """Measure the candidate table on `model` (dense, trained) and solve for the budget. The
+    per-layer costs are each measured alone (slightly pessimistic, see `encode/cost.py`), so the
+    plan is re-solved with the budget corrected by the exact bytes of the whole planned file until
+    the plan uses the budget (at most 5 solves); `planned_bytes` is that exact figure. A `table`
+    measured before on the same model (`measure_table`) is reused."""
+    table = table if table is not None else measure_table(model, dataset, config)
+    fixed = fixed_bytes(model, model_desc, meta)
+    budget = config.budget_bytes(model)
+    if budget is None:
+        choice = solve(table, fixed=fixed, max_accuracy_drop=config.max_accuracy_drop)
+        return Allocation(choice, fixed, None, table, exact_plan_bytes(model, choice, model_desc, meta))
+    target = int(budget * (1 - config.margin))
+    best, solve_budget = None, target
+    for _ in range(5):
+        choice = solve(table, fixed=fixed, budget=solve_budget)
+        exact = exact_plan_bytes(model, choice, model_desc, meta)
+        if exact <= target:
+            best = (choice, exact)
+        step = target - exact
+        if 0 <= step < 16:
+            break
+        solve_budget += step if step > 0 else step - 16
+    if best is None:
+        best = (choice, exact)  # the written file is checked (and bits lowered) anyway
+    return Allocation(best[0], fixed, budget, table, best[1])
+
+
+def compression_phases(base: TrainConfig, config: AllocationConfig, seed: int) -> list[TrainingPhase]:
+    """The training after pretraining that `compress_to_budget` runs (for the same-budget control)."""
+    return (pruning_phases(base, schedule=config.schedule, rounds=config.rounds,
+                           finetune_epochs=config.finetune_epochs, lr_factor=config.lr_factor)
+            + codebook_phase(config.codebook_epochs, config.codebook_lr, seed))
+
+
+def _lower_bits(allocation: Allocation, bits: dict[str, int]) -> dict[str, int]:
+    """One layer one bit lower: the one whose planned loss increase per byte saved is smallest."""
+    best, best_rate = None, math.inf
+    for name, rows in allocation.table.items():
+        now = next((c for c in rows if c.density == allocation.choice[name].density and c.bits == bits[name]), None)
+        lower = next((c for c in rows if c.density == allocation.choice[name].density and c.bits == bits[name] - 1), None)
+        if now is None or lower is None or lower.bytes >= now.bytes:
+            continue
+        rate = (lower.loss - now.loss) / (now.bytes - lower.bytes)
+        if rate < best_rate:
+            best, best_rate = name, rate
+    if best is None:
+        raise UserError("the written file exceeds the budget and no layer's bits can be lowered further")
+    return {**bits, best: bits[best] - 1}
+
+
+def compress_to_budget(model: nn.Module, arch: str, dataset: Dataset, base: TrainConfig, config: AllocationConfig, *,
+                       seed: int = 0, out: str | os.PathLike | None = None,
+                       table: dict[str, list[Candidate]] | None = None) -> tuple[nn.Module, dict]:
+    """Allocate, prune with retraining, share weights, fine-tune codebooks, write the `.nnc` file
+    within the budget (lowering bits if the written file is over it). `model` (dense, trained) is
+    changed in place (pruned). Returns (the model decoded from the file, figures)."""
+    desc = {"arch": arch, "in_shape": list(dataset.in_shape), "num_classes": dataset.num_classes}
+    allocation = allocate(model, dataset, config, desc, table=table)
+    sparsity = {name: 1.0 - d for name, d in allocation.densities.items()}
+    method = MagnitudePrune(sparsity=float(np.mean(list(sparsity.values()))), layer_sparsity=sparsity)
+    prune_and_retrain(model, method, dataset, base, schedule=config.schedule, rounds=config.rounds,
+                      finetune_epochs=config.finetune_epochs, lr_factor=config.lr_factor)
+    bits, tries = allocation.bits, []
+    dc = DeepCompressionConfig(codebook_epochs=config.codebook_epochs, codebook_lr=config.codebook_lr)
+    while True:
+        decoded, result = share_and_encode(copy.deepcopy(model), arch, dataset, replace(dc, bits=bits), seed=seed,
+                                           out=out)
+        tries.append({"bits": dict(bits), "file_bytes": result["file_bytes"]})
+        if allocation.budget is None or result["file_bytes"] <= allocation.budget:
+            break
+        bits = _lower_bits(allocation, bits)
+    result.update(budget_bytes=allocation.budget, planned_bytes=allocation.planned_bytes, tries=tries,
+                  densities=allocation.densities, allocated_bits=allocation.bits, bits=bits,
+                  compression=4 * count_params(model) / result["file_bytes"],
+                  predicted_loss=sum(c.loss for c in allocation.choice.values()),
+                  predicted_accuracy_change=sum(c.accuracy for c in allocation.choice.values()))
+    return decoded, result
+
+
+def allocated_deep_compress(spec: str, dataset: Dataset, config: AllocationConfig, *, seed: int = 0,
+                            out: str | os.PathLike | None = None) -> tuple[nn.Module, dict]:
+    """`nncompress deep-compress --target-ratio R`: dense model (trained with its recipe if a zoo name),
+    then `compress_to_budget`. Returns (decoded model, figures incl. dense accuracy)."""
+    model, arch, base = dense_model(spec, dataset, seed)
+    dense_accuracy = evaluate(model, dataset.test_loader())["accuracy"]
+    decoded, result = compress_to_budget(model, arch, dataset, base, config, seed=seed, out=out)
+    result.update(model=arch, dataset=dataset.name, seed=seed, dense_accuracy=dense_accuracy,
+                  phases=[p.label for p in compression_phases(base, config, seed)])
+    return decoded, result

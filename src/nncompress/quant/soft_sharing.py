@@ -1,0 +1,209 @@
+"""Soft weight-sharing (Ullrich, Meeds & Welling, "Soft Weight-Sharing for Neural Network Compression",
+ICLR 2017): a Gaussian-mixture prior on the weights, learned together with them, that both clusters
+(quantizes) and prunes.
+
+Each targeted layer gets a mixture of J Gaussians over its weights,
+
+    p(w) = prod_i sum_j pi_j N(w_i | mu_j, 1 / lambda_j),
+
+with component 0 fixed at mu_0 = 0 and a large fixed mixing proportion pi_0 (`zero_mixing`, the paper's
+0.999 for the whole network) that pulls most weights to zero (pruning), and J - 1 components with
+learned means mu_j, precisions lambda_j (log-parametrized) and mixing proportions
+pi_j = (1 - pi_0) softmax(a)_j. Gamma hyperpriors Gamma(lambda | alpha, beta) keep the precisions from
+collapsing (the paper: (alpha, beta) = (5000, 2) for the zero component, (250, 0.1) for the others).
+Training minimises (paper eq. 8, per training example)
+
+    L = L_E + tau / N * ( -log p(w) - log p(lambda) ),
+
+the task loss plus the complexity term (`SoftWeightSharing.regularizers`, fed to `fit`), with the
+gradient dL_C / dw_i = sum_j r_ij lambda_j (w_i - mu_j), r_ij the responsibilities: each weight is
+pulled to the components that explain it. Afterwards `snap_to_mixture_` assigns every weight to its
+most responsible component and sets it to that component's mean (sec. 4): weights of the zero
+component are pruned (a `Mask`) and the others share the means as a codebook (`SharedWeights`,
+k-means' parametrization), so the `.nnc` container stores the result exactly as it stores Deep
+Compression's [mask, codebook] chains. Train the prior with Adam (the paper uses Adam; its
+normalized steps let means, precisions and weights learn at one learning rate).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..config import Context, Method
+from ..parametrize import WeightTransform, attach, check_attachable, detach, find_transform, original, transform_kind
+from ..prune.mask import attach_mask, keep_mask_of
+from ..prune.masks import check_weight
+from ..registry import register
+from ..validate import UserError, check_fraction, check_int_range, check_positive
+from .kmeans import SharedWeights
+
+
+def mixture_log_prob(w: torch.Tensor, means: torch.Tensor, log_precisions: torch.Tensor,
+                     log_mixing: torch.Tensor) -> torch.Tensor:
+    """log sum_j pi_j N(w_i | mu_j, 1 / lambda_j) for every entry of `w` (shape of `w` + nothing):
+    means, log precisions and log mixing proportions list all J components."""
+    x = w.reshape(-1, 1)
+    precision = log_precisions.exp()
+    log_normal = 0.5 * (log_precisions - math.log(2 * math.pi)) - 0.5 * precision * (x - means) ** 2
+    return torch.logsumexp(log_mixing + log_normal, dim=1).reshape(w.shape)
+
+
+def gamma_neg_log_prior(log_precisions: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """-log Gamma(lambda | alpha, beta) summed over components, up to a constant:
+    -(alpha - 1) log lambda + beta lambda."""
+    return (-(alpha - 1) * log_precisions + beta * log_precisions.exp()).sum()
+
+
+@transform_kind("mixture_prior")
+class MixturePrior(WeightTransform):
+    """Holds a layer's mixture prior; the weight passes through unchanged (the soft phase: the layer
+    computes with its float weights, the prior only adds a loss term), so it encodes as the weights."""
+
+    def __init__(self, weight: torch.Tensor, components: int, zero_mixing: float, init_std: float):
+        super().__init__()
+        w = weight.detach()
+        spread = float(w.abs().max()) if w.numel() else 1.0
+        means = torch.linspace(-spread, spread, components - 1) if components > 2 else torch.tensor([spread])
+        self.means = nn.Parameter(means.float())  # the J - 1 learned means; mu_0 = 0 is fixed
+        self.log_precisions = nn.Parameter(torch.full((components,), -2 * math.log(init_std)))
+        self.mixing_logits = nn.Parameter(torch.zeros(components - 1))
+        self.zero_mixing = zero_mixing
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return w
+
+    def all_means(self) -> torch.Tensor:
+        return torch.cat([self.means.new_zeros(1), self.means])
+
+    def log_mixing(self) -> torch.Tensor:
+        rest = torch.log_softmax(self.mixing_logits, 0) + math.log1p(-self.zero_mixing)
+        return torch.cat([rest.new_full((1,), math.log(self.zero_mixing)), rest])
+
+    def neg_log_prob(self, w: torch.Tensor) -> torch.Tensor:
+        """-log p(w), summed over the weights."""
+        return -mixture_log_prob(w, self.all_means(), self.log_precisions, self.log_mixing()).sum()
+
+    def responsibilities(self, w: torch.Tensor) -> torch.Tensor:
+        """r_ij = pi_j N(w_i | mu_j) / sum_k pi_k N(w_i | mu_k), shape (numel, J)."""
+        x = w.detach().reshape(-1, 1)
+        lp = self.log_precisions.detach()
+        log_normal = 0.5 * lp - 0.5 * lp.exp() * (x - self.all_means().detach()) ** 2
+        return torch.softmax(self.log_mixing().detach() + log_normal, dim=1)
+
+    def extra_repr(self) -> str:
+        return f"components={self.log_precisions.numel()}, zero_mixing={self.zero_mixing}"
+
+
+def complexity(model: nn.Module, zero_gamma: tuple[float, float], gamma: tuple[float, float]) -> torch.Tensor:
+    """sum over layers with a MixturePrior of -log p(w) - log p(lambda) (paper eq. 8's L_C)."""
+    total = None
+    for layer in model.modules():
+        prior = find_transform(layer, MixturePrior) if hasattr(layer, "parametrizations") else None
+        if prior is None:
+            continue
+        w = layer.weight
+        lp = prior.log_precisions
+        alpha = torch.tensor([zero_gamma[0]] + [gamma[0]] * (lp.numel() - 1), dtype=lp.dtype)
+        beta = torch.tensor([zero_gamma[1]] + [gamma[1]] * (lp.numel() - 1), dtype=lp.dtype)
+        term = prior.neg_log_prob(w) + gamma_neg_log_prior(lp, alpha, beta)
+        total = term if total is None else total + term
+    if total is None:
+        raise UserError("soft weight-sharing: the model has no layer with a mixture prior (apply SoftWeightSharing first)")
+    return total
+
+
+@register("soft_sharing")
+@dataclass(frozen=True, kw_only=True)
+class SoftWeightSharing(Method):
+    """Ullrich et al. 2017: a learned Gaussian-mixture prior per layer; train with `regularizers`,
+    then `snap_to_mixture_(model)` to prune + share weights.
+
+    Args:
+        components: J, the zero component included (the paper: 17 = 16 + zero).
+        zero_mixing: the fixed mixing proportion pi_0 of the zero component (the paper: 0.999).
+        tau: weight of the complexity term per training set (the paper: 5e-3).
+        dataset_size: N, the training examples the task loss (a mean) stands for.
+        init_std: initial standard deviation of every component (the paper: 0.25 x weight range
+            / components roughly; 0.05 here).
+        zero_gamma, gamma: Gamma (alpha, beta) hyperpriors on the precisions of the zero
+            component and of the others (the paper: (5000, 2) and (250, 0.1)).
+    Example:
+        >>> import nncompress as nc, torch
+        >>> net = torch.nn.Sequential(torch.nn.Linear(8, 4))
+        >>> method = nc.SoftWeightSharing(components=5)
+        >>> _ = nc.apply_(net, method)
+        >>> float(method.regularizers(net)[0](net)) != 0.0
+        True
+    """
+
+    components: int = 17
+    zero_mixing: float = 0.999
+    tau: float = 5e-3
+    dataset_size: int = 60_000
+    init_std: float = 0.05
+    zero_gamma: tuple[float, ...] = (5000.0, 2.0)
+    gamma: tuple[float, ...] = (250.0, 0.1)
+
+    def __post_init__(self) -> None:
+        check_int_range("components", self.components, 2, 256)
+        check_fraction("zero_mixing", self.zero_mixing)
+        if not 0.0 < self.zero_mixing < 1.0:
+            raise UserError(f"zero_mixing={self.zero_mixing} must be in (0, 1)")
+        check_positive("tau", self.tau)
+        check_int_range("dataset_size", self.dataset_size, 1, 1 << 40)
+        check_positive("init_std", self.init_std)
+        for name in ("zero_gamma", "gamma"):
+            value = tuple(getattr(self, name))
+            if len(value) != 2 or not all(isinstance(v, (int, float)) and v > 0 for v in value):
+                raise UserError(f"{name}={value} must be two positive numbers (alpha, beta)")
+            object.__setattr__(self, name, tuple(float(v) for v in value))
+
+    def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
+        layers = self.targets.layers(model)
+        if not layers:
+            raise UserError(f"SoftWeightSharing: no layer matches {self.targets}")
+        for name, layer in layers.items():
+            check_attachable(layer, "quantizer", layer_name=name, new="SoftWeightSharing")
+            check_weight(layer.weight, name, "SoftWeightSharing")
+        for name, layer in layers.items():
+            attach(layer, MixturePrior(layer.weight, self.components, self.zero_mixing, self.init_std), layer_name=name)
+        ctx.record(self, components=self.components, layers=list(layers))
+        return model
+
+    def regularizers(self, model: nn.Module) -> list[Callable[[nn.Module], torch.Tensor]]:
+        scale = self.tau / self.dataset_size
+
+        def soft_weight_sharing(net: nn.Module) -> torch.Tensor:
+            return scale * complexity(net, self.zero_gamma, self.gamma)
+
+        return [soft_weight_sharing]
+
+
+@torch.no_grad()
+def snap_to_mixture_(model: nn.Module) -> dict[str, dict]:
+    """Replace every MixturePrior by its hard assignment (Ullrich 2017 sec. 4): each weight takes the
+    mean of its most responsible component; the zero component's weights are pruned (a Mask, ANDed
+    with any mask already there) and the others share the used means as a codebook (SharedWeights).
+    Returns per layer the kept fraction and the number of shared values."""
+    report = {}
+    for name, layer in model.named_modules():
+        prior = find_transform(layer, MixturePrior) if hasattr(layer, "parametrizations") else None
+        if prior is None:
+            continue
+        w = layer.weight.detach()
+        component = prior.responsibilities(w).argmax(1).reshape(w.shape)
+        keep = (component > 0) & keep_mask_of(layer)
+        used = torch.unique(component[keep])
+        codebook = prior.all_means().detach()[used] if used.numel() else torch.zeros(1)
+        indices = torch.full(w.shape, -1, dtype=torch.long)
+        indices[keep] = torch.searchsorted(used, component[keep])
+        detach(layer, MixturePrior)
+        attach_mask(layer, keep, layer_name=name)
+        original(layer).copy_(torch.where(keep, w, torch.zeros_like(w)))
+        attach(layer, SharedWeights(codebook, indices), layer_name=name)
+        report[name] = {"kept": float(keep.float().mean()), "shared_values": int(used.numel())}
+    return report

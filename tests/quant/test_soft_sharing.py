@@ -1,0 +1,91 @@
+"""Soft weight-sharing (Ullrich et al. 2017): the prior's value and gradient on a hand example, training
+pulls weights to the components, and the snapped model encodes as [mask, codebook] exactly."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import nncompress as nc
+from nncompress.encode.container import read_nnc, write_nnc
+from nncompress.encode.model import decode_model, encode_model
+from nncompress.quant.kmeans import SharedWeights
+from nncompress.quant.soft_sharing import MixturePrior, SoftWeightSharing, complexity, snap_to_mixture_
+from nncompress.parametrize import find_transform
+from nncompress.prune.mask import Mask
+
+
+def hand_prior(w: torch.Tensor) -> MixturePrior:
+    """Zero component and one at mu_1 = 1, both precision 4 (sigma 0.5), pi_0 = pi_1 = 1/2."""
+    prior = MixturePrior(w, components=2, zero_mixing=0.5, init_std=0.5)
+    with torch.no_grad():
+        prior.means.fill_(1.0)
+    return prior
+
+
+def test_prior_value_and_gradient_on_a_hand_example():
+    # w = 0.25: N(w|0) ~ exp(-0.125), N(w|1) ~ exp(-1.125), so r_0 = sigmoid(1), r_1 = 1 / (1 + e).
+    w = torch.tensor([0.25], requires_grad=True)
+    prior = hand_prior(w)
+    assert torch.exp(prior.log_precisions).tolist() == pytest.approx([4.0, 4.0])
+    nll = prior.neg_log_prob(w)
+    normal = lambda x, mu: math.sqrt(4 / (2 * math.pi)) * math.exp(-2 * (x - mu) ** 2)  # noqa: E731
+    assert float(nll.detach()) == pytest.approx(-math.log(0.5 * normal(0.25, 0) + 0.5 * normal(0.25, 1)), rel=1e-6)
+    nll.backward()
+    r1 = 1 / (1 + math.e)
+    # dL/dw = sum_j r_j lambda_j (w - mu_j) = 4 (0.25 - r_1)
+    assert float(w.grad) == pytest.approx(4 * (0.25 - r1), rel=1e-5)
+    # dL/dmu_1 = -r_1 lambda_1 (w - mu_1) = 3 r_1
+    assert float(prior.means.grad) == pytest.approx(3 * r1, rel=1e-5)
+    assert prior.responsibilities(w.detach())[0].tolist() == pytest.approx([1 - r1, r1], rel=1e-6)
+
+
+def test_gamma_hyperprior_adds_its_gradient():
+    net = nn.Sequential(nn.Linear(3, 1, bias=False))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[0.25, 0.25, 0.25]]))
+    nc.apply_(net, SoftWeightSharing(components=2, zero_mixing=0.5, init_std=0.5))
+    prior = find_transform(net[0], MixturePrior)
+    with torch.no_grad():
+        prior.means.fill_(1.0)
+    zero = complexity(net, (1.0, 0.0), (1.0, 0.0))  # flat hyperpriors: the mixture alone
+    with_gamma = complexity(net, (3.0, 2.0), (5.0, 0.5))  # -(a-1) log lam + b lam, lam = 4
+    extra = (-(2) * math.log(4) + 2 * 4) + (-(4) * math.log(4) + 0.5 * 4)
+    assert float((with_gamma - zero).detach()) == pytest.approx(extra, rel=1e-5)
+
+
+def test_training_clusters_and_snapping_prunes_and_shares():
+    torch.manual_seed(0)
+    x = torch.randn(256, 10)
+    y = (x[:, 0] > 0).long()
+    net = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 2))
+    nc.fit(net, [(x, y)], nc.TrainConfig(epochs=30, lr=0.05, optimizer="adam", weight_decay=0.0), progress=False,
+           log=lambda _m: None)
+    method = SoftWeightSharing(components=5, zero_mixing=0.9, tau=1.0, dataset_size=256, init_std=0.1)
+    nc.apply_(net, method)
+    before = float(method.regularizers(net)[0](net).detach())
+    nc.fit(net, [(x, y)], nc.TrainConfig(epochs=80, lr=0.01, optimizer="adam", weight_decay=0.0),
+           regularizers=method.regularizers(net), progress=False, log=lambda _m: None)
+    assert float(method.regularizers(net)[0](net).detach()) < before
+    report = snap_to_mixture_(net)
+    assert set(report) == {"0", "2"}
+    for name, layer in (("0", net[0]), ("2", net[2])):
+        assert find_transform(layer, Mask) is not None and find_transform(layer, SharedWeights) is not None
+        values = torch.unique(layer.weight.detach())
+        assert len(values) <= 5  # zero + at most 4 means
+        assert report[name]["kept"] < 1.0
+    accuracy = nc.evaluate(net, [(x, y)])["accuracy"]
+    assert accuracy > 0.9
+
+
+def test_snapped_model_encodes_to_a_file_bit_for_bit(tmp_path):
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    nc.apply_(net, SoftWeightSharing(components=4, init_std=0.1))
+    snap_to_mixture_(net)
+    path = tmp_path / "s.nnc"
+    write_nnc(path, encode_model(net, {"arch": "custom"}))
+    restored = decode_model(read_nnc(path), model=nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)))
+    x = torch.randn(5, 6)
+    with torch.no_grad():
+        assert torch.equal(restored(x), net(x))
