@@ -1,7 +1,8 @@
 """Deep Compression on mnist-10k (Han et al., ICLR 2016, table 1 and the per-layer table 2).
 
 Usage: python benchmarks/deep_compression.py [--seeds 3] [--val]
-Per seed: train the dense model, prune it (the settings of benchmarks/pruning.py), then for each
+Runs the stages of recipes/deep-compression-{lenet300,lenet5}.yaml. Per seed: train the dense model,
+prune it (the settings of benchmarks/pruning.py), then for each
 bit configuration share weights, fine-tune the codebooks, Huffman-code into a .nnc file, decode the
 file and evaluate the decoded model. Compression = fp32 parameter bytes / .nnc file bytes (the
 real format 3.0 file: header, Huffman tables, codebooks and float16 biases included); the per-layer
@@ -12,45 +13,65 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from common import MNIST_DIR, header, median_min_max, table, write_results
-from pruning import SETTINGS
-from nncompress.analysis.metrics import count_params
-from nncompress.flows.deep_compression import DeepCompressionConfig, share_and_encode
-from nncompress.flows.prune import dense_model, prune_and_retrain
-from nncompress.methods import method_from_dict
 from nncompress.quant.kmeans import kmeans_1d
-from nncompress.train import evaluate
+from nncompress.recipes import Recipe, load_recipe
+from nncompress.recipes.runner import execute, prepare
+from nncompress.recipes.schema import edited, stage_index
 from nncompress.zoo import load_dataset
 
 #: (label, bits). The first is the paper's setting; the rest go further (chosen on --val).
 BITS = [("conv 8 / fc 5 (paper)", {"conv": 8, "fc": 5}), ("conv 8 / fc 4", {"conv": 8, "fc": 4}),
         ("conv 4 / fc 2", {"conv": 4, "fc": 2}), ("conv 5 / fc 3", {"conv": 5, "fc": 3})]
-CODEBOOK = dict(codebook_epochs=3, codebook_lr=1e-3)
+
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+DC_RECIPES = {"lenet300": "deep-compression-lenet300.yaml", "lenet5": "deep-compression-lenet5.yaml"}
+KIND_PATTERNS = {"conv": "type:Conv1d|Conv2d|Conv3d", "fc": "type:Linear"}
+
+
+def bits_variant(base: Recipe, quantize: int, bits: dict[str, int]) -> Recipe:
+    """The recipe with the quantize stage's layer_bits set from {"conv": c, "fc": f} (only the kinds
+    the shipped recipe names: LeNet-300-100 has no conv layer)."""
+    shipped = base.stages[quantize].method_fields()["layer_bits"]
+    layer_bits = {pattern: bits[kind] for kind, pattern in KIND_PATTERNS.items() if pattern in shipped}
+    return edited(base, {("stages", quantize, "quantize", "layer_bits"): layer_bits})
 
 
 def run_seed(arch: str, data, seed: int) -> list[dict]:
-    model, _, base = dense_model(arch, data, seed)
-    dense_acc = evaluate(model, data.test_loader())["accuracy"]
-    s = SETTINGS[arch]
-    prune_and_retrain(model, method_from_dict(s["method"]), data, base, schedule=s["schedule"], rounds=s["rounds"],
-                      finetune_epochs=s["finetune_epochs"], lr_factor=s["lr_factor"])
-    pruned_acc = evaluate(model, data.test_loader())["accuracy"]
+    """The shipped recipe's stages: train and prune once, then quantize -> encode -> evaluate for each
+    bit configuration on a copy of the pruned run (recipes.runner.execute: the stages `nncompress run`
+    runs, so recipes/deep-compression-*.yaml give the seed-0 rows)."""
+    base = load_recipe(RECIPES / DC_RECIPES[arch])
+    quantize = stage_index(base, "quantize")
     results = []
-    for label, bits in BITS:
-        _, r = share_and_encode(copy.deepcopy(model), arch, data, DeepCompressionConfig(bits=bits, **CODEBOOK), seed=seed)
-        r.update(label=label, seed=seed, dense_accuracy=dense_acc, pruned_accuracy=pruned_acc,
-                 compression=4 * count_params(model) / r["file_bytes"])
-        assert r["exact_roundtrip"], "decoded model differs from the simulated one"
-        assert sum(row["bytes"] for row in r["layers"]) + r["overhead"]["bytes"] == r["file_bytes"]
-        print(f"{arch} seed {seed} {label}: dense {dense_acc:.4f} pruned {pruned_acc:.4f} "
-              f"decoded {r['compressed_accuracy']:.4f} {r['file_bytes']} B {r['compression']:.1f}x", flush=True)
-        results.append(r)
+    with tempfile.TemporaryDirectory() as folder:
+        run = prepare(base, data, folder, seed)
+        for index in range(quantize):
+            execute(base, run, index)
+        dense_acc, pruned_acc = run.dense_accuracy, run.accuracy()
+        for i, (label, bits) in enumerate(BITS):
+            variant = bits_variant(base, quantize, bits)
+            branch = dataclasses.replace(run, model=copy.deepcopy(run.model), methods=list(run.methods),
+                                         phases=list(run.phases), out=Path(folder) / f"bits{i}")
+            stages = [execute(variant, branch, index) for index in range(quantize, len(variant.stages))]
+            encoded = next(s for s in stages if s["stage"] == "encode")
+            r = {**encoded, "label": label, "seed": seed, "dense_accuracy": dense_acc, "pruned_accuracy": pruned_acc,
+                 "compressed_accuracy": encoded["test_accuracy"]}
+            assert r["exact_roundtrip"], "decoded model differs from the simulated one"
+            assert sum(row["bytes"] for row in r["layers"]) + r["overhead"]["bytes"] == r["file_bytes"]
+            print(f"{arch} seed {seed} {label}: dense {dense_acc:.4f} pruned {pruned_acc:.4f} "
+                  f"decoded {r['compressed_accuracy']:.4f} {r['file_bytes']} B {r['compression']:.1f}x", flush=True)
+            results.append(r)
     return results
 
 

@@ -1,5 +1,8 @@
 """Pruning with retraining on mnist-10k (Han et al. 2015 tables), dense and pruned in the same run.
 
+Each row is one run of the shipped recipe (recipes/han2015-lenet300.yaml, han2015-lenet5.yaml) with
+the seed overridden: `nncompress run recipes/han2015-lenet300.yaml --dataset mnist-10k` gives seed 0.
+
 Usage:
   python benchmarks/pruning.py                      # test split, 3 seeds, both LeNets -> results/pruning.md
   python benchmarks/pruning.py --val --seeds 1      # tune on a validation split (last 1,000 training images)
@@ -8,36 +11,56 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
+from pathlib import Path
 
 import torch
 
 from common import MNIST_DIR, header, table, write_results
-from nncompress.flows.prune import prune_model
-from nncompress.methods import method_from_dict
+from nncompress.recipes import Recipe, load_recipe, run_recipe
+from nncompress.recipes.schema import edited, stage_index
 from nncompress.zoo import load_dataset
 
-#: Chosen on the validation split (see --val, 3 seeds), never on test accuracy. LeNet-300-100:
-#: Han's per-layer densities (8/8/26%) reached with AGP over a full-length retraining at the
-#: original learning rate; iterative pruning at 1/10 or 3/10 of the LR lost 0.2-1.0 points on the
-#: validation split with 7,000 training images (the paper retrains on 60,000).
-SETTINGS = {
-    "lenet300": dict(method={"method": "magnitude", "sparsity": 0.92, "layer_sparsity": {"fc3": 0.74}},
-                     schedule="agp", rounds=1, finetune_epochs=40, lr_factor=1.0),
-    "lenet5": dict(method={"method": "magnitude", "sparsity": 0.925, "scope": "global"},
-                   schedule="iterative", rounds=3, finetune_epochs=6, lr_factor=0.3),
-}
+#: The rows run the shipped recipes (recipes/han2015-*.yaml) through the recipe runner: the same
+#: settings as `nncompress prune` (flows.prune.RECOMMENDED_PRUNING, chosen on the validation split,
+#: 3 seeds, never on test accuracy). LeNet-300-100: Han's per-layer densities (8/8/26%) reached with
+#: AGP over a full-length retraining at the original learning rate; iterative pruning at 1/10 or
+#: 3/10 of the LR lost 0.2-1.0 points on the validation split with 7,000 training images (the paper
+#: retrains on 60,000).
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+RECIPE_FILES = {"lenet300": "han2015-lenet300.yaml", "lenet5": "han2015-lenet5.yaml"}
+
+
+def recipe(arch: str, overrides: dict | None = None) -> Recipe:
+    """The arch's shipped pruning recipe, with prune-stage options / method fields overridden (tuning)."""
+    base = load_recipe(RECIPES / RECIPE_FILES[arch])
+    index = stage_index(base, "prune")
+    return edited(base, {("stages", index, "prune", key): value for key, value in (overrides or {}).items()})
+
+
+def settings(arch: str) -> dict:
+    """The prune stage of the arch's recipe as {method, schedule, rounds, finetune_epochs, lr_factor}."""
+    r = recipe(arch)
+    stage = r.stages[stage_index(r, "prune")]
+    return dict(method=stage.method_spec(), schedule=stage.schedule, rounds=stage.rounds,
+                finetune_epochs=stage.finetune_epochs, lr_factor=stage.lr_factor)
+
+
+SETTINGS = {arch: settings(arch) for arch in RECIPE_FILES}
 
 
 def run_model(arch: str, dataset, seeds: int, overrides: dict) -> tuple[list[list[object]], list[dict]]:
-    settings = {**SETTINGS[arch], **overrides}
     results = []
-    for seed in range(seeds):
-        _, r = prune_model(arch, dataset, method_from_dict(settings["method"]), schedule=settings["schedule"],
-                           rounds=settings["rounds"], finetune_epochs=settings["finetune_epochs"],
-                           lr_factor=settings["lr_factor"], seed=seed)
-        results.append(r)
-        print(f"{arch} seed {seed}: dense {r['dense_accuracy']:.4f} pruned {r['pruned_accuracy']:.4f} "
-              f"compression {r['compression']:.2f}x densities {r['densities']}", flush=True)
+    with tempfile.TemporaryDirectory() as folder:
+        for seed in range(seeds):
+            run = run_recipe(recipe(arch, overrides), dataset, Path(folder) / f"{arch}-{seed}", seed=seed)
+            s = run["summary"]
+            r = {"seed": seed, "dense_accuracy": s["dense_accuracy"], "pruned_accuracy": s["test_accuracy"],
+                 "nonzero_weights": s["nonzero_weights"], "compression": s["weight_compression"],
+                 "densities": s["densities"]}
+            results.append(r)
+            print(f"{arch} seed {seed}: dense {r['dense_accuracy']:.4f} pruned {r['pruned_accuracy']:.4f} "
+                  f"compression {r['compression']:.2f}x densities {r['densities']}", flush=True)
     rows = [[arch, r["seed"], f"{100 * r['dense_accuracy']:.2f}", f"{100 * r['pruned_accuracy']:.2f}",
              f"{100 * (r['pruned_accuracy'] - r['dense_accuracy']):+.2f}", f"{r['nonzero_weights']:,}",
              f"{r['compression']:.1f}x"] for r in results]
@@ -74,7 +97,7 @@ def main() -> None:
     for arch in args.models:
         overrides: dict = {}
         if args.sparsity is not None:
-            overrides["method"] = {**SETTINGS[arch]["method"], "sparsity": args.sparsity}
+            overrides["sparsity"] = args.sparsity
         if args.finetune_epochs is not None:
             overrides["finetune_epochs"] = args.finetune_epochs
         arch_rows, all_results[arch] = run_model(arch, dataset, args.seeds, overrides)

@@ -1,0 +1,161 @@
+"""Recipe runs: checkpoints after each stage, --resume gives exactly the figures of an uninterrupted
+run, and `nncompress run` writes them as JSON."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from nncompress.recipes import load_recipe, recipe_from_text, run_recipe
+from nncompress.recipes import stages as stage_module
+
+TINY = """\
+name: tiny
+model: lenet300
+dataset: digits
+seed: 3
+stages:
+  - train: {epochs: 2}
+  - prune: {method: magnitude, sparsity: 0.8, schedule: oneshot, finetune_epochs: 1}
+  - evaluate: {}
+"""
+
+FULL = """\
+name: full
+model: lenet300
+dataset: digits
+seed: 1
+stages:
+  - train: {epochs: 2}
+  - prune: {method: magnitude, sparsity: 0.8, layer_sparsity: {fc3: 0.5}, schedule: iterative, rounds: 2, finetune_epochs: 1}
+  - quantize: {method: kmeans, bits: 3, finetune_epochs: 1}
+  - encode: {}
+  - evaluate: {control: true}
+"""
+
+QUIET = dict(log=lambda _msg: None)
+
+
+def test_interrupted_mid_stage_then_resumed_gives_the_same_figures(tmp_path, digits, monkeypatch):
+    recipe = recipe_from_text(TINY)
+    full = run_recipe(recipe, digits, tmp_path / "a", **QUIET)
+    assert [s["stage"] for s in full["stages"]] == ["train", "prune", "evaluate"]
+    summary = full["summary"]
+    assert summary["weight_compression"] == pytest.approx(5.0, rel=0.01)  # 80% of the weights removed
+    assert summary["total_weights"] == 64 * 300 + 300 * 100 + 100 * 10
+    assert 0.5 < summary["dense_accuracy"] <= 1 and summary["gap"] == summary["test_accuracy"] - summary["dense_accuracy"]
+
+    real = stage_module.prune_and_retrain
+
+    def killed(*args, **kwargs):  # the stage does its work on the model, then the process "dies"
+        real(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stage_module, "prune_and_retrain", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(recipe, digits, tmp_path / "b", **QUIET)
+    assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir()) == ["00-train.json", "00-train.safetensors"]
+    monkeypatch.setattr(stage_module, "prune_and_retrain", real)
+    resumed = run_recipe(recipe, digits, tmp_path / "b", resume=True, **QUIET)
+    assert resumed["resumed_after_stage"] == 1
+    assert resumed["stages"] == full["stages"] and resumed["summary"] == full["summary"]
+    assert json.loads((tmp_path / "b" / "result.json").read_text())["stages"] == full["stages"]
+
+
+def test_resume_refuses_another_recipes_checkpoints(tmp_path, digits):
+    run_recipe(recipe_from_text(TINY), digits, tmp_path, stop_after=1, **QUIET)
+    other = recipe_from_text(TINY.replace("seed: 3", "seed: 4"))
+    with pytest.raises(ValueError, match="written by another recipe, dataset or seed"):
+        run_recipe(other, digits, tmp_path, resume=True, **QUIET)
+
+
+@pytest.mark.slow
+def test_resume_after_every_stage_of_a_deep_compression_recipe(tmp_path, digits):
+    """Prune (iterative, rescaled dropout), k-means + codebook fine-tuning, .nnc encode / decode,
+    evaluate with the same-budget control: stopping after any stage and resuming changes nothing."""
+    recipe = recipe_from_text(FULL)
+    full = run_recipe(recipe, digits, tmp_path / "full", **QUIET)
+    encode = full["stages"][3]
+    assert encode["exact_roundtrip"] is True and encode["file_bytes"] == (tmp_path / "full" / "full.nnc").stat().st_size
+    assert encode["compression"] == 4 * (64 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10) / encode["file_bytes"]
+    evaluate = full["stages"][4]
+    assert evaluate["control_steps"] == 3 * len(digits.train_loader(64))  # 2 retraining rounds + 1 codebook epoch
+    for stop in range(1, 5):
+        run_recipe(recipe, digits, tmp_path / f"s{stop}", stop_after=stop, **QUIET)
+        resumed = run_recipe(recipe, digits, tmp_path / f"s{stop}", resume=True, **QUIET)
+        assert resumed["resumed_after_stage"] == stop
+        assert resumed["stages"] == full["stages"], f"stopped after stage {stop}"
+
+
+@pytest.mark.slow
+def test_cli_run_killed_after_first_checkpoint_then_resumed(tmp_path, digits):
+    """A real `nncompress run` process killed (SIGKILL) once stage 1's checkpoint exists, then
+    `--resume`: the JSON figures equal an uninterrupted run's (in this process, also on one thread)."""
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(TINY.replace("finetune_epochs: 1", "finetune_epochs: 3"))
+    a = run_recipe(load_recipe(recipe), digits, tmp_path / "a", **QUIET)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "nncompress.cli", "run", str(recipe)]
+    proc = subprocess.Popen([*cmd, "--out", str(tmp_path / "b")], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    marker = tmp_path / "b" / "checkpoints" / "00-train.json"
+    while not marker.exists() and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert marker.exists() and not (tmp_path / "b" / "result.json").exists()
+    subprocess.run([*cmd, "--out", str(tmp_path / "b"), "--resume", "--json", str(tmp_path / "b.json")], check=True,
+                   env=env, capture_output=True)
+    b = json.loads((tmp_path / "b.json").read_text())
+    assert b["resumed_after_stage"] in (1, 2)  # killed during stage 2 (or, on a slow machine, after it)
+    assert b["stages"] == a["stages"] and b["summary"] == a["summary"]
+
+
+def test_cli_run_reports_json_and_refuses_a_bad_recipe(tmp_path, main):
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(TINY.replace("epochs: 2", "epochs: 1").replace("finetune_epochs: 1", "finetune_epochs: 0"))
+    code, out, _ = main("run", str(recipe), "--out", str(tmp_path / "run"), "--json", str(tmp_path / "r.json"))
+    assert code == 0
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result == json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["complete"]
+    assert result["summary"]["nonzero_weights"] == pytest.approx(0.2 * result["summary"]["total_weights"], abs=3)
+    assert "3. evaluate" in out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(TINY.replace("method: magnitude", "method: magnitudee"))
+    code, _, err = main("run", str(bad), "--out", str(tmp_path / "bad"))
+    assert code == 2 and "bad.yaml line 7 (stages[1].prune.method): unknown prune method 'magnitudee'" in " ".join(err.split())
+    assert not (tmp_path / "bad").exists()
+
+
+PTQ = """\
+name: q
+model: lenet300
+dataset: digits
+stages:
+  - train: {epochs: 1}
+  - quantize: {method: linear, weight_bits: 8, act_bits: 8, calib_images: 256}
+  - convert
+  - export: {format: qdq, check_images: 200}
+  - evaluate
+"""
+
+
+@pytest.mark.slow
+def test_ptq_convert_export_recipe_resumes_after_convert(tmp_path, digits):
+    """int8 PTQ -> convert_ (integer codes) -> ONNX export checked in ONNX Runtime; a run resumed from
+    the converted checkpoint (reloaded by replaying the saved recipe) gives the same figures."""
+    pytest.importorskip("onnxruntime")
+    recipe = recipe_from_text(PTQ)
+    full = run_recipe(recipe, digits, tmp_path / "a", **QUIET)
+    quantize, convert, export, evaluate = full["stages"][1:]
+    assert convert["test_accuracy"] == quantize["test_accuracy"] == evaluate["test_accuracy"]  # convert_ is exact
+    assert convert["ratio_vs_float32"] < 0.3  # int8 codes + scales: about a quarter of float32
+    assert export["file"] == "q.onnx" and export["file_bytes"] == (tmp_path / "a" / "q.onnx").stat().st_size
+    assert export["check"]["images"] == 200 and export["check"]["top1_agreement"] == 1.0
+    run_recipe(recipe, digits, tmp_path / "b", stop_after=3, **QUIET)
+    resumed = run_recipe(recipe, digits, tmp_path / "b", resume=True, **QUIET)
+    assert resumed["resumed_after_stage"] == 3 and resumed["stages"] == full["stages"]
