@@ -65,3 +65,20 @@ def test_a_quantized_layer_that_is_not_linear_is_named():
     nc.quantize_(model, nc.LinearQuant(weight_bits=8, act_bits=None))
     with pytest.raises(UserError, match="layer '0' \\(Conv2d\\)"):
         export_onnx(model, (torch.randn(1, 1, 8, 8),))
+
+
+def test_equal_biases_deduplicated_by_torch_onnx_are_added_once():
+    """torch.onnx stores equal biases once and hands them out through Identity nodes: the float bias
+    Add must still be recognised and dropped (the spliced layer adds the bias itself), or every such
+    layer adds its bias twice."""
+    model = tiny_bert()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.bias.fill_(0.5)
+    quantized = nc.convert_(nc.quantize_(copy.deepcopy(model), nc.DynamicQuant(per_token=True),
+                                         data=[batch(8, 12, seed) for seed in range(2)]))
+    example = batch(3, 12, seed=5)
+    with torch.no_grad():
+        ours = quantized(**example).last_hidden_state.numpy()
+    assert np.abs(run(export_onnx(quantized, example), example) - ours).max() <= 1e-3 * np.abs(ours).max()

@@ -73,3 +73,17 @@ def test_a_converted_model_runs_its_decoded_weights_sparse():
     rows = use_sparse_kernels_(net, x, min_speedup=0.0, rounds=1)
     assert {r.name for r in rows if r.choice == "sparse"} == {"0", "4"}
     torch.testing.assert_close(net(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_layer_with_an_input_quantizer_stays_dense():
+    """The sparse modules have no activation quantizer: swapping one in would silently drop it."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4))
+    nc.prune_(net, nc.MagnitudePrune(sparsity=0.9))
+    x = torch.randn(32, 64) * 5
+    nc.quantize_(net, nc.LinearQuant(weight_bits=8, act_bits=2), data=[x])
+    net.eval()
+    expected = net(x)
+    rows = use_sparse_kernels_(net, x, min_speedup=0.0, rounds=1)
+    assert all(r.choice == "dense" and "quantizes its input" in r.reason for r in rows)
+    torch.testing.assert_close(net(x), expected, rtol=0, atol=0)

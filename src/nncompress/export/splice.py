@@ -91,6 +91,8 @@ class Splicer(GridValues):
         self.g.used |= {i.name for i in graph.initializer} | {n.name for n in graph.node}
         self.g.used |= {o for n in graph.node for o in [*n.input, *n.output]}
         self.inits = {i.name: i for i in graph.initializer}
+        # torch.onnx stores identical tensors once and hands the copies out through Identity nodes
+        self.identities = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Identity" and n.input}
 
     def _weight_of(self, node: Any) -> np.ndarray | None:
         from onnx import numpy_helper
@@ -106,7 +108,11 @@ class Splicer(GridValues):
         users = consumers.get(node.output[0], [])
         if node.op_type == "MatMul" and len(users) == 1 and users[0].op_type == "Add":
             other = [i for i in users[0].input if i != node.output[0]]
-            if other and other[0] in self.inits:
+            source, seen = (other[0] if other else None), set()
+            while source in self.identities and source not in seen:  # a deduplicated bias (e.g. equal biases)
+                seen.add(source)
+                source = self.identities[source]
+            if source in self.inits:
                 return users[0]
         return None
 
@@ -135,6 +141,9 @@ class Splicer(GridValues):
                 nodes.append(node)
                 continue
             bias_add = self._bias_add(node, consumers) if layers[name].bias is not None else None
+            if bias_add is None and node.op_type == "MatMul" and layers[name].bias is not None:
+                raise UserError(f"layer {name!r}: no bias Add with a constant bias follows its MatMul ({node.name}) "
+                                "in torch.onnx's graph; splicing would add the bias twice")
             start = len(self.g.nodes)
             y = emit_layer(self, layers[name], name, Value(float=node.input[0]), None, ranks[name])
             out = (bias_add or node).output[0]

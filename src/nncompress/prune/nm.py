@@ -132,7 +132,7 @@ class NMMask(Mask):
         values, indices = encoded.tensors["values"], encoded.tensors["indices"].long()
         cols = shape[1] if len(shape) >= 2 else shape[0]
         rows = math.prod(shape) // cols
-        dense = torch.zeros(rows, cols // m, m, dtype=values.dtype)
+        dense = torch.zeros(rows, cols // m, m, dtype=values.dtype, device=values.device)
         dense.scatter_(-1, indices.reshape(rows, cols // m, n), values.reshape(rows, cols // m, n))
         return nm_unmatrix(dense.reshape(rows, cols), shape)
 

@@ -133,7 +133,7 @@ def candidate_pull(candidates: tuple[int, ...], weight: float):
         terms = []
         for name, q in noise_quantizers(model).items():
             b = q.effective_bits()
-            nearest = grid[torch.argmin((grid - b.detach()).abs())]
+            nearest = grid[torch.argmin((grid - b.detach().cpu()).abs())].to(b.device)
             terms.append(counts[name] * (b - nearest) ** 2)
         return weight * torch.stack(terms).sum() / total
     return pull

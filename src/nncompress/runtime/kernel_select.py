@@ -8,8 +8,8 @@ Conv2d (groups = 1) whose weight, as the model computes with it (after masks, or
 builds the sparse candidate (`runtime/sparse.py`: SparseLinear, or im2col + CSR for SparseConv2d),
 checks it gives the same outputs, times dense (`F.linear` / `F.conv2d` on the materialized weight)
 and sparse in interleaved rounds (A B A B ..., medians), and swaps the layer for the sparse one
-only when it is at least `min_speedup` times faster. The returned table says what was measured and
-chosen for each layer.
+only when it is at least `min_speedup` times faster. Layers with an activation quantizer stay dense
+(the sparse modules have none). The returned table says what was measured and chosen for each layer.
 """
 from __future__ import annotations
 
@@ -100,6 +100,8 @@ def _capture_inputs(model: nn.Module, names: list[str], example: object) -> dict
 
 def _candidate(layer: nn.Module, weight: torch.Tensor) -> tuple[nn.Module | None, Callable | None, str]:
     """(sparse module, dense function, why not) for a layer."""
+    if getattr(layer, "input_quantizer", None) is not None:  # the sparse module would run without it
+        return None, None, "the layer quantizes its input (the sparse kernel has no activation quantizer)"
     bias = layer.bias.detach() if layer.bias is not None else None
     if isinstance(layer, nn.Linear):
         return SparseLinear(weight, bias), lambda x: F.linear(x, weight, bias), ""

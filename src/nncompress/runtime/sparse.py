@@ -89,11 +89,12 @@ class SparseConv2d(nn.Module):
 def sparsify_linear_(model: nn.Module, min_sparsity: float = 0.9) -> list[str]:
     """Replace every Linear whose weight is at least `min_sparsity` zeros by a SparseLinear.
 
-    Parametrized layers contribute the weight they compute with. Returns the converted names.
+    Parametrized layers contribute the weight they compute with; layers with an activation quantizer
+    stay (a SparseLinear has none). Returns the converted names.
     """
     converted = []
     for name, module in list(model.named_modules()):
-        if type_before_parametrizations(module) is not nn.Linear:
+        if type_before_parametrizations(module) is not nn.Linear or getattr(module, "input_quantizer", None) is not None:
             continue
         weight = module.weight.detach()
         if 1 - torch.count_nonzero(weight).item() / weight.numel() < min_sparsity:
