@@ -63,8 +63,8 @@ def energy(model: Annotated[str, typer.Argument(help="zoo model, a saved .safete
     from ..hardware.energy import HOROWITZ_45NM, EnergyConfig, estimate, load_table, workloads_from_model
     from ..zoo import load_dataset
 
-    if not sram_kb >= 0:
-        raise UserError(f"--sram-kb must be >= 0, got {sram_kb}")
+    if not 0 <= sram_kb <= 2**40:
+        raise UserError(f"--sram-kb must be a size in [0, 2^40] KB, got {sram_kb}")
     table = load_table(table_path) if table_path is not None else HOROWITZ_45NM
     config = EnergyConfig(sram_bytes=int(sram_kb * 1024), skip_zeros=skip_zeros)
     if model.endswith(".nnc"):

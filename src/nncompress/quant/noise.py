@@ -75,7 +75,9 @@ class NoiseQuant(WeightTransform):
 
     @property
     def storage_bits(self) -> int:  # type: ignore[override]
-        return self.int_bits()
+        """What `convert_` stores per weight for this transform: its declared range, `max_bits` (the
+        learned width is `int_bits()`; NIPQ's stage 3 re-quantizes at it, and that stores it)."""
+        return self.max_bits
 
     def _clipped_range(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(clipped w, min, max): PACT clip to [-alpha, alpha] (gradient to alpha where clipped), or
