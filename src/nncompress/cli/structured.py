@@ -1,0 +1,82 @@
+"""Structured pruning commands: `nncompress slim` (network slimming), and the table the
+`prune --structure ...` command prints."""
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from ..validate import check_fraction
+from ..zoo import load_dataset
+from .common import DataDirOpt, DatasetOpt, DownloadOpt, JsonOpt, ModelArg, app, build_method, emit_json, out
+
+#: --structure of `nncompress prune` -> the registered method it runs
+STRUCTURE_METHODS = {"channel": "channel", "column": "column", "group": "group_lasso", "nm": "nm"}
+
+
+def structured_table(result: dict, title: str) -> Table:
+    """Accuracy, parameters and MACs before / after, and channels kept per dependency group."""
+    table = Table(title=title)
+    for col in ("", "test accuracy", "params", "MACs"):
+        table.add_column(col, justify="left" if not col else "right")
+    for key in ("before", "after"):
+        r = result[key]
+        label = "dense" if key == "before" else ("pruned + shrunk" if result["shrunk"] else "pruned (masked)")
+        table.add_row(label, f"{r['accuracy']:.4f}", f"{r['params']:,}", f"{r['macs']:,}")
+    return table
+
+
+def groups_table(result: dict) -> Table:
+    table = Table(title="channels kept per dependency group (layers sharing channels)")
+    for col in ("layers", "channels", "kept"):
+        table.add_column(col, justify="left" if col == "layers" else "right")
+    for g in result["groups"]:
+        table.add_row(", ".join(g["producers"]), str(g["channels"]), str(g["kept"]))
+    return table
+
+
+def print_structured(result: dict, title: str) -> None:
+    out.print(structured_table(result, title))
+    if result["groups"]:
+        out.print(groups_table(result))
+    out.print(f"MAC reduction {result['mac_reduction']:.2f}x")
+
+
+@app.command("slim")
+def slim(model: ModelArg = "vgg_small", dataset: DatasetOpt = "digits", data_dir: DataDirOpt = None,
+         download: DownloadOpt = False,
+         sparsity: Annotated[float, typer.Option(help="fraction of BatchNorm'd channels removed (global |gamma| threshold), in [0, 1)")] = 0.5,
+         penalty: Annotated[float, typer.Option(help="s, the L1 strength on the BatchNorm scales during sparsity training")] = 1e-4,
+         scope: Annotated[str, typer.Option(help="global (one threshold, as in the paper) or layer")] = "global",
+         sparsify_epochs: Annotated[int, typer.Option(min=0, help="epochs of sparsity training (L1 on gamma)")] = 5,
+         finetune_epochs: Annotated[int, typer.Option(min=0, help="fine-tuning epochs after pruning, at 1/10 the LR")] = 3,
+         shrink: Annotated[bool, typer.Option("--shrink/--no-shrink", help="remove the pruned channels physically")] = True,
+         seed: Annotated[int, typer.Option(help="random seed")] = 0,
+         json_path: JsonOpt = None) -> None:
+    """Network slimming (Liu et al. 2017): L1 on BatchNorm scales, prune the smallest |gamma|, fine-tune, shrink."""
+    from ..flows.structured import slim_model
+
+    check_fraction("--sparsity", sparsity)
+    method = build_method("slimming", "prune", {"sparsity": sparsity, "penalty": penalty, "scope": scope}, None)
+    data = load_dataset(dataset, data_dir, download=download)
+    _, result = slim_model(model, data, method, sparsify_epochs=sparsify_epochs, finetune_epochs=finetune_epochs,
+                           seed=seed, shrink=shrink)
+    print_structured(result, f"{result['model']} slimmed ({sparsity:.0%} of channels, s={penalty:g})")
+    out.print(f"accuracy: dense {result['before']['accuracy']:.4f}  after sparsity training "
+              f"{result['sparsity_trained_accuracy']:.4f}  pruned {result['pruned_accuracy']:.4f}  "
+              f"fine-tuned {result['after']['accuracy']:.4f}")
+    emit_json(json_path, result)
+
+
+def run_structured_prune(model: str, data, pruner, *, schedule: str, rounds: int, finetune_epochs: int,
+                         lr_factor: float, sparsify_epochs: int, seed: int, shrink: bool, out_path: Optional[str],
+                         json_path) -> None:
+    """The body of `nncompress prune --structure ... / --shrink`."""
+    from ..flows.structured import structured_prune
+
+    _, result = structured_prune(model, data, pruner, schedule=schedule, rounds=rounds, finetune_epochs=finetune_epochs,
+                                 lr_factor=lr_factor, sparsify_epochs=sparsify_epochs, seed=seed, shrink=shrink,
+                                 out=out_path)
+    print_structured(result, f"{result['model']} pruned ({pruner.name}, {schedule})")
+    emit_json(json_path, result)

@@ -1,0 +1,94 @@
+"""Network slimming (Liu et al., "Learning Efficient Convolutional Networks through Network Slimming",
+ICCV 2017; "Scaling-based pruning" in Yoo's lecture): the BatchNorm scale gamma of each channel is its
+scaling factor. Train with an L1 penalty on the scales,
+
+    L = sum loss(f(x, W), y) + s * sum_{gamma in Gamma} |gamma|,
+
+so unimportant channels get gamma near zero, then prune the channels with the smallest |gamma| under
+one global threshold (a channel mask on the producing conv and the BatchNorm, gamma and beta both:
+the pruned channel outputs exactly zero and `shrink_` can remove it), and fine-tune.
+
+A channel group joined by residual adds has several BatchNorms; its scaling factor is the mean of
+their |gamma|. Groups without a BatchNorm have no scaling factor and are left alone.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..config import Context
+from ..registry import register
+from ..validate import UserError, check_positive
+from .dependency import NORMS
+from .structured import group_tensors, mask_channels, targeted_groups, unit_masks
+from .structures import check_mask_targets
+from .unstructured import SparsityPrune
+
+
+def bn_scale_penalty(model: nn.Module, strength: float) -> torch.Tensor:
+    """s * sum |gamma| over every affine BatchNorm of `model` (Liu et al. 2017, eq. 1)."""
+    scales = [m.weight for m in model.modules() if isinstance(m, NORMS) and m.weight is not None]
+    if not scales:
+        return torch.zeros(())
+    return strength * sum(g.abs().sum() for g in scales)  # type: ignore[return-value]
+
+
+def channel_scaling_factors(model: nn.Module, norm_layers: list[str]) -> torch.Tensor:
+    """Mean |gamma| per channel over the given BatchNorm layers."""
+    modules = dict(model.named_modules())
+    return torch.stack([modules[n].weight.detach().abs().float() for n in norm_layers]).mean(0)
+
+
+@register("slimming")
+@dataclass(frozen=True, kw_only=True)
+class NetworkSlimming(SparsityPrune):
+    """Prune the `sparsity` fraction of BatchNorm'd channels with the smallest |gamma|: one global
+    threshold by default (scope "global", as in the paper) or per group (scope "layer").
+
+    Args:
+        penalty: s, the L1 strength on the scales used by `regularizers` (Liu et al.: 1e-4 for VGG,
+            1e-5 for ResNet / DenseNet).
+    """
+
+    needs = frozenset({"data"})
+    scope: str = "global"
+    penalty: float = 1e-4
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive("penalty", self.penalty)
+        if self.layer_sparsity:
+            raise UserError("NetworkSlimming uses one global threshold (or one fraction per group); "
+                            "layer_sparsity is not supported")
+
+    def regularizers(self, model: nn.Module) -> list[Callable[[nn.Module], torch.Tensor]]:
+        """[model -> s * sum |gamma|] (sparsity training before `apply`)."""
+        strength = self.penalty
+
+        def bn_l1(net: nn.Module) -> torch.Tensor:
+            return bn_scale_penalty(net, strength)
+        return [bn_l1]
+
+    def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
+        groups, _ = targeted_groups(self, model, ctx.data)
+        modules = dict(model.named_modules())
+        scaled = {g.producers[0]: g for g in groups
+                  if any(isinstance(modules[n], NORMS) and modules[n].weight is not None for n in g.passthrough)}
+        if not scaled:
+            ctx.record(self, channels_pruned=0, channels=0, note="no BatchNorm'd channel group to slim")
+            return model
+        scores = {n: channel_scaling_factors(model, [p for p in g.passthrough if isinstance(modules[p], NORMS)])
+                  for n, g in scaled.items()}
+        keeps = unit_masks(self, scores, {})
+        check_mask_targets([t for g in scaled.values() for t in group_tensors(model, g)])
+        for name, group in scaled.items():
+            mask_channels(model, group, keeps[name])
+        total = sum(k.numel() for k in keeps.values())
+        kept = sum(int(k.sum()) for k in keeps.values())
+        threshold = max((float(s[~k].max()) for s, k in zip(scores.values(), keeps.values()) if (~k).any()), default=0.0)
+        ctx.record(self, channels_pruned=total - kept, channels=total, threshold=threshold,
+                   channels_kept={n: int(k.sum()) for n, k in keeps.items()})
+        return model
