@@ -9,9 +9,23 @@ from torch import nn
 import nncompress as nc
 from nncompress.parametrize import transforms
 from nncompress.quant.floating import FormatQuant
+from nncompress.quant.fp8_training import FP8Training
+from nncompress.quant.mixed_precision import NIPQ, DiffQ
+from nncompress.quant.binary import BNN, BWN, BinaryConnect, XNORNet
+from nncompress.quant.lqnet import LQNet
+from nncompress.quant.lsq import LSQ
+from nncompress.quant.pact import PACT
+from nncompress.quant.qat import STEQuant
+from nncompress.quant.ternary import TTQ, TWN
+from nncompress.prune.group_lasso import GroupLassoPrune
+from nncompress.prune.slimming import NetworkSlimming
+from nncompress.prune.structured import ChannelPrune, ColumnPrune, InputChannelPrune
+from nncompress.prune.nm import NMPrune
+from nncompress.quant.soft_sharing import SoftWeightSharing
 from nncompress.registry import METHODS
 
 METHOD_EXAMPLES = [
+    SoftWeightSharing(components=5, zero_mixing=0.9, init_std=0.1),
     nc.MagnitudePrune(sparsity=0.6),
     nc.MagnitudePrune(sparsity=0.7, scope="global", targets=nc.Select(exclude=("0",))),
     nc.RandomPrune(sparsity=0.5, seed=1),
@@ -22,6 +36,25 @@ METHOD_EXAMPLES = [
     nc.SmoothQuant(alpha=0.5, act_bits=8),
     nc.KMeansQuant(bits=3, layer_bits={"type:Conv1d|Conv2d": 4}),
     FormatQuant(weight_format="fp4_e2m1", act_format="fp8_e4m3"),
+    ChannelPrune(sparsity=0.5, norm="l1"),  # issue 12 A: structured pruning
+    InputChannelPrune(sparsity=0.25),
+    ColumnPrune(threshold=0.5),
+    GroupLassoPrune(sparsity=0.3, lam=1e-3, theta=0.5),
+    NetworkSlimming(sparsity=0.4),
+    DiffQ(size_weight=0.05, init_bits=6.0, min_bits=2, max_bits=8),
+    NIPQ(target_bits=5.0, candidates=(4, 8), init_bits=7.0),
+    FP8Training(weight_scaling="channel", amax_history=4),
+    BinaryConnect(stochastic=True, seed=3),  # issue 14: binary and ternary networks
+    BNN(),
+    BWN(),
+    XNORNet(keep_first_last=False),
+    TWN(),
+    TTQ(threshold=0.05),
+    LQNet(weight_bits=2, act_bits=2),
+    STEQuant(weight_bits=4, act_bits=4),  # issue 13 A: QAT
+    PACT(weight_bits=4, act_bits=3, alpha_decay=1e-4),
+    LSQ(weight_bits=3, act_bits=4, granularity="tensor", layer_bits={"type:Conv1d|Conv2d": 8}),
+    NMPrune(n=2, m=4, permute=True, targets=nc.Select(types=("Linear",))),  # issue 12 B: 2:4 (+ permutation)
 ]
 
 
@@ -85,3 +118,15 @@ def test_method_contract(method, kind):
     nc.squash_(model)
     assert torch.equal(model(X), before)
     assert not any(transforms(m) for m in model.modules())
+
+
+@pytest.mark.parametrize("method", METHOD_EXAMPLES, ids=lambda m: f"{m.name}")
+def test_every_registered_method_is_reachable_from_a_recipe(method):
+    """issue 15: a YAML recipe reaches every registered method by name with its fields (a prune
+    stage for nncompress.prune methods, a quantize stage for the others), through method_from_dict."""
+    from nncompress.recipes import recipe_from_text
+
+    kind = "prune" if type(method).__module__.startswith("nncompress.prune") else "quantize"
+    spec = method.to_dict()
+    text = yaml.safe_dump({"model": "lenet300", "stages": [{kind: {"method": spec.pop("method"), "fields": spec}}]})
+    assert recipe_from_text(text).methods() == [method]

@@ -13,15 +13,29 @@ from .batches import with_forward
 from .config import Context, Method, Select, run_method
 from .methods import METHODS, method_from_dict
 from .parametrize import CompositionError
+from .prune.group_lasso import GroupLassoPrune
+from .prune.nm import NMPrune
+from .prune.shrink import shrink_
+from .prune.slimming import NetworkSlimming
+from .prune.structured import ChannelPrune, ColumnPrune, InputChannelPrune
 from .prune.unstructured import MagnitudePrune, RandomPrune, SparsityPrune, ThresholdPrune
 from .quant.attention import SplitAttention, unfuse_attention_
+from .quant.binary import BNN, BWN, BinaryConnect, XNORNet
 from .quant.convert import convert_
 from .quant.floating import FormatQuant
 from .quant.fold import fold_batchnorm_
+from .quant.fp8_training import FP8Training
 from .quant.granularity import PerChannel, PerGroup, PerTensor
 from .quant.kmeans import KMeansQuant
+from .quant.lqnet import LQNet
+from .quant.lsq import LSQ
+from .quant.mixed_precision import NIPQ, DiffQ
+from .quant.pact import PACT
 from .quant.ptq import DynamicQuant, LinearQuant, remove_quantization_
+from .quant.qat import STEQuant
 from .quant.smooth import SmoothQuant
+from .quant.soft_sharing import SoftWeightSharing
+from .quant.ternary import TTQ, TWN
 from .train import TrainConfig, evaluate, fit
 from .validate import UserError
 
@@ -30,9 +44,11 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
 
-__all__ = ["METHODS", "CompositionError", "Context", "DynamicQuant", "FormatQuant", "KMeansQuant", "LinearQuant",
-           "MagnitudePrune", "Method", "PerChannel", "PerGroup", "PerTensor", "RandomPrune", "Select", "SmoothQuant",
-           "SparsityPrune", "SplitAttention", "ThresholdPrune", "TrainConfig", "UserError", "apply_", "convert_",
-           "count_nonzero_weights", "evaluate", "fit", "fold_batchnorm_", "load_model", "method_from_dict", "prune_",
-           "quantize_", "remove_quantization_", "run_method", "save_model", "squash_", "unfuse_attention_",
-           "with_forward"]
+__all__ = ["METHODS", "BNN", "BWN", "BinaryConnect", "ChannelPrune", "ColumnPrune", "CompositionError", "Context",
+           "DiffQ", "DynamicQuant", "FP8Training", "FormatQuant", "GroupLassoPrune", "InputChannelPrune",
+           "KMeansQuant", "LQNet", "LSQ", "LinearQuant", "MagnitudePrune", "Method", "NIPQ", "NMPrune",
+           "NetworkSlimming", "PACT", "PerChannel", "PerGroup", "PerTensor", "RandomPrune", "STEQuant", "Select",
+           "SmoothQuant", "SoftWeightSharing", "SparsityPrune", "SplitAttention", "TTQ", "TWN", "ThresholdPrune",
+           "TrainConfig", "UserError", "XNORNet", "apply_", "convert_", "count_nonzero_weights", "evaluate", "fit",
+           "fold_batchnorm_", "load_model", "method_from_dict", "prune_", "quantize_", "remove_quantization_",
+           "run_method", "save_model", "shrink_", "squash_", "unfuse_attention_", "with_forward"]

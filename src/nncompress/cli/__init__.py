@@ -13,6 +13,13 @@ from rich.markup import escape
 from ..validate import UserError
 # each module registers its commands; the import order is the order of `nncompress --help`
 from . import model, compress, files, runtime  # noqa: F401, I001
+from . import energy, sweep  # noqa: F401, I001  (issue 15 part B: energy estimate, Ray sweeps)
+from . import run  # noqa: F401, I001  (issue 15 part A: nncompress run RECIPE.yaml)
+from . import structured  # noqa: F401, I001  (issue 12 part A: nncompress slim)
+from . import hardware  # noqa: F401, I001  (issue 12 part B: nncompress zeroskip)
+from . import binary  # noqa: F401, I001  (issue 14: nncompress binarize)
+from . import qat  # noqa: F401, I001  (issue 13 part A: nncompress qat)
+from . import mixed  # noqa: F401, I001  (issue 13 part B: nncompress mixed-precision, fp8-train)
 from .common import app, console
 
 __all__ = ["app", "main"]

@@ -24,27 +24,60 @@ def prune(model: ModelArg = "lenet300", dataset: DatasetOpt = "digits", data_dir
           layer_sparsity: Annotated[Optional[str], typer.Option(help="per-layer targets (names or re: / type: patterns), both scopes: fc1=0.92,fc3=0.75")] = None,
           quality: Annotated[Optional[float], typer.Option(help="threshold method: keep |w| > quality * std(w) (default 1.0)")] = None,
           exclude: ExcludeOpt = None, set_fields: SetOpt = None,
-          schedule: Annotated[str, typer.Option(help="oneshot, iterative or agp")] = "iterative",
-          rounds: Annotated[int, typer.Option(min=1, help="iterative: prune-retrain cycles")] = 3,
-          finetune_epochs: Annotated[int, typer.Option(min=0, help="retraining epochs (per round), at 1/10 the LR")] = 5,
+          schedule: Annotated[Optional[str], typer.Option(help="oneshot, iterative or agp (default: iterative; oneshot for --structure nm; the model's recommended settings, see below)")] = None,
+          rounds: Annotated[Optional[int], typer.Option(min=1, help="iterative: prune-retrain cycles (default 3)")] = None,
+          finetune_epochs: Annotated[Optional[int], typer.Option(min=0, help="retraining epochs (per round), at --lr-factor x the LR (default 5)")] = None,
+          lr_factor: Annotated[Optional[float], typer.Option(help="retraining LR / original LR (default 0.1)")] = None,
           seed: Annotated[int, typer.Option(help="random seed")] = 0,
           out_path: Annotated[Optional[Path], typer.Option("--out", "-o", help="save pruned weights")] = None,
+          structure: Annotated[Optional[str], typer.Option(help="structured pruning: channel (filters, residual-aware), column (im2col columns), group (group lasso) or nm (N:M, e.g. 2:4); sets --method")] = None,
+          shrink: Annotated[bool, typer.Option("--shrink", help="remove pruned channels physically: a smaller dense model (the MACs and params reported after)")] = False,
+          sparsify_epochs: Annotated[int, typer.Option(min=0, help="--structure group: epochs of training with the group-lasso penalty before pruning")] = 0,
           json_path: JsonOpt = None) -> None:
-    """Prune a model (training it first if a zoo name is given), retrain, and report."""
-    from ..flows.prune import prune_model
+    """Prune a model (training it first if a zoo name is given), retrain, and report.
 
+    With --method magnitude and no --scope / --layer-sparsity / --exclude / --set / --schedule /
+    --rounds, a zoo model gets its recommended settings (flows.prune.RECOMMENDED_PRUNING, the
+    README's rows and recipes/han2015-*.yaml): LeNet-300-100 AGP over 40 epochs at the original LR
+    with fc3 kept at 26%; LeNet-5 one global threshold, 3 rounds of 6 epochs at 0.3x LR."""
+    from ..flows.prune import PruneSettings, prune_model, pruning_settings
+    from .structured import STRUCTURE_METHODS, run_structured_prune
+
+    if structure is not None:  # issue 12: structured pruning picks its method
+        if structure not in STRUCTURE_METHODS:
+            raise UserError(f"--structure {structure!r} must be one of: {', '.join(STRUCTURE_METHODS)}")
+        if method not in ("magnitude", STRUCTURE_METHODS[structure]):
+            raise UserError(f"--structure {structure} runs --method {STRUCTURE_METHODS[structure]}; leave --method out")
+        method = STRUCTURE_METHODS[structure]
+    recommended = pruning_settings(model)  # issue 15: the plain command reproduces the README row
+    headline = (structure is None and not shrink and method == recommended.method["method"]
+                and not (scope or layer_sparsity or exclude or set_fields or schedule or rounds))
+    settings = recommended if headline else PruneSettings()
+    rounds = settings.rounds if rounds is None else rounds
+    finetune_epochs = settings.finetune_epochs if finetune_epochs is None else finetune_epochs
+    lr_factor = settings.lr_factor if lr_factor is None else lr_factor
+    schedule = schedule or ("oneshot" if method == "nm" else settings.schedule)
     flags = given(sparsity=sparsity, scope=scope, quality=quality,
                    layer_sparsity=parse_layer_values(layer_sparsity) or None,
                    targets={"exclude": list(exclude)} if exclude else None)
-    pruner = build_method(method, "prune", flags, set_fields, defaults={"sparsity": 0.9, "quality": 1.0})
+    by_threshold = any(s.startswith("threshold=") for s in set_fields or ())
+    defaults = {"sparsity": 0.5 if structure else 0.9, "quality": 1.0} if not by_threshold else {"quality": 1.0}
+    if headline:
+        defaults.update({k: v for k, v in settings.method.items() if k != "method"})
+    pruner = build_method(method, "prune", flags, set_fields, defaults=defaults)
     if schedule != "oneshot" and not any(f.name == "sparsity" for f in dataclasses.fields(pruner)):
         raise UserError(f"--schedule {schedule} re-applies the method at rising sparsity, but --method {method} "
                         "has no sparsity field: use --schedule oneshot")
     check_out_path(out_path, "--out")
     data = load_dataset(dataset, data_dir, download=download)
     check_layer_keys(pruner, model, data)
-    _, result = prune_model(model, data, pruner, schedule=schedule, rounds=rounds,
-                            finetune_epochs=finetune_epochs, seed=seed, out=str(out_path) if out_path else None)
+    if structure is not None or shrink:
+        run_structured_prune(model, data, pruner, schedule=schedule, rounds=rounds, finetune_epochs=finetune_epochs,
+                             lr_factor=lr_factor, sparsify_epochs=sparsify_epochs, seed=seed, shrink=shrink,
+                             out_path=str(out_path) if out_path else None, json_path=json_path)
+        return
+    _, result = prune_model(model, data, pruner, schedule=schedule, rounds=rounds, finetune_epochs=finetune_epochs,
+                            lr_factor=lr_factor, seed=seed, out=str(out_path) if out_path else None)
     table = Table(title=f"{result['model']} pruned ({method_label(pruner)}, {schedule})")
     for col in ("layer", "density"):
         table.add_column(col)
@@ -168,26 +201,45 @@ def _parse_bits(text: str) -> dict[str, int]:
 @app.command("deep-compress")
 def deep_compress_cmd(model: ModelArg = "lenet300", dataset: DatasetOpt = "digits", data_dir: DataDirOpt = None,
                       download: DownloadOpt = False,
-                      prune_sparsity: Annotated[float, typer.Option(help="magnitude pruning target (0 = no pruning)")] = 0.92,
-                      scope: Annotated[str, typer.Option(help="layer or global")] = "global",
-                      schedule: Annotated[str, typer.Option(help="oneshot, iterative or agp")] = "iterative",
-                      rounds: Annotated[int, typer.Option(min=1, help="iterative pruning rounds")] = 3,
-                      finetune_epochs: Annotated[int, typer.Option(min=0, help="retraining epochs per pruning round")] = 5,
-                      lr_factor: Annotated[float, typer.Option(help="retraining LR / original LR")] = 0.1,
+                      prune_sparsity: Annotated[Optional[float], typer.Option(help="magnitude pruning target (0 = no pruning; default 0.92)")] = None,
+                      scope: Annotated[Optional[str], typer.Option(help="layer or global (default global)")] = None,
+                      schedule: Annotated[Optional[str], typer.Option(help="oneshot, iterative or agp (default iterative)")] = None,
+                      rounds: Annotated[Optional[int], typer.Option(min=1, help="iterative pruning rounds (default 3)")] = None,
+                      finetune_epochs: Annotated[Optional[int], typer.Option(min=0, help="retraining epochs per pruning round (default 5)")] = None,
+                      lr_factor: Annotated[Optional[float], typer.Option(help="retraining LR / original LR (default 0.1)")] = None,
                       bits: Annotated[str, typer.Option(help="cluster bits: conv=8,fc=5 (kinds conv / fc, layer names or "
                                                                 "'re:' / 'type:' patterns)")] = "conv=8,fc=5",
                       codebook_epochs: Annotated[int, typer.Option(min=0, help="codebook fine-tuning epochs")] = 3,
+                      target_ratio: Annotated[Optional[float], typer.Option(help="choose each layer's density and bits automatically for this compression (fp32 bytes / file bytes); replaces --prune-sparsity / --bits")] = None,
+                      target_bytes: Annotated[Optional[int], typer.Option(help="as --target-ratio, for a file of at most this many bytes")] = None,
                       seed: Annotated[int, typer.Option(help="random seed")] = 0,
                       out_path: Annotated[Path, typer.Option("--out", "-o", help="the .nnc file to write")] = Path("model.nnc"),
                       json_path: JsonOpt = None) -> None:
-    """Deep Compression: prune, share weights (k-means), fine-tune codebooks, Huffman-code into .nnc."""
+    """Deep Compression: prune, share weights (k-means), fine-tune codebooks, Huffman-code into .nnc.
+
+    Without --scope / --schedule / --rounds a zoo model is pruned with its recommended settings
+    (flows.prune.RECOMMENDED_PRUNING, as recipes/deep-compression-*.yaml and the README's rows)."""
     from ..flows.deep_compression import DeepCompressionConfig, deep_compress
+    from ..flows.prune import RECOMMENDED_PRUNING
     from ..prune.unstructured import MagnitudePrune
     from ..quant.kmeans import KMeansQuant
 
+    recommended = None if (scope or schedule or rounds) else RECOMMENDED_PRUNING.get(model)  # issue 15
+    spec = recommended.method if recommended else {"sparsity": 0.92, "scope": "global"}
+    prune_sparsity = spec["sparsity"] if prune_sparsity is None else prune_sparsity
+    scope = scope or spec.get("scope", "layer")
+    schedule = schedule or (recommended.schedule if recommended else "iterative")
+    rounds = rounds or (recommended.rounds if recommended else 3)
+    finetune_epochs = (recommended.finetune_epochs if recommended else 5) if finetune_epochs is None else finetune_epochs
+    lr_factor = (recommended.lr_factor if recommended else 0.1) if lr_factor is None else lr_factor
+    if target_ratio is not None or target_bytes is not None:  # issue 16: automatic allocation
+        from .frontier import allocated_deep_compress_cmd
+        return allocated_deep_compress_cmd(model, dataset, data_dir, download, target_ratio, target_bytes, schedule,
+                                           rounds, finetune_epochs, lr_factor, codebook_epochs, seed, out_path, json_path)
     check_fraction("--prune-sparsity", prune_sparsity)
     check_out_path(out_path, "--out")
-    prune_method = MagnitudePrune(sparsity=prune_sparsity, scope=scope) if prune_sparsity > 0 else None
+    prune_method = (MagnitudePrune(sparsity=prune_sparsity, scope=scope, layer_sparsity=spec.get("layer_sparsity", {}))
+                    if prune_sparsity > 0 else None)
     layer_bits = _parse_bits(bits)
     config = DeepCompressionConfig(prune=prune_method, schedule=schedule, rounds=rounds, finetune_epochs=finetune_epochs,
                                    lr_factor=lr_factor, bits=layer_bits, codebook_epochs=codebook_epochs)
