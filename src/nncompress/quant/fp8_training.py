@@ -150,9 +150,10 @@ class FP8Training(Method):
         >>> import nncompress as nc, torch
         >>> net = torch.nn.Sequential(torch.nn.Linear(8, 4))
         >>> _ = nc.apply_(net, FP8Training())
-        >>> w = net[0].weight / net[0].parametrizations.weight[0].scale
-        >>> bool((nc.numerics.quantize_float(w, nc.numerics.float_format("fp8_e4m3")) == w).all())
-        True
+        >>> from nncompress.parametrize import decode, encode_chain
+        >>> stored = encode_chain(net[0])[-1]          # FP8 E4M3 bit codes + the amax scale
+        >>> stored.tensors["codes"].dtype, torch.equal(decode(stored), net[0].weight)
+        (torch.uint8, True)
     """
 
     weight_format: str = "fp8_e4m3"
