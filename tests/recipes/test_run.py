@@ -124,6 +124,10 @@ def test_cli_run_reports_json_and_refuses_a_bad_recipe(tmp_path, main):
     assert result["complete"]
     assert result["summary"]["nonzero_weights"] == pytest.approx(0.2 * result["summary"]["total_weights"], abs=3)
     assert "3. evaluate" in out
+    report = json.loads((tmp_path / "run" / "report" / "report.json").read_text())  # the run's report
+    assert [s["name"] for s in report["stages"]] == ["0. start", "1. train", "2. prune", "3. evaluate"]
+    assert report["stages"][-1]["accuracy"] == result["stages"][-1]["test_accuracy"]
+    assert (tmp_path / "run" / "report" / "report.html").is_file() and "report.html" in out
     bad = tmp_path / "bad.yaml"
     bad.write_text(TINY.replace("method: magnitude", "method: magnitudee"))
     code, _, err = main("run", str(bad), "--out", str(tmp_path / "bad"))

@@ -30,6 +30,8 @@ def run_cmd(recipe: Annotated[Path, typer.Argument(help="a YAML recipe (see reci
     folder = out_dir if out_dir is not None else Path("runs") / parsed.name
     result = run_recipe(parsed, data, folder, seed=seed, resume=resume, log=lambda msg: console.print(msg, highlight=False))
     out.print(stage_table(result, folder))
+    if "report_html" in result:
+        out.print(f"report: {result['report_html']} (and {result['report_md']})")
     emit_json(json_path, result)
 
 

@@ -20,6 +20,7 @@ from ..analysis.metrics import count_params
 from ..api import resolve_model, training_config
 from ..config import per_layer, pattern_matches
 from ..fileio import write_json
+from ..report import capture_stage, write_report
 from ..validate import UserError
 from ..zoo import Dataset
 from . import checkpoint
@@ -93,7 +94,9 @@ def execute(recipe: Recipe, run: Run, index: int) -> dict:
 def run_recipe(recipe: Recipe, dataset: Dataset, out: str | Path, *, seed: int | None = None, resume: bool = False,
                log: Callable[[str], None] = print, stop_after: int | None = None) -> dict:
     """Run `recipe` on `dataset`, writing checkpoints and result.json under `out`; returns the result:
-    {"recipe", "model", "dataset", "seed", "stages": [figures per stage], "summary": {...}, "seconds"}.
+    {"recipe", "model", "dataset", "seed", "stages": [figures per stage], "summary": {...}, "seconds",
+    "report_md", "report_html"}; the report (`out/report/report.md` and a self-contained report.html)
+    has one row per stage run in this process: accuracy, size, MACs, BOPs, energy, weight histograms.
     `stop_after`: stop once that many stages have finished (tests interrupt runs with it)."""
     out = Path(out)
     run = prepare(recipe, dataset, out, seed)
@@ -106,6 +109,7 @@ def run_recipe(recipe: Recipe, dataset: Dataset, out: str | Path, *, seed: int |
     elif not resume:
         checkpoint.clear(out)
     seconds: dict[str, float] = {}
+    records = [capture_stage("0. start", run.model, dataset.in_shape, run.dense_accuracy)] if not results else []
     for index in range(len(results), len(recipe.stages)):
         if stop_after is not None and index >= stop_after:
             break
@@ -115,10 +119,17 @@ def run_recipe(recipe: Recipe, dataset: Dataset, out: str | Path, *, seed: int |
         results.append(execute(recipe, run, index))
         seconds[f"{index:02d}-{stage.kind}"] = time.perf_counter() - began
         checkpoint.save(run, index, stage.kind, fp, results)
+        records.append(capture_stage(f"{index + 1}. {stage.kind}", run.model, dataset.in_shape,
+                                     results[-1].get("test_accuracy"), size_bytes=results[-1].get("file_bytes")))
         log(f"    {stage.kind}: " + _short(results[-1]))
     result = {"recipe": recipe.name, "model": run.arch, "dataset": dataset.name, "seed": run.seed, "stages": results,
               "summary": summary(results, run.dense_accuracy), "complete": len(results) == len(recipe.stages),
               "resumed_after_stage": state["stage"] + 1 if state else None, "seconds": seconds}
+    if records:
+        notes = [f"resumed after stage {state['stage'] + 1}: earlier stages are in result.json only"] if state else []
+        md_path, html_path = write_report(out / "report", records, title=f"{recipe.name}: {run.arch} on {dataset.name}",
+                                          notes=notes)
+        result.update({"report_md": str(md_path), "report_html": str(html_path)})
     write_json(out / "result.json", result)
     return result
 
