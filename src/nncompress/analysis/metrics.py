@@ -86,15 +86,7 @@ def count_macs(model: nn.Module, in_shape: tuple[int, ...]) -> dict[str, int]:
                 macs[name] = macs.get(name, 0) + output.numel() * per_output
         return record
 
-    handles = [m.register_forward_hook(hook(n)) for n, m in weight_layers(model).items()]
-    was_training = model.training
-    try:
-        model.eval()
-        model(torch.zeros(1, *in_shape, device=_device_of(model)))
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
+    _probe(model, in_shape, hook)
     return macs
 
 
@@ -110,6 +102,13 @@ def count_activations(model: nn.Module, in_shape: tuple[int, ...]) -> dict[str, 
             counts[name] = (seen_in + inputs[0].numel(), seen_out + output.numel())
         return record
 
+    _probe(model, in_shape, hook)
+    return counts
+
+
+def _probe(model: nn.Module, in_shape: tuple[int, ...], hook) -> None:
+    """One forward pass of a zero input (batch 1, eval mode, restored after) with `hook(name)`'s
+    forward hook on every weight layer: how the per-layer counts above see the layers run."""
     handles = [m.register_forward_hook(hook(n)) for n, m in weight_layers(model).items()]
     was_training = model.training
     try:
@@ -119,7 +118,6 @@ def count_activations(model: nn.Module, in_shape: tuple[int, ...]) -> dict[str, 
         model.train(was_training)
         for h in handles:
             h.remove()
-    return counts
 
 
 def _device_of(model: nn.Module) -> torch.device:
