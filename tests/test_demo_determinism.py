@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from nncompress.report.demo import run_demo
+from nncompress.flows.demo import run_demo
 
 
 @pytest.mark.slow

@@ -82,7 +82,7 @@ def demo(json_path: JsonOpt = None) -> None:
     train, prune, share weights, Huffman-code into runs/demo.nnc, decode and evaluate, and write a
     report (runs/demo_report/report.md and a self-contained report.html). Deterministic to the byte
     (torch pinned to one thread)."""
-    from ..report.demo import run_demo
+    from ..flows.demo import run_demo
     from .common import deep_compression_table
 
     result = run_demo("runs")

@@ -10,14 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..analysis.metrics import count_params
-from ..flows.deep_compression import DeepCompressionConfig, share_and_encode
-from ..flows.prune import dense_model, layer_sensitivity, prune_and_retrain
+from .deep_compression import DeepCompressionConfig, share_and_encode
+from .prune import dense_model, layer_sensitivity, prune_and_retrain
 from ..hardware.energy import EnergyConfig
 from ..prune.unstructured import MagnitudePrune
 from ..sweep import torch_threads
 from ..train import evaluate
 from ..zoo import load_dataset
-from . import capture_file_stage, capture_stage, summary_line, write_report
+from ..report import capture_file_stage, capture_stage, summary_line, write_report
 
 DEMO_CONFIG = DeepCompressionConfig(prune=MagnitudePrune(sparsity=0.9, scope="global"), schedule="iterative", rounds=3,
                                     finetune_epochs=3, lr_factor=0.3, bits={"fc": 5}, codebook_epochs=2)
