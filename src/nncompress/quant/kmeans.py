@@ -27,9 +27,10 @@ from torch import nn
 
 from ..config import Context, Method, per_layer
 from ..prune.masks import check_weight
-from ..parametrize import Encoded, WeightTransform, attach, check_attachable, transform_kind
+from ..parametrize import Encoded, WeightTransform, attach, transform_kind
 from ..registry import register
 from ..validate import UserError, check_choice, check_int_range
+from .ptq import quantizable_layers
 
 INITS = ("linear", "density", "random")
 
@@ -175,11 +176,8 @@ class KMeansQuant(Method):
 
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
-        layers = self.targets.layers(model)
-        if not layers:
-            raise UserError(f"KMeansQuant: no layer matches {self.targets}")
+        layers = quantizable_layers(self, model, activations=False)
         for name, layer in layers.items():
-            check_attachable(layer, "quantizer", layer_name=name, new="KMeansQuant")
             check_weight(layer.weight, name, "KMeansQuant")
         bits = per_layer(self.layer_bits, layers, self.bits, "layer_bits")
         for name, layer in layers.items():

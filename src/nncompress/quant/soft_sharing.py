@@ -34,12 +34,13 @@ import torch
 from torch import nn
 
 from ..config import Context, Method
-from ..parametrize import WeightTransform, attach, check_attachable, detach, find_transform, original, transform_kind
+from ..parametrize import WeightTransform, attach, detach, find_transform, original, transform_kind
 from ..prune.mask import attach_mask, keep_mask_of
 from ..prune.masks import check_weight
 from ..registry import register
 from ..validate import UserError, check_fraction, check_int_range, check_positive
 from .kmeans import SharedWeights
+from .ptq import quantizable_layers
 
 
 def mixture_log_prob(w: torch.Tensor, means: torch.Tensor, log_precisions: torch.Tensor,
@@ -163,11 +164,8 @@ class SoftWeightSharing(Method):
             object.__setattr__(self, name, tuple(float(v) for v in value))
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
-        layers = self.targets.layers(model)
-        if not layers:
-            raise UserError(f"SoftWeightSharing: no layer matches {self.targets}")
+        layers = quantizable_layers(self, model, activations=False)
         for name, layer in layers.items():
-            check_attachable(layer, "quantizer", layer_name=name, new="SoftWeightSharing")
             check_weight(layer.weight, name, "SoftWeightSharing")
         for name, layer in layers.items():
             attach(layer, MixturePrior(layer.weight, self.components, self.zero_mixing, self.init_std), layer_name=name)
