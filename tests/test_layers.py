@@ -6,7 +6,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "nncompress"
 LEVEL = {"validate": 0, "batches": 0, "bitpack": 0, "fileio": 0, "numerics": 0, "parametrize": 0, "config": 0,
          "registry": 0, "quant.primitives": 0, "quant.granularity": 0, "prune.masks": 0, "encode.sparse": 0,
          "zoo": 0, "train": 1, "analysis": 1, "prune": 2, "quant": 2, "encode": 3, "runtime": 3, "export": 3,
-         "methods": 3, "api": 4, "flows": 4, "recipes": 4, "cli": 4, "__init__": 4,
+         "methods": 3, "api": 4, "load_checks": 4, "flows": 4, "recipes": 4, "cli": 4, "__init__": 4,
          "hardware": 1, "report": 4, "sweep": 4}
 
 

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from nncompress.sweep import check_trials, grid, run_sweep, run_trial, summarize, torch_threads
+from nncompress.sweep import check_trials, grid, pinned_torch_threads, run_sweep, run_trial, summarize
 from nncompress.validate import UserError
 
 # one epoch of dense training, one-shot pruning without retraining: a trial takes about a second
@@ -31,9 +31,9 @@ def test_summarize_takes_mean_and_std_over_seeds():
     assert second["trials"] == 1 and second["pruned_accuracy_std"] == 0.0 and second["seconds_mean"] == 2.0
 
 
-def test_torch_threads_pins_and_restores():
+def test_pinned_torch_threads_pins_and_restores():
     before = torch.get_num_threads()
-    with torch_threads(1):
+    with pinned_torch_threads(1):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
 

@@ -7,11 +7,11 @@ compressed model records its recipe (the Methods applied, as plain data, whether
 folded first and whether `convert_` ran last): loading replays the recipe on an example batch (the
 user's, one stored in the file, or a random probe for zoo models) to rebuild the same
 parametrizations and quantizers, then loads every tensor, so calibrated scales, masks, codebooks
-and integer codes come back exactly. Nothing is unpickled.
+and integer codes come back exactly. Nothing is unpickled; what is checked in a file before anything
+is built is in `load_checks.py`.
 """
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
@@ -19,16 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from .analysis.metrics import count_nonzero, count_params, layer_stats, total_macs, weight_layers
 from .batches import ForwardFn, pack_batch, unpack_batch
 from .config import Context, Method, run_method
 from .encode.container import read_nnc
-from .encode.model import check_zoo_desc, decode_model, zoo_shapes
+from .encode.model import decode_model
 from .fileio import load_weights, read_metadata, save_weights
-from .methods import MAX_RECIPE_METHODS, method_from_dict
+from .load_checks import check_finite, check_metadata, check_zoo_size, first_few, not_zoo_error, zoo_description
+from .methods import method_from_dict
 from .parametrize import squash_  # noqa: F401  (re-exported)
 from .quant.fold import fold_batchnorm_
 from .train import TrainConfig, evaluate, fit, is_main_process
@@ -133,9 +133,9 @@ def load_model(path: str | os.PathLike, model: nn.Module | Callable[[], nn.Modul
     meta = read_metadata(path) if Path(path).is_file() else {}
     check_metadata(meta, path, zoo=model is None)
     if model is None:
-        _check_zoo_size(meta, path)  # before any tensor or model is allocated
+        check_zoo_size(meta, path)  # before any tensor or model is allocated
     state, meta = load_weights(path)
-    _check_finite(state, path)
+    check_finite(state, path)
     stored_example = _stored_example(state, meta, path)
     state = {k: v for k, v in state.items() if k.split(".")[0] != EXAMPLE_PREFIX}
     state.update({key: state[source] for key, source in meta.get("tied", {}).items()})
@@ -145,106 +145,6 @@ def load_model(path: str | os.PathLike, model: nn.Module | Callable[[], nn.Modul
         replay_recipe_(net, meta["recipe"], None if batch is None else [batch], forward_fn=forward_fn)
     _load_state(net, state, path, meta)
     return net, meta
-
-
-#: a zoo model rebuilt from a file may take at most this many bytes per byte of the file (2-bit codes
-#: decode to float32: 16x), plus ZOO_FIXED_BYTES, before anything is built
-ZOO_BYTES_PER_FILE_BYTE = 16
-ZOO_FIXED_BYTES = 16 << 20  # every zoo architecture at its usual input size is far below this
-
-
-def check_metadata(meta: dict, path: str | os.PathLike, *, zoo: bool) -> None:
-    """Check the types and bounds of a file's metadata fields (UserError naming the field) before
-    anything is built: arch / in_shape / num_classes (all of them when the zoo model is rebuilt),
-    tied, example, and the recipe (fold_batchnorm, converted, at most MAX_RECIPE_METHODS methods)."""
-    where = f"{str(path)!r} metadata"
-    arch = meta.get("arch")
-    if arch is not None and not isinstance(arch, str):
-        raise UserError(f"{where}: field 'arch'={str(arch)[:80]} must be a string")
-    if zoo and arch not in MODELS:
-        raise _not_zoo_error(path, meta)
-    if arch in MODELS:
-        check_zoo_desc({k: meta.get(k) for k in ("arch", "in_shape", "num_classes")}, where, UserError)
-    elif "in_shape" in meta and not (isinstance(meta["in_shape"], list) and len(meta["in_shape"]) <= 16 and all(
-            isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= 1 << 16 for d in meta["in_shape"])):
-        raise UserError(f"{where}: field 'in_shape'={str(meta['in_shape'])[:80]} must list positive integers")
-    tied = meta.get("tied", {})
-    if not (isinstance(tied, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in tied.items())):
-        raise UserError(f"{where}: field 'tied' must be an object of tensor name -> tensor name")
-    if "example" in meta and not isinstance(meta["example"], dict):
-        raise UserError(f"{where}: field 'example' must be an object (a packed batch)")
-    if "recipe" in meta:
-        _check_recipe(meta["recipe"], where)
-
-
-def _check_recipe(recipe: Any, where: str) -> None:
-    if not isinstance(recipe, dict):
-        raise UserError(f"{where}: field 'recipe' must be an object with 'methods', 'fold_batchnorm', 'converted'")
-    for key in ("fold_batchnorm", "converted"):
-        if not isinstance(recipe.get(key, False), bool):
-            raise UserError(f"{where}: field 'recipe.{key}'={recipe[key]!r} must be true or false")
-    methods = recipe.get("methods", [])
-    if not isinstance(methods, list) or len(methods) > MAX_RECIPE_METHODS:
-        raise UserError(f"{where}: field 'recipe.methods' must be a list of at most {MAX_RECIPE_METHODS} methods")
-    for i, spec in enumerate(methods):
-        try:
-            method_from_dict(spec)
-        except UserError as err:
-            raise UserError(f"{where}: recipe.methods[{i}]: {err}") from None
-
-
-def _check_zoo_size(meta: dict, path: str | os.PathLike) -> None:
-    """Refuse a zoo description whose model would take far more memory than the file could fill."""
-    arch, in_shape, num_classes = check_zoo_desc({k: meta.get(k) for k in ("arch", "in_shape", "num_classes")},
-                                                 f"{str(path)!r} metadata", UserError)
-    shapes = zoo_shapes(arch, in_shape, num_classes)
-    need = 4 * sum(math.prod(shape) for shape in shapes.values())
-    allowed = ZOO_BYTES_PER_FILE_BYTE * Path(path).stat().st_size + ZOO_FIXED_BYTES
-    if need > allowed:
-        raise UserError(f"{str(path)!r} metadata: a {arch} of in_shape {list(in_shape)} and {num_classes} classes "
-                        f"takes {need} bytes, more than a {Path(path).stat().st_size}-byte file can hold; nothing was built")
-    converted = isinstance(meta.get("recipe"), dict) and meta["recipe"].get("converted") is True
-    declared = _declared_shapes(path)
-    clashes = [k for k, shape in shapes.items() if not _fits_stored(declared, k, shape, converted)]
-    if clashes:
-        raise UserError(f"{str(path)!r} metadata: a {arch} of in_shape {list(in_shape)} and {num_classes} classes does "
-                        f"not fit the stored tensors ({_few(clashes)}); nothing was built")
-
-
-def _declared_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
-    """Every tensor's shape as the safetensors header declares it (nothing is loaded)."""
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    except (SafetensorError, OSError) as err:
-        raise UserError(f"{str(path)!r} is not a valid nncompress safetensors file: {err}") from err
-
-
-def _fits_stored(declared: dict[str, tuple[int, ...]], key: str, shape: tuple[int, ...], converted: bool) -> bool:
-    """Whether the file's tensor for state key `key` (or its parametrized original) can hold a zoo
-    tensor of `shape`; True when the file holds neither. A converted model packs its codes (shapes
-    differ by design; the codes may sit in the original or in the chain's buffers), but never in
-    fewer elements than one bit per weight needs, so fewer than that are a clash:
-    an edited `num_classes` cannot make `load_model` build and calibrate a model the file cannot fill."""
-    module, _, name = key.rpartition(".")
-    original = f"{module}.parametrizations.{name}.original" if module else f"parametrizations.{name}.original"
-    if key in declared:
-        return declared[key] == shape
-    if original not in declared:
-        return True
-    if not converted:
-        return declared[original] == shape
-    prefix = original[: -len("original")]
-    stored = sum(math.prod(s) for k, s in declared.items() if k.startswith(prefix))
-    return stored >= math.ceil(math.prod(shape) / 8)
-
-
-def _check_finite(state: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
-    """Refuse NaN / infinite values in any stored floating-point tensor, naming it (a crafted file
-    must not load into a model that silently computes garbage)."""
-    for key, tensor in state.items():
-        if tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(tensor).all()):
-            raise UserError(f"{str(path)!r}: tensor {key!r} holds NaN or infinite values")
 
 
 def _stored_example(state: dict[str, torch.Tensor], meta: dict, path: str | os.PathLike) -> Any:
@@ -261,19 +161,12 @@ def _model_to_restore(path: str | os.PathLike, meta: dict, model: nn.Module | Ca
     """`model` (called when it is a factory), else the zoo model the file names."""
     if model is None:
         if meta.get("arch") not in MODELS:
-            raise _not_zoo_error(path, meta)
-        return build_model(*check_zoo_desc({k: meta.get(k) for k in ("arch", "in_shape", "num_classes")},
-                                           f"{str(path)!r} metadata", UserError))
+            raise not_zoo_error(path, meta)
+        return build_model(*zoo_description(meta, path))
     built = model if isinstance(model, nn.Module) else model() if callable(model) else model
     if not isinstance(built, nn.Module):
         raise UserError(f"model={model!r} is not an nn.Module nor a zero-argument function returning one")
     return built
-
-
-def _not_zoo_error(path: str | os.PathLike, meta: dict) -> UserError:
-    return UserError(f"{str(path)!r} holds a model that is not from the zoo (arch={str(meta.get('arch'))[:80]!r}): "
-                     "pass model= an instance of its class or a zero-argument function building one, e.g. "
-                     "load_model(path, model=lambda: MyNet(config))")
 
 
 def _zoo_probe(meta: dict) -> tuple[torch.Tensor, None] | None:
@@ -317,18 +210,14 @@ def _load_state(model: nn.Module, state: dict[str, torch.Tensor], path: str | os
                 "recipe=[the methods applied, in order])" if compressed and "recipe" not in meta else
                 "pass model= the same class and configuration it was saved from")
         raise UserError(f"{str(path)!r} does not fit the model ({type(model).__name__}): {hint}. "
-                        f"Missing keys: {_few(missing)}; unexpected keys: {_few(unexpected)}")
+                        f"Missing keys: {first_few(missing)}; unexpected keys: {first_few(unexpected)}")
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
         lines = (line.strip().removesuffix(".") for line in str(err).splitlines())
         clashes = [line for line in lines if line.startswith("size mismatch")]
         raise UserError(f"{str(path)!r} does not fit the model ({type(model).__name__}): pass model= the same class "
-                        f"and configuration it was saved from. {_few(clashes, 3) if clashes else err}") from None
-
-
-def _few(keys: list[str], n: int = 5) -> str:
-    return (", ".join(keys[:n]) + (f" ... ({len(keys)} in all)" if len(keys) > n else "")) if keys else "none"
+                        f"and configuration it was saved from. {first_few(clashes, 3) if clashes else err}") from None
 
 
 def resolve_model(spec: str, dataset: Dataset, seed: int = 0) -> tuple[nn.Module, str, bool]:

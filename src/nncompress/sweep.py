@@ -38,7 +38,7 @@ BACKENDS = ("auto", "ray", "local")
 
 
 @contextmanager
-def torch_threads(n: int) -> Iterator[None]:
+def pinned_torch_threads(n: int) -> Iterator[None]:
     """Run the block with torch using `n` intra-op threads, then restore the previous count."""
     previous = torch.get_num_threads()
     torch.set_num_threads(n)
@@ -156,7 +156,7 @@ TRIALS: dict[str, Callable[[Mapping], dict]] = {"prune": prune_trial, "deep-comp
 def run_trial(flow: str, params: Mapping) -> dict:
     """One trial with torch pinned to one thread: {**params, **figures, "seconds": wall time}."""
     start = time.perf_counter()
-    with torch_threads(1):
+    with pinned_torch_threads(1):
         figures = TRIALS[flow](params)
     return {**params, **figures, "seconds": round(time.perf_counter() - start, 3)}
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from nncompress.encode import container
+from nncompress.encode import layout
 from nncompress.encode.container import NncFormatError, NncModel, parse, read_nnc, serialize, write_nnc
 from nncompress.encode.model import decode_model, decoded_state
 from nncompress.parametrize import Encoded
@@ -87,7 +87,7 @@ def test_header_compression_is_checked(monkeypatch):
             parse(with_header(zlib.compress(bad)))
     with pytest.raises(NncFormatError, match="trailing bytes"):
         parse(with_header(zlib.compress(json.dumps(header_of(DATA)).encode()) + b"\0"))
-    monkeypatch.setattr(container, "MAX_HEADER", 10_000)
+    monkeypatch.setattr(layout, "MAX_HEADER", 10_000)
     with pytest.raises(NncFormatError, match="inflates beyond 10000 bytes"):  # a decompression bomb
         parse(with_header(zlib.compress(b" " * 1_000_000)))
 
@@ -139,7 +139,7 @@ def test_declared_sizes_are_checked_before_anything_is_allocated(monkeypatch):
     with pytest.raises(NncFormatError, match="more than MAX_ELEMENTS"):
         parse(edited(huge))
     assert time.perf_counter() - start < 1
-    monkeypatch.setattr(container, "MAX_ELEMENTS", 2000)  # each tensor fits, all together do not
+    monkeypatch.setattr(layout, "MAX_ELEMENTS", 2000)  # each tensor fits, all together do not
     with pytest.raises(NncFormatError, match="the tensors hold more than MAX_ELEMENTS = 2000"):
         parse(DATA)
 

@@ -5,8 +5,7 @@ Batches may have any shape `batches.py` feeds (tensors, (x, y), dicts / BatchEnc
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -14,30 +13,17 @@ from torch import nn
 
 from ..batches import ForwardFn, feed, output_tensor
 from ..validate import UserError
+from .hooks import eval_with_hooks
 from .observers import Observer
-
-
-@contextmanager
-def _eval_mode(model: nn.Module, handles: list) -> Iterator[None]:
-    """Run in eval mode, then restore the mode and remove `handles` (hooks), whatever happens."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
 
 
 @torch.no_grad()
 def observe_inputs(model: nn.Module, observers: dict[str, Observer], batches: Iterable,
                    max_batches: int | None = None, *, forward_fn: ForwardFn | None = None) -> dict[str, Observer]:
     """Feed `batches` to `model` (eval mode); observers[name] sees layer `name`'s first input."""
-    handles = [model.get_submodule(name).register_forward_pre_hook(lambda _m, args, obs=observer: obs.observe(args[0]))
-               for name, observer in observers.items()]
+    hooks = {name: lambda _m, args, obs=observer: obs.observe(args[0]) for name, observer in observers.items()}
     seen = 0
-    with _eval_mode(model, handles):
+    with eval_with_hooks(model, hooks, pre=True):
         for i, batch in enumerate(batches):
             if max_batches is not None and i >= max_batches:
                 break
@@ -54,8 +40,7 @@ def capture_outputs(model: nn.Module, names: Iterable[str], batch: Any, *,
     """Outputs of the named submodules for one batch (a layer returning a tuple or ModelOutput
     contributes its main tensor, `batches.output_tensor`)."""
     outputs: dict[str, torch.Tensor] = {}
-    handles = [model.get_submodule(n).register_forward_hook(
-        lambda _m, _a, out, n=n: outputs.__setitem__(n, output_tensor(out).detach().clone())) for n in names]
-    with _eval_mode(model, handles):
+    hooks = {n: lambda _m, _a, out, n=n: outputs.__setitem__(n, output_tensor(out).detach().clone()) for n in names}
+    with eval_with_hooks(model, hooks):
         feed(model, batch, forward_fn)
     return outputs

@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from ..batches import ForwardFn, feed, split_batch
-from .metrics import count_macs, weight_layers
+from .hooks import eval_with_hooks
+from .metrics import count_macs, probe_weight_layers, weight_layers
 
 
 @dataclass
@@ -62,10 +63,7 @@ def activation_density(model: nn.Module, batches: Iterable, *, max_batches: int 
             counts[name][1] += args[0].numel()
         return record
 
-    handles = [m.register_forward_pre_hook(pre_hook(n)) for n, m in layers.items()]
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_with_hooks(model, {name: pre_hook(name) for name in layers}, pre=True):
         for i, batch in enumerate(batches):
             if max_batches is not None and i >= max_batches:
                 break
@@ -73,13 +71,10 @@ def activation_density(model: nn.Module, batches: Iterable, *, max_batches: int 
             out = out[0] if isinstance(out, (tuple, list)) else out
             output[0] += int(torch.count_nonzero(out))
             output[1] += out.numel()
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
     return order, {n: c[0] / max(c[1], 1) for n, c in counts.items()}, output[0] / max(output[1], 1)
 
 
+@torch.no_grad()
 def _activations_per_input(model: nn.Module, in_shape: tuple[int, ...]) -> dict[str, int]:
     """Output elements of each weight layer for one input."""
     sizes: dict[str, int] = {}
@@ -89,16 +84,7 @@ def _activations_per_input(model: nn.Module, in_shape: tuple[int, ...]) -> dict[
             sizes.setdefault(name, out[0].numel())
         return record
 
-    handles = [m.register_forward_hook(hook(n)) for n, m in weight_layers(model).items()]
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, *in_shape))
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
+    probe_weight_layers(model, in_shape, hook)
     return sizes
 
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..parametrize import weight_bits
+from .hooks import eval_with_hooks
 
 WEIGHT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -86,7 +87,7 @@ def count_macs(model: nn.Module, in_shape: tuple[int, ...]) -> dict[str, int]:
                 macs[name] = macs.get(name, 0) + output.numel() * per_output
         return record
 
-    _probe(model, in_shape, hook)
+    probe_weight_layers(model, in_shape, hook)
     return macs
 
 
@@ -102,22 +103,15 @@ def count_activations(model: nn.Module, in_shape: tuple[int, ...]) -> dict[str, 
             counts[name] = (seen_in + inputs[0].numel(), seen_out + output.numel())
         return record
 
-    _probe(model, in_shape, hook)
+    probe_weight_layers(model, in_shape, hook)
     return counts
 
 
-def _probe(model: nn.Module, in_shape: tuple[int, ...], hook) -> None:
+def probe_weight_layers(model: nn.Module, in_shape: tuple[int, ...], hook) -> None:
     """One forward pass of a zero input (batch 1, eval mode, restored after) with `hook(name)`'s
-    forward hook on every weight layer: how the per-layer counts above see the layers run."""
-    handles = [m.register_forward_hook(hook(n)) for n, m in weight_layers(model).items()]
-    was_training = model.training
-    try:
-        model.eval()
+    forward hook on every weight layer: how the per-layer counts see the layers run."""
+    with eval_with_hooks(model, {name: hook(name) for name in weight_layers(model)}):
         model(torch.zeros(1, *in_shape, device=_device_of(model)))
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
 
 
 def _device_of(model: nn.Module) -> torch.device:

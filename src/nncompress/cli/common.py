@@ -195,6 +195,8 @@ WeightRangeOpt = Annotated[str, typer.Option(help="int8 weights as: auto (probe 
 
 
 def torch_threads() -> int:
+    """How many intra-op threads torch uses now (what a command reports and hands to ONNX Runtime);
+    `sweep.pinned_torch_threads` is the context manager that sets it for a block."""
     import torch
     return torch.get_num_threads()
 

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from ..parametrize import Encoded
-from .container import (MAX_ELEMENTS, NncFormatError, NncModel, _natural, byte_shares, check_decoded_bytes,
-                        check_shape, fail, section_blobs)
+from .layout import (NncFormatError, NncModel, byte_shares, check_decoded_bytes, check_element_count, check_natural,
+                     check_shape, fail, section_blobs)
 from .huffman import HuffmanStream, huffman_decode
 
 DTYPES = {"float32": "<f4", "float16": "<f2"}
@@ -25,7 +25,8 @@ DTYPES = {"float32": "<f4", "float16": "<f2"}
 def _stream(entry: dict, sections: dict[str, bytes], numel: int, what: str) -> HuffmanStream:
     """A Huffman stream entry, checked against its section and the layer size before decoding."""
     payload = sections[entry["section"]]
-    n_bits, length = _natural(entry["n_bits"], f"{what}: n_bits"), _natural(entry["length"], f"{what}: length")
+    n_bits = check_natural(entry["n_bits"], f"{what}: n_bits")
+    length = check_natural(entry["length"], f"{what}: length")
     count, symbols = _naturals(entry["count"], f"{what}: count"), _naturals(entry["symbols"], f"{what}: symbols")
     if not 0 <= n_bits <= 8 * len(payload) or not 0 <= length <= min(n_bits, numel):
         raise fail(f"{what}: {length} symbols in {n_bits} bits do not fit {len(payload)} bytes and {numel} weights")
@@ -37,7 +38,7 @@ def _stream(entry: dict, sections: dict[str, bytes], numel: int, what: str) -> H
 def _naturals(values: object, what: str) -> list[int]:
     if not isinstance(values, list) or len(values) > 1 << 17:
         raise fail(f"{what} is not a list of at most {1 << 17} integers")
-    return [_natural(v, what) for v in values]
+    return [check_natural(v, what) for v in values]
 
 
 def _codebook(entry: dict, sections: dict[str, bytes]) -> np.ndarray:
@@ -69,7 +70,7 @@ def _layer_chain(entry: dict, sections: dict[str, bytes]) -> list[Encoded]:
         raise fail(f"layer {name!r}: {len(distances)} index entries but {len(symbols)} cluster entries")
     if symbols.size and symbols.max() > k:
         raise fail(f"layer {name!r}: cluster symbol outside the {k}-entry codebook")
-    max_gap = (1 << _natural(entry.get("index_bits"), f"layer {name!r}: index_bits", 32)) - 1
+    max_gap = (1 << check_natural(entry.get("index_bits"), f"layer {name!r}: index_bits", 32)) - 1
     if distances.size and (distances[1:].min(initial=1) < 1 or distances[0] < 0 or distances.max() > max_gap):
         raise fail(f"layer {name!r}: relative distances must lie in [1, {max_gap}] (the first in [0, {max_gap}])")
     positions = np.cumsum(distances)
@@ -120,13 +121,12 @@ def _check_total(header: dict, file_len: int) -> None:
         tensors = sum(math.prod(check_shape(e["shape"], f"tensor {e['name']!r}")) for e in header["tensors"])
     except (KeyError, TypeError) as err:
         raise fail(f"malformed layer or tensor entry: {err!r}") from err
-    if layers + tensors > MAX_ELEMENTS:
-        raise fail(f"the tensors hold more than MAX_ELEMENTS = {MAX_ELEMENTS} elements")
+    check_element_count(layers + tensors)
     check_decoded_bytes(13 * layers + 4 * tensors, file_len)
 
 
 def parse_legacy(data: bytes, header: dict, major: int) -> NncModel:
-    """An NncModel from a checked 1.x / 2.x header (see `container.parse_preamble`)."""
+    """An NncModel from a checked 1.x / 2.x header (see `layout.parse_preamble`)."""
     if not all(k in header for k in ("model", "sections", "layers", "tensors")):
         raise fail("header lacks model / sections / layers / tensors")
     blobs = section_blobs(data, header, named=True)

@@ -14,7 +14,7 @@ from .deep_compression import DeepCompressionConfig, share_and_encode
 from .prune import dense_model, layer_sensitivity, prune_and_retrain
 from ..hardware.energy import EnergyConfig
 from ..prune.unstructured import MagnitudePrune
-from ..sweep import torch_threads
+from ..sweep import pinned_torch_threads
 from ..train import evaluate
 from ..zoo import load_dataset
 from ..report import capture_file_stage, capture_stage, summary_line, write_report
@@ -29,7 +29,7 @@ def run_demo(out_dir: str | Path = "runs", *, seed: int = 0, threads: int = 1,
     the report to `out_dir/demo_report/`; returns the figures (those of `deep_compress`, plus
     `summary`, `report_md`, `report_html` and `stages`)."""
     out = Path(out_dir)
-    with torch_threads(threads):
+    with pinned_torch_threads(threads):
         data = load_dataset("digits")
 
         def accuracy(net) -> float:

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrize import type_before_parametrizations
 
+from ..analysis.hooks import eval_with_hooks
 from ..validate import UserError
 
 ZERO_SKIP_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -156,15 +157,8 @@ def model_zero_skip(model: nn.Module, example: torch.Tensor, array: tuple[int, i
         return record
 
     layers = {n: m for n, m in model.named_modules() if issubclass(type_before_parametrizations(m), ZERO_SKIP_LAYERS)}
-    handles = [m.register_forward_hook(hook(n)) for n, m in layers.items()]
-    was_training = model.training
-    try:
-        model.eval()
+    with eval_with_hooks(model, {name: hook(name) for name in layers}):
         model(example)
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
     rows = []
     for name, layer in layers.items():
         if name not in columns:

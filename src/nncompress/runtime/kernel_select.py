@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrize import type_before_parametrizations
 
+from ..analysis.hooks import eval_with_hooks
 from ..batches import feed
 from ..validate import UserError, check_fraction, check_int_range
 from .sparse import SparseConv2d, SparseLinear
@@ -81,7 +82,7 @@ def interleaved_ms(dense: Callable[[], object], sparse: Callable[[], object], *,
 
 
 def _capture_inputs(model: nn.Module, names: list[str], example: object) -> dict[str, torch.Tensor]:
-    modules = dict(model.named_modules())
+    """The first input each named layer receives when `model` runs on `example`."""
     seen: dict[str, torch.Tensor] = {}
 
     def hook(name: str):
@@ -89,12 +90,8 @@ def _capture_inputs(model: nn.Module, names: list[str], example: object) -> dict
             seen.setdefault(name, args[0].detach())
         return record
 
-    handles = [modules[n].register_forward_pre_hook(hook(n)) for n in names]
-    try:
+    with eval_with_hooks(model, {name: hook(name) for name in names}, pre=True):
         feed(model, example)
-    finally:
-        for h in handles:
-            h.remove()
     return seen
 
 
