@@ -117,3 +117,20 @@ def test_steps_train_and_layer_bits_override():
 def test_bad_fields_are_clear_errors(field, kwargs):
     with pytest.raises(nc.UserError, match=field):
         LSQ(**kwargs)
+
+
+def test_a_step_pushed_below_zero_acts_as_its_magnitude_and_converts():
+    """Gradient descent can move a learned step through zero (seen at W2A2 on ResNet-20): the quantizer
+    then uses |s|, so the scale convert_ stores, and the integer engine's multipliers, stay positive."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 4))
+    nc.quantize_(model, nc.LSQ(weight_bits=2, act_bits=None))
+    layer = model[0]
+    transform = layer.parametrizations.weight[-1]
+    expected = layer.weight.detach().clone()
+    with torch.no_grad():
+        transform.step.neg_()
+    torch.testing.assert_close(layer.weight, expected)
+    assert bool((transform.scale > 0).all())
+    nc.convert_(model)
+    torch.testing.assert_close(layer.weight, expected)

@@ -79,6 +79,13 @@ def lsq_quantize(v: torch.Tensor, step: torch.Tensor, q_n: int, q_p: int, grad_s
     return LSQFunction.apply(v, step, q_n, q_p, grad_scale)
 
 
+def positive_step(step: torch.Tensor) -> torch.Tensor:
+    """|s| (at least 1e-12): the step a learned parameter stands for. Gradient descent can push a step
+    through zero (seen at 2 bits on ResNet-20); |s| keeps the grid the same (round(v / s) s is odd in
+    s only up to the asymmetric clip) and the scale the integer engine reads positive."""
+    return step.abs().clamp_min(1e-12)
+
+
 def lsq_levels(bits: int, signed: bool) -> tuple[int, int]:
     """(Q_N, Q_P): signed b bits -> (2^(b-1), 2^(b-1) - 1); unsigned -> (0, 2^b - 1)."""
     return (2 ** (bits - 1), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
@@ -127,15 +134,16 @@ class LSQWeight(WeightTransform):
     @property
     def scale(self) -> torch.Tensor:
         """The step as a quantization scale (detached)."""
-        return self.step.detach()
+        return positive_step(self.step.detach())
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        out = lsq_quantize(w, self.step, self.q_n, self.q_p, self.grad_scale)
-        return freezable_codes(self, out, self.step)
+        step = positive_step(self.step)
+        out = lsq_quantize(w, step, self.q_n, self.q_p, self.grad_scale)
+        return freezable_codes(self, out, step)
 
     def codes(self, w: torch.Tensor) -> torch.Tensor:
         """The integer codes v_bar of `w` (frozen entries keep their frozen code), as float."""
-        codes = torch.clamp(torch.round(w.detach() / self.step.detach()), -self.q_n, self.q_p)
+        codes = torch.clamp(torch.round(w.detach() / self.scale), -self.q_n, self.q_p)
         return torch.where(self.frozen, self.frozen_codes.float(), codes)
 
     def encode(self, w: torch.Tensor) -> Encoded:
@@ -143,7 +151,7 @@ class LSQWeight(WeightTransform):
         q_range = [-self.q_n, self.q_p]
         meta = {"shape": list(w.shape), "bits": self.bits, "signed": True, "q_range": q_range,
                 "granularity": granularity_to_meta(self.granularity), "int_ranges": {"codes": q_range}}
-        scale = self.step.detach().clone().float()
+        scale = self.scale.clone().float()
         return Encoded("linear", {"codes": codes, "scale": scale,
                                   "zero_point": torch.zeros_like(scale, dtype=torch.int32)}, meta)
 
@@ -172,14 +180,14 @@ class LSQActQuantizer(ActQuantizer):
 
     @property
     def scale(self) -> torch.Tensor:
-        return self.step.detach()
+        return positive_step(self.step.detach())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return lsq_quantize(x, self.step, self.q_n, self.q_p, self.grad_scale)
+        return lsq_quantize(x, positive_step(self.step), self.q_n, self.q_p, self.grad_scale)
 
     def extra_repr(self) -> str:
         sign = "signed" if self.spec.signed else "unsigned"
-        return f"bits={self.spec.bits}, {sign}, learned step={float(self.step):.4g}"
+        return f"bits={self.spec.bits}, {sign}, learned step={float(self.scale):.4g}"
 
 
 @register("lsq")

@@ -139,7 +139,7 @@ def dampening_loss(weight: float) -> Callable[[nn.Module], torch.Tensor]:
             w = original(layer)
             for inner in transforms(layer)[:-1]:
                 w = inner(w)
-            step = t.step.detach()
+            step = t.scale
             grid = (torch.clamp(torch.round(w.detach() / step), -t.q_n, t.q_p) * step)
             total = total + ((grid - torch.clamp(w, -t.q_n * step, t.q_p * step)) ** 2).sum()
         return weight * total
