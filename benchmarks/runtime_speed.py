@@ -36,6 +36,7 @@ from nncompress.api import training_config
 from nncompress.export.onnx import export_onnx
 from nncompress.export.graph import cpu_has_vnni, ort_session, u8s8_saturates
 from nncompress.export.bench import cosine, interleaved, ratio, torch_dynamic_int8
+from nncompress.runtime.int8_torch import to_int8_
 from nncompress.zoo import build_model, load_dataset
 
 TMP = Path(tempfile.mkdtemp(prefix="nnc_runtime_"))
@@ -175,10 +176,12 @@ def resnet_section(args, data) -> str:
             export_onnx(q_net, cal[0][:1], paths[1], calibration=cal)
             ort_static(paths[0], cal, paths[2])
         xb = torch.randn(args.batch, *shape)
+        fast = to_int8_(copy.deepcopy(q_net))
         for threads in args.threads:
             s = {n: ort_session(str(p), threads) for n, p in zip(("f", "q", "o"), paths)}
             feed = {"input": xb.numpy()}
-            fns = {"float32 torch": lambda: net_f(xb), "float32 ORT": lambda: s["f"].run(None, feed),
+            fns = {"float32 torch": lambda: net_f(xb), "int8 torch (nncompress to_int8_)": lambda: fast(xb),
+                   "float32 ORT": lambda: s["f"].run(None, feed),
                    "int8 ORT (nncompress export)": lambda: s["q"].run(None, feed),
                    "int8 ORT (ORT quantize_static)": lambda: s["o"].run(None, feed)}
             rows += timing_rows(label, fns, args.batch, threads, args.repeats, "float32 ORT")
@@ -194,16 +197,22 @@ def linear_section(args) -> str:
     dyn = nc.convert_(nc.quantize_(copy.deepcopy(layer), nc.DynamicQuant(per_token=True)))
     static = nc.convert_(nc.quantize_(copy.deepcopy(layer), nc.LinearQuant(weight_bits=8, act_bits=8),
                                       data=[torch.randn(64, 4096)]))
+    dyn_tensor = nc.convert_(nc.quantize_(copy.deepcopy(layer), nc.DynamicQuant(per_token=False)))
     export_onnx(dyn, x, TMP / "lin_dyn.onnx")
+    export_onnx(dyn_tensor, x, TMP / "lin_dynt.onnx")
     export_onnx(static, x, TMP / "lin_static.onnx")
     torch_q = torch_dynamic_int8(layer)
+    fast_static, fast_dyn = to_int8_(copy.deepcopy(static)), to_int8_(copy.deepcopy(dyn))
     rows = []
     for threads in args.threads:
-        s = {n: ort_session(str(TMP / f"lin_{n}.onnx"), threads) for n in ("f", "dyn", "static")}
+        s = {n: ort_session(str(TMP / f"lin_{n}.onnx"), threads) for n in ("f", "dyn", "dynt", "static")}
         feed = {"input": x.numpy()}
         fns = {"float32 torch": lambda: layer(x), "int8 torch (quantize_dynamic)": lambda: torch_q(x),
+               "int8 torch (nncompress to_int8_, static W8A8)": lambda: fast_static(x),
+               "int8 torch (nncompress to_int8_, dynamic per-token)": lambda: fast_dyn(x),
                "float32 ORT": lambda: s["f"].run(None, feed),
                "int8 ORT (nncompress, dynamic per-token)": lambda: s["dyn"].run(None, feed),
+               "int8 ORT (nncompress, dynamic per-tensor)": lambda: s["dynt"].run(None, feed),
                "int8 ORT (nncompress, static W8A8)": lambda: s["static"].run(None, feed)}
         rows += timing_rows("Linear 4096x4096", fns, 1, threads, args.repeats, "float32 ORT")
     return "## A 4096x4096 Linear at batch 1\n\n" + table(TIME_COLUMNS, rows)
@@ -225,6 +234,7 @@ def transformer_section(args, data) -> str:
         q = nc.convert_(nc.quantize_(copy.deepcopy(net), nc.DynamicQuant(per_token=True)))
         qt = nc.convert_(nc.quantize_(copy.deepcopy(net), nc.DynamicQuant(per_token=False)))
         torch_q = torch_dynamic_int8(net)
+        fast_q, fast_t = to_int8_(copy.deepcopy(q)), to_int8_(copy.deepcopy(qt), exact=False)
         stem = TMP / label.split()[0].replace("-", "_")
         f_path, q_path, t_path = Path(f"{stem}_f.onnx"), Path(f"{stem}_q.onnx"), Path(f"{stem}_qt.onnx")
         export_onnx(net, torch.randn(1, *shapes[0][1:]), f_path, weight_range="full")
@@ -238,7 +248,11 @@ def transformer_section(args, data) -> str:
             ref = torch.cat([net(c) for c in x_eval.split(500)]).numpy()
             outs = {"nncompress int8 per token, PyTorch": torch.cat([q(c) for c in x_eval.split(500)]).numpy(),
                     "nncompress int8 per tensor, PyTorch": torch.cat([qt(c) for c in x_eval.split(500)]).numpy(),
-                    "torch quantize_dynamic": torch.cat([torch_q(c) for c in x_eval.split(500)]).numpy()}
+                    "torch quantize_dynamic": torch.cat([torch_q(c) for c in x_eval.split(500)]).numpy(),
+                    "nncompress int8 per token, to_int8_ (exact)":
+                        torch.cat([fast_q(c) for c in x_eval.split(500)]).numpy(),
+                    "nncompress int8 per tensor, to_int8_ (fused, exact=False)":
+                        torch.cat([fast_t(c) for c in x_eval.split(500)]).numpy()}
         for name, key in (("nncompress int8 per token export, ORT", "q"), ("nncompress int8 per tensor export, ORT", "t"),
                           ("ORT quantize_dynamic", "o")):
             outs[name] = np.concatenate([s2[key].run(None, {"input": c.numpy()})[0] for c in x_eval.split(500)])
@@ -252,6 +266,8 @@ def transformer_section(args, data) -> str:
                 s = {n: ort_session(str(p), threads) for n, p in paths}
                 feed = {"input": xb.numpy()}
                 fns = {"float32 torch": lambda: net(xb), "int8 torch (quantize_dynamic)": lambda: torch_q(xb),
+                       "int8 torch (nncompress to_int8_, per token)": lambda: fast_q(xb),
+                       "int8 torch (nncompress to_int8_, per tensor, fused)": lambda: fast_t(xb),
                        "float32 ORT": lambda: s["f"].run(None, feed),
                        "int8 ORT (nncompress export, per token)": lambda: s["q"].run(None, feed),
                        "int8 ORT (nncompress export, per tensor)": lambda: s["t"].run(None, feed),
@@ -276,6 +292,7 @@ def hf_section(args) -> str:
     variants = {"per token": nc.DynamicQuant(per_token=True), "per tensor": nc.DynamicQuant(per_token=False)}
     quantized = {k: nc.convert_(nc.quantize_(copy.deepcopy(net), m)) for k, m in variants.items()}
     torch_q = torch_dynamic_int8(net)
+    fast_t = to_int8_(copy.deepcopy(quantized["per tensor"]), exact=False)
 
     def inputs(batch: int, length: int = 128, seed: int = 0) -> dict:
         g = torch.Generator().manual_seed(seed)
@@ -294,6 +311,7 @@ def hf_section(args) -> str:
         ref = net(**x_eval).last_hidden_state.numpy()
         outs = {f"nncompress int8 {k}, PyTorch": q(**x_eval).last_hidden_state.numpy() for k, q in quantized.items()}
         outs["torch quantize_dynamic"] = torch_q(**x_eval).last_hidden_state.numpy()
+        outs["nncompress int8 per tensor, to_int8_ (fused, exact=False)"] = fast_t(**x_eval).last_hidden_state.numpy()
     for k in variants:
         outs[f"nncompress int8 {k} export, ORT"] = ort_session(str(paths[k]), 2).run(None, feed_eval)[0]
     outs["ORT quantize_dynamic"] = ort_session(str(paths["o"]), 2).run(None, feed_eval)[0]
@@ -305,6 +323,7 @@ def hf_section(args) -> str:
         for threads in args.threads:
             s = {k: ort_session(str(p), threads) for k, p in paths.items()}
             fns = {"float32 torch": lambda: net(**xb), "int8 torch (quantize_dynamic)": lambda: torch_q(**xb),
+                   "int8 torch (nncompress to_int8_, per tensor, fused)": lambda: fast_t(**xb),
                    "float32 ORT": lambda: s["f"].run(None, feed),
                    "int8 ORT (nncompress export, per token)": lambda: s["per token"].run(None, feed),
                    "int8 ORT (nncompress export, per tensor)": lambda: s["per tensor"].run(None, feed),

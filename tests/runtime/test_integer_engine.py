@@ -249,3 +249,31 @@ def test_int8_dynamic_linears_compute_the_fake_quantized_layers(per_token):
         torch.testing.assert_close(fast[0](x), y, rtol=0, atol=1e-5 * float(y.abs().max()))
         expected = model(x)
         torch.testing.assert_close(fast(x), expected, rtol=0, atol=1e-3 * float(expected.abs().max()))
+
+
+def test_fused_dynamic_linears_stay_within_one_input_step():
+    """to_int8_(exact=False): per-tensor dynamic Linears run fbgemm's fused kernel (torch's quantize_dynamic
+    kernel) with our codes and per-channel scales; its own rounding may move an input code by one step,
+    so every output stays within S_x sum_k |w_ck| of the fake-quantized layer; per-token layers stay exact."""
+    from nncompress.runtime.int8_torch import FusedDynamicLinear, Int8DynamicLinear
+    torch.manual_seed(0)
+    per_tensor = nc.convert_(nc.quantize_(nn.Sequential(nn.Linear(48, 32), nn.GELU(), nn.Linear(32, 4)),
+                                          nc.DynamicQuant(per_token=False)))
+    per_token = nc.convert_(nc.quantize_(nn.Sequential(nn.Linear(48, 32)), nc.DynamicQuant(per_token=True)))
+    try:
+        fast = to_int8_(copy.deepcopy(per_tensor), exact=False)
+    except UnsupportedModelError as error:
+        pytest.skip(str(error))
+    assert isinstance(fast[0], FusedDynamicLinear) and isinstance(fast[2], FusedDynamicLinear)
+    assert isinstance(to_int8_(copy.deepcopy(per_token), exact=False)[0], Int8DynamicLinear)
+    layer, moved = per_tensor[0], 0
+    with torch.no_grad():
+        for trial in range(50):
+            x = torch.randn(5, 48) * (1 + trial) + trial / 10
+            x[:, 0] *= 20
+            y, got = layer(x), fast[0](x)
+            step = float(layer.input_quantizer.qparams(x)[0])
+            assert bool(((got - y).abs() <= step * fast[0].row_l1 * 1.001 + 1e-6).all())
+            moved += int(not torch.allclose(got, y, rtol=0, atol=1e-5 * float(y.abs().max())))
+        copy.deepcopy(fast)(x)  # the prepacked weights survive a copy
+    assert moved < 50  # mostly identical: the same grid, only rare rounding differences

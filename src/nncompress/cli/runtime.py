@@ -84,8 +84,8 @@ def bench(model: ModelArg,
           calib_images: Annotated[int, typer.Option(min=1, help="training images for calibration")] = 256,
           seed: Annotated[int, typer.Option(help="random seed (zoo models)")] = 0,
           json_path: JsonOpt = None) -> None:
-    """Latency / throughput: float32 PyTorch, int8 PyTorch (quantize_dynamic, Linear models), float32 ONNX
-    Runtime and the int8 ONNX export, timed interleaved in one process."""
+    """Latency / throughput: float32 PyTorch, int8 PyTorch (ours: to_int8_; torch's quantize_dynamic for
+    Linear models), float32 ONNX Runtime and the int8 ONNX export, timed interleaved in one process."""
     import torch
 
     from ..export.bench import bench_backends, torch_dynamic_int8

@@ -105,8 +105,11 @@ def ratio(times: dict[str, list[float]], base: str, other: str) -> tuple[float, 
 def bench_backends(float_model: nn.Module, int8_model: nn.Module, x: torch.Tensor, *, threads: int, repeats: int,
                    calib: list[torch.Tensor] | None = None, torch_int8: nn.Module | None = None,
                    weight_range: str = "auto") -> dict:
-    """Latency of float32 PyTorch, int8 PyTorch (when given), float32 ONNX Runtime and our int8 ONNX
-    export on input `x`, interleaved, with `threads` threads; returns rows and the export's notes."""
+    """Latency of float32 PyTorch, our int8 PyTorch (`to_int8_`), torch's quantize_dynamic (when given),
+    float32 ONNX Runtime and our int8 ONNX export on input `x`, interleaved, with `threads` threads;
+    returns rows and notes (the export's, and why a backend is missing)."""
+    from ..runtime.int8_torch import to_int8_
+    from ..runtime.qvalue import UnsupportedModelError
     from .onnx import export_onnx
 
     torch.set_num_threads(threads)
@@ -114,9 +117,17 @@ def bench_backends(float_model: nn.Module, int8_model: nn.Module, x: torch.Tenso
     int8_onnx = export_onnx(int8_model, x[:1], calibration=calib, weight_range=weight_range)
     s_float, s_int8 = ort_session(float_onnx.model, threads), ort_session(int8_onnx.model, threads)
     feed = {"input": x.numpy()}
+    notes = list(int8_onnx.notes)
+    try:
+        ours_torch = to_int8_(copy.deepcopy(int8_model), exact=False)
+    except UnsupportedModelError as error:
+        ours_torch = None
+        notes.append(f"no int8 torch row: {error}")
     fns: dict[str, Callable[[], object]] = {}
     with torch.inference_mode():
         fns["float32 torch"] = lambda: float_model(x)
+        if ours_torch is not None:
+            fns["int8 torch (nncompress to_int8_)"] = lambda: ours_torch(x)
         if torch_int8 is not None:
             fns["int8 torch (quantize_dynamic)"] = lambda: torch_int8(x)
         fns["float32 ORT"] = lambda: s_float.run(None, feed)
@@ -128,5 +139,5 @@ def bench_backends(float_model: nn.Module, int8_model: nn.Module, x: torch.Tenso
         rows.append({"backend": name, "ms": 1e3 * med, "items_per_s": len(x) / med,
                      "vs_float32_torch": ratio(times, "float32 torch", name)[0],
                      "vs_float32_ort": ratio(times, "float32 ORT", name)[0]})
-    return {"batch": len(x), "threads": threads, "repeats": repeats, "rows": rows, "notes": int8_onnx.notes,
+    return {"batch": len(x), "threads": threads, "repeats": repeats, "rows": rows, "notes": notes,
             "weight_range": int8_onnx.weight_range}

@@ -8,7 +8,9 @@ and the kernel accumulates u8 x s8 products in int32 and writes float32 S_X S_W 
 pads the codes with Z_X). So every layer computes the fake-quantized layer's function (the plain
 simulation) up to float32 rounding, and everything between layers (ReLU, pools, residual adds) runs
 as before. A Linear with dynamic inputs (per tensor or per token: the transformer recipe) becomes an
-`Int8DynamicLinear` on the same GEMM, its per-row scales applied after the int32 dot product.
+`Int8DynamicLinear` on the same GEMM, its per-row scales applied after the int32 dot product;
+with `to_int8_(model, exact=False)` a per-tensor dynamic Linear runs fbgemm's fused dynamic kernel
+instead (`FusedDynamicLinear`: torch's quantize_dynamic speed, within one input step of the simulation).
 Unlike the reference `IntegerEngine` the activations between layers stay float: this is the fast
 path, the engine is the bit-exact oracle.
 
@@ -169,13 +171,59 @@ class Int8DynamicLinear(nn.Module):
         return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
-def int8_layer(module: nn.Module, name: str = "") -> nn.Module:
+class FusedDynamicLinear(nn.Module):
+    """A per-tensor dynamic int8 Linear on fbgemm's fused kernel (`quantized::linear_dynamic`, what
+    torch's own `quantize_dynamic` runs): min / max, quantization, the int8 GEMM and the float
+    output in one C++ call, with our int8 codes and per-channel weight scales prepacked. The input
+    codes are fbgemm's, not the simulation's: its zero point is chosen from min or max and it
+    multiplies by 1/S where the simulation divides by S, so an input code can differ by one step
+    (measured: 4% of random 16x384 inputs move at least one code). Each output therefore stays within
+    one input quantization step of the fake-quantized layer, |dy_c| <= S_x sum_k |w_ck| (checked at
+    construction); `to_int8_(model, exact=False)` uses it for the speed (fused in one call, as fast as
+    quantize_dynamic), `exact=True` keeps `Int8DynamicLinear`."""
+
+    def __init__(self, module: nn.Module, name: str):
+        super().__init__()
+        codes, scale = _weight_codes(module, name)
+        quantizer = input_quantizer(module)
+        q_min, q_max = quantizer.spec.q_range
+        if q_max - q_min != 255 or quantizer.per != "tensor" or quantizer.smooth is not None \
+                or int(codes.abs().max()) > 127:
+            raise UnsupportedModelError(f"layer {name!r}: the fused dynamic kernel needs 8-bit dynamic inputs per "
+                                        f"tensor without smoothing and int8 weights (got {quantizer.extra_repr()})")
+        weight = torch._make_per_channel_quantized_tensor(codes.to(torch.int8), scale.double(),
+                                                          torch.zeros(len(scale), dtype=torch.int64), 0)
+        bias = getattr(module, "bias", None)
+        self.packed = torch.ops.quantized.linear_prepack(weight, None if bias is None else bias.detach().float())
+        self.register_buffer("row_l1", (codes.abs().sum(1).double() * scale).float())  # sum_k |w_ck|
+        self._check(module, name, quantizer)
+
+    def _check(self, module: nn.Module, name: str, quantizer: DynamicQuantizer) -> None:
+        """Within one input step of the fake-quantized layer, on inputs with an outlier column."""
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(8, module.in_features, generator=gen)
+        x[:, 0] *= 40
+        step = float(quantizer.qparams(x)[0])
+        excess = (self(x) - module(x)).abs() - step * self.row_l1 * (1 + 1e-4)
+        if float(excess.max()) > 1e-5 * float(module(x).abs().max()):
+            raise UnsupportedModelError(f"layer {name!r}: fbgemm's fused dynamic kernel is off by more than one input "
+                                        "step on this CPU (int16 saturation without VNNI?); use exact=True")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.quantized.linear_dynamic(x, self.packed, False)
+
+
+def int8_layer(module: nn.Module, name: str = "", exact: bool = True) -> nn.Module:
     """The int8 replacement of one converted Linear / Conv2d: static inputs (Linear, Conv2d) or dynamic
-    inputs per tensor / per token (Linear)."""
+    inputs per tensor / per token (Linear); `exact=False` lets per-tensor dynamic Linears use fbgemm's
+    fused kernel (within one input step, see FusedDynamicLinear)."""
     kind = type_before_parametrizations(module)
-    if isinstance(input_quantizer(module), DynamicQuantizer):
+    quantizer = input_quantizer(module)
+    if isinstance(quantizer, DynamicQuantizer):
         if not issubclass(kind, nn.Linear):
             raise UnsupportedModelError(f"layer {name!r} ({kind.__name__}): dynamic int8 inputs run on Linear only")
+        if not exact and quantizer.per == "tensor" and quantizer.smooth is None:
+            return FusedDynamicLinear(module, name)
         return Int8DynamicLinear(module, name)
     layer = IntegerLayer.from_module(module, name)
     bias = module.bias if getattr(module, "bias", None) is not None else None
@@ -187,16 +235,20 @@ def int8_layer(module: nn.Module, name: str = "") -> nn.Module:
 
 
 @torch.no_grad()
-def to_int8_(model: nn.Module) -> nn.Module:
+def to_int8_(model: nn.Module, exact: bool = True) -> nn.Module:
     """Replace every converted, quantized Linear / Conv2d of `model` by its int8 layer
     (in place, eval mode; the model keeps working as an nn.Module); returns `model`.
+
+    exact=True: every layer computes the fake-quantized layer's function up to float32 rounding.
+    exact=False: per-tensor dynamic Linears (transformers) run fbgemm's fused kernel, as fast as
+    torch's quantize_dynamic, each output within one input quantization step of the simulation.
 
     Raises UnsupportedModelError naming the layer when one cannot run in int8 (not W8A8 with static
     inputs or dynamic ones per tensor / per token, or a CPU whose int8 kernel is not exact)."""
     model.eval()
     targets = {name: module for name, module in model.named_modules()
                if isinstance(module, (nn.Linear, nn.Conv2d)) and hasattr(module, "input_quantizer")}
-    replacements = {name: int8_layer(module, name) for name, module in targets.items()}  # all checked first
+    replacements = {name: int8_layer(module, name, exact) for name, module in targets.items()}  # all checked first
     for name, replacement in replacements.items():
         model.set_submodule(name, replacement)
     return model
