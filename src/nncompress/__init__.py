@@ -4,6 +4,7 @@
     nc.prune_(model, nc.MagnitudePrune(sparsity=0.9, scope="global"))
     nc.quantize_(model, nc.LinearQuant(weight_bits=8, act_bits=8), data=calibration_batches)
     nc.convert_(model)                       # fake-quantized -> stored integer codes
+    nc.to_int8_(model)                       # W8A8 layers -> int8 kernels inside PyTorch
     nc.save_model(model, "model.safetensors", recipe=[...])
 """
 from importlib.metadata import PackageNotFoundError, version
@@ -36,6 +37,7 @@ from .quant.qat import STEQuant
 from .quant.smooth import SmoothQuant
 from .quant.soft_sharing import SoftWeightSharing
 from .quant.ternary import TTQ, TWN
+from .runtime.int8_torch import to_int8_
 from .train import TrainConfig, evaluate, fit
 from .validate import UserError
 
@@ -51,4 +53,4 @@ __all__ = ["METHODS", "BNN", "BWN", "BinaryConnect", "ChannelPrune", "ColumnPrun
            "SmoothQuant", "SoftWeightSharing", "SparsityPrune", "SplitAttention", "TTQ", "TWN", "ThresholdPrune",
            "TrainConfig", "UserError", "XNORNet", "apply_", "convert_", "count_nonzero_weights", "evaluate", "fit",
            "fold_batchnorm_", "load_model", "method_from_dict", "prune_", "quantize_", "remove_quantization_",
-           "run_method", "save_model", "shrink_", "squash_", "unfuse_attention_", "with_forward"]
+           "run_method", "save_model", "shrink_", "squash_", "to_int8_", "unfuse_attention_", "with_forward"]
