@@ -41,7 +41,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 RESULTS = REPO / "benchmarks" / "results" / "reliability.md"
-FIXED_MEMORY = 160 << 20  # decode budget 64 MiB (container.DECODE_FIXED_BYTES) + temporaries
+FIXED_MEMORY = 160 << 20  # decode budget 64 MiB (encode/layout.DECODE_FIXED_BYTES) + temporaries
 HANG_SECONDS = 1.0
 KILL_SECONDS = 20
 

@@ -4,8 +4,8 @@
     nc.prune_(model, nc.MagnitudePrune(sparsity=0.9, scope="global"))
     nc.quantize_(model, nc.LinearQuant(weight_bits=8, act_bits=8), data=calibration_batches)
     nc.convert_(model)                       # fake-quantized -> stored integer codes
-    nc.to_int8_(model)                       # W8A8 layers -> int8 kernels inside PyTorch
     nc.save_model(model, "model.safetensors", recipe=[...])
+    nc.to_int8_(model)                       # inference: W8A8 layers on int8 kernels inside PyTorch
 """
 from importlib.metadata import PackageNotFoundError, version
 

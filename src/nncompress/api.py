@@ -60,6 +60,10 @@ def save_model(model: nn.Module, path: str | os.PathLike, *, recipe: Sequence[Me
     calibrating recipe without being given one (two rows are enough). `arch` / `in_shape` /
     `num_classes`: a zoo model, which `load_model` rebuilds by itself. `meta`: any JSON-able extras.
     """
+    int8 = [name for name, m in model.named_modules() if getattr(type(m), "int8_kernel", False)]
+    if int8:
+        raise UserError(f"layer {int8[0]!r} runs an int8 kernel (to_int8_): its prepacked weights are for inference "
+                        "only; save the converted model before to_int8_, and call to_int8_ again after load_model")
     header: dict[str, Any] = {**meta, **_zoo_meta(arch, in_shape, num_classes)}
     converted = _is_converted(model)
     if converted and not recipe:

@@ -267,13 +267,51 @@ def test_fused_dynamic_linears_stay_within_one_input_step():
     assert isinstance(fast[0], FusedDynamicLinear) and isinstance(fast[2], FusedDynamicLinear)
     assert isinstance(to_int8_(copy.deepcopy(per_token), exact=False)[0], Int8DynamicLinear)
     layer, moved = per_tensor[0], 0
+    row_l1 = (layer.weight.detach().abs().sum(1))
     with torch.no_grad():
         for trial in range(50):
             x = torch.randn(5, 48) * (1 + trial) + trial / 10
             x[:, 0] *= 20
             y, got = layer(x), fast[0](x)
             step = float(layer.input_quantizer.qparams(x)[0])
-            assert bool(((got - y).abs() <= step * fast[0].row_l1 * 1.001 + 1e-6).all())
+            assert bool(((got - y).abs() <= step * row_l1 * 1.001 + 1e-6).all())
             moved += int(not torch.allclose(got, y, rtol=0, atol=1e-5 * float(y.abs().max())))
-        copy.deepcopy(fast)(x)  # the prepacked weights survive a copy
-    assert moved < 50  # mostly identical: the same grid, only rare rounding differences
+        torch.testing.assert_close(copy.deepcopy(fast)(x), fast(x))  # the prepacked weights survive a copy
+        one = x[0]  # a 1-D input too (its own per-tensor range)
+        assert bool(((fast[0](one) - layer(one)).abs() <= float(layer.input_quantizer.qparams(one)[0]) * row_l1 * 1.001
+                     + 1e-6).all())
+    assert moved <= 10  # mostly identical: the same grid, only rare rounding differences
+
+
+def test_a_saturating_fused_kernel_is_refused():
+    """The construction check compares the kernel exactly with fbgemm's own quantization on full-range
+    inputs: a kernel that saturates pair sums in int16 (AVX2 without VNNI) at transformer width is refused."""
+    from nncompress.runtime.int8_torch import FusedDynamicLinear
+
+    class Saturating(FusedDynamicLinear):
+        def forward(self, x):
+            s_x, z_x = torch._choose_qparams_per_tensor(x, False)
+            q_x = torch.quantize_per_tensor(x, s_x, z_x, torch.quint8).int_repr().float()
+            pairs = (q_x.view(len(x), -1, 2).unsqueeze(1) * self.codes.view(1, len(self.codes), -1, 2)).sum(-1)
+            acc = pairs.clamp(-32768, 32767).sum(-1) - z_x * self.codes.sum(1)
+            return s_x * self.scale * acc + self.bias
+
+    torch.manual_seed(0)
+    model = nc.convert_(nc.quantize_(nn.Sequential(nn.Linear(768, 16)), nc.DynamicQuant(per_token=False)))
+    codes, scale = _weight_codes_of(model[0])
+    Saturating.codes, Saturating.scale, Saturating.bias = codes.float(), scale.float(), model[0].bias.detach()
+    with pytest.raises(UnsupportedModelError, match="layer '0': fbgemm's fused dynamic kernel is not exact"):
+        Saturating(model[0], "0")
+
+
+def _weight_codes_of(layer):
+    from nncompress.runtime.layers import _weight_codes
+    return _weight_codes(layer, "layer")
+
+
+def test_save_model_refuses_int8_kernels(tmp_path):
+    model = nc.convert_(nc.quantize_(nn.Sequential(nn.Linear(8, 4)), nc.DynamicQuant(per_token=True)))
+    fast = int8_copy(model)
+    with pytest.raises(nc.UserError, match="layer '0' runs an int8 kernel.*save the converted model before"):
+        nc.save_model(fast, tmp_path / "m.safetensors", recipe=[nc.DynamicQuant(per_token=True)])
+    assert not (tmp_path / "m.safetensors").exists()
