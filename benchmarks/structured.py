@@ -2,6 +2,8 @@
 
 Usage: python benchmarks/structured.py [--models resnet20 vgg_small] [--seeds 0 1 2] [--dense-epochs 4]
            [--finetune-epochs 2] [--sparsity 0.3] [--threads 2] [--slim] [--out structured]
+       python benchmarks/structured.py --latency-only --round-to 1 8 16 --backends eager channels_last torchscript ort
+       python benchmarks/structured.py --round-to 1 16 --no-latency   # accuracy of the rounded variants
 
 Per model and seed, in one process: train the dense model, then
 - ours: `ChannelPrune(sparsity)` (filter L2 norm, per dependency group, residual stages pruned
@@ -9,6 +11,13 @@ Per model and seed, in one process: train the dense model, then
 - Torch-Pruning: `MetaPruner(MagnitudeImportance(p=2), pruning_ratio=sparsity)` on the same dense
   model (same MAC target, the classifier ignored as in ours), the same fine-tuning budget;
 then CPU latency at batch 64 of dense vs both, interleaved (medians of per-round ratios).
+`--round-to 1 8 16` prunes one variant per value (`ChannelPrune(round_to=N)`: every group keeps a
+multiple of N channels), each at the sparsity whose shrunk MAC reduction is nearest `--mac-target`
+(2x); Torch-Pruning gets its own `round_to` alike. `--backends` times dense and pruned models on
+the same backend each: PyTorch eager (NCHW), eager channels_last, TorchScript frozen +
+`optimize_for_inference` (oneDNN layouts, conv+BN folded, conv+ReLU fused) and ONNX Runtime (the
+float model through `nncompress.export.onnx.export_onnx`); the ratio is always dense / pruned on
+the same backend.
 `--slim` adds network slimming on vgg_small: sparsity training with the L1 penalty on BN scales
 (Liu et al. 2017) and a sweep of the globally pruned channel fraction, before and after fine-tuning.
 """
@@ -20,6 +29,7 @@ import dataclasses
 import os
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -28,7 +38,7 @@ from torch import nn
 from common import MNIST_DIR, RESULTS, header, table, write_results
 from nncompress.analysis.metrics import count_params, total_macs
 from nncompress.api import apply_, training_config
-from nncompress.export.bench import interleaved, ratio
+from nncompress.export.bench import ratio
 from nncompress.prune.shrink import shrink_
 from nncompress.prune.slimming import NetworkSlimming
 from nncompress.prune.structured import ChannelPrune
@@ -51,26 +61,182 @@ def accuracy(model: nn.Module, data) -> float:
     return evaluate(model, data.test_loader())["accuracy"]
 
 
-def torch_pruning_copy(dense: nn.Module, example: torch.Tensor, sparsity: float) -> nn.Module:
+def torch_pruning_copy(dense: nn.Module, example: torch.Tensor, sparsity: float, round_to: int = 1) -> nn.Module:
     import torch_pruning as tp
 
     model = copy.deepcopy(dense)
     classifier = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
     pruner = tp.pruner.MetaPruner(model, example, importance=tp.importance.MagnitudeImportance(p=2),
-                                  pruning_ratio=sparsity, ignored_layers=[classifier])
+                                  pruning_ratio=sparsity, ignored_layers=[classifier],
+                                  round_to=round_to if round_to > 1 else None)
     pruner.step()
     return model
 
 
-def latency(models: dict[str, nn.Module], x: torch.Tensor, repeats: int, threads: int) -> dict[str, list[float]]:
-    for m in models.values():
-        m.eval()
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One pruned model: which tool, its channel rounding and the sparsity that gives the MAC target."""
+
+    tool: str  # "ours" or "tp"
+    round_to: int
+    sparsity: float
+
+    @property
+    def key(self) -> str:
+        return f"{self.tool}_r{self.round_to}"
+
+    @property
+    def label(self) -> str:
+        name = "nncompress ChannelPrune + shrink_" if self.tool == "ours" else "Torch-Pruning MetaPruner"
+        return f"{name}, round_to={self.round_to}, sparsity {self.sparsity:.2f}"
+
+
+def prune_variant(dense: nn.Module, variant: Variant, calib: list[torch.Tensor]) -> nn.Module:
+    """A pruned copy of `dense` (ours: masked, not yet shrunk; Torch-Pruning: already smaller)."""
+    if variant.tool == "tp":
+        return torch_pruning_copy(dense, calib[0][:1], variant.sparsity, variant.round_to)
+    model = copy.deepcopy(dense)
+    apply_(model, ChannelPrune(sparsity=variant.sparsity, round_to=variant.round_to), data=calib)
+    return model
+
+
+def channel_counts(model: nn.Module) -> str:
+    """The distinct output-channel counts of the convolutions, e.g. '16/32'."""
+    return "/".join(str(c) for c in sorted({m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)}))
+
+
+def choose_sparsity(arch: str, tool: str, round_to: int, target: float, in_shape=(1, 28, 28)) -> float:
+    """The sparsity (0.20 ... 0.60 in steps of 0.05) whose pruned, shrunk shapes cut the MACs nearest
+    `target` x (ties: the lower sparsity). Shapes only (random weights): the kept counts do not
+    depend on the weights, only on the group sizes, the sparsity and round_to."""
+    torch.manual_seed(0)
+    dense = build_model(arch, in_shape, 10).eval()
+    x = torch.randn(2, *in_shape)
+    base = total_macs(dense, in_shape)
+    best = None
+    for step in range(4, 13):
+        s = step / 20
+        model = prune_variant(dense, Variant(tool, round_to, s), [x])
+        if tool == "ours":
+            shrink_(model, x)
+        red = base / total_macs(model, in_shape)
+        if best is None or abs(red - target) < best[0] - 1e-9:
+            best = (abs(red - target), s)
+    return best[1]
+
+
+def variants(arch: str, args) -> list[Variant]:
+    """Ours for every --round-to, Torch-Pruning for the first and last (unrounded and most rounded);
+    --sparsity fixes every variant's sparsity instead of the MAC target."""
+    out = []
+    rounds = list(dict.fromkeys(args.round_to))
+    for tool, values in (("ours", rounds), ("tp", list(dict.fromkeys([rounds[0], rounds[-1]])) if args.torch_pruning else [])):
+        for r in values:
+            s = args.sparsity if args.sparsity is not None else choose_sparsity(arch, tool, r, args.mac_target)
+            out.append(Variant(tool, r, s))
+    return out
+
+
+# ---------------------------------------------------------------- latency, per backend
+
+BACKENDS = ("eager", "channels_last", "torchscript", "ort")
+BACKEND_NAMES = {"eager": "PyTorch eager (NCHW)", "channels_last": "PyTorch eager, channels_last",
+                 "torchscript": "TorchScript freeze + optimize_for_inference", "ort": "ONNX Runtime (fp32)"}
+
+
+def runner(model: nn.Module, x: torch.Tensor, backend: str, threads: int):
+    """A no-argument callable running `model` on batch `x` on `backend` (the same treatment for the
+    dense and the pruned models; ONNX Runtime sessions get `threads` intra-op threads)."""
+    model = copy.deepcopy(model).eval()
+    if backend == "eager":
+        return lambda: model(x)
+    if backend == "channels_last":
+        model = model.to(memory_format=torch.channels_last)
+        xc = x.contiguous(memory_format=torch.channels_last)
+        return lambda: model(xc)
+    if backend == "torchscript":
+        with torch.no_grad():
+            frozen = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(model, x)))
+        return lambda: frozen(x)
+    if backend == "ort":
+        from nncompress.export.graph import ort_session
+        from nncompress.export.onnx import export_onnx
+
+        session = ort_session(export_onnx(model, x[:1], weight_range="full").model, threads)
+        feed = {"input": x.numpy()}
+        return lambda: session.run(None, feed)
+    raise ValueError(f"unknown backend {backend!r}; choose from {BACKENDS}")
+
+
+def check_outputs(fns: dict, reference: dict[str, torch.Tensor], backend: str) -> None:
+    """Every backend computes what eager computes (a backend that is fast but wrong proves nothing)."""
+    for name, fn in fns.items():
+        out = fn()
+        out = torch.from_numpy(out[0]) if isinstance(out, list) else out
+        err = float((out.float() - reference[name]).abs().max())
+        if err > 1e-3 * max(1.0, float(reference[name].abs().max())):
+            raise RuntimeError(f"{backend}: {name} differs from eager by {err:.2e}")
+
+
+def alternating(fns: dict, repeats: int, warmup: int = 3, min_seconds: float = 0.05) -> dict[str, list[float]]:
+    """Seconds per call, timed in turns; the order reverses every round (A B C, C B A, ...) so no
+    model always runs right after a particular other one; each turn repeats a call until `min_seconds`."""
+    inner = {}
+    for name, fn in fns.items():
+        for _ in range(warmup):
+            fn()
+        start = time.perf_counter()
+        fn()
+        inner[name] = max(1, int(min_seconds / max(time.perf_counter() - start, 1e-6)))
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    names = list(fns)
+    for r in range(repeats):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            start = time.perf_counter()
+            for _ in range(inner[name]):
+                fns[name]()
+            times[name].append((time.perf_counter() - start) / inner[name])
+    return times
+
+
+def latency(models: dict[str, nn.Module], x: torch.Tensor, repeats: int, threads: int,
+            backend: str = "eager") -> dict[str, list[float]]:
+    """Interleaved seconds per batch of every model on one backend with `threads` threads."""
     torch.set_num_threads(threads)
     try:
         with torch.inference_mode():
-            return interleaved({name: (lambda m=m: m(x)) for name, m in models.items()}, repeats, warmup=3)
+            reference = {name: m.eval()(x) for name, m in models.items()}
+        with torch.no_grad():
+            fns = {name: runner(m, x, backend, threads) for name, m in models.items()}
+        with torch.inference_mode():
+            check_outputs(fns, reference, backend)
+            return alternating(fns, repeats)
     finally:
         torch.set_num_threads(TRAIN_THREADS)
+
+
+def latency_rows(arch: str, models: dict[str, nn.Module], labels: dict[str, str], x: torch.Tensor, args,
+                 in_shape=(1, 28, 28)) -> list[list]:
+    """One row per (threads, backend, pruned model): dense ms, pruned ms, MAC reduction, speed-up."""
+    macs = {k: total_macs(m, in_shape) for k, m in models.items()}
+    rows = []
+    for threads in args.latency_threads:
+        for backend in args.backends:
+            load = open("/proc/loadavg").read().split()[0]
+            times = latency(models, x, args.repeats, threads, backend)
+            for key in models:
+                if key == "dense":
+                    continue
+                s, red = ratio(times, "dense", key), macs["dense"] / macs[key]
+                rows.append([arch, threads, BACKEND_NAMES[backend], labels[key], channel_counts(models[key]), load,
+                             f"{1e3 * statistics.median(times['dense']):.1f}", f"{1e3 * statistics.median(times[key]):.1f}",
+                             f"{red:.2f}x", speed(s), f"**{s[0] / red:.2f}**"])
+                print(rows[-1], flush=True)
+    return rows
+
+
+LATENCY_COLUMNS = ["model", "threads", "backend (dense and pruned alike)", "pruned by", "conv channels", "load avg (1 min)",
+                   "dense ms", "pruned ms", "MAC reduction", "speed-up (median, min-max)", "speed-up / MAC reduction"]
 
 
 def run_seed(arch: str, seed: int, data, args) -> dict:
@@ -78,50 +244,45 @@ def run_seed(arch: str, seed: int, data, args) -> dict:
     dense = build_model(arch, data.in_shape, data.num_classes)
     train(dense, data, arch, args.dense_epochs, seed)
     calib = [data.train_x[:BATCH]]
-    ours = copy.deepcopy(dense)
-    apply_(ours, ChannelPrune(sparsity=args.sparsity), data=calib)
-    train(ours, data, arch, args.finetune_epochs, seed + 1000, FINETUNE_LR_FACTOR)
-    masked_acc = accuracy(ours, data)
-    shrink_(ours, calib[0])
-    tpm = torch_pruning_copy(dense, torch.zeros(1, *data.in_shape), args.sparsity)
-    train(tpm, data, arch, args.finetune_epochs, seed + 1000, FINETUNE_LR_FACTOR)
-    row = {"arch": arch, "seed": seed, "dense_acc": accuracy(dense, data), "ours_acc": accuracy(ours, data),
-           "ours_masked_acc": masked_acc, "tp_acc": accuracy(tpm, data)}
-    for name, m in (("dense", dense), ("ours", ours), ("tp", tpm)):
-        row[f"{name}_macs"], row[f"{name}_params"] = total_macs(m, data.in_shape), count_params(m)
-    x = data.test_x[:BATCH]
-    times = latency({"dense": dense, "ours": ours, "tp": tpm}, x, args.repeats, args.threads)
-    for name in ("ours", "tp"):
-        row[f"{name}_speedup"] = ratio(times, "dense", name)
-    row["dense_ms"] = 1e3 * statistics.median(times["dense"])
-    print({k: v for k, v in row.items()}, flush=True)
+    row = {"arch": arch, "seed": seed, "dense_acc": accuracy(dense, data), "dense_macs": total_macs(dense, data.in_shape),
+           "dense_params": count_params(dense), "variants": []}
+    models = {"dense": dense}
+    for variant in variants(arch, args):
+        model = prune_variant(dense, variant, calib)
+        train(model, data, arch, args.finetune_epochs, seed + 1000, FINETUNE_LR_FACTOR)
+        v = {"variant": variant, "acc": accuracy(model, data)}
+        if variant.tool == "ours":
+            v["masked_acc"] = v["acc"]
+            shrink_(model, calib[0])
+            v["acc"] = accuracy(model, data)
+        v.update(macs=total_macs(model, data.in_shape), params=count_params(model), channels=channel_counts(model))
+        row["variants"].append(v)
+        models[variant.key] = model
+        print(arch, seed, variant, {k: x for k, x in v.items() if k != "variant"}, flush=True)
+    if not args.no_latency:
+        times = latency(models, data.test_x[:BATCH], args.repeats, args.threads)
+        row["dense_ms"] = 1e3 * statistics.median(times["dense"])
+        for v in row["variants"]:
+            v["speedup"] = ratio(times, "dense", v["variant"].key)
     return row
 
 
 def latency_only(args) -> str:
-    """Dense vs shrunk vs Torch-Pruning latency without training: the pruned shapes depend only on
-    the sparsity (every group loses round(sparsity x C) channels in both tools), not on the weights."""
+    """Dense vs shrunk (ours) vs Torch-Pruning latency without training: the pruned shapes depend only on
+    the group sizes, the sparsity and round_to (every group keeps its rounded count), not on the weights."""
     rows = []
     for arch in args.models:
         torch.manual_seed(0)
         dense = build_model(arch, (1, 28, 28), 10).eval()
         x = torch.randn(BATCH, 1, 28, 28)
-        ours = copy.deepcopy(dense)
-        apply_(ours, ChannelPrune(sparsity=args.sparsity), data=[x])
-        shrink_(ours, x)
-        tpm = torch_pruning_copy(dense, x[:1], args.sparsity)
-        red = {n: total_macs(dense, (1, 28, 28)) / total_macs(m, (1, 28, 28)) for n, m in (("ours", ours), ("tp", tpm))}
-        for threads in args.latency_threads:
-            load = os.getloadavg()[0]
-            times = latency({"dense": dense, "ours": ours, "tp": tpm}, x, args.repeats, threads)
-            for key, name in (("ours", "nncompress ChannelPrune + shrink_"), ("tp", "Torch-Pruning MetaPruner")):
-                s = ratio(times, "dense", key)
-                rows.append([arch, threads, f"{load:.1f}", name, f"{1e3 * statistics.median(times['dense']):.1f}",
-                             f"{1e3 * statistics.median(times[key]):.1f}", f"{red[key]:.2f}x", speed(s),
-                             f"{s[0] / red[key]:.2f}"])
-                print(rows[-1], flush=True)
-    return table(["model", "threads", "load avg (1 min)", "pruned by", "dense ms", "pruned ms", "MAC reduction",
-                  "speed-up (median, min-max)", "speed-up / MAC reduction"], rows)
+        models, labels = {"dense": dense}, {}
+        for variant in variants(arch, args):
+            model = prune_variant(dense, variant, [x])
+            if variant.tool == "ours":
+                shrink_(model, x)
+            models[variant.key], labels[variant.key] = model.eval(), variant.label
+        rows += latency_rows(arch, models, labels, x, args)
+    return table(LATENCY_COLUMNS, rows)
 
 
 def slimming_sweep(seed: int, data, args) -> tuple[list[list], list[dict]]:
@@ -180,26 +341,28 @@ def speed(s: tuple[float, float, float]) -> str:
 
 
 def report(rows: list[dict], args) -> str:
-    out = [["model", "seed", "variant", "test acc %", "vs dense (points)", "MACs", "MAC reduction", "params",
-            "speed-up vs dense (median, min-max)", "speed-up / MAC reduction"]]
+    out = [["model", "seed", "variant", "conv channels", "test acc %", "vs dense (points)", "MACs", "MAC reduction",
+            "params", "speed-up vs dense, eager (median, min-max)", "speed-up / MAC reduction"]]
     for r in rows:
-        out.append([r["arch"], r["seed"], "dense", f"{100 * r['dense_acc']:.2f}", "", f"{r['dense_macs'] / 1e6:.2f}M",
-                    "1.00x", f"{r['dense_params']:,}", f"1.00x ({r['dense_ms']:.1f} ms)", ""])
-        for key, name in (("ours", "nncompress ChannelPrune + shrink_"), ("tp", "Torch-Pruning MetaPruner")):
-            red = r["dense_macs"] / r[f"{key}_macs"]
-            out.append([r["arch"], r["seed"], name, f"{100 * r[f'{key}_acc']:.2f}",
-                        f"{100 * (r[f'{key}_acc'] - r['dense_acc']):+.2f}", f"{r[f'{key}_macs'] / 1e6:.2f}M",
-                        f"{red:.2f}x", f"{r[f'{key}_params']:,}", speed(r[f"{key}_speedup"]),
-                        f"{r[f'{key}_speedup'][0] / red:.2f}"])
+        dense_speed = "" if args.no_latency else f"1.00x ({r['dense_ms']:.1f} ms)"
+        out.append([r["arch"], r["seed"], "dense", "", f"{100 * r['dense_acc']:.2f}", "", f"{r['dense_macs'] / 1e6:.2f}M",
+                    "1.00x", f"{r['dense_params']:,}", dense_speed, ""])
+        for v in r["variants"]:
+            red = r["dense_macs"] / v["macs"]
+            sp = v.get("speedup")
+            out.append([r["arch"], r["seed"], v["variant"].label, v["channels"], f"{100 * v['acc']:.2f}",
+                        f"{100 * (v['acc'] - r['dense_acc']):+.2f}", f"{v['macs'] / 1e6:.2f}M", f"{red:.2f}x",
+                        f"{v['params']:,}", speed(sp) if sp else "", f"{sp[0] / red:.2f}" if sp else ""])
     text = table(out[0], out[1:])
-    means = [["model", "seeds", "variant", "mean test acc %", "mean gap (points)", "mean speed-up"]]
+    means = [["model", "seeds", "variant", "mean test acc %", "mean gap (points)", "MAC reduction"]]
     for arch in dict.fromkeys(r["arch"] for r in rows):
         rs = [r for r in rows if r["arch"] == arch]
         means.append([arch, len(rs), "dense", pct([r["dense_acc"] for r in rs]), "", "1.00x"])
-        for key, name in (("ours", "nncompress"), ("tp", "Torch-Pruning")):
-            gap = statistics.mean(r[f"{key}_acc"] - r["dense_acc"] for r in rs)
-            means.append([arch, len(rs), name, pct([r[f"{key}_acc"] for r in rs]), f"**{100 * gap:+.2f}**",
-                          f"{statistics.mean(r[f'{key}_speedup'][0] for r in rs):.2f}x"])
+        for k, v0 in enumerate(rs[0]["variants"]):
+            vs = [r["variants"][k] for r in rs]
+            gap = statistics.mean(v["acc"] - r["dense_acc"] for v, r in zip(vs, rs))
+            means.append([arch, len(rs), v0["variant"].label, pct([v["acc"] for v in vs]), f"**{100 * gap:+.2f}**",
+                          f"{rs[0]['dense_macs'] / v0['macs']:.2f}x"])
     return text + "\n" + table(means[0], means[1:])
 
 
@@ -209,9 +372,15 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--dense-epochs", type=int, default=4)
     parser.add_argument("--finetune-epochs", type=int, default=2)
-    parser.add_argument("--sparsity", type=float, default=0.3)
+    parser.add_argument("--sparsity", type=float, default=None,
+                        help="one sparsity for every variant (default: per variant, nearest --mac-target)")
+    parser.add_argument("--mac-target", type=float, default=2.0, help="MAC reduction the sparsity is chosen for")
+    parser.add_argument("--round-to", nargs="+", type=int, default=[1], help="ChannelPrune(round_to=N) variants")
+    parser.add_argument("--no-torch-pruning", dest="torch_pruning", action="store_false")
+    parser.add_argument("--backends", nargs="+", default=["eager"], choices=BACKENDS)
+    parser.add_argument("--no-latency", action="store_true", help="training runs: accuracy only, no timing")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=21)
     parser.add_argument("--slim", action="store_true")
     parser.add_argument("--slim-penalty", type=float, default=1e-3)
     parser.add_argument("--slim-fractions", nargs="+", type=float, default=[0.2, 0.35, 0.5, 0.65, 0.8])
@@ -227,10 +396,15 @@ def main() -> None:
         data = dataclasses.replace(data, train_x=data.train_x[:args.train_images], train_y=data.train_y[:args.train_images])
     load = os.getloadavg()
     if args.latency_only:
-        text = header("Latency of channel-pruned, shrunk models (untrained weights, same shapes)") + "\n"
-        text += (f"Batch {BATCH}, float32 PyTorch eager, {args.repeats} interleaved rounds (dense, ours, Torch-Pruning "
-                 f"in turns) per thread count; `--sparsity {args.sparsity}` of every dependency group's channels "
-                 "removed. The machine is shared: the load average is recorded per row.\n\n")
+        text = header("Latency of channel-pruned, shrunk models per backend (untrained weights, same shapes)") + "\n"
+        text += (f"Batch {BATCH}, float32; per model, thread count and backend, the dense and every pruned model run "
+                 f"in turns ({args.repeats} rounds after warm-up, order reversed every round, each turn repeated to "
+                 ">= 50 ms); speed-up = median of the per-round dense / pruned times (min-max). Every backend's "
+                 "outputs are checked against eager first. Sparsity per variant: the one (0.20-0.60, step 0.05) whose "
+                 f"shrunk MACs are nearest a {args.mac_target:g}x reduction"
+                 + (f" (fixed: {args.sparsity})" if args.sparsity is not None else "") +
+                 f". Load average at start: {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1/5/15 min); per row in "
+                 "the table.\n\n")
         write_results(args.out, text + latency_only(args))
         return
     rows = [run_seed(arch, seed, data, args) for arch in args.models for seed in args.seeds]
@@ -244,11 +418,13 @@ def main() -> None:
              f"Training images: {len(data.train_x):,}; test split: 2,000 images (one image = 0.05 points).\n\n")
     if rows:
         text += (f"Budget (reduced to fit the shared 2-core machine): dense {args.dense_epochs} epochs with the model's "
-             f"recommended schedule (SGD, cosine), then `--sparsity {args.sparsity}` of the channels of every "
-             f"dependency group removed and {args.finetune_epochs} fine-tuning epochs at {FINETUNE_LR_FACTOR} x the "
-             f"learning rate, for both tools. Latency: float32 PyTorch eager, batch {BATCH}, {args.threads} threads, "
-             f"{args.repeats} interleaved rounds after warm-up; speed-up = median of per-round dense / pruned time "
-             "(min-max in brackets).\n\n")
+             f"recommended schedule (SGD, cosine), then the channels of every dependency group pruned "
+             f"(`--round-to {' '.join(map(str, args.round_to))}`: the sparsity of each variant in its row, chosen for "
+             f"a {args.mac_target:g}x MAC reduction on the shapes alone) and {args.finetune_epochs} fine-tuning epochs "
+             f"at {FINETUNE_LR_FACTOR} x the learning rate, for both tools. "
+             + ("No latency in this run (see the per-backend latency section).\n\n" if args.no_latency else
+                f"Latency: float32 PyTorch eager, batch {BATCH}, {args.threads} threads, {args.repeats} interleaved "
+                "rounds after warm-up; speed-up = median of per-round dense / pruned time (min-max in brackets).\n\n"))
     if rows:
         text += report(rows, args)
     if args.slim:

@@ -33,6 +33,7 @@ def prune(model: ModelArg = "lenet300", dataset: DatasetOpt = "digits", data_dir
           structure: Annotated[Optional[str], typer.Option(help="structured pruning: channel (filters, residual-aware), column (im2col columns), group (group lasso) or nm (N:M, e.g. 2:4); sets --method")] = None,
           shrink: Annotated[bool, typer.Option("--shrink", help="remove pruned channels physically: a smaller dense model (the MACs and params reported after)")] = False,
           sparsify_epochs: Annotated[int, typer.Option(min=0, help="--structure group: epochs of training with the group-lasso penalty before pruning")] = 0,
+          round_to: Annotated[Optional[int], typer.Option(min=1, help="--structure channel: keep a multiple of N channels in every group (e.g. 16: AVX-512 kernels block channels by 16), so the shrunk model runs as fast as its MACs promise")] = None,
           json_path: JsonOpt = None) -> None:
     """Prune a model (training it first if a zoo name is given), retrain, and report.
 
@@ -57,7 +58,7 @@ def prune(model: ModelArg = "lenet300", dataset: DatasetOpt = "digits", data_dir
     finetune_epochs = settings.finetune_epochs if finetune_epochs is None else finetune_epochs
     lr_factor = settings.lr_factor if lr_factor is None else lr_factor
     schedule = schedule or ("oneshot" if method == "nm" else settings.schedule)
-    flags = given(sparsity=sparsity, scope=scope, quality=quality,
+    flags = given(sparsity=sparsity, scope=scope, quality=quality, round_to=round_to,
                    layer_sparsity=parse_layer_values(layer_sparsity) or None,
                    targets={"exclude": list(exclude)} if exclude else None)
     by_threshold = any(s.startswith("threshold=") for s in set_fields or ())

@@ -9,7 +9,8 @@ from rich.table import Table
 
 from ..validate import check_fraction
 from ..zoo import load_dataset
-from .common import DataDirOpt, DatasetOpt, DownloadOpt, JsonOpt, ModelArg, app, build_method, emit_json, out
+from .common import (DataDirOpt, DatasetOpt, DownloadOpt, JsonOpt, ModelArg, app, build_method, emit_json,
+                     method_label, out)
 
 #: --structure of `nncompress prune` -> the registered method it runs
 STRUCTURE_METHODS = {"channel": "channel", "column": "column", "group": "group_lasso", "nm": "nm"}
@@ -78,5 +79,5 @@ def run_structured_prune(model: str, data, pruner, *, schedule: str, rounds: int
     _, result = structured_prune(model, data, pruner, schedule=schedule, rounds=rounds, finetune_epochs=finetune_epochs,
                                  lr_factor=lr_factor, sparsify_epochs=sparsify_epochs, seed=seed, shrink=shrink,
                                  out=out_path)
-    print_structured(result, f"{result['model']} pruned ({pruner.name}, {schedule})")
+    print_structured(result, f"{result['model']} pruned ({method_label(pruner)}, {schedule})")
     emit_json(json_path, result)

@@ -23,7 +23,7 @@ from ..config import Context
 from ..registry import register
 from ..validate import UserError, check_positive
 from .dependency import NORMS
-from .structured import group_tensors, mask_channels, targeted_groups, unit_masks
+from .structured import check_round_to, group_tensors, mask_channels, targeted_groups, unit_masks
 from .structures import check_mask_targets
 from .unstructured import SparsityPrune
 
@@ -51,15 +51,19 @@ class NetworkSlimming(SparsityPrune):
     Args:
         penalty: s, the L1 strength on the scales used by `regularizers` (Liu et al.: 1e-4 for VGG,
             1e-5 for ResNet / DenseNet).
+        round_to: keep a multiple of this many channels per group, after the global threshold
+            (`structured.rounded_count`; see `ChannelPrune.round_to`).
     """
 
     needs = frozenset({"data"})
     scope: str = "global"
     penalty: float = 1e-4
+    round_to: int = 1
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_positive("penalty", self.penalty)
+        check_round_to(self.round_to)
         if self.layer_sparsity:
             raise UserError("NetworkSlimming uses one global threshold (or one fraction per group); "
                             "layer_sparsity is not supported")
@@ -82,7 +86,7 @@ class NetworkSlimming(SparsityPrune):
             return model
         scores = {n: channel_scaling_factors(model, [p for p in g.passthrough if isinstance(modules[p], NORMS)])
                   for n, g in scaled.items()}
-        keeps = unit_masks(self, scores, {})
+        keeps = unit_masks(self, scores, {}, self.round_to)
         check_mask_targets([t for g in scaled.values() for t in group_tensors(model, g)])
         for name, group in scaled.items():
             mask_channels(model, group, keeps[name])

@@ -40,14 +40,48 @@ def _keep_one(keep: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
     return keep
 
 
-def unit_masks(method: SparsityPrune, scores: dict[str, torch.Tensor], overrides: dict[str, float]) -> dict[str, torch.Tensor]:
+def check_round_to(round_to: int) -> None:
+    """round_to must be a positive int (a bool or float is refused, YAML may give either)."""
+    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+        raise UserError(f"round_to must be a positive integer (channel counts kept as its multiples), got {round_to!r}")
+
+
+def rounded_count(kept: int, total: int, round_to: int) -> int:
+    """The number of channels to keep when counts must be multiples of `round_to`: the multiple of
+    `round_to` in [round_to, total] nearest to `kept` (ties keep more), or `total` itself (a layer
+    left whole) when that is nearer or no multiple fits. Monotone in `kept`, so an iterative schedule
+    (rising sparsity) never needs back a channel an earlier round removed."""
+    if round_to <= 1 or kept >= total:
+        return kept if round_to <= 1 else total
+    candidates = [m for m in range(round_to, total + 1, round_to)] + [total]
+    return min(candidates, key=lambda c: (abs(c - kept), -c))
+
+
+def round_keep(keep: torch.Tensor, scores: torch.Tensor, round_to: int) -> torch.Tensor:
+    """`keep` with its count rounded by `rounded_count`: rounding down removes the weakest units `keep`
+    kept, rounding up restores the strongest units it removed (ties by index, as `lowest_k_mask`)."""
+    flat = keep.flatten()
+    target = rounded_count(int(flat.sum()), flat.numel(), round_to)
+    if target == int(flat.sum()):
+        return keep
+    by_score = torch.argsort(scores.detach().flatten().float(), stable=True)  # weakest first
+    order = by_score[torch.argsort(flat[by_score].int(), stable=True)]  # removed units first, then weakest kept
+    out = torch.ones_like(flat)
+    out[order[:flat.numel() - target]] = False
+    return out.view_as(keep)
+
+
+def unit_masks(method: SparsityPrune, scores: dict[str, torch.Tensor], overrides: dict[str, float],
+               round_to: int = 1) -> dict[str, torch.Tensor]:
     """Per-unit keep vectors removing `method.sparsity` of the units per layer (scope "layer") or of the
-    pooled units ("global"), with per-layer overrides; every layer keeps at least one unit."""
+    pooled units ("global"), with per-layer overrides; every layer keeps at least one unit, and with
+    `round_to` > 1 each layer's count is rounded by `rounded_count` (after the global threshold)."""
     if method.scope == "global":
         keeps = global_masks_with_overrides(scores, method.sparsity, overrides)
     else:
         keeps = layer_masks(scores, {n: overrides.get(n, method.sparsity) for n in scores})
-    return {n: _keep_one(k, scores[n]) for n, k in keeps.items()}
+    keeps = {n: _keep_one(k, scores[n]) for n, k in keeps.items()}
+    return {n: round_keep(k, scores[n], round_to) for n, k in keeps.items()} if round_to > 1 else keeps
 
 
 def group_tensors(model: nn.Module, group: Group) -> list[tuple[nn.Module, str, str]]:
@@ -100,6 +134,11 @@ class ChannelPrune(SparsityPrune):
 
     Args:
         norm: "l2" (default) or "l1" norm of each filter; a group's channel score sums its producers'.
+        round_to: keep a multiple of this many channels in every group (`rounded_count`: the nearest
+            multiple, or the whole group), e.g. 16 so that CPU kernels that block channels by the
+            vector width (oneDNN / ONNX Runtime NCHWc, 16 floats per AVX-512 register) waste no lanes
+            on a shrunk model; 1 (default) keeps exactly the `sparsity` target. The realised MAC
+            reduction then differs from the unrounded one: check it (`analysis.metrics.total_macs`).
 
     Example:
         >>> import nncompress as nc, torch
@@ -117,17 +156,19 @@ class ChannelPrune(SparsityPrune):
 
     needs = frozenset({"data"})
     norm: str = "l2"
+    round_to: int = 1
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_choice("norm", self.norm, NORMS)
+        check_round_to(self.round_to)
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         groups, layers = targeted_groups(self, model, ctx.data)
         named = {g.producers[0]: g for g in groups}
         overrides = layer_overrides(self, {n: layers[n] for n in named})
         scores = {n: channel_scores(model, g, self.norm) for n, g in named.items()}
-        keeps = unit_masks(self, scores, overrides)
+        keeps = unit_masks(self, scores, overrides, self.round_to)
         check_mask_targets([t for g in groups for t in group_tensors(model, g)])
         for name, group in named.items():
             mask_channels(model, group, keeps[name])
