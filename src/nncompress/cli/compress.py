@@ -213,6 +213,8 @@ def deep_compress_cmd(model: ModelArg = "lenet300", dataset: DatasetOpt = "digit
                       codebook_epochs: Annotated[int, typer.Option(min=0, help="codebook fine-tuning epochs")] = 3,
                       target_ratio: Annotated[Optional[float], typer.Option(help="choose each layer's density and bits automatically for this compression (fp32 bytes / file bytes); replaces --prune-sparsity / --bits")] = None,
                       target_bytes: Annotated[Optional[int], typer.Option(help="as --target-ratio, for a file of at most this many bytes")] = None,
+                      distill_alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="with --target-ratio / --target-bytes: weight of knowledge distillation from the dense model in all retraining (0 = off; flows/distill.py)")] = 0.0,
+                      distill_temperature: Annotated[float, typer.Option(min=0.01, help="distillation softmax temperature")] = 4.0,
                       seed: Annotated[int, typer.Option(help="random seed")] = 0,
                       out_path: Annotated[Path, typer.Option("--out", "-o", help="the .nnc file to write")] = Path("model.nnc"),
                       json_path: JsonOpt = None) -> None:
@@ -236,7 +238,8 @@ def deep_compress_cmd(model: ModelArg = "lenet300", dataset: DatasetOpt = "digit
     if target_ratio is not None or target_bytes is not None:  # issue 16: automatic allocation
         from .frontier import allocated_deep_compress_cmd
         return allocated_deep_compress_cmd(model, dataset, data_dir, download, target_ratio, target_bytes, schedule,
-                                           rounds, finetune_epochs, lr_factor, codebook_epochs, seed, out_path, json_path)
+                                           rounds, finetune_epochs, lr_factor, codebook_epochs, seed, out_path, json_path,
+                                           distill_alpha=distill_alpha, distill_temperature=distill_temperature)
     check_fraction("--prune-sparsity", prune_sparsity)
     check_out_path(out_path, "--out")
     prune_method = (MagnitudePrune(sparsity=prune_sparsity, scope=scope, layer_sparsity=spec.get("layer_sparsity", {}))

@@ -19,7 +19,11 @@ fig. 6, ICLR 2016 table 2). Here the choice is made by a program:
 5. Then prune to the chosen densities with retraining, share weights with the chosen bits,
    fine-tune the codebooks, write the file; if the written file exceeds the budget (retraining
    changes the weights, so the streams code slightly differently), lower the bits of the layer
-   whose planned loss per byte saved is smallest and re-share, until the file fits.
+   whose planned loss per byte saved is smallest and re-share, until the file fits (where no bits
+   can go lower, prune the largest layer 5% further).
+6. Optionally (`distill_alpha` > 0) every retraining and codebook epoch distils the dense model
+   (`flows/distill.py`); the same-budget control must then get the same distillation
+   (`same_budget_control(..., distill=config.distill)`).
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ import torch
 from torch import nn
 
 from ..analysis.metrics import count_params, weight_layers
+from ..config import Context, run_method
 from ..encode.cost import LayerCosts, candidate, plan_bytes, tensors_bytes
 from ..parametrize import plain_state
 from ..prune.unstructured import MagnitudePrune
@@ -41,7 +46,8 @@ from ..validate import UserError, check_fraction, check_positive
 from ..zoo import Dataset, TensorLoader
 from .control import TrainingPhase, codebook_phase, pruning_phases
 from .deep_compression import DeepCompressionConfig, share_and_encode
-from .prune import dense_model, prune_and_retrain
+from .distill import DistillConfig, distillation_kwargs
+from .prune import calibration_batches, dense_model, prune_and_retrain
 
 DEFAULT_DENSITIES = (1.0, 0.7, 0.5, 0.35, 0.25, 0.18, 0.13, 0.09, 0.065, 0.045, 0.032, 0.023, 0.016, 0.011, 0.008)
 DEFAULT_BITS = (1, 2, 3, 4, 5, 6, 7, 8)
@@ -64,7 +70,13 @@ class AllocationConfig:
     """A size budget (`target_bytes` or `target_ratio` = fp32 parameter bytes / file bytes) or an
     accuracy budget (`max_accuracy_drop`, a fraction, predicted by the additive sensitivity model);
     the candidate grid; the retraining of `flows/prune.py` and the codebook fine-tuning of Deep
-    Compression; `margin`: the fraction of the budget kept free when planning."""
+    Compression; `margin`: the fraction of the budget kept free when planning; `distill_alpha` /
+    `distill_temperature`: knowledge distillation from the dense model during all retraining
+    (`flows/distill.py`; alpha 0 = off), which the same-budget control then gets too."""
+
+    @property
+    def distill(self) -> DistillConfig:
+        return DistillConfig(self.distill_alpha, self.distill_temperature)
 
     target_bytes: int | None = None
     target_ratio: float | None = None
@@ -79,8 +91,11 @@ class AllocationConfig:
     lr_factor: float = 0.1
     codebook_epochs: int = 3
     codebook_lr: float = 1e-3
+    distill_alpha: float = 0.0
+    distill_temperature: float = 4.0
 
     def __post_init__(self) -> None:
+        DistillConfig(self.distill_alpha, self.distill_temperature)  # checks both
         given = [v is not None for v in (self.target_bytes, self.target_ratio, self.max_accuracy_drop)]
         if sum(given) != 1:
             raise UserError("give exactly one budget: target_bytes, target_ratio or max_accuracy_drop")
@@ -259,7 +274,8 @@ def allocate(model: nn.Module, dataset: Dataset, config: AllocationConfig, model
 
 
 def compression_phases(base: TrainConfig, config: AllocationConfig, seed: int) -> list[TrainingPhase]:
-    """The training after pretraining that `compress_to_budget` runs (for the same-budget control)."""
+    """The training after pretraining that `compress_to_budget` runs (for the same-budget control;
+    with distillation, pass `config.distill` to `same_budget_control` as well)."""
     return (pruning_phases(base, schedule=config.schedule, rounds=config.rounds,
                            finetune_epochs=config.finetune_epochs, lr_factor=config.lr_factor)
             + codebook_phase(config.codebook_epochs, config.codebook_lr, seed))
@@ -277,33 +293,59 @@ def _lower_bits(allocation: Allocation, bits: dict[str, int]) -> dict[str, int]:
         if rate < best_rate:
             best, best_rate = name, rate
     if best is None:
-        raise UserError("the written file exceeds the budget and no layer's bits can be lowered further")
+        return None
     return {**bits, best: bits[best] - 1}
+
+
+def _prune_further(model: nn.Module, dataset: Dataset, densities: dict[str, float],
+                   fraction: float = 0.95) -> dict[str, float]:
+    """The last resort when no bits can be lowered: the layer keeping the most weights drops the
+    smallest 5% of its survivors (magnitude pruning on top of the current mask, no retraining; the
+    codebook fine-tuning that follows adapts the rest). Returns the new densities."""
+    layers = weight_layers(model)
+    name = max(densities, key=lambda n: densities[n] * layers[n].weight.numel())
+    new = {**densities, name: densities[name] * fraction}
+    sparsity = {n: 1.0 - d for n, d in new.items()}
+    run_method(model, MagnitudePrune(sparsity=float(np.mean(list(sparsity.values()))), layer_sparsity=sparsity),
+               Context(data=calibration_batches(dataset)))
+    return new
 
 
 def compress_to_budget(model: nn.Module, arch: str, dataset: Dataset, base: TrainConfig, config: AllocationConfig, *,
                        seed: int = 0, out: str | os.PathLike | None = None,
                        table: dict[str, list[Candidate]] | None = None) -> tuple[nn.Module, dict]:
     """Allocate, prune with retraining, share weights, fine-tune codebooks, write the `.nnc` file
-    within the budget (lowering bits if the written file is over it). `model` (dense, trained) is
+    within the budget (if the written file is over it: lowering bits, and where no layer's bits can
+    go lower, pruning the largest layer 5% further). `model` (dense, trained) is
     changed in place (pruned). Returns (the model decoded from the file, figures)."""
     desc = {"arch": arch, "in_shape": list(dataset.in_shape), "num_classes": dataset.num_classes}
     allocation = allocate(model, dataset, config, desc, table=table)
+    fit_kwargs = distillation_kwargs(model, config.distill)  # the teacher: the dense model, before pruning
     sparsity = {name: 1.0 - d for name, d in allocation.densities.items()}
     method = MagnitudePrune(sparsity=float(np.mean(list(sparsity.values()))), layer_sparsity=sparsity)
     prune_and_retrain(model, method, dataset, base, schedule=config.schedule, rounds=config.rounds,
-                      finetune_epochs=config.finetune_epochs, lr_factor=config.lr_factor)
-    bits, tries = allocation.bits, []
+                      finetune_epochs=config.finetune_epochs, lr_factor=config.lr_factor, fit_kwargs=fit_kwargs)
+    pruned_accuracy = evaluate(model, dataset.test_loader())["accuracy"]
+    bits, tries, densities = allocation.bits, [], allocation.densities
     dc = DeepCompressionConfig(codebook_epochs=config.codebook_epochs, codebook_lr=config.codebook_lr)
     while True:
         decoded, result = share_and_encode(copy.deepcopy(model), arch, dataset, replace(dc, bits=bits), seed=seed,
-                                           out=out)
-        tries.append({"bits": dict(bits), "file_bytes": result["file_bytes"]})
+                                           out=out, fit_kwargs=fit_kwargs)
+        tries.append({"bits": dict(bits), "densities": dict(densities), "file_bytes": result["file_bytes"]})
         if allocation.budget is None or result["file_bytes"] <= allocation.budget:
             break
-        bits = _lower_bits(allocation, bits)
+        if len(tries) >= 40:
+            raise UserError(f"the written file ({result['file_bytes']:,} B) still exceeds the budget "
+                            f"({allocation.budget:,} B) after {len(tries)} tries; give a larger margin")
+        lowered = _lower_bits(allocation, bits)
+        if lowered is not None:
+            bits = lowered
+        else:
+            densities = _prune_further(model, dataset, densities)
     result.update(budget_bytes=allocation.budget, planned_bytes=allocation.planned_bytes, tries=tries,
-                  densities=allocation.densities, allocated_bits=allocation.bits, bits=bits,
+                  densities=densities, allocated_densities=allocation.densities, allocated_bits=allocation.bits,
+                  bits=bits,
+                  pruned_accuracy=pruned_accuracy, distill={"alpha": config.distill_alpha, "temperature": config.distill_temperature},
                   compression=4 * count_params(model) / result["file_bytes"],
                   predicted_loss=sum(c.loss for c in allocation.choice.values()),
                   predicted_accuracy_change=sum(c.accuracy for c in allocation.choice.values()))

@@ -84,12 +84,13 @@ def total_steps(phases: Sequence[TrainingPhase], dataset: Dataset) -> int:
     return sum(phase.steps(dataset) for phase in phases)
 
 
-def train_phases(model: nn.Module, dataset: Dataset, phases: Sequence[TrainingPhase]) -> list[History]:
-    """Run `phases` on `model` in place, in order."""
-    return [phase.run(model, dataset, progress=False, log=lambda _msg: None) for phase in phases]
+def train_phases(model: nn.Module, dataset: Dataset, phases: Sequence[TrainingPhase], **fit_kwargs: object) -> list[History]:
+    """Run `phases` on `model` in place, in order (extra keywords go to every `fit`)."""
+    return [phase.run(model, dataset, progress=False, log=lambda _msg: None, **fit_kwargs) for phase in phases]
 
 
-def same_budget_control(dense: nn.Module, dataset: Dataset, phases: Sequence[TrainingPhase]) -> tuple[nn.Module, dict]:
+def same_budget_control(dense: nn.Module, dataset: Dataset, phases: Sequence[TrainingPhase],
+                        distill: object | None = None) -> tuple[nn.Module, dict]:
     """The dense control: a copy of the (already pretrained) `dense` model trained through `phases`
     (the compression pipeline's retraining phases, nothing compressed). Returns (control model,
     {"steps": optimizer steps taken, "epochs": epochs, "phases": labels}). `dense` is not changed.
@@ -100,13 +101,20 @@ def same_budget_control(dense: nn.Module, dataset: Dataset, phases: Sequence[Tra
 
         phases = pruning_phases(base, schedule="agp", finetune_epochs=40, lr_factor=1.0) + codebook_phase(3, 1e-3, seed)
         control, info = same_budget_control(dense, dataset, phases)
+
+    `distill` (a `flows.distill.DistillConfig`): the compressed model was retrained distilling the
+    dense model; the control is then trained with the same distillation from the same teacher (the
+    pretrained `dense` itself: self-distillation), so the teacher's information is in both.
     """
+    from .distill import distillation_kwargs
+
     control = copy.deepcopy(dense)
+    fit_kwargs = distillation_kwargs(dense, distill)
     with StepCounter() as counter:
-        train_phases(control, dataset, phases)
+        train_phases(control, dataset, phases, **fit_kwargs)
     control.eval()
     return control, {"steps": counter.steps, "epochs": sum(p.config.epochs for p in phases),
-                     "phases": [p.label for p in phases]}
+                     "phases": [p.label for p in phases], "distill": bool(fit_kwargs)}
 
 
 class StepCounter:

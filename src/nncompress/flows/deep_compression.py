@@ -111,21 +111,25 @@ def overhead_row(nnc: NncModel) -> dict:
             "bytes": nnc.sizes.get(OVERHEAD, 0) + sum(nnc.sizes.get(name, 0) for name in nnc.tensors)}
 
 
-def fine_tune_codebooks(model: nn.Module, dataset: Dataset, config: DeepCompressionConfig, seed: int) -> None:
-    """Train with the cluster indices fixed: autograd sums each cluster's gradients into its centroid."""
+def fine_tune_codebooks(model: nn.Module, dataset: Dataset, config: DeepCompressionConfig, seed: int,
+                        fit_kwargs: dict | None = None) -> None:
+    """Train with the cluster indices fixed: autograd sums each cluster's gradients into its centroid.
+    `fit_kwargs`: extra `train.fit` keywords (e.g. distillation's forward_fn / loss_fn)."""
     if config.codebook_epochs:
         fit(model, dataset.train_loader(64, seed=seed + 2000),
-            TrainConfig(epochs=config.codebook_epochs, lr=config.codebook_lr, weight_decay=0.0, seed=seed))
+            TrainConfig(epochs=config.codebook_epochs, lr=config.codebook_lr, weight_decay=0.0, seed=seed),
+            **(fit_kwargs or {}))
 
 
 def share_and_encode(model: nn.Module, arch: str, dataset: Dataset, config: DeepCompressionConfig, *, seed: int = 0,
-                     out: str | os.PathLike | None = None) -> tuple[nn.Module, dict]:
+                     out: str | os.PathLike | None = None, fit_kwargs: dict | None = None) -> tuple[nn.Module, dict]:
     """Weight sharing + codebook fine-tuning + Huffman coding of an (already pruned) model, in place;
-    returns (model decoded from the written file, figures)."""
+    returns (model decoded from the written file, figures). `fit_kwargs` go to the codebook
+    fine-tuning's `train.fit` (distillation)."""
     accuracy = lambda m: evaluate(m, dataset.test_loader())["accuracy"]  # noqa: E731
     apply_(model, KMeansQuant(layer_bits=layer_bits(config.bits)))
     result: dict = {"bits": dict(config.bits), "clustered_accuracy": accuracy(model)}
-    fine_tune_codebooks(model, dataset, config, seed)
+    fine_tune_codebooks(model, dataset, config, seed, fit_kwargs)
     round_biases_fp16_(model)
     round_codebooks_fp16_(model)
     model.eval()

@@ -78,12 +78,14 @@ def weight_densities(model: nn.Module) -> dict[str, float]:
 
 def prune_and_retrain(model: nn.Module, method: Method, dataset: Dataset, base: TrainConfig, *,
                       schedule: str = "iterative", rounds: int = 3, finetune_epochs: int = 5,
-                      lr_factor: float = 0.1, batch_size: int = 64) -> Context:
+                      lr_factor: float = 0.1, batch_size: int = 64, fit_kwargs: dict | None = None) -> Context:
     """Prune `model` in place on `schedule`, retraining after each step at `lr_factor` x the original
     learning rate (Han et al. 2015: 1/10); returns the context with the report. Every pruning step goes
     through `run_method` with this context, whose `data` (calibration batches) reaches data-aware
-    criteria."""
+    criteria. `fit_kwargs`: extra `train.fit` keywords for every retraining (distillation's
+    forward_fn / loss_fn, flows/distill.py)."""
     check_choice("schedule", schedule, SCHEDULES)
+    fit_kwargs = dict(fit_kwargs or {})
     ctx = Context(data=calibration_batches(dataset))
     config = retrain_config(base, finetune_epochs, lr_factor)
     dropout_rates = {n: m.p for n, m in model.named_modules() if isinstance(m, nn.Dropout)}
@@ -91,7 +93,7 @@ def prune_and_retrain(model: nn.Module, method: Method, dataset: Dataset, base: 
     def retrain(net: nn.Module, round_index: int = 0) -> None:
         rescale_dropout_(net, dropout_rates)
         if finetune_epochs:
-            fit(net, dataset.train_loader(batch_size, seed=base.seed + 1000 + round_index), config)
+            fit(net, dataset.train_loader(batch_size, seed=base.seed + 1000 + round_index), config, **fit_kwargs)
 
     if schedule == "oneshot":
         run_method(model, method, ctx)
@@ -102,7 +104,7 @@ def prune_and_retrain(model: nn.Module, method: Method, dataset: Dataset, base: 
         steps = max(finetune_epochs, 1) * len(dataset.train_loader(batch_size))
         agp = GradualPruning(model, method, ctx, begin=0, end=int(0.75 * steps), frequency=max(steps // 100, 1))
         fit(model, dataset.train_loader(batch_size, seed=base.seed + 1000), replace(config, epochs=max(finetune_epochs, 1)),
-            on_step=agp)
+            on_step=agp, **fit_kwargs)
     return ctx
 
 
