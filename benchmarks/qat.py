@@ -168,7 +168,7 @@ def report(store: dict) -> str:
         text.append(f"## {arch}\n")
         text.append(f"Budget: float {run['float_epochs']} epochs, QAT {run['qat_epochs']} epochs per configuration, "
                     f"seeds {run['seeds']}; torch threads {run['threads']}, load average at the end "
-                    f"{', '.join(f'{v:.1f}' for v in run['load'])} (2-core machine shared with other jobs), "
+                    f"{', '.join(f'{v:.1f}' for v in run['load']) or 'not recorded'} (2-core machine shared with other jobs), "
                     f"{run['minutes']:.0f} min (seeds run as parallel processes). Run header:\n\n> " + run["header"].replace("\n", "\n> ") + "\n")
         text.append(summary(run["rows"]))
         text.append("\nPer seed:\n")
