@@ -108,3 +108,23 @@ def test_cli_deep_compress_with_a_target_size(main, tmp_path):
 def test_cli_rejects_two_budgets(main):
     code, _, stderr = main("deep-compress", "lenet300", "--target-bytes", "6000", "--target-ratio", "30")
     assert code == 2 and "exactly one budget" in stderr
+
+
+def test_prune_further_takes_five_percent_of_the_largest_layer_only(digits):
+    """The over-budget last resort (no layer's bits can go lower): the layer keeping the most weights
+    loses 5% of its survivors by magnitude; the other layers keep their masks."""
+    from nncompress.analysis.metrics import weight_layers
+    from nncompress.config import Context, run_method
+    from nncompress.flows.allocate import _prune_further
+    from nncompress.prune.unstructured import MagnitudePrune
+
+    model, _, _ = dense_model("lenet300", digits, seed=0)
+    densities = {"fc1": 0.1, "fc2": 0.3, "fc3": 0.5}
+    run_method(model, MagnitudePrune(sparsity=0.7, layer_sparsity={n: 1 - d for n, d in densities.items()}), Context())
+    kept = {n: int((m.weight != 0).sum()) for n, m in weight_layers(model).items()}
+    new = _prune_further(model, digits, densities)
+    after = {n: int((m.weight != 0).sum()) for n, m in weight_layers(model).items()}
+    largest = max(kept, key=kept.get)
+    assert new[largest] == pytest.approx(densities[largest] * 0.95)
+    assert after[largest] == pytest.approx(kept[largest] * 0.95, abs=2)
+    assert all(after[n] == kept[n] for n in kept if n != largest)
