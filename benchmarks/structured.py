@@ -29,7 +29,6 @@ import dataclasses
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -38,7 +37,7 @@ from torch import nn
 from common import MNIST_DIR, RESULTS, header, table, write_results
 from nncompress.analysis.metrics import count_params, total_macs
 from nncompress.api import apply_, training_config
-from nncompress.export.bench import ratio
+from nncompress.export.bench import interleaved, ratio
 from nncompress.prune.shrink import shrink_
 from nncompress.prune.slimming import NetworkSlimming
 from nncompress.prune.structured import ChannelPrune
@@ -178,27 +177,6 @@ def check_outputs(fns: dict, reference: dict[str, torch.Tensor], backend: str) -
             raise RuntimeError(f"{backend}: {name} differs from eager by {err:.2e}")
 
 
-def alternating(fns: dict, repeats: int, warmup: int = 3, min_seconds: float = 0.05) -> dict[str, list[float]]:
-    """Seconds per call, timed in turns; the order reverses every round (A B C, C B A, ...) so no
-    model always runs right after a particular other one; each turn repeats a call until `min_seconds`."""
-    inner = {}
-    for name, fn in fns.items():
-        for _ in range(warmup):
-            fn()
-        start = time.perf_counter()
-        fn()
-        inner[name] = max(1, int(min_seconds / max(time.perf_counter() - start, 1e-6)))
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    names = list(fns)
-    for r in range(repeats):
-        for name in (names if r % 2 == 0 else names[::-1]):
-            start = time.perf_counter()
-            for _ in range(inner[name]):
-                fns[name]()
-            times[name].append((time.perf_counter() - start) / inner[name])
-    return times
-
-
 def latency(models: dict[str, nn.Module], x: torch.Tensor, repeats: int, threads: int,
             backend: str = "eager") -> dict[str, list[float]]:
     """Interleaved seconds per batch of every model on one backend with `threads` threads."""
@@ -210,7 +188,7 @@ def latency(models: dict[str, nn.Module], x: torch.Tensor, repeats: int, threads
             fns = {name: runner(m, x, backend, threads) for name, m in models.items()}
         with torch.inference_mode():
             check_outputs(fns, reference, backend)
-            return alternating(fns, repeats)
+            return interleaved(fns, repeats, warmup=3, alternate=True)
     finally:
         torch.set_num_threads(TRAIN_THREADS)
 

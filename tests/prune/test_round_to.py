@@ -13,22 +13,9 @@ from nncompress.prune.slimming import NetworkSlimming
 from nncompress.prune.structured import ChannelPrune, round_keep, rounded_count
 from nncompress.validate import UserError
 from nncompress.zoo import build_model
+from bn_stats import trained_like
 
 SHAPE = (1, 16, 16)
-
-
-def trained_like(model):
-    """Random BatchNorm statistics and affine terms (a pruned channel not masked in its BatchNorm
-    would then not be zero)."""
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-    return model.eval()
 
 
 @pytest.mark.parametrize("kept, total, n, expected", [

@@ -10,22 +10,9 @@ from nncompress.prune.shrink import shrink_, shrink_summary
 from nncompress.prune.structured import ChannelPrune, InputChannelPrune
 from nncompress.validate import UserError
 from nncompress.zoo import build_model
+from bn_stats import trained_like
 
 SHAPE = (1, 16, 16)
-
-
-def trained_like(model):
-    """Random BatchNorm statistics and affine terms, so a pruned channel that were not masked in the
-    BatchNorm would not be zero."""
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-    return model.eval()
 
 
 @pytest.mark.parametrize("arch", ["resnet20", "mobilenetv2_small", "vgg_small"])

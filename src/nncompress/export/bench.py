@@ -76,9 +76,11 @@ def torch_dynamic_int8(model: nn.Module) -> nn.Module | None:
 
 
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 2,
-                min_seconds: float = 0.05) -> dict[str, list[float]]:
+                min_seconds: float = 0.05, alternate: bool = False) -> dict[str, list[float]]:
     """Seconds per call of each function, timed in turns (A B C A B C ...) after warm-up; each turn
-    repeats a function until `min_seconds` so fast calls are not dominated by timer noise."""
+    repeats a function until `min_seconds` so fast calls are not dominated by timer noise.
+    `alternate`: reverse the order every round (A B C, C B A, ...) so no function always runs right
+    after a particular other one."""
     inner = {}
     for name, fn in fns.items():
         for _ in range(warmup):
@@ -87,11 +89,12 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int 
         fn()
         inner[name] = max(1, int(min_seconds / max(time.perf_counter() - start, 1e-6)))
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    names = list(fns)
+    for r in range(repeats):
+        for name in (names[::-1] if alternate and r % 2 else names):
             start = time.perf_counter()
             for _ in range(inner[name]):
-                fn()
+                fns[name]()
             times[name].append((time.perf_counter() - start) / inner[name])
     return times
 
