@@ -35,9 +35,10 @@ import torch
 from torch import nn
 
 from common import MNIST_DIR, RESULTS, header, table, write_results
+from latency_backends import BACKEND_NAMES, BACKENDS, latency
 from nncompress.analysis.metrics import count_params, total_macs
 from nncompress.api import apply_, training_config
-from nncompress.export.bench import interleaved, ratio
+from nncompress.export.bench import ratio
 from nncompress.prune.shrink import shrink_
 from nncompress.prune.slimming import NetworkSlimming
 from nncompress.prune.structured import ChannelPrune
@@ -136,63 +137,6 @@ def variants(arch: str, args) -> list[Variant]:
     return out
 
 
-# ---------------------------------------------------------------- latency, per backend
-
-BACKENDS = ("eager", "channels_last", "torchscript", "ort")
-BACKEND_NAMES = {"eager": "PyTorch eager (NCHW)", "channels_last": "PyTorch eager, channels_last",
-                 "torchscript": "TorchScript freeze + optimize_for_inference", "ort": "ONNX Runtime (fp32)"}
-
-
-def runner(model: nn.Module, x: torch.Tensor, backend: str, threads: int):
-    """A no-argument callable running `model` on batch `x` on `backend` (the same treatment for the
-    dense and the pruned models; ONNX Runtime sessions get `threads` intra-op threads)."""
-    model = copy.deepcopy(model).eval()
-    if backend == "eager":
-        return lambda: model(x)
-    if backend == "channels_last":
-        model = model.to(memory_format=torch.channels_last)
-        xc = x.contiguous(memory_format=torch.channels_last)
-        return lambda: model(xc)
-    if backend == "torchscript":
-        with torch.no_grad():
-            frozen = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(model, x)))
-        return lambda: frozen(x)
-    if backend == "ort":
-        from nncompress.export.graph import ort_session
-        from nncompress.export.onnx import export_onnx
-
-        session = ort_session(export_onnx(model, x[:1], weight_range="full").model, threads)
-        feed = {"input": x.numpy()}
-        return lambda: session.run(None, feed)
-    raise ValueError(f"unknown backend {backend!r}; choose from {BACKENDS}")
-
-
-def check_outputs(fns: dict, reference: dict[str, torch.Tensor], backend: str) -> None:
-    """Every backend computes what eager computes (a backend that is fast but wrong proves nothing)."""
-    for name, fn in fns.items():
-        out = fn()
-        out = torch.from_numpy(out[0]) if isinstance(out, list) else out
-        err = float((out.float() - reference[name]).abs().max())
-        if err > 1e-3 * max(1.0, float(reference[name].abs().max())):
-            raise RuntimeError(f"{backend}: {name} differs from eager by {err:.2e}")
-
-
-def latency(models: dict[str, nn.Module], x: torch.Tensor, repeats: int, threads: int,
-            backend: str = "eager") -> dict[str, list[float]]:
-    """Interleaved seconds per batch of every model on one backend with `threads` threads."""
-    torch.set_num_threads(threads)
-    try:
-        with torch.inference_mode():
-            reference = {name: m.eval()(x) for name, m in models.items()}
-        with torch.no_grad():
-            fns = {name: runner(m, x, backend, threads) for name, m in models.items()}
-        with torch.inference_mode():
-            check_outputs(fns, reference, backend)
-            return interleaved(fns, repeats, warmup=3, alternate=True)
-    finally:
-        torch.set_num_threads(TRAIN_THREADS)
-
-
 def latency_rows(arch: str, models: dict[str, nn.Module], labels: dict[str, str], x: torch.Tensor, args,
                  in_shape=(1, 28, 28)) -> list[list]:
     """One row per (threads, backend, pruned model): dense ms, pruned ms, MAC reduction, speed-up."""
@@ -201,7 +145,7 @@ def latency_rows(arch: str, models: dict[str, nn.Module], labels: dict[str, str]
     for threads in args.latency_threads:
         for backend in args.backends:
             load = open("/proc/loadavg").read().split()[0]
-            times = latency(models, x, args.repeats, threads, backend)
+            times = latency(models, x, args.repeats, threads, backend, threads_after=TRAIN_THREADS)
             for key in models:
                 if key == "dense":
                     continue
@@ -238,7 +182,7 @@ def run_seed(arch: str, seed: int, data, args) -> dict:
         models[variant.key] = model
         print(arch, seed, variant, {k: x for k, x in v.items() if k != "variant"}, flush=True)
     if not args.no_latency:
-        times = latency(models, data.test_x[:BATCH], args.repeats, args.threads)
+        times = latency(models, data.test_x[:BATCH], args.repeats, args.threads, threads_after=TRAIN_THREADS)
         row["dense_ms"] = 1e3 * statistics.median(times["dense"])
         for v in row["variants"]:
             v["speedup"] = ratio(times, "dense", v["variant"].key)
