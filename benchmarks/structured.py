@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import copy
 import dataclasses
 import os
 import statistics
@@ -169,6 +170,10 @@ def run_seed(arch: str, seed: int, data, args) -> dict:
     row = {"arch": arch, "seed": seed, "dense_acc": accuracy(dense, data), "dense_macs": total_macs(dense, data.in_shape),
            "dense_params": count_params(dense), "variants": []}
     models = {"dense": dense}
+    if args.dense_control:  # the same-budget control: the dense model gets the fine-tuning epochs too
+        control = copy.deepcopy(dense)
+        train(control, data, arch, args.finetune_epochs, seed + 1000, FINETUNE_LR_FACTOR)
+        row["control_acc"] = accuracy(control, data)
     for variant in variants(arch, args):
         model = prune_variant(dense, variant, calib)
         train(model, data, arch, args.finetune_epochs, seed + 1000, FINETUNE_LR_FACTOR)
@@ -262,28 +267,43 @@ def speed(s: tuple[float, float, float]) -> str:
     return f"{s[0]:.2f}x ({s[1]:.2f}-{s[2]:.2f})"
 
 
+def baseline(r: dict) -> float:
+    """The accuracy a pruned model is compared with: the same-budget dense control when it was trained."""
+    return r.get("control_acc", r["dense_acc"])
+
+
 def report(rows: list[dict], args) -> str:
-    out = [["model", "seed", "variant", "conv channels", "test acc %", "vs dense (points)", "MACs", "MAC reduction",
+    base_name = "dense control" if args.dense_control else "dense"
+    out = [["model", "seed", "variant", "conv channels", "test acc %", f"vs {base_name} (points)", "MACs", "MAC reduction",
             "params", "speed-up vs dense, eager (median, min-max)", "speed-up / MAC reduction"]]
     for r in rows:
         dense_speed = "" if args.no_latency else f"1.00x ({r['dense_ms']:.1f} ms)"
         out.append([r["arch"], r["seed"], "dense", "", f"{100 * r['dense_acc']:.2f}", "", f"{r['dense_macs'] / 1e6:.2f}M",
                     "1.00x", f"{r['dense_params']:,}", dense_speed, ""])
+        if "control_acc" in r:
+            out.append([r["arch"], r["seed"], f"dense control (+{args.finetune_epochs} epochs at {FINETUNE_LR_FACTOR} x lr)",
+                        "", f"{100 * r['control_acc']:.2f}", "", f"{r['dense_macs'] / 1e6:.2f}M", "1.00x",
+                        f"{r['dense_params']:,}", "", ""])
         for v in r["variants"]:
             red = r["dense_macs"] / v["macs"]
             sp = v.get("speedup")
             out.append([r["arch"], r["seed"], v["variant"].label, v["channels"], f"{100 * v['acc']:.2f}",
-                        f"{100 * (v['acc'] - r['dense_acc']):+.2f}", f"{v['macs'] / 1e6:.2f}M", f"{red:.2f}x",
+                        f"{100 * (v['acc'] - baseline(r)):+.2f}", f"{v['macs'] / 1e6:.2f}M", f"{red:.2f}x",
                         f"{v['params']:,}", speed(sp) if sp else "", f"{sp[0] / red:.2f}" if sp else ""])
     text = table(out[0], out[1:])
-    means = [["model", "seeds", "variant", "mean test acc %", "mean gap (points)", "MAC reduction"]]
+    means = [["model", "seeds", "variant", "mean test acc %", f"mean gap to {base_name} (points)",
+              "standard error", "worst seed gap", "MAC reduction"]]
     for arch in dict.fromkeys(r["arch"] for r in rows):
         rs = [r for r in rows if r["arch"] == arch]
-        means.append([arch, len(rs), "dense", pct([r["dense_acc"] for r in rs]), "", "1.00x"])
+        means.append([arch, len(rs), "dense", pct([r["dense_acc"] for r in rs]), "", "", "", "1.00x"])
+        if all("control_acc" in r for r in rs):
+            means.append([arch, len(rs), "dense control", pct([r["control_acc"] for r in rs]), "", "", "", "1.00x"])
         for k, v0 in enumerate(rs[0]["variants"]):
             vs = [r["variants"][k] for r in rs]
-            gap = statistics.mean(v["acc"] - r["dense_acc"] for v, r in zip(vs, rs))
-            means.append([arch, len(rs), v0["variant"].label, pct([v["acc"] for v in vs]), f"**{100 * gap:+.2f}**",
+            gaps = [100 * (v["acc"] - baseline(r)) for v, r in zip(vs, rs)]
+            sem = statistics.stdev(gaps) / len(gaps) ** 0.5 if len(gaps) > 1 else float("nan")
+            means.append([arch, len(rs), v0["variant"].label, pct([v["acc"] for v in vs]),
+                          f"**{statistics.mean(gaps):+.2f}**", f"{sem:.2f}", f"{min(gaps):+.2f}",
                           f"{rs[0]['dense_macs'] / v0['macs']:.2f}x"])
     return text + "\n" + table(means[0], means[1:])
 
@@ -299,6 +319,8 @@ def main() -> None:
     parser.add_argument("--mac-target", type=float, default=2.0, help="MAC reduction the sparsity is chosen for")
     parser.add_argument("--round-to", nargs="+", type=int, default=[1], help="ChannelPrune(round_to=N) variants")
     parser.add_argument("--no-torch-pruning", dest="torch_pruning", action="store_false")
+    parser.add_argument("--dense-control", action="store_true",
+                        help="also fine-tune a copy of the dense model with the same budget; gaps are then taken to it")
     parser.add_argument("--backends", nargs="+", default=["eager"], choices=BACKENDS)
     parser.add_argument("--no-latency", action="store_true", help="training runs: accuracy only, no timing")
     parser.add_argument("--threads", type=int, default=2)
@@ -339,11 +361,15 @@ def main() -> None:
              f"so latencies are only compared within this process, interleaved). Torch-Pruning {torch_pruning.__version__}.\n\n"
              f"Training images: {len(data.train_x):,}; test split: 2,000 images (one image = 0.05 points).\n\n")
     if rows:
-        text += (f"Budget (reduced to fit the shared 2-core machine): dense {args.dense_epochs} epochs with the model's "
+        full = args.dense_epochs >= training_config(args.models[0]).epochs and not args.train_images
+        text += ((f"Budget (full: the recommended {args.dense_epochs} epochs on all training images): dense " if full else
+                  f"Budget (reduced to fit the shared 2-core machine): dense ") + f"{args.dense_epochs} epochs with the model's "
              f"recommended schedule (SGD, cosine), then the channels of every dependency group pruned "
              f"(`--round-to {' '.join(map(str, args.round_to))}`: the sparsity of each variant in its row, chosen for "
              f"a {args.mac_target:g}x MAC reduction on the shapes alone) and {args.finetune_epochs} fine-tuning epochs "
-             f"at {FINETUNE_LR_FACTOR} x the learning rate, for both tools. "
+             f"at {FINETUNE_LR_FACTOR} x the learning rate, for both tools"
+             + (" and for a copy of the dense model (the same-budget control every gap is taken to). " if args.dense_control
+                else ". ")
              + ("No latency in this run (see the per-backend latency section).\n\n" if args.no_latency else
                 f"Latency: float32 PyTorch eager, batch {BATCH}, {args.threads} threads, {args.repeats} interleaved "
                 "rounds after warm-up; speed-up = median of per-round dense / pruned time (min-max in brackets).\n\n"))
