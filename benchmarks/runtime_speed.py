@@ -112,26 +112,38 @@ def torch_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return float((torch.cat([model(c) for c in x.split(500)]).argmax(1) == y).float().mean())
 
 
-def timing_rows(label: str, fns: dict, batch: int, threads: int, repeats: int, base_ort: str) -> list[list[object]]:
+def timing_rows(label: str, fns: dict, batch: int, threads: int, repeats: int, base_ort: str,
+                extra_bases: tuple[str, ...] = ()) -> list[list[object]]:
+    """One table row per backend: time, throughput and the speed-up against each baseline (median of the
+    per-round ratios, min-max): float32 torch, then `extra_bases`, then the float32 ORT row `base_ort`."""
     torch.set_num_threads(threads)
     with torch.inference_mode():
         times = interleaved(fns, repeats)
     rows = []
     for name, ts in times.items():
-        r_torch, r_ort = ratio(times, "float32 torch", name), ratio(times, base_ort, name)
+        cells = []
+        for base in ("float32 torch", *extra_bases, base_ort):
+            r = ratio(times, base, name)
+            text = f"{r[0]:.2f}x"
+            cells.append(f"{f'**{text}**' if base == base_ort else text} ({r[1]:.2f}-{r[2]:.2f})")
         rows.append([label, batch, threads, name, f"{1e3 * statistics.median(ts):.3f}",
-                     f"{batch / statistics.median(ts):,.0f}", f"{r_torch[0]:.2f}x ({r_torch[1]:.2f}-{r_torch[2]:.2f})",
-                     f"**{r_ort[0]:.2f}x** ({r_ort[1]:.2f}-{r_ort[2]:.2f})"])
+                     f"{batch / statistics.median(ts):,.0f}", *cells])
         print(rows[-1], flush=True)
     return rows
 
 
-TIME_COLUMNS = ["model", "batch", "threads", "backend", "ms", "items / s", "vs float32 torch (min-max)",
-                "vs float32 ORT (min-max)"]
+def time_columns(*extra_bases: str) -> list[str]:
+    return ["model", "batch", "threads", "backend", "ms", "items / s", "vs float32 torch (min-max)",
+            *(f"vs {b} (min-max)" for b in extra_bases), "vs float32 ORT (min-max)"]
+
+
+TIME_COLUMNS = time_columns()
+AS_TRAINED = "float32 torch as trained (BN unfolded)"
 
 
 def resnet_section(args, data) -> str:
     model, how = trained("resnet20", data, args.epochs)
+    as_trained = copy.deepcopy(model).eval()  # the user's float model: BatchNorm still a separate op
     nc.fold_batchnorm_(model)
     calib = [data.train_x[i:i + 128] for i in range(0, 512, 128)]
     quant = nc.convert_(nc.quantize_(copy.deepcopy(model), nc.LinearQuant(weight_bits=8, act_bits=8), data=calib))
@@ -162,12 +174,13 @@ def resnet_section(args, data) -> str:
              f"{np.abs(got_exact - ref).max():.2e} without extra grids, {np.abs(got - ref).max():.3g} with them (largest "
              f"logit {np.abs(ref).max():.1f}); top-1 agreement {100 * float((got.argmax(1) == ref.argmax(1)).mean()):.2f}%.\n\n")
     rows = []
-    for shape, label, net_f, q_net, paths in (((1, 28, 28), "ResNet-20 1x28x28 (trained)", model, quant,
-                                                (float_path, ours_path, ortq_path)),
-                                               ((3, 32, 32), "ResNet-20 3x32x32 (random)", None, None, None)):
+    for shape, label, net_bn, net_f, q_net, paths in (
+            ((1, 28, 28), "ResNet-20 1x28x28 (trained)", as_trained, model, quant, (float_path, ours_path, ortq_path)),
+            ((3, 32, 32), "ResNet-20 3x32x32 (random)", None, None, None, None)):
         if net_f is None:
             torch.manual_seed(1)
             net_f = build_model("resnet20", shape, 10).eval()
+            net_bn = copy.deepcopy(net_f)
             nc.fold_batchnorm_(net_f)
             cal = [torch.randn(64, *shape) for _ in range(4)]
             q_net = nc.convert_(nc.quantize_(copy.deepcopy(net_f), nc.LinearQuant(weight_bits=8, act_bits=8), data=cal))
@@ -180,12 +193,16 @@ def resnet_section(args, data) -> str:
         for threads in args.threads:
             s = {n: ort_session(str(p), threads) for n, p in zip(("f", "q", "o"), paths)}
             feed = {"input": xb.numpy()}
-            fns = {"float32 torch": lambda: net_f(xb), "int8 torch (nncompress to_int8_)": lambda: fast(xb),
+            fns = {"float32 torch": lambda: net_f(xb), AS_TRAINED: lambda: net_bn(xb),
+                   "int8 torch (nncompress to_int8_)": lambda: fast(xb),
                    "float32 ORT": lambda: s["f"].run(None, feed),
                    "int8 ORT (nncompress export)": lambda: s["q"].run(None, feed),
                    "int8 ORT (ORT quantize_static)": lambda: s["o"].run(None, feed)}
-            rows += timing_rows(label, fns, args.batch, threads, args.repeats, "float32 ORT")
-    return text + table(TIME_COLUMNS, rows)
+            rows += timing_rows(label, fns, args.batch, threads, args.repeats, "float32 ORT", (AS_TRAINED,))
+    text += ("'float32 torch' is the float model with BatchNorm folded into the convolutions (the model every "
+             f"quantized row starts from); '{AS_TRAINED}' is the model as training left it, BatchNorm a separate "
+             "op, which is what `model.eval()(x)` runs for a user who folds nothing.\n\n")
+    return text + table(time_columns(AS_TRAINED), rows)
 
 
 def linear_section(args) -> str:
@@ -272,12 +289,28 @@ def transformer_section(args, data) -> str:
                        "int8 ORT (nncompress export, per token)": lambda: s["q"].run(None, feed),
                        "int8 ORT (nncompress export, per tensor)": lambda: s["t"].run(None, feed),
                        "int8 ORT (ORT quantize_dynamic)": lambda: s["o"].run(None, feed)}
+                if label == "tiny_vit":  # what graph mode alone buys, for float and int8 alike
+                    fns[FROZEN_FLOAT], fns[FROZEN_INT8] = frozen(net, xb), frozen(fast_t, xb)
                 rows += timing_rows(f"{label} {'x'.join(map(str, shape[1:]))}", fns, shape[0], threads, args.repeats,
                                     "float32 ORT")
         text_notes = "; ".join(result.notes)
     text += table(["model", "configuration", "test acc %", "cosine vs float32"], acc_rows)
-    text += f"\nExport notes: {text_notes}.\n\n" + table(TIME_COLUMNS, rows)
+    text += f"\nExport notes: {text_notes}.\n\n" + (
+        f"tiny_vit's last two rows run the float32 and the int8 model as frozen TorchScript graphs: tiny_vit has "
+        "1.1M MACs per image, so at batch 1-8 eager PyTorch spends most of its time dispatching ops, and what "
+        f"int8 adds on top of graph mode is '{FROZEN_INT8}' against '{FROZEN_FLOAT}'.\n\n") + table(TIME_COLUMNS, rows)
     return text
+
+
+FROZEN_FLOAT = "float32 TorchScript (trace + freeze)"
+FROZEN_INT8 = "int8 TorchScript (to_int8_ per tensor, fused; trace + freeze)"
+
+
+def frozen(model: nn.Module, x: torch.Tensor):
+    """`model` traced on `x` and frozen: one graph, no Python per op (PyTorch's own graph mode)."""
+    with torch.no_grad():
+        graph = torch.jit.freeze(torch.jit.trace(model.eval(), x))
+    return lambda: graph(x)
 
 
 def hf_section(args) -> str:
