@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrize import type_before_parametrizations
 
+from ..analysis.hooks import eval_with_hooks
 from ..parametrize import squash_, transforms
 from ..quant.activation import detach_input_quantizer, input_quantizer
 from ..validate import UserError
@@ -171,20 +172,14 @@ class Splicer(GridValues):
 def _ranks(model: nn.Module, layers: dict[str, nn.Module], args: tuple, names: list[str] | None) -> dict[str, int]:
     """The input rank of each layer, recorded in one forward pass."""
     ranks: dict[str, int] = {}
-    modules = dict(model.named_modules())
 
     def record(name: str):
         def hook(module: nn.Module, args: tuple) -> None:
             ranks.setdefault(name, args[0].dim())
         return hook
 
-    hooks = [modules[n].register_forward_pre_hook(record(n)) for n in layers]
-    try:
-        with torch.no_grad():
-            _Inputs(model, names)(*args)
-    finally:
-        for h in hooks:
-            h.remove()
+    with eval_with_hooks(model, {n: record(n) for n in layers}, pre=True), torch.no_grad():
+        _Inputs(model, names)(*args)
     return ranks
 
 

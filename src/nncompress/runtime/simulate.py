@@ -40,6 +40,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
+from ..analysis.hooks import eval_with_hooks
 from .ops import Add, AvgPool, LayerStep, QuantizeInput
 from .qvalue import Grid, QInfo
 
@@ -167,20 +168,20 @@ def simulate(program: Program, x: torch.Tensor, dtype: torch.dtype = torch.float
 def model_layer_codes(model: nn.Module, program: Program, x: torch.Tensor) -> tuple[Any, dict[str, torch.Tensor]]:
     """The plain simulation: `model(x)` and the codes each integer layer's own StaticQuantizer
     produced, keyed "<node>:in" like `run_codes`."""
-    modules = dict(model.named_modules())
     codes: dict[str, torch.Tensor] = {}
-    handles = []
-    for node_name, layer_name in program.layers.items():
-        grid = program.steps[node_name].layer.grid
 
-        def hook(module: nn.Module, args: tuple, key: str = f"{node_name}:in", grid: Grid = grid) -> None:
-            codes[key] = grid.quantize(args[0])  # runs after the quantizer's own hook: on-grid values
-        handles.append(modules[layer_name].register_forward_pre_hook(hook))
-    try:
-        output = model.eval()(x)
-    finally:
-        for handle in handles:
-            handle.remove()
+    per_layer: dict[str, list[tuple[str, Grid]]] = {}
+    for node_name, layer_name in program.layers.items():
+        per_layer.setdefault(layer_name, []).append((f"{node_name}:in", program.steps[node_name].layer.grid))
+
+    def recorder(targets: list[tuple[str, Grid]]):
+        def hook(module: nn.Module, args: tuple) -> None:
+            for key, grid in targets:  # runs after the quantizer's own hook: on-grid values
+                codes[key] = grid.quantize(args[0])
+        return hook
+
+    with eval_with_hooks(model, {name: recorder(t) for name, t in per_layer.items()}, pre=True):
+        output = model(x)
     return output, codes
 
 
