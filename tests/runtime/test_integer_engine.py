@@ -227,19 +227,19 @@ def test_int8_resnet20_predicts_like_the_model(trained):
     with torch.no_grad():
         agree = (fast(run.x).argmax(1) == run.model(run.x).argmax(1)).sum()
     assert int(agree) >= len(run.x) - 1
-    four_bit_inputs = nn.Sequential(nn.Linear(8, 4))
-    nc.quantize_(four_bit_inputs, nc.DynamicQuant(weight_bits=8, act_bits=4))
-    with pytest.raises(UnsupportedModelError, match="layer '0': int8 kernels need 8-bit dynamic inputs"):
-        to_int8_(four_bit_inputs)
+    wide_inputs = nn.Sequential(nn.Linear(8, 4))
+    nc.quantize_(wide_inputs, nc.DynamicQuant(weight_bits=8, act_bits=12))
+    with pytest.raises(UnsupportedModelError, match="layer '0': int8 kernels need dynamic inputs of at most 8 bits"):
+        to_int8_(wide_inputs)
 
 
-@pytest.mark.parametrize("per_token", [True, False])
-def test_int8_dynamic_linears_compute_the_fake_quantized_layers(per_token):
-    """Dynamic inputs (per token / per tensor, the transformer recipe) also run on oneDNN's int8 GEMM:
-    a 3-D input, per-row scales applied after the int32 dot product, the zero-point term per row."""
+@pytest.mark.parametrize("per_token, act_bits", [(True, 8), (False, 8), (True, 4)])
+def test_int8_dynamic_linears_compute_the_fake_quantized_layers(per_token, act_bits):
+    """Dynamic inputs (per token / per tensor, the transformer recipe; 4-bit codes too) run on torch's
+    int8 GEMM: a 3-D input, per-row scales applied after the int32 dot product, the zero-point term per row."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 4))
-    nc.convert_(nc.quantize_(model, nc.DynamicQuant(per_token=per_token)))
+    nc.convert_(nc.quantize_(model, nc.DynamicQuant(per_token=per_token, act_bits=act_bits)))
     fast = int8_copy(model)
     assert all(type(m).__name__ == "Int8DynamicLinear" for m in (fast[0], fast[2]))
     x = torch.randn(3, 7, 16)
@@ -315,3 +315,24 @@ def test_save_model_refuses_int8_kernels(tmp_path):
     with pytest.raises(nc.UserError, match="layer '0' runs an int8 kernel.*save the converted model before"):
         nc.save_model(fast, tmp_path / "m.safetensors", recipe=[nc.DynamicQuant(per_token=True)])
     assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_unsigned_dynamic_codes_are_shifted_into_int8_and_bad_inputs_name_the_layer():
+    """uint8 input codes (q in [0, 255]) reach the int8 GEMM as q - 128, the shift undone by the
+    column-sum term, exactly; a non-finite input is a clear error naming the layer, as in the simulation."""
+    from nncompress.quant.activation import DynamicQuantizer
+    from nncompress.quant.primitives import IntSpec
+    from nncompress.validate import UserError
+    torch.manual_seed(0)
+    model = nc.convert_(nc.quantize_(nn.Sequential(nn.Linear(24, 8)), nc.DynamicQuant(per_token=True)))
+    model[0].input_quantizer = DynamicQuantizer(IntSpec(bits=8, signed=False, symmetric=False), "token")
+    fast = to_int8_(copy.deepcopy(model))
+    assert fast[0].shift == 128  # q_min 0: codes move down by 128
+    x = torch.randn(6, 24) + 3  # all positive rows: the zero point sits at the bottom of the range
+    x[1] *= 50
+    with torch.no_grad():
+        y = model(x)
+        torch.testing.assert_close(fast(x), y, rtol=0, atol=1e-5 * float(y.abs().max()))
+        x[2, 3] = float("nan")
+        with pytest.raises(UserError, match="layer '0': its input contains non-finite values"):
+            fast(x)

@@ -49,6 +49,12 @@ def choose_qparams(r_min: torch.Tensor, r_max: torch.Tensor, spec: IntSpec) -> t
     """Scale and zero point (float32, int32 values) mapping [r_min, r_max] onto the spec's codes."""
     check_finite(r_min, "r_min")
     check_finite(r_max, "r_max")
+    return qparams_of_finite_range(r_min, r_max, spec)
+
+
+def qparams_of_finite_range(r_min: torch.Tensor, r_max: torch.Tensor,
+                            spec: IntSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """`choose_qparams` for a range already known to be finite (hot paths check it once, cheaply)."""
     r_min = torch.minimum(torch.as_tensor(r_min, dtype=torch.float32), torch.zeros(()))
     r_max = torch.maximum(torch.as_tensor(r_max, dtype=torch.float32), torch.zeros(()))
     q_min, q_max = spec.q_range
