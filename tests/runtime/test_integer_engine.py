@@ -233,15 +233,19 @@ def test_int8_resnet20_predicts_like_the_model(trained):
         to_int8_(wide_inputs)
 
 
+@pytest.mark.parametrize("kernel", ["int_mm", "onednn"])
 @pytest.mark.parametrize("per_token, act_bits", [(True, 8), (False, 8), (True, 4)])
-def test_int8_dynamic_linears_compute_the_fake_quantized_layers(per_token, act_bits):
-    """Dynamic inputs (per token / per tensor, the transformer recipe; 4-bit codes too) run on torch's
-    int8 GEMM: a 3-D input, per-row scales applied after the int32 dot product, the zero-point term per row."""
+def test_int8_dynamic_linears_compute_the_fake_quantized_layers(per_token, act_bits, kernel):
+    """Dynamic inputs (per token / per tensor, the transformer recipe; 4-bit codes too) run on an int8
+    GEMM (either kernel): a 3-D input, per-row scales applied after the int32 dot product, the
+    zero-point term per row."""
+    from nncompress.runtime.int8_torch import Int8DynamicLinear
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 4))
     nc.convert_(nc.quantize_(model, nc.DynamicQuant(per_token=per_token, act_bits=act_bits)))
-    fast = int8_copy(model)
-    assert all(type(m).__name__ == "Int8DynamicLinear" for m in (fast[0], fast[2]))
+    fast = copy.deepcopy(model)
+    fast[0], fast[2] = (Int8DynamicLinear(model[i], str(i), kernel=kernel) for i in (0, 2))
+    assert fast[0].kernel == kernel and fast[0].shift == (0 if kernel == "int_mm" else -2 ** (act_bits - 1))
     x = torch.randn(3, 7, 16)
     x[0, 0] *= 30  # one outlier token: per-token scales differ a lot between rows
     with torch.no_grad():
@@ -326,7 +330,9 @@ def test_unsigned_dynamic_codes_are_shifted_into_int8_and_bad_inputs_name_the_la
     torch.manual_seed(0)
     model = nc.convert_(nc.quantize_(nn.Sequential(nn.Linear(24, 8)), nc.DynamicQuant(per_token=True)))
     model[0].input_quantizer = DynamicQuantizer(IntSpec(bits=8, signed=False, symmetric=False), "token")
-    fast = to_int8_(copy.deepcopy(model))
+    from nncompress.runtime.int8_torch import Int8DynamicLinear
+    fast = copy.deepcopy(model)
+    fast[0] = Int8DynamicLinear(model[0], "0", kernel="int_mm")
     assert fast[0].shift == 128  # q_min 0: codes move down by 128
     x = torch.randn(6, 24) + 3  # all positive rows: the zero point sits at the bottom of the range
     x[1] *= 50
@@ -336,3 +342,13 @@ def test_unsigned_dynamic_codes_are_shifted_into_int8_and_bad_inputs_name_the_la
         x[2, 3] = float("nan")
         with pytest.raises(UserError, match="layer '0': its input contains non-finite values"):
             fast(x)
+
+
+def test_the_faster_kernel_is_measured_per_weight():
+    """Auto kernel choice: both candidates are timed on this machine; a bad name is a clear error."""
+    from nncompress.runtime.int8_torch import DYNAMIC_KERNELS, Int8DynamicLinear
+    from nncompress.validate import UserError
+    model = nc.convert_(nc.quantize_(nn.Sequential(nn.Linear(64, 64)), nc.DynamicQuant(per_token=True)))
+    assert to_int8_(copy.deepcopy(model))[0].kernel in DYNAMIC_KERNELS
+    with pytest.raises(UserError, match="kernel='fbgemm' must be 'auto' or one of"):
+        Int8DynamicLinear(model[0], "0", kernel="fbgemm")

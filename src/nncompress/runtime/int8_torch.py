@@ -8,7 +8,8 @@ and the kernel accumulates u8 x s8 products in int32 and writes float32 S_X S_W 
 pads the codes with Z_X). So every layer computes the fake-quantized layer's function (the plain
 simulation) up to float32 rounding, and everything between layers (ReLU, pools, residual adds) runs
 as before. A Linear with dynamic inputs (per tensor or per token: the transformer recipe) becomes an
-`Int8DynamicLinear` on the same GEMM, its per-row scales applied after the int32 dot product;
+`Int8DynamicLinear` (this GEMM or `torch._int_mm`, whichever is faster for the weight's shape),
+its per-row scales applied after the int32 dot product;
 with `to_int8_(model, exact=False)` a per-tensor dynamic Linear runs fbgemm's fused dynamic kernel
 instead (`FusedDynamicLinear`: torch's quantize_dynamic speed, within one input step of the simulation).
 Unlike the reference `IntegerEngine` the activations between layers stay float: this is the fast
@@ -120,6 +121,28 @@ class Int8Conv2d(_Int8Layer):
                                                   self.dilation, self.groups, 1.0, 0, torch.float32, "none", [], None)
 
 
+DYNAMIC_KERNELS = ("int_mm", "onednn")
+
+
+def _faster_kernel(codes: torch.Tensor, rows: int = 16) -> str:
+    """The faster int8 GEMM for this weight on this CPU, by a quick interleaved measurement at `rows`
+    input rows. Measured here (one thread): `torch._int_mm` wins on small weights (6-9x at 64x64,
+    1.2-1.6x at 384x1536: less overhead per call), oneDNN's prepacked qlinear on large ones (2x at
+    2048x2048, 4x at 4096x4096 for one row). Both accumulate exactly in int32, so the choice changes
+    the speed, never the outputs."""
+    from .kernel_select import interleaved_ms
+
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randint(-128, 128, (rows, codes.shape[1]), dtype=torch.int8, generator=gen)
+    weight_t, packed = codes.t().contiguous(), torch.ops.onednn.qlinear_prepack(codes, None)
+    ones, zeros, a_u8 = torch.ones(codes.shape[0]), torch.zeros(codes.shape[0], dtype=torch.int64), a.view(torch.uint8)
+    int_mm_ms, onednn_ms = interleaved_ms(
+        lambda: torch._int_mm(a, weight_t),
+        lambda: torch.ops.onednn.qlinear_pointwise(a_u8, 1.0, 0, packed, ones, zeros, None, 1.0, 0, torch.float32,
+                                                   "none", [], ""), rounds=3)
+    return "int_mm" if int_mm_ms <= onednn_ms else "onednn"
+
+
 class Int8DynamicLinear(nn.Module):
     """A Linear whose input is quantized at run time (DynamicQuantizer, up to 8 bits, per tensor or per
     token), on torch's int8 x int8 -> int32 GEMM (`torch._int_mm`). The codes are the quantizer's
@@ -131,14 +154,11 @@ class Int8DynamicLinear(nn.Module):
     which is the fake-quantized layer's function (per-token scales apply after the int32 dot product
     because the reduction runs over the row; the zero-point term is one rank-1 update). The range, scale and zero point are computed with the
     simulation's own operations (`qparams_of_finite_range`), after one finiteness check of the
-    range instead of two of the whole tensor. Checked against the layer at construction.
-    Measured on this VM (one thread, under load): `_int_mm` takes 4 us at 16x64x64 where oneDNN's
-    qlinear takes 37 us and fbgemm's dynamic Linear 25 us, and 3.0 ms at 1024x384x1536 (oneDNN 3.4,
-    fbgemm 7.5, float32 13.8)."""
+    range instead of two of the whole tensor. Checked against the layer at construction."""
 
     int8_kernel = True  # inference only (see api.save_model)
 
-    def __init__(self, module: nn.Module, name: str):
+    def __init__(self, module: nn.Module, name: str, kernel: str = "auto"):
         super().__init__()
         codes, scale = _weight_codes(module, name)
         quantizer = input_quantizer(module)
@@ -146,9 +166,19 @@ class Int8DynamicLinear(nn.Module):
         if q_max - q_min > 255 or quantizer.per not in ("tensor", "token") or int(codes.abs().max()) > 127:
             raise UnsupportedModelError(f"layer {name!r}: int8 kernels need dynamic inputs of at most 8 bits per "
                                         f"tensor or per token and int8 weights (got {quantizer.extra_repr()})")
+        if kernel not in ("auto", *DYNAMIC_KERNELS):
+            raise UserError(f"kernel={kernel!r} must be 'auto' or one of {list(DYNAMIC_KERNELS)}")
         self.quantizer, self.name = quantizer, name
-        self.shift = 0 if -128 <= q_min and q_max <= 127 else q_min + 128  # q - shift fits in int8
-        self.register_buffer("weight_t", codes.t().contiguous().to(torch.int8))
+        codes8 = codes.to(torch.int8)
+        self.kernel = kernel if kernel != "auto" else _faster_kernel(codes8)
+        if self.kernel == "int_mm":
+            self.shift = 0 if -128 <= q_min and q_max <= 127 else q_min + 128  # q - shift fits in int8
+            self.register_buffer("weight_t", codes8.t().contiguous())
+        else:
+            self.shift = q_min  # q - q_min in [0, 255]: oneDNN's uint8 x int8 GEMM
+            self.register_buffer("packed", torch.ops.onednn.qlinear_prepack(codes8, None))
+            self.register_buffer("unit_scale", torch.ones(codes.shape[0]))
+            self.register_buffer("unit_zero_point", torch.zeros(codes.shape[0], dtype=torch.int64))
         self.register_buffer("weight_scale", scale.float())
         self.register_buffer("colsum_scaled", codes.sum(1).float() * scale.float())  # S_W sum_k q_W per output
         bias = getattr(module, "bias", None)
@@ -174,6 +204,13 @@ class Int8DynamicLinear(nn.Module):
                             "inputs")
         return qparams_of_finite_range(r_min, r_max, self.quantizer.spec)
 
+    def _accumulate(self, shifted: torch.Tensor) -> torch.Tensor:
+        """sum_k (q - c) q_W as float32, on the chosen kernel (int32 accumulation either way)."""
+        if self.kernel == "int_mm":
+            return torch._int_mm(shifted.to(torch.int8), self.weight_t).float()
+        return torch.ops.onednn.qlinear_pointwise(shifted.to(torch.uint8), 1.0, 0, self.packed, self.unit_scale,
+                                                  self.unit_zero_point, None, 1.0, 0, torch.float32, "none", [], "")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.quantizer.smooth is not None:
             x = x / self.quantizer.smooth
@@ -183,7 +220,7 @@ class Int8DynamicLinear(nn.Module):
         codes = rows.div(scale).round_().add_(zero_point).clamp_(q_min, q_max)
         if self.shift:
             codes = codes.sub_(self.shift)
-        y = torch._int_mm(codes.to(torch.int8), self.weight_t).float().mul_(self.weight_scale)  # acc S_W
+        y = self._accumulate(codes).mul_(self.weight_scale)  # acc S_W
         if scale.dim() == 0:  # per tensor: S_x (acc S_W + (c - Z) colsum S_W) + b, one row vector added
             y = y.mul_(scale).add_(scale * (self.shift - zero_point) * self.colsum_scaled + self.bias_or_zero)
         else:  # per token: the zero-point term as a broadcast rank-1 update, then the row scales
