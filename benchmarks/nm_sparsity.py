@@ -147,7 +147,9 @@ def main() -> None:
     text = header("2:4 (N:M) sparsity with channel permutation on mnist-10k") + "\n"
     text += (f"Load average at start {load_before[0]:.1f} / {load_before[1]:.1f} / {load_before[2]:.1f} (1/5/15 min; "
              f"shared 2-core VM), end {os.getloadavg()[0]:.1f}. Torch threads: {args.threads}.\n\n")
-    text += ("**Reduced budget** (the machine is shared by 9 sessions): each model is trained dense for "
+    full = epochs["lenet300"] >= training_config("lenet300").epochs and epochs["lenet5"] >= training_config("lenet5").epochs
+    text += (("**Full budget**" if full else "**Reduced budget** (shorter than the zoo's schedules)") +
+             ": each model is trained dense for "
              f"{epochs['lenet300']} epochs (LeNet-300-100) / {epochs['lenet5']} epochs (LeNet-5) with its recommended "
              "config (`api.training_config`), then 2:4 pruned (with permutation search) and retrained with the same "
              "config and the same number of epochs (the lecture's recipe: repeat the original training, mask fixed). "
