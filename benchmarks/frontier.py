@@ -15,15 +15,19 @@ Both train exactly the phases of the hand setting, so the hand setting's control
 (the same phases, seed and thread count replayed on the same dense model; honest.py measured it).
 Every file is written, read back and decoded; the file on disk is checked to be within the budget.
 Variants (cached under their own tag, see variant_tag): --bits (candidate grid), --rows (run only one of
-the two auto rows), --distill-alpha / --distill-temperature (knowledge distillation from the dense
-model, flows/distill.py) and --auto-codebook-epochs; a variant whose retraining differs from the hand
-setting's trains its own same-budget control per seed (same phases and steps, same distillation).
-Report them with --report-only --variant-of ARCH=TAG.
+the two auto rows), --sensitivity-retrain-images (each layer's damage measured after a short
+retraining, flows/allocate.py step 6), --distill-alpha / --distill-temperature (knowledge
+distillation from the dense model, flows/distill.py) and --auto-codebook-epochs; a variant whose
+tag is not `sr<n>` alone (see retraining_differs) trains its own same-budget control per seed (same
+phases and steps, same distillation; for --bits / --rows / --sensitivity-retrain-images the phases
+are the hand setting's, and the control reproduces honest.py's exactly).
+Report them with --report-only --variant-of ARCH=TAG[,TAG...] (each variant's rows beside the plain ones).
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import math
 import os
@@ -76,7 +80,16 @@ def variant_tag(variant: dict) -> str:
         tag += f"-kd{variant['distill_alpha']:g}T{variant['distill_temperature']:g}"
     if variant.get("codebook_epochs") is not None:
         tag += f"-cb{variant['codebook_epochs']}"
+    if variant.get("sensitivity_retrain_images"):
+        tag += f"-sr{variant['sensitivity_retrain_images']}"
     return tag
+
+
+def retraining_differs(variant: dict) -> bool:
+    """Whether the auto rows get their own control trained here: every variant tag but the
+    sensitivity's short retraining alone, which trains throwaway copies only (the model that is
+    written goes through exactly the hand setting's phases, so honest.py's control is its control)."""
+    return bool(variant_tag({k: v for k, v in variant.items() if k != "sensitivity_retrain_images"}))
 
 
 def run_seed(arch: str, val, test, seed: int, threads: int, budget: dict, grid: dict, variant: dict | None = None) -> dict:
@@ -95,9 +108,9 @@ def run_seed(arch: str, val, test, seed: int, threads: int, budget: dict, grid: 
                   lr_factor=s["lr_factor"], codebook_epochs=budget["codebook"] if budget["codebook"] is not None else 3,
                   codebook_lr=1e-3, **grid)
     common.update({k: v for k, v in variant.items() if not k.startswith("_")})
-    grid_table = measure_table(dense, val, AllocationConfig(target_ratio=1.0, **common))
+    grid_table = measure_table(dense, val, AllocationConfig(target_ratio=1.0, **common), base)
     rows, control = {}, None
-    if variant_tag(variant):  # retraining differs from the hand setting's: its own same-budget control
+    if retraining_differs(variant):  # retraining differs from the hand setting's: its own same-budget control
         config = AllocationConfig(target_ratio=1.0, **common)
         model, info = same_budget_control(dense, val, compression_phases(base, config, seed), distill=config.distill)
         control = {"val": evaluate(model, val.test_loader())["accuracy"],
@@ -130,6 +143,18 @@ def cached_seed(arch: str, val, test, seed: int, threads: int, budget: dict, gri
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1))
     return result
+
+
+def report_runs(load, tags: list[str], seeds: int, has_plain) -> list[dict]:
+    """Per seed, the plain auto rows (where every seed has them) and each variant's rows marked
+    `[tag]`, side by side, so the choice between them (on val, `acceptance`) is shown."""
+    if not tags:
+        return load("")
+    plain = load("") if all(has_plain(s) for s in range(seeds)) else [{"rows": {}}] * seeds
+    variants = [load(t) for t in tags]
+    return [{**variants[0][i], "rows": {**plain[i]["rows"], **{f"{k} [{t[1:]}]": x for t, v in zip(tags, variants)
+                                                               for k, x in v[i]["rows"].items()}}}
+            for i in range(seeds)]
 
 
 def _se(values: list[float]) -> float:
@@ -211,7 +236,7 @@ def plot(points: dict[str, list[dict]], path: Path) -> None:
         dense_bytes = 4 * sum(p.numel() for p in build_model(arch, (1, 28, 28), 10).parameters())
         xs = [dense_bytes / p["ratio"] for p in pts]
         ax.plot(xs, [p["test"] for p in pts], "o", color="tab:blue", label="ours: decoded .nnc (mean of seeds)")
-        for x, p, dy in zip(xs, pts, (6, -12, 6, 6, -12, 6)):
+        for x, p, dy in zip(xs, pts, itertools.cycle((6, -12, 6, 6, -12, 6))):
             ax.annotate(short.get(p["label"], p["label"]), (x, p["test"]), fontsize=7, xytext=(4, dy),
                         textcoords="offset points")
         ax.axhline(pts[0]["control"], color="gray", ls="--", lw=1, label="same-budget dense control")
@@ -248,21 +273,26 @@ def main() -> None:
     parser.add_argument("--distill-temperature", type=float, default=4.0)
     parser.add_argument("--auto-codebook-epochs", type=int, help="auto rows: codebook fine-tuning epochs (default: "
                         "the hand setting's); their control then gets as many")
+    parser.add_argument("--sensitivity-retrain-images", type=int, help="auto rows: measure each layer's damage "
+                        "after a short retraining over this many training images (flows/allocate.py step 6)")
     parser.add_argument("--rows", choices=("both", "hand", "frontier"), default="both",
                         help="auto rows to run: at the hand setting's ratio, at the issue's target, or both")
-    parser.add_argument("--variant-of", nargs="*", default=[], help="report: per model, the variant tag of "
-                        "its auto rows' cache (see variant_tag), e.g. lenet300=frontier-kd0.5T4 lenet5=b234568-frontier")
+    parser.add_argument("--variant-of", nargs="*", default=[], help="report: per model, the variant tags "
+                        "(comma-separated) of its auto rows' caches (see variant_tag), e.g. "
+                        "lenet300=frontier-kd0.5T4,b2345678-sr2048 lenet5=b234568-frontier")
     parser.add_argument("--reduced", nargs="*", default=[], help="report: models whose runs used the reduced budget")
     parser.add_argument("--note", default="", help="a sentence under the header (reduced budgets, what is missing)")
     parser.add_argument("--seeds-of", nargs="*", default=[], help="report: seeds per model, e.g. lenet5=1")
     args = parser.parse_args()
     args.seeds_of = {k: int(v) for k, v in (item.split("=") for item in args.seeds_of)}
-    args.variant_of = {k: "-" + v.lstrip("-") for k, v in (item.split("=", 1) for item in args.variant_of)}
+    args.variant_of = {k: ["-" + t.lstrip("-") for t in v.split(",")]
+                       for k, v in (item.split("=", 1) for item in args.variant_of)}
     budget = {"pretrain": args.pretrain_epochs, "finetune_epochs": args.finetune_epochs, "codebook": args.codebook_epochs}
     grid = {"sensitivity_images": args.sensitivity_images, **({"bits": tuple(args.bits)} if args.bits else {})}
     variant = {k: v for k, v in {"distill_alpha": args.distill_alpha,
                                  "distill_temperature": args.distill_temperature if args.distill_alpha else None,
                                  "codebook_epochs": args.auto_codebook_epochs,
+                                 "sensitivity_retrain_images": args.sensitivity_retrain_images,
                                  "_bits": tuple(args.bits) if args.bits else None,
                                  "_rows": None if args.rows == "both" else args.rows}.items() if v is not None}
     torch.set_num_threads(args.threads)
@@ -271,16 +301,11 @@ def main() -> None:
     rows, per_seed, points = [], [], {}
     for arch in args.models:
         tag = budget_tag(budget) if arch in args.reduced else ""
-        vtag = variant_tag(variant) if not args.report_only else args.variant_of.get(arch, "")
         if args.report_only:
             load = lambda t: [json.loads((CACHE / f"{arch}-seed{s}-threads{args.threads}{tag}{t}.json").read_text())  # noqa: E731
                               for s in range(args.seeds_of.get(arch, args.seeds))]
-            runs = load(vtag)
-            if vtag:  # the variant's rows are marked; the plain auto rows stand beside them where all seeds
-                # have them, so the choice between them (on val) is shown
-                plain = all((CACHE / f"{arch}-seed{s}-threads{args.threads}{tag}.json").is_file() for s in range(len(runs)))
-                runs = [{**v, "rows": {**(p["rows"] if p else {}), **{f"{k} [{vtag[1:]}]": x for k, x in v["rows"].items()}}}
-                        for p, v in zip(load("") if plain else [None] * len(runs), runs)]
+            runs = report_runs(load, args.variant_of.get(arch, []), args.seeds_of.get(arch, args.seeds),
+                               lambda s: (CACHE / f"{arch}-seed{s}-threads{args.threads}{tag}.json").is_file())
         else:
             runs = [cached_seed(arch, val, test, seed, args.threads, budget, grid, variant)
                     for seed in range(args.start_seed, args.seeds)]
@@ -298,7 +323,8 @@ def main() -> None:
     text += ("Same data as honest.md (train 7,000, **val** = last 1,000 training images, **test** = 2,000). "
              "Compression = fp32 parameter bytes / real .nnc file bytes; accuracy of the model decoded from the file. "
              "The allocator (`flows/allocate.py`) measures, on the dense model, every layer's (density, bits) "
-             "candidate: exact bytes with the real codecs and loss increase on the first training images, solves "
+             "candidate: exact bytes with the real codecs and loss increase on the first training images (rows "
+             "tagged `sr<n>`: after a short retraining of that layer's pruning, step 6 of the module), solves "
              "the knapsack for the budget, prunes and retrains with the hand setting's schedule and epochs, shares "
              "weights, fine-tunes the codebooks, writes the file and lowers bits if the file is over budget. "
              "**gap** = test accuracy - the same-budget dense control of the same seed, mean ± standard error, "
@@ -309,12 +335,14 @@ def main() -> None:
              "the test split: the targets are the hand setting's ratio and the issue's.\n\n")
     if args.variant_of:
         text += ("Rows marked `[tag]` ran a variant of the allocation flow: " + "; ".join(
-            f"{arch}: `{tag[1:]}`" for arch, tag in args.variant_of.items()) + ". Tags: `b<digits>` = candidate bits "
+            f"{arch}: " + ", ".join(f"`{t[1:]}`" for t in tags) for arch, tags in args.variant_of.items()) + ". Tags: `b<digits>` = candidate bits "
             "(default 1..8), `frontier` = only the auto row at the issue's target was run, `kd<alpha>T<T>` = knowledge "
             "distillation from the pretrained dense model (Hinton et al. 2015; `flows/distill.py`): loss = "
             "(1 - alpha) CE + alpha T^2 KL(teacher_T || student_T) in every retraining and codebook epoch, and that "
             "row's control is trained through the same phases with the same distillation from the same teacher "
-            "(self-distillation), `cb<n>` = codebook epochs.\n\n")
+            "(self-distillation), `cb<n>` = codebook epochs, `sr<n>` = each layer's damage measured after a short "
+            "retraining over n training images (`flows/allocate.py` step 6; the written model trains the hand "
+            "setting's phases, so the hand setting's control is its control).\n\n")
     text += table(["model", "row", "compression", "val acc %", "val gap", "test acc %", "control test %",
                    "test gap (mean ± se)", "worst seed"], rows)
     text += "\n### Acceptance (issue 16), measured\n\n" + table(["model", "criterion", "measured", "met"],

@@ -21,7 +21,19 @@ fig. 6, ICLR 2016 table 2). Here the choice is made by a program:
    changes the weights, so the streams code slightly differently), lower the bits of the layer
    whose planned loss per byte saved is smallest and re-share, until the file fits (where no bits
    can go lower, prune the largest layer 5% further).
-6. Optionally (`distill_alpha` > 0) every retraining and codebook epoch distils the dense model
+6. Optionally (`sensitivity_retrain_images` > 0) the damage is measured *after a short retraining*
+   instead of on the dense model as is: for every layer and density, the layer is pruned alone, the
+   whole model is retrained one pass over that many training images (disjoint from the images the
+   damage is measured on; SGD at the retraining learning rate, the pruned weights held at zero), and
+   only then is each bit-width's k-means applied to the retrained layer. Pruning damage is largely
+   recovered by retraining (Han et al. 2015, fig. 4), so a table measured without any retraining
+   overstates the cost of low densities against that of few bits; measuring after a short
+   retraining follows HAQ's reward after a short fine-tuning (Wang et al. 2019), here one short
+   retraining per (layer, density). Byte costs stay those of the dense model's candidates (the
+   written file is checked anyway). Measured (benchmarks/results/frontier.md): on LeNet-300-100 at
+   70x it leaves the plain table's 1-bit choice unchanged on 2 of 3 seeds; what helped on the
+   validation split there was leaving 1 bit out of the candidate `bits`.
+7. Optionally (`distill_alpha` > 0) every retraining and codebook epoch distils the dense model
    (`flows/distill.py`); the same-budget control must then get the same distillation
    (`same_budget_control(..., distill=config.distill)`).
 """
@@ -30,6 +42,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -41,7 +54,7 @@ from ..config import Context, run_method
 from ..encode.cost import LayerCosts, candidate, plan_bytes, tensors_bytes
 from ..parametrize import plain_state
 from ..prune.unstructured import MagnitudePrune
-from ..train import TrainConfig, evaluate
+from ..train import TrainConfig, evaluate, fit
 from ..validate import UserError, check_fraction, check_positive
 from ..zoo import Dataset, TensorLoader
 from .control import TrainingPhase, codebook_phase, pruning_phases
@@ -70,9 +83,10 @@ class AllocationConfig:
     """A size budget (`target_bytes` or `target_ratio` = fp32 parameter bytes / file bytes) or an
     accuracy budget (`max_accuracy_drop`, a fraction, predicted by the additive sensitivity model);
     the candidate grid; the retraining of `flows/prune.py` and the codebook fine-tuning of Deep
-    Compression; `margin`: the fraction of the budget kept free when planning; `distill_alpha` /
-    `distill_temperature`: knowledge distillation from the dense model during all retraining
-    (`flows/distill.py`; alpha 0 = off), which the same-budget control then gets too."""
+    Compression; `margin`: the fraction of the budget kept free when planning;
+    `sensitivity_retrain_images`: > 0 measures the damage after a short retraining (module step 6);
+    `distill_alpha` / `distill_temperature`: knowledge distillation from the dense model during all
+    retraining (`flows/distill.py`; alpha 0 = off), which the same-budget control then gets too."""
 
     @property
     def distill(self) -> DistillConfig:
@@ -84,6 +98,7 @@ class AllocationConfig:
     densities: tuple[float, ...] = DEFAULT_DENSITIES
     bits: tuple[int, ...] = DEFAULT_BITS
     sensitivity_images: int = 1024
+    sensitivity_retrain_images: int = 0  # 0: damage measured on the dense model as is (no retraining)
     margin: float = 0.02
     schedule: str = "iterative"
     rounds: int = 3
@@ -110,6 +125,8 @@ class AllocationConfig:
             raise UserError(f"densities={self.densities} must be fractions in (0, 1]")
         if not self.bits or not all(1 <= b <= 16 for b in self.bits):
             raise UserError(f"bits={self.bits} must be integers in [1, 16]")
+        if self.sensitivity_retrain_images < 0:
+            raise UserError(f"sensitivity_retrain_images={self.sensitivity_retrain_images} must be >= 0")
 
     def budget_bytes(self, model: nn.Module) -> int | None:
         """The size budget in bytes (None for an accuracy budget)."""
@@ -144,27 +161,76 @@ def _sensitivity_batches(dataset: Dataset, n_images: int) -> TensorLoader:
     return TensorLoader(dataset.train_x[:n], dataset.train_y[:n], 256)
 
 
-@torch.no_grad()
-def candidate_table(model: nn.Module, batches, densities, bits) -> dict[str, list[Candidate]]:
+Retrain = Callable[[nn.Module, str, torch.Tensor], None]
+
+
+def candidate_table(model: nn.Module, batches, densities, bits,
+                    retrain: Retrain | None = None) -> dict[str, list[Candidate]]:
     """Every layer's candidates with exact bytes and measured damage (one layer at a time; the model
-    is restored after each)."""
+    is restored after each). With `retrain(model, layer name, keep mask)`, each (layer, density) is
+    pruned and retrained on a copy first and the bits are applied to the retrained weights (module
+    docstring, step 6); the bytes stay those of the dense weights' candidates."""
     model = copy.deepcopy(model).eval()
     base = evaluate(model, batches)
     table: dict[str, list[Candidate]] = {}
     for name, layer in weight_layers(model).items():
-        original = layer.weight.detach().clone()
-        costs = LayerCosts(f"{name}.weight", original)
-        rows = []
-        for density in densities:
-            for b in bits:
-                value, nbytes = costs.evaluate(density, b)
-                layer.weight.copy_(value)
-                measured = evaluate(model, batches)
-                rows.append(Candidate(density, b, nbytes, measured["loss"] - base["loss"],
-                                      measured["accuracy"] - base["accuracy"]))
-        layer.weight.copy_(original)
-        table[name] = rows
+        costs = LayerCosts(f"{name}.weight", layer.weight.detach().clone())
+        table[name] = [row for density in densities
+                       for row in _density_rows(model, name, costs, density, bits, batches, base, retrain)]
     return table
+
+
+@torch.no_grad()
+def _density_rows(model: nn.Module, name: str, costs: LayerCosts, density: float, bits, batches, base: dict,
+                  retrain: Retrain | None) -> list[Candidate]:
+    """The candidates of one (layer, density): each bit-width's damage, measured on `model` with only
+    that layer replaced (on a retrained copy if `retrain` is given); `model` is left unchanged."""
+    net = model
+    if retrain is not None:
+        net = copy.deepcopy(model)
+        keep, _ = costs.keep(density)
+        with torch.enable_grad():
+            retrain(net, name, keep)
+        net.eval()
+    layer = weight_layers(net)[name]
+    original = layer.weight.detach().clone()
+    rows = []
+    for b in bits:
+        value, nbytes = costs.evaluate(density, b)
+        if retrain is not None:
+            value = candidate(original, density, b, costs.keep(density)[0])[0]
+        layer.weight.copy_(value)
+        measured = evaluate(net, batches)
+        rows.append(Candidate(density, b, nbytes, measured["loss"] - base["loss"],
+                              measured["accuracy"] - base["accuracy"]))
+    layer.weight.copy_(original)
+    return rows
+
+
+def short_retrain(dataset: Dataset, config: AllocationConfig, base: TrainConfig) -> Retrain:
+    """The short retraining of step 6: one pass (batches of 64, shuffled with `base.seed`) over the
+    `sensitivity_retrain_images` training images after the `sensitivity_images` the damage is
+    measured on, SGD at `lr_factor` x the original learning rate (constant), the layer's pruned
+    weights held at zero after every step (as pruning's masks do during retraining). Dropout keeps its
+    rate (Han's rescaling for pruned layers is left to the real retraining)."""
+    start = min(config.sensitivity_images, len(dataset.train_x))
+    stop = min(start + config.sensitivity_retrain_images, len(dataset.train_x))
+    if stop <= start:
+        raise UserError(f"no training images left for the sensitivity retraining after the first {start:,}; "
+                        f"lower sensitivity_images")
+    train_config = replace(base, epochs=1, lr=base.lr * config.lr_factor, schedule="constant")
+
+    def retrain(model: nn.Module, name: str, keep: torch.Tensor) -> None:
+        weight = weight_layers(model)[name].weight
+        mask = keep.to(weight.dtype)
+        with torch.no_grad():
+            weight.mul_(mask)
+        loader = TensorLoader(dataset.train_x[start:stop], dataset.train_y[start:stop], 64, shuffle=True,
+                              seed=base.seed)
+        fit(model, loader, train_config, on_step=lambda _: weight.data.mul_(mask), progress=False,
+            log=lambda _: None)
+
+    return retrain
 
 
 def other_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -174,11 +240,16 @@ def other_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: (v.half().float() if k.endswith(".bias") else v) for k, v in plain_state(model).items() if k not in layers}
 
 
-def measure_table(model: nn.Module, dataset: Dataset, config: AllocationConfig) -> dict[str, list[Candidate]]:
+def measure_table(model: nn.Module, dataset: Dataset, config: AllocationConfig,
+                  base: TrainConfig | None = None) -> dict[str, list[Candidate]]:
     """The candidate table of `config`'s grid, damage measured on the first `sensitivity_images`
-    training images (never the test split)."""
+    training images (never the test split); after a short retraining (`short_retrain`, from the
+    training config `base`) if `config.sensitivity_retrain_images` > 0."""
+    retrain = None
+    if config.sensitivity_retrain_images:
+        retrain = short_retrain(dataset, config, base if base is not None else TrainConfig())
     return candidate_table(model, _sensitivity_batches(dataset, config.sensitivity_images), config.densities,
-                           config.bits)
+                           config.bits, retrain)
 
 
 def fixed_bytes(model: nn.Module, model_desc: dict, meta: dict | None = None) -> int:
@@ -245,13 +316,14 @@ def solve(table: dict[str, list[Candidate]], *, fixed: int, budget: int | None =
 
 
 def allocate(model: nn.Module, dataset: Dataset, config: AllocationConfig, model_desc: dict,
-             meta: dict | None = None, table: dict[str, list[Candidate]] | None = None) -> Allocation:
+             meta: dict | None = None, table: dict[str, list[Candidate]] | None = None,
+             base: TrainConfig | None = None) -> Allocation:
     """Measure the candidate table on `model` (dense, trained) and solve for the budget. The
     per-layer costs are each measured alone (slightly pessimistic, see `encode/cost.py`), so the
     plan is re-solved with the budget corrected by the exact bytes of the whole planned file until
     the plan uses the budget (at most 5 solves); `planned_bytes` is that exact figure. A `table`
     measured before on the same model (`measure_table`) is reused."""
-    table = table if table is not None else measure_table(model, dataset, config)
+    table = table if table is not None else measure_table(model, dataset, config, base)
     fixed = fixed_bytes(model, model_desc, meta)
     budget = config.budget_bytes(model)
     if budget is None:
@@ -319,7 +391,7 @@ def compress_to_budget(model: nn.Module, arch: str, dataset: Dataset, base: Trai
     go lower, pruning the largest layer 5% further). `model` (dense, trained) is
     changed in place (pruned). Returns (the model decoded from the file, figures)."""
     desc = {"arch": arch, "in_shape": list(dataset.in_shape), "num_classes": dataset.num_classes}
-    allocation = allocate(model, dataset, config, desc, table=table)
+    allocation = allocate(model, dataset, config, desc, table=table, base=base)
     fit_kwargs = distillation_kwargs(model, config.distill)  # the teacher: the dense model, before pruning
     sparsity = {name: 1.0 - d for name, d in allocation.densities.items()}
     method = MagnitudePrune(sparsity=float(np.mean(list(sparsity.values()))), layer_sparsity=sparsity)
