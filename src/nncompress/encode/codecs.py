@@ -15,6 +15,11 @@ array's dtype and keeps the smallest; the header records the codec and its param
   2016, fig. 2): each kept position is its distance d in [1, 2^b - 1] to the previous one (the
   first counts from position -1); a gap wider than 2^b - 1 takes filler symbols 0, each advancing
   2^b - 1 positions. The symbol stream is Huffman-coded; b (2..12) minimises the coded bits.
+- rans: the integer symbols q - min range-coded (rANS, `rans.py`) with a static table `freq` of
+  frequencies summing to 2^prob_bits (the symbols' counts, quantized), so the stream costs
+  sum -log2 p(q) bits + about 4 bytes: below one bit per symbol where Huffman cannot go. Tried only
+  for arrays a transform marks as entropy-coded (`meta["entropy_coded"]`, e.g. the integer latents
+  of entropy-penalized reparameterization), so every other array is stored as before.
 
 Every decoder checks its parameters against the payload length before allocating anything and
 raises ValueError naming what is wrong (the container adds where).
@@ -29,6 +34,7 @@ import numpy as np
 import torch
 
 from .huffman import HuffmanStream, huffman_decode, huffman_encode_sorted
+from .rans import MAX_ALPHABET, MAX_PROB_BITS, ideal_bits, quantize_freqs, rans_decode, rans_encode
 from .sparse import RelativeIndices, decode_relative, encode_relative
 
 #: dtype name in the header -> torch dtype (the logical dtype `decode` receives).
@@ -163,8 +169,26 @@ def _table_bytes(codec: dict) -> int:
     return max(len(zlib.compress(text, 9)) - 8, 0)
 
 
-def candidates(values: torch.Tensor) -> list[tuple[int, dict, bytes]]:
-    """(estimated bytes, codec, payload) of every codec that applies to the flat array `values`."""
+def _rans_candidate(q: np.ndarray, lo: int, hi: int) -> tuple[int, dict, bytes] | None:
+    """The rANS codec at the table precision (prob_bits) that minimises stream + table bytes."""
+    if hi - lo + 1 > MAX_ALPHABET:
+        return None
+    counts = np.bincount(q - lo, minlength=hi - lo + 1)
+    best = None
+    for prob_bits in range(max(2, math.ceil(math.log2(hi - lo + 1)) + 2), MAX_PROB_BITS + 1):
+        freq = quantize_freqs(counts, prob_bits)
+        codec = {"name": "rans", "min": lo, "length": int(q.size), "prob_bits": prob_bits, "freq": freq.tolist()}
+        text = json.dumps(codec["freq"], separators=(",", ":")).encode()
+        estimate = math.ceil(ideal_bits(counts, freq, prob_bits) / 8) + 4 + max(len(zlib.compress(text, 9)) - 8, 0)
+        if best is None or estimate < best[0]:
+            best = (estimate, codec, freq)
+    estimate, codec, freq = best
+    return estimate, codec, rans_encode(q - lo, freq, codec["prob_bits"])
+
+
+def candidates(values: torch.Tensor, entropy: bool = False) -> list[tuple[int, dict, bytes]]:
+    """(estimated bytes, codec, payload) of every codec that applies to the flat array `values`
+    (`entropy`: also the rANS codec, for arrays a transform marks as entropy-coded)."""
     dtype = DTYPE_NAMES[values.dtype]
     if values.is_floating_point():
         stored = narrowest_float(values)
@@ -188,12 +212,14 @@ def candidates(values: torch.Tensor) -> list[tuple[int, dict, bytes]]:
         stream = huffman_encode_sorted(q - lo)
         codec = {"name": "huffman", **_huffman_params(stream, min=lo)}
         out.append((len(stream.payload) + _table_bytes(codec), codec, stream.payload))
+    if entropy and dtype != "bool" and (rans := _rans_candidate(q, lo, hi)) is not None:
+        out.append(rans)
     return out
 
 
-def encode(values: torch.Tensor) -> tuple[dict, bytes]:
+def encode(values: torch.Tensor, entropy: bool = False) -> tuple[dict, bytes]:
     """The smallest (codec, payload) for a flat array (ties: the simpler codec, listed first)."""
-    _, codec, payload = min(candidates(values.detach().cpu().flatten()), key=lambda c: c[0])
+    _, codec, payload = min(candidates(values.detach().cpu().flatten(), entropy), key=lambda c: c[0])
     return codec, payload
 
 
@@ -234,8 +260,8 @@ def check(codec: dict, dtype: str, payload_len: int, numel: int, sparse: bool = 
     """Validate a codec entry against its payload length, before anything is allocated; returns
     the number of elements it decodes to: `numel` for a dense array, at most `numel` for a sparse
     one (its kept elements)."""
-    if not isinstance(codec, dict) or codec.get("name") not in ("raw", "packed", "huffman", "relative"):
-        raise ValueError(f"unknown codec {codec!r} (raw, packed, huffman, relative)")
+    if not isinstance(codec, dict) or codec.get("name") not in ("raw", "packed", "huffman", "relative", "rans"):
+        raise ValueError(f"unknown codec {str(codec)[:80]} (raw, packed, huffman, relative, rans)")
     name, floating = codec["name"], dtype in FLOATS
     if name == "raw":
         stored = codec.get("as", dtype)
@@ -244,7 +270,7 @@ def check(codec: dict, dtype: str, payload_len: int, numel: int, sparse: bool = 
         if payload_len % itemsize(stored):
             raise ValueError(f"{payload_len} bytes are not a whole number of {stored}")
         n = payload_len // itemsize(stored)
-    elif floating or (name == "relative" and dtype != "bool") or (name == "huffman" and dtype == "bool"):
+    elif floating or (name == "relative" and dtype != "bool") or (name in ("huffman", "rans") and dtype == "bool"):
         raise ValueError(f"codec {name!r} does not apply to {dtype} arrays")
     elif name == "packed":
         bits = _int(codec, "bits", PACKED_BITS.start, PACKED_BITS.stop - 1)
@@ -253,6 +279,8 @@ def check(codec: dict, dtype: str, payload_len: int, numel: int, sparse: bool = 
         n = _int(codec, "length", 0, numel)
         if payload_len != math.ceil(n * bits / 8):
             raise ValueError(f"{payload_len} bytes do not hold exactly {n} codes of {bits} bits")
+    elif name == "rans":
+        n = _check_rans(codec, dtype, payload_len, numel)
     elif name == "huffman":
         lo, hi = int_range(dtype)
         low = _int(codec, "min", lo, hi)
@@ -267,6 +295,23 @@ def check(codec: dict, dtype: str, payload_len: int, numel: int, sparse: bool = 
     if n > numel or (n != numel and not sparse):
         raise ValueError(f"codec {name!r} holds {n} elements, the shape has {numel}")
     return n
+
+
+def _check_rans(codec: dict, dtype: str, payload_len: int, numel: int) -> int:
+    """Check a rANS entry: the table sums to 2^prob_bits and fits the dtype from `min`; `length`
+    (the decoder's steps) is at most the array's declared elements; an empty stream has no bytes,
+    any other holds at least the 4-byte state. Returns `length`."""
+    prob_bits = _int(codec, "prob_bits", 1, MAX_PROB_BITS)
+    freq = _int_list(codec, "freq", MAX_ALPHABET, 1 << prob_bits)
+    lo, hi = int_range(dtype)
+    low = _int(codec, "min", lo, hi)
+    if not freq or low + len(freq) - 1 > hi or sum(freq) != 1 << prob_bits:
+        raise ValueError(f"codec 'rans': freq must list 1..{MAX_ALPHABET} frequencies summing to 2^{prob_bits} "
+                         f"for symbols from min={low} up to the {dtype} maximum {hi}")
+    length = _int(codec, "length", 0, numel)
+    if (length == 0) != (payload_len == 0) or 0 < payload_len < 4:
+        raise ValueError(f"codec 'rans': {payload_len} payload bytes for {length} symbols (a stream holds a 4-byte state)")
+    return length
 
 
 def _stream(codec: dict, payload: bytes) -> np.ndarray:
@@ -284,7 +329,10 @@ def decode(codec: dict, payload: bytes, dtype: str, count: int) -> torch.Tensor:
         if symbols.size and symbols.max() >= 1 << codec["index_bits"]:
             raise ValueError(f"codec 'relative': a distance exceeds {codec['index_bits']} bits")
         return torch.from_numpy(relative_positions(symbols, codec["index_bits"], count))
-    q = unpack(payload, codec["bits"], count) if name == "packed" else _stream(codec, payload)
+    if name == "rans":
+        q = rans_decode(payload, codec["freq"], codec["prob_bits"], count)
+    else:
+        q = unpack(payload, codec["bits"], count) if name == "packed" else _stream(codec, payload)
     q = q + codec["min"]
     lo, hi = int_range(dtype)
     if q.size and (q.min() < lo or q.max() > hi):

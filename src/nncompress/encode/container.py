@@ -33,6 +33,8 @@ from .layout import (MAGIC, PREAMBLE, VERSION, NncFormatError, NncModel, byte_sh
 from .layout import OVERHEAD, StoredLayer  # noqa: F401  (re-exported)
 from .legacy import parse_legacy
 
+RANS_VERSION = (3, 1)  # files using the rans codec (docs/format.md); every other file stays 3.0
+
 
 # --- writing -------------------------------------------------------------------------------------
 
@@ -49,8 +51,8 @@ def _sparse_fill(values: torch.Tensor, keep: torch.Tensor) -> int | float | None
     return fill
 
 
-def _array(values: torch.Tensor, blobs: list[bytes], sparse: dict | None = None) -> dict:
-    codec, payload = codecs.encode(values)
+def _array(values: torch.Tensor, blobs: list[bytes], sparse: dict | None = None, entropy: bool = False) -> dict:
+    codec, payload = codecs.encode(values, entropy)
     blobs.append(payload)
     entry = {"dtype": DTYPE_NAMES[values.dtype], "shape": list(values.shape), "section": len(blobs) - 1, "codec": codec}
     return {**entry, "sparse": sparse} if sparse else entry
@@ -60,21 +62,27 @@ def _stage_entries(chain: list[Encoded], blobs: list[bytes]) -> list[dict]:
     """Header entries of a chain's stages (see the module doc for what is left out)."""
     stages, mask = [], None
     for i, encoded in enumerate(chain):
-        arrays = {}
+        arrays, entropy = {}, set(encoded.meta.get("entropy_coded", ()))
         for name, tensor in encoded.tensors.items():
             tensor = tensor.detach().cpu()
             if i < len(chain) - 1 and tensor.is_floating_point():
                 continue
             fill = _sparse_fill(tensor, mask[2]) if mask else None
             if fill is None:
-                arrays[name] = _array(tensor, blobs)
+                arrays[name] = _array(tensor, blobs, entropy=name in entropy)
             else:
                 sparse = {"mask": [mask[0], mask[1]], "fill": fill}
-                arrays[name] = {**_array(tensor[mask[2]], blobs, sparse), "shape": list(tensor.shape)}
+                arrays[name] = {**_array(tensor[mask[2]], blobs, sparse, name in entropy), "shape": list(tensor.shape)}
         stages.append({"kind": encoded.kind, "meta": encoded.meta, "tensors": arrays})
         if mask is None and getattr(TRANSFORM_KINDS.get(encoded.kind), "role", "") == "mask":
             mask = next(((i, n, t.detach().cpu()) for n, t in encoded.tensors.items() if t.dtype == torch.bool), None)
     return stages
+
+
+def _uses_rans(entries: list[dict]) -> bool:
+    arrays = [a for e in entries for a in ([e["value"]] if "value" in e else
+                                            [a for s in e["chain"] for a in s["tensors"].values()])]
+    return any(a["codec"]["name"] == "rans" for a in arrays)
 
 
 def serialize(nnc: NncModel) -> bytes:
@@ -92,7 +100,8 @@ def serialize(nnc: NncModel) -> bytes:
     except (TypeError, ValueError) as err:
         raise ValueError(f"the model description, meta or a transform's meta is not JSON: {err}") from err
     header = zlib.compress(text.encode(), 9)
-    return PREAMBLE.pack(MAGIC, *VERSION, len(header), zlib.crc32(header)) + header + b"".join(blobs)
+    version = RANS_VERSION if _uses_rans(entries) else VERSION
+    return PREAMBLE.pack(MAGIC, *version, len(header), zlib.crc32(header)) + header + b"".join(blobs)
 
 
 def write_nnc(path: str | os.PathLike, nnc: NncModel) -> int:
