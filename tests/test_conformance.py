@@ -26,6 +26,7 @@ from nncompress.registry import METHODS
 
 METHOD_EXAMPLES = [
     SoftWeightSharing(components=5, zero_mixing=0.9, init_std=0.1),
+    nc.EntropyPenalized(rate_weight=1e-3, init_bits=5, filters=(3,)),  # issue 16: entropy-coded training
     nc.MagnitudePrune(sparsity=0.6),
     nc.MagnitudePrune(sparsity=0.7, scope="global", targets=nc.Select(exclude=("0",))),
     nc.RandomPrune(sparsity=0.5, seed=1),

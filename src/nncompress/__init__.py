@@ -27,6 +27,7 @@ from .quant.floating import FormatQuant
 from .quant.fold import fold_batchnorm_
 from .quant.fp8_training import FP8Training
 from .quant.granularity import PerChannel, PerGroup, PerTensor
+from .quant.entropy_penalized import EntropyPenalized
 from .quant.kmeans import KMeansQuant
 from .quant.lqnet import LQNet
 from .quant.lsq import LSQ
@@ -47,7 +48,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
 
 __all__ = ["METHODS", "BNN", "BWN", "BinaryConnect", "ChannelPrune", "ColumnPrune", "CompositionError", "Context",
-           "DiffQ", "DynamicQuant", "FP8Training", "FormatQuant", "GroupLassoPrune", "InputChannelPrune",
+           "DiffQ", "DynamicQuant", "EntropyPenalized", "FP8Training", "FormatQuant", "GroupLassoPrune", "InputChannelPrune",
            "KMeansQuant", "LQNet", "LSQ", "LinearQuant", "MagnitudePrune", "Method", "NIPQ", "NMPrune",
            "NetworkSlimming", "PACT", "PerChannel", "PerGroup", "PerTensor", "RandomPrune", "STEQuant", "Select",
            "SmoothQuant", "SoftWeightSharing", "SparsityPrune", "SplitAttention", "TTQ", "TWN", "ThresholdPrune",

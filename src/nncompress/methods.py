@@ -14,8 +14,8 @@ from typing import Any
 
 from .config import Method, Select, check_pattern
 from .prune import group_lasso, nm, slimming, structured, unstructured  # noqa: F401
-from .quant import (binary, floating, fp8_training, kmeans, lqnet, lsq, mixed_precision, pact, ptq, qat,  # noqa: F401
-                    smooth, soft_sharing, ternary)
+from .quant import (binary, entropy_penalized, floating, fp8_training, kmeans, lqnet, lsq,  # noqa: F401
+                    mixed_precision, pact, ptq, qat, smooth, soft_sharing, ternary)
 from .registry import METHODS
 from .validate import UserError, did_you_mean, unknown_name_error
 
