@@ -82,3 +82,31 @@ def test_cli_zeroskip_writes_json(tmp_path):
     assert fc1["dense_cycles"] == fc1["cycles"] == 38 * 64  # 300 rows on 8-row tiles, K = 64 (8x8 digits), N = 1
     bad = CliRunner().invoke(app, ["zeroskip", "lenet300", "--array", "8"])
     assert bad.exit_code != 0
+
+
+def test_cli_column_sparsity_prunes_before_counting(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from nncompress.cli import app
+
+    path = tmp_path / "z.json"
+    result = CliRunner().invoke(app, ["zeroskip", "lenet5", "--column-sparsity", "0.5", "--exclude", "conv1",
+                                      "--json", str(path)])
+    assert result.exit_code == 0, result.output
+    layers = {r["name"]: r for r in json.loads(path.read_text())["layers"]}
+    assert layers["conv1"]["zero_columns"] == 0 and layers["conv1"]["cycles"] == layers["conv1"]["dense_cycles"]
+    for name in ("conv2", "fc1", "fc2"):  # half of every other layer's columns: half the cycles on a 4x4 array
+        assert layers[name]["zero_columns"] == 0.5
+        assert layers[name]["cycles"] * 2 == layers[name]["dense_cycles"]
+    assert layers["total"]["cycles"] < layers["total"]["dense_cycles"]
+
+
+def test_cli_says_a_fresh_zoo_model_has_no_zero_columns_and_checks_its_options(main):
+    code, _, err = main("zeroskip", "lenet300")
+    assert code == 0 and "fresh zoo model without zero columns" in " ".join(err.split())
+    for args, message in ((["--column-sparsity", "1.5"], "--column-sparsity=1.5 is outside"),
+                          (["--exclude", "fc1"], "give --column-sparsity too")):
+        code, _, err = main("zeroskip", "lenet300", *args)
+        assert code == 2 and message in " ".join(err.split()), err

@@ -2,13 +2,14 @@
 lecture's zero-skipping outer-product PE array (`hardware/zeroskip.py`)."""
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
-from ..validate import UserError
-from .common import DataDirOpt, DatasetOpt, DownloadOpt, JsonOpt, ModelArg, app, emit_json, out
+from ..validate import UserError, check_fraction
+from .common import (DataDirOpt, DatasetOpt, DownloadOpt, ExcludeOpt, JsonOpt, ModelArg, app, console, emit_json,
+                     out)
 
 
 def parse_array(text: str) -> tuple[int, int]:
@@ -23,9 +24,12 @@ def parse_array(text: str) -> tuple[int, int]:
 def zeroskip(model: ModelArg, dataset: DatasetOpt = "digits", data_dir: DataDirOpt = None, download: DownloadOpt = False,
              array: Annotated[str, typer.Option("--array", help="PE array ROWSxCOLUMNS")] = "4x4",
              batch: Annotated[int, typer.Option("--batch", min=1, max=4096, help="inputs per run (N grows with it)")] = 1,
+             column_sparsity: Annotated[Optional[float], typer.Option(help="first prune this fraction of every layer's im2col columns (lowest sum |w|, ColumnPrune, no fine-tuning: cycles depend only on which columns are zero), in [0, 1)")] = None,
+             exclude: ExcludeOpt = None,
              json_path: JsonOpt = None) -> None:
     """Per-layer cycles with and without zero-column skipping, weight / activation reads and PE
-    utilisation on an R x C outer-product array (Yoo's lecture: 4 cycles -> 3 when 1 of 4 columns is pruned)."""
+    utilisation on an R x C outer-product array (Yoo's lecture: 4 cycles -> 3 when 1 of 4 columns is pruned).
+    Give a column-pruned file (nncompress prune MODEL --structure column -o FILE) or --column-sparsity."""
     import torch
 
     from ..api import resolve_model
@@ -33,8 +37,18 @@ def zeroskip(model: ModelArg, dataset: DatasetOpt = "digits", data_dir: DataDirO
     from ..zoo import load_dataset
 
     shape = check_array(parse_array(array))
+    if exclude and column_sparsity is None:
+        raise UserError("--exclude names layers to leave out of --column-sparsity; give --column-sparsity too")
+    if column_sparsity is not None:
+        check_fraction("--column-sparsity", column_sparsity)
     data = load_dataset(dataset, data_dir, download=download)
-    net, arch, _ = resolve_model(model, data)
+    net, arch, trained = resolve_model(model, data)
+    if column_sparsity is not None:
+        prune_columns_(net, column_sparsity, exclude or ())
+    elif not trained:
+        console.print(f"note: {arch} is a fresh zoo model without zero columns, so every layer runs dense; give a "
+                      f"column-pruned file (nncompress prune {arch} --structure column -o FILE) or --column-sparsity",
+                      highlight=False)
     rows = model_zero_skip(net, torch.zeros(batch, *data.in_shape), array=shape)
     table = Table(title=f"{arch}: zero-skipping on a {shape[0]}x{shape[1]} PE array, batch {batch}")
     for col in ("layer", "W (M x K)", "N", "zero cols", "dense cycles", "cycles", "speed-up", "W reads", "I reads",
@@ -46,4 +60,15 @@ def zeroskip(model: ModelArg, dataset: DatasetOpt = "digits", data_dir: DataDirO
                       f"{r.weight_reads:,}", f"{r.activation_reads:,}", f"{100 * r.utilisation:.1f}%")
     out.print(table)
     emit_json(json_path, {"model": model, "arch": arch, "array": list(shape), "batch": batch,
+                          "column_sparsity": column_sparsity, "exclude": list(exclude or ()),
                           "layers": [r.as_dict() for r in rows]})
+
+
+def prune_columns_(net, sparsity: float, exclude) -> None:
+    """Zero the `sparsity` fraction of each targeted layer's im2col columns with the lowest sum |w|
+    (the lecture's column pruning, `prune.structured.ColumnPrune`)."""
+    from ..api import apply_
+    from ..config import Select
+    from ..prune.structured import ColumnPrune
+
+    apply_(net, ColumnPrune(sparsity=sparsity, targets=Select(exclude=tuple(exclude))))
