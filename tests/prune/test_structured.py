@@ -202,6 +202,35 @@ def test_prune_cli_channel_structure_shrinks(main, saved_lenet5, tmp_path):
     assert "MAC reduction" in stdout
 
 
+def test_prune_cli_nm_permutes_by_default_and_prints_kept_magnitude(main, saved_lenet5, tmp_path):
+    report = tmp_path / "r.json"
+    code, stdout, stderr = main("prune", saved_lenet5, "--structure", "nm", "--exclude", "conv1",
+                                "--finetune-epochs", "0", "--json", str(report))
+    assert code == 0, stderr
+    r = json.loads(report.read_text())
+    assert r["method"]["permute"] is True and r["densities"]["conv2"] == r["densities"]["fc2"] == 0.5
+    permutations = r["steps"][0]["permutations"]
+    assert all(p["permuted"] >= p["identity"] for p in permutations.values())
+    assert "kept |w|, identity" in stdout and "producer conv1" in stdout
+    assert r["after"]["nonzero_macs"] < r["after"]["macs"] == r["before"]["macs"]
+    code, _, stderr = main("prune", saved_lenet5, "--structure", "nm", "--exclude", "conv1", "--set", "permute=false",
+                           "--finetune-epochs", "0", "--json", str(report))
+    assert code == 0, stderr
+    r = json.loads(report.read_text())
+    assert r["method"]["permute"] is False and r["steps"][0]["permutations"] == {}
+
+
+def test_prune_cli_column_structure_reports_densities_and_nonzero_macs(main, saved_lenet5, tmp_path):
+    report = tmp_path / "r.json"
+    code, stdout, stderr = main("prune", saved_lenet5, "--structure", "column", "--sparsity", "0.5", "--exclude",
+                                "conv1", "--schedule", "oneshot", "--finetune-epochs", "0", "--json", str(report))
+    assert code == 0, stderr
+    r = json.loads(report.read_text())
+    assert r["densities"]["conv1"] == 1.0 and r["densities"]["fc2"] == 0.5
+    assert r["after"]["nonzero_macs"] < r["before"]["nonzero_macs"] == r["before"]["macs"]
+    assert "weight density" in stdout and "non-zero weight" in " ".join(stdout.split())
+
+
 @pytest.mark.parametrize("args, message", [
     (("--structure", "rows"), "--structure 'rows' must be one of: channel, column, group, nm"),
     (("--structure", "channel", "--method", "threshold"), "--structure channel runs --method channel"),

@@ -30,7 +30,7 @@ def prune(model: ModelArg = "lenet300", dataset: DatasetOpt = "digits", data_dir
           lr_factor: Annotated[Optional[float], typer.Option(help="retraining LR / original LR (default 0.1)")] = None,
           seed: Annotated[int, typer.Option(help="random seed")] = 0,
           out_path: Annotated[Optional[Path], typer.Option("--out", "-o", help="save pruned weights")] = None,
-          structure: Annotated[Optional[str], typer.Option(help="structured pruning: channel (filters, residual-aware), column (im2col columns), group (group lasso) or nm (N:M, e.g. 2:4); sets --method")] = None,
+          structure: Annotated[Optional[str], typer.Option(help="structured pruning: channel (filters, residual-aware), column (im2col columns), group (group lasso) or nm (N:M, 2:4 by default, --set n=1 --set m=4 for others; input channels permuted first, --set permute=false to skip); sets --method")] = None,
           shrink: Annotated[bool, typer.Option("--shrink", help="remove pruned channels physically: a smaller dense model (the MACs and params reported after)")] = False,
           sparsify_epochs: Annotated[int, typer.Option(min=0, help="--structure group: epochs of training with the group-lasso penalty before pruning")] = 0,
           round_to: Annotated[Optional[int], typer.Option(min=1, help="--structure channel: keep a multiple of N channels in every group (e.g. 16: AVX-512 kernels block channels by 16), so the shrunk model runs as fast as its MACs promise")] = None,
@@ -63,6 +63,8 @@ def prune(model: ModelArg = "lenet300", dataset: DatasetOpt = "digits", data_dir
                    targets={"exclude": list(exclude)} if exclude else None)
     by_threshold = any(s.startswith("threshold=") for s in set_fields or ())
     defaults = {"sparsity": 0.5 if structure else 0.9, "quality": 1.0} if not by_threshold else {"quality": 1.0}
+    if structure == "nm":  # 2:4 with Pool & Yu's channel permutation unless --set permute=false
+        defaults["permute"] = True
     if headline:
         defaults.update({k: v for k, v in settings.method.items() if k != "method"})
     pruner = build_method(method, "prune", flags, set_fields, defaults=defaults)

@@ -17,14 +17,35 @@ STRUCTURE_METHODS = {"channel": "channel", "column": "column", "group": "group_l
 
 
 def structured_table(result: dict, title: str) -> Table:
-    """Accuracy, parameters and MACs before / after, and channels kept per dependency group."""
+    """Accuracy, parameters, MACs and MACs with a non-zero weight, before / after."""
     table = Table(title=title)
-    for col in ("", "test accuracy", "params", "MACs"):
+    for col in ("", "test accuracy", "params", "MACs", "MACs, non-zero weights"):
         table.add_column(col, justify="left" if not col else "right")
     for key in ("before", "after"):
         r = result[key]
         label = "dense" if key == "before" else ("pruned + shrunk" if result["shrunk"] else "pruned (masked)")
-        table.add_row(label, f"{r['accuracy']:.4f}", f"{r['params']:,}", f"{r['macs']:,}")
+        table.add_row(label, f"{r['accuracy']:.4f}", f"{r['params']:,}", f"{r['macs']:,}", f"{r['nonzero_macs']:,}")
+    return table
+
+
+def layers_table(result: dict) -> Table:
+    """Per layer: weight density and, for N:M with permutation, the |w| 2:4 keeps with the identity
+    and the permuted channel order (Pool & Yu 2021) and why a layer kept the identity."""
+    permutations = next((s.get("permutations") for s in result["steps"] if s.get("permutations")), {})
+    table = Table(title="per layer" + (": kept |w| under N:M, identity vs permuted input channels" if permutations else ""))
+    columns = ["layer", "weight density"] + (["kept |w|, identity", "permuted", "gain", "permutation"] if permutations else [])
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("layer", "permutation") else "right")
+    for name, density in result["densities"].items():
+        row = [name, f"{density:.3f}"]
+        p = permutations.get(name)
+        if p is not None:
+            row += [f"{p['identity'] / p['total']:.2%}", f"{p['permuted'] / p['total']:.2%}",
+                    f"{p['permuted'] / p['identity'] - 1:+.2%}" if p["identity"] else "",
+                    f"producer {p['producer']}" if "producer" in p else p.get("reason", "")]
+        elif permutations:
+            row += ["", "", "", "not N:M pruned"]
+        table.add_row(*row)
     return table
 
 
@@ -38,10 +59,16 @@ def groups_table(result: dict) -> Table:
 
 
 def print_structured(result: dict, title: str) -> None:
+    """The summary; the dependency groups where a channel can go (shrinking removes them); the
+    per-layer densities of the finer structures (columns, groups, N:M)."""
     out.print(structured_table(result, title))
-    if result["groups"]:
+    if any(g["kept"] < g["channels"] for g in result["groups"]):
         out.print(groups_table(result))
-    out.print(f"MAC reduction {result['mac_reduction']:.2f}x")
+    if result["method"]["method"] not in ("channel", "slimming"):
+        out.print(layers_table(result))
+    after = result["after"]
+    out.print(f"MAC reduction {result['mac_reduction']:.2f}x; counting only MACs with a non-zero weight "
+              f"{result['before']['nonzero_macs'] / max(after['nonzero_macs'], 1):.2f}x")
 
 
 @app.command("slim")

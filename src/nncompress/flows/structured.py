@@ -8,7 +8,7 @@ from dataclasses import replace
 
 from torch import nn
 
-from ..analysis.metrics import count_params, total_macs
+from ..analysis.metrics import count_macs, count_params, total_macs
 from ..api import save_model
 from ..config import Method
 from ..prune.schedules import retrain_config
@@ -28,9 +28,16 @@ def sparsity_train(model: nn.Module, method: Method, dataset: Dataset, base: Tra
             regularizers=regularizers)
 
 
+def nonzero_macs(model: nn.Module, in_shape: tuple[int, ...]) -> int:
+    """MACs with a non-zero weight: each layer's MACs x its weight density (what hardware that skips
+    zero weights can get down to: 2:4 Sparse Tensor Cores, the zero-skipping array of `hardware/`)."""
+    densities = weight_densities(model)
+    return round(sum(macs * densities.get(name, 1.0) for name, macs in count_macs(model, in_shape).items()))
+
+
 def _measure(model: nn.Module, dataset: Dataset) -> dict:
     return {"accuracy": evaluate(model, dataset.test_loader())["accuracy"], "params": count_params(model),
-            "macs": total_macs(model, dataset.in_shape)}
+            "macs": total_macs(model, dataset.in_shape), "nonzero_macs": nonzero_macs(model, dataset.in_shape)}
 
 
 def _finish(model: nn.Module, dataset: Dataset, shrink: bool, result: dict) -> dict:
