@@ -1,5 +1,6 @@
 """BinaryConnect, BNN, BWN and XNOR-Net (quant/binary.py): closed forms, STE gradients, stochastic
 frequencies, the clipped update, and 1-bit storage in real bytes."""
+import copy
 import math
 
 import pytest
@@ -10,7 +11,8 @@ import nncompress as nc
 from nncompress.config import Context
 from nncompress.parametrize import transforms
 from nncompress.quant.binary import (BNN, BWN, BinaryActivation, BinaryConnect, BinaryWeight, XNORNet,
-                                     clip_latent_weights_, glorot_h, hard_sigmoid, sign_ste, stochastic_sign)
+                                     clip_latent_weights_, glorot_h, hard_sigmoid, reestimate_batchnorm_, sign_ste,
+                                     stochastic_sign)
 
 
 def test_bwn_alpha_is_the_l1_closed_form_and_minimises_the_error():
@@ -147,3 +149,69 @@ def test_nnc_container_stores_binary_and_ternary_weights_in_their_bits():
         assert size < 1000 * 1000 * bits // 8 + 8_000 + 4_096, (method, size)  # codes + scales / bias + header
         x = torch.randn(2, 1000)
         assert torch.equal(decode_model(nnc, nn.Sequential(nn.Linear(1000, 1000)))(x), net(x))
+
+
+def _conv_bn_net() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.Dropout(0.5),
+                         nn.Conv2d(6, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(8, 3))
+
+
+def _deterministic_stats(net: nn.Module, batches: list) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each BatchNorm's mean over `batches` of the batch mean / unbiased variance of its input, for the
+    eval-mode network (sign weights, no dropout) whose BatchNorms normalise with batch statistics:
+    what its running statistics should hold."""
+    net = copy.deepcopy(net)
+    norms = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    for norm in norms:  # eval mode without running statistics: torch normalises with the batch's
+        norm.track_running_stats, norm.running_mean, norm.running_var = False, None, None
+    seen: dict[nn.Module, list] = {m: [] for m in norms}
+    hooks = [m.register_forward_pre_hook(lambda m, args: seen[m].append(args[0])) for m in norms]
+    net.eval()
+    with torch.no_grad():
+        for x, _ in batches:
+            net(x)
+    for hook in hooks:
+        hook.remove()
+    return [(torch.stack([x.mean((0, 2, 3)) for x in seen[m]]).mean(0),
+             torch.stack([x.transpose(0, 1).flatten(1).var(1) for x in seen[m]]).mean(0)) for m in norms]
+
+
+def test_reestimate_batchnorm_uses_the_evaluated_sign_network_and_restores_modes():
+    torch.manual_seed(0)
+    net = _conv_bn_net()
+    BinaryConnect(stochastic=True).apply(net, Context())
+    batches = [(torch.randn(16, 1, 6, 6), torch.zeros(16, dtype=torch.long)) for _ in range(3)]
+    net.train()
+    for x, _ in batches:  # running statistics of sampled networks, as training leaves them
+        net(x)
+    net[3].eval()  # a mixed state must come back as it was
+    expected = _deterministic_stats(net, batches)  # the sign(w) network's statistics (eval-mode pass)
+    net.train()
+    net[3].eval()
+    assert reestimate_batchnorm_(net, batches) == ["1", "5"]
+    for norm, (mean, var) in zip((net[1], net[5]), expected):
+        assert torch.allclose(norm.running_mean, mean, atol=1e-5) and torch.allclose(norm.running_var, var, atol=1e-5)
+        assert norm.momentum == 0.1 and norm.training
+    assert not net[3].training and transforms(net[0])[0].training
+    with pytest.raises(nc.UserError, match=r"got no batches: the statistics of 2 BatchNorm layer\(s\) \(1, 5\)"):
+        reestimate_batchnorm_(net, [])
+    assert torch.allclose(net[5].running_var, expected[1][1], atol=1e-5)  # left as they were
+
+
+def test_stochastic_binary_connect_is_evaluated_with_batchnorm_statistics_of_its_sign_network():
+    from nncompress.flows.binary import binarize_and_train
+    from nncompress.train import TrainConfig
+    from nncompress.zoo import Dataset
+
+    torch.manual_seed(0)
+    x, y = torch.randn(96, 1, 6, 6), torch.randint(0, 3, (96,))
+    data = Dataset("tiny", x[:64], y[:64], x[64:], y[64:], num_classes=3)
+    config = TrainConfig(epochs=1, lr=0.05)
+    for stochastic in (True, False):
+        net = _conv_bn_net()
+        binarize_and_train(net, BinaryConnect(stochastic=stochastic), data, config, batch_size=16)
+        expected = _deterministic_stats(net, list(zip(x[:64].split(16), y[:64].split(16))))
+        matches = [torch.allclose(n.running_mean, m, atol=1e-5) and torch.allclose(n.running_var, v, atol=1e-5)
+                   for n, (m, v) in zip((net[1], net[5]), expected)]
+        assert matches == [stochastic] * 2  # deterministic BinaryConnect keeps its training statistics

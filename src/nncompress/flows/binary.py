@@ -1,6 +1,8 @@
 """The `nncompress binarize` workflow: a trained float model -> a binary / ternary / LQ-Nets method ->
 fine-tuning through the straight-through estimator (BinaryConnect's clipped accumulators after every
-step) -> accuracy and real stored bytes (the converted model saved to a file, against the float one).
+step; stochastic BinaryConnect's BatchNorm statistics re-estimated for the sign(w) network it is
+evaluated and stored as) -> accuracy and real stored bytes (the converted model saved to a file,
+against the float one).
 """
 from __future__ import annotations
 
@@ -15,13 +17,15 @@ from torch import nn
 
 from ..api import save_model, training_config
 from ..config import Context, Method, run_method
-from ..quant.binary import BNN, BWN, BinaryConnect, XNORNet, clip_latent_weights_
+from ..quant.binary import (BNN, BWN, BinaryConnect, XNORNet, clip_latent_weights_, has_stochastic_weights,
+                            reestimate_batchnorm_)
 from ..quant.convert import convert_
 from ..quant.lqnet import LQNet
 from ..quant.ternary import TTQ, TWN
 from ..train import TrainConfig, evaluate, fit
 from ..validate import unknown_name_error
 from ..zoo import Dataset
+from ..zoo.loader import TensorLoader
 from .prune import calibration_batches, dense_model
 
 #: CLI names -> the method with the lecture's settings (`act_bits` / `stochastic` select variants).
@@ -51,11 +55,16 @@ def finetune_config(base: TrainConfig, epochs: int, seed: int) -> TrainConfig:
 def binarize_and_train(model: nn.Module, method: Method, dataset: Dataset, config: TrainConfig,
                        batch_size: int = 64) -> Context:
     """Apply `method` to `model` in place (calibrating on the first training images) and fine-tune
-    it, clipping BinaryConnect accumulators after every optimizer step; returns the context."""
+    it, clipping BinaryConnect accumulators after every optimizer step; when the model trains with
+    stochastic binary weights, its BatchNorm statistics are then re-estimated for the evaluated
+    sign(w) network on the training images (`reestimate_batchnorm_`). Returns the context."""
     ctx = Context(data=calibration_batches(dataset))
     run_method(model, method, ctx)
     fit(model, dataset.train_loader(batch_size, seed=config.seed), config,
         on_step=lambda step: clip_latent_weights_(model))
+    if has_stochastic_weights(model):
+        norms = reestimate_batchnorm_(model, TensorLoader(dataset.train_x, dataset.train_y, batch_size))
+        ctx.record(method, batchnorm_reestimated=norms, images=len(dataset.train_x))
     return ctx
 
 
