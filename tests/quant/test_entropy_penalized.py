@@ -57,7 +57,7 @@ def test_the_regularizer_is_lambda_times_the_rate_and_reaches_the_weights():
     assert net[0].weight.flatten().tolist() == pytest.approx([0.3, -0.3, 0.0, 0.0, 0.3, 0.0])  # 0.3 round(w / 0.3)
     with torch.no_grad():  # the hand logistic density: softplus(H) = 1, b = 0
         t.density.biases[0].zero_()
-        t.density.matrices[0].fill_(math.log(math.e - 1))
+        t.density.matrices[0].fill_(math.log(math.e - 1) / FactorizedDensity.LR_SCALE)
     net.eval()
     latents = torch.tensor([1.0, -1.0, 0.0, 0.0, 1.0, 0.0])
     p = [sigmoid(abs(v) + 0.5) - sigmoid(abs(v) - 0.5) for v in latents.tolist()]
