@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .analysis.metrics import count_nonzero, count_params, layer_stats, total_macs, weight_layers
-from .batches import ForwardFn, pack_batch, unpack_batch
+from .batches import ForwardFn, feed, pack_batch, unpack_batch
 from .config import Context, Method, run_method
 from .encode.container import read_nnc
 from .encode.model import decode_model
@@ -30,6 +30,7 @@ from .fileio import load_weights, read_metadata, save_weights
 from .load_checks import check_finite, check_metadata, check_zoo_size, first_few, not_zoo_error, zoo_description
 from .methods import method_from_dict
 from .parametrize import squash_  # noqa: F401  (re-exported)
+from .prune.shrink import resize_to_state_
 from .quant.fold import fold_batchnorm_
 from .train import TrainConfig, evaluate, fit, is_main_process
 from .validate import UserError
@@ -58,7 +59,10 @@ def save_model(model: nn.Module, path: str | os.PathLike, *, recipe: Sequence[Me
     `fold_batchnorm`); whether `convert_` ran is detected and recorded. `example`: one small batch of
     your data, in any shape `batches.py` feeds; it is stored in the file so `load_model` can replay a
     calibrating recipe without being given one (two rows are enough). `arch` / `in_shape` /
-    `num_classes`: a zoo model, which `load_model` rebuilds by itself. `meta`: any JSON-able extras.
+    `num_classes`: a zoo model, which `load_model` rebuilds by itself. `meta`: any JSON-able extras;
+    `shrunk=True` marks a model `prune.shrink.shrink_` made smaller: `load_model` builds the full
+    architecture, gives its Conv / Linear / BatchNorm layers the stored (smaller) shapes, loads, and
+    checks one forward pass.
     """
     int8 = [name for name, m in model.named_modules() if getattr(type(m), "int8_kernel", False)]
     if int8:
@@ -66,6 +70,11 @@ def save_model(model: nn.Module, path: str | os.PathLike, *, recipe: Sequence[Me
                         "only; save the converted model before to_int8_, and call to_int8_ again after load_model")
     header: dict[str, Any] = {**meta, **_zoo_meta(arch, in_shape, num_classes)}
     converted = _is_converted(model)
+    if header.get("shrunk") is not None and not isinstance(header["shrunk"], bool):
+        raise UserError(f"save_model: shrunk={header['shrunk']!r} must be True (shrink_ ran) or False")
+    if header.get("shrunk") and converted:
+        raise UserError("save_model: a shrunk and converted model cannot be rebuilt from a file; save the shrunk float "
+                        "(or fake-quantized) model, or convert after load_model")
     if converted and not recipe:
         raise UserError("the model was converted (convert_) but save_model got no recipe: pass "
                         "recipe=[the methods applied, in order] so load_model can rebuild its structure")
@@ -144,11 +153,27 @@ def load_model(path: str | os.PathLike, model: nn.Module | Callable[[], nn.Modul
     state = {k: v for k, v in state.items() if k.split(".")[0] != EXAMPLE_PREFIX}
     state.update({key: state[source] for key, source in meta.get("tied", {}).items()})
     net = _model_to_restore(path, meta, model)
+    if meta.get("shrunk"):  # shrink_ removed channels: the built model takes the stored shapes
+        resize_to_state_(net, state)
+    batch = example if example is not None else stored_example if stored_example is not None else _zoo_probe(meta)
     if "recipe" in meta:
-        batch = example if example is not None else stored_example if stored_example is not None else _zoo_probe(meta)
         replay_recipe_(net, meta["recipe"], None if batch is None else [batch], forward_fn=forward_fn)
     _load_state(net, state, path, meta)
+    if meta.get("shrunk") and batch is not None:
+        _check_runs(net, batch, path, forward_fn)
     return net, meta
+
+
+def _check_runs(model: nn.Module, batch: Any, path: str | os.PathLike, forward_fn: ForwardFn | None) -> None:
+    """A shrunk model's stored shapes must fit together: one forward pass of `batch`, as a UserError."""
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            feed(model.eval(), batch, forward_fn)
+    except RuntimeError as err:
+        raise UserError(f"{str(path)!r}: the shrunk model's stored channel counts do not fit together ({err})") from None
+    finally:
+        model.train(was_training)
 
 
 def _stored_example(state: dict[str, torch.Tensor], meta: dict, path: str | os.PathLike) -> Any:

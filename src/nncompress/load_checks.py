@@ -43,10 +43,14 @@ def check_metadata(meta: dict, path: str | os.PathLike, *, zoo: bool) -> None:
     tied = meta.get("tied", {})
     if not (isinstance(tied, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in tied.items())):
         raise UserError(f"{where}: field 'tied' must be an object of tensor name -> tensor name")
+    if not isinstance(meta.get("shrunk", False), bool):
+        raise UserError(f"{where}: field 'shrunk'={str(meta['shrunk'])[:80]} must be true or false")
     if "example" in meta and not isinstance(meta["example"], dict):
         raise UserError(f"{where}: field 'example' must be an object (a packed batch)")
     if "recipe" in meta:
         _check_recipe(meta["recipe"], where)
+        if meta.get("shrunk") and meta["recipe"].get("converted"):
+            raise UserError(f"{where}: a shrunk model cannot also be converted (save_model refuses to write one)")
 
 
 def _check_recipe(recipe: Any, where: str) -> None:
@@ -76,7 +80,7 @@ def check_zoo_size(meta: dict, path: str | os.PathLike) -> None:
                         f"takes {need} bytes, more than a {Path(path).stat().st_size}-byte file can hold; nothing was built")
     converted = isinstance(meta.get("recipe"), dict) and meta["recipe"].get("converted") is True
     declared = _declared_shapes(path)
-    clashes = [k for k, shape in shapes.items() if not _fits_stored(declared, k, shape, converted)]
+    clashes = [k for k, shape in shapes.items() if not _fits_stored(declared, k, shape, converted, meta.get("shrunk") is True)]
     if clashes:
         raise UserError(f"{str(path)!r} metadata: a {arch} of in_shape {list(in_shape)} and {num_classes} classes does "
                         f"not fit the stored tensors ({first_few(clashes)}); nothing was built")
@@ -91,14 +95,19 @@ def _declared_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
         raise UserError(f"{str(path)!r} is not a valid nncompress safetensors file: {err}") from err
 
 
-def _fits_stored(declared: dict[str, tuple[int, ...]], key: str, shape: tuple[int, ...], converted: bool) -> bool:
+def _fits_stored(declared: dict[str, tuple[int, ...]], key: str, shape: tuple[int, ...], converted: bool,
+                 shrunk: bool = False) -> bool:
     """Whether the file's tensor for state key `key` (or its parametrized original) can hold a zoo
     tensor of `shape`; True when the file holds neither. A converted model packs its codes (shapes
     differ by design; the codes may sit in the original or in the chain's buffers), but never in
     fewer elements than one bit per weight needs, so fewer than that are a clash:
-    an edited `num_classes` cannot make `load_model` build and calibrate a model the file cannot fill."""
+    an edited `num_classes` cannot make `load_model` build and calibrate a model the file cannot fill.
+    A shrunk model (`shrink_` removed channels) stores tensors of the same rank, no size larger."""
     module, _, name = key.rpartition(".")
     original = f"{module}.parametrizations.{name}.original" if module else f"parametrizations.{name}.original"
+    stored = declared.get(key, declared.get(original))
+    if shrunk and stored is not None:
+        return len(stored) == len(shape) and all(1 <= s <= b for s, b in zip(stored, shape))
     if key in declared:
         return declared[key] == shape
     if original not in declared:

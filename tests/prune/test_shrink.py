@@ -142,3 +142,45 @@ def test_a_constant_shift_keeps_its_channels():
     scaled = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
     nc.prune_(scaled, ChannelPrune(sparsity=0.5), data=[x])
     assert int((scaled[0].weight == 0).all(1).sum()) == 3
+
+
+@pytest.mark.parametrize("arch", ["resnet20", "mobilenetv2_small"])
+def test_a_saved_shrunk_model_loads_at_its_smaller_shapes(arch, tmp_path):
+    torch.manual_seed(0)
+    model = trained_like(build_model(arch, SHAPE, 10))
+    x = torch.randn(4, *SHAPE)
+    nc.prune_(model, ChannelPrune(sparsity=0.5), data=[x])
+    shrink_(model, x)
+    model.eval()
+    path = nc.save_model(model, tmp_path / "s.safetensors", arch=arch, in_shape=SHAPE, num_classes=10,
+                         example=x[:2], shrunk=True)
+    loaded, meta = nc.load_model(path)
+    assert meta["shrunk"] is True and count_params(loaded) == count_params(model)
+    assert torch.equal(loaded.eval()(x), model(x))
+    with pytest.raises(UserError, match="does not fit"):  # without the flag the zoo shapes are expected
+        nc.load_model(nc.save_model(model, tmp_path / "plain.safetensors", arch=arch, in_shape=SHAPE, num_classes=10))
+
+
+def test_a_shrunk_file_may_only_lose_channels_and_must_fit_together(tmp_path):
+    from nncompress.fileio import load_weights, save_weights
+
+    torch.manual_seed(0)
+    net = lambda: nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3))  # noqa: E731
+    model = trained_like(net())
+    x = torch.randn(2, 1, 8, 8)
+    nc.prune_(model, ChannelPrune(sparsity=0.5), data=[x])
+    shrink_(model, x)
+    path = nc.save_model(model, tmp_path / "s.safetensors", example=x, shrunk=True)
+    loaded, _ = nc.load_model(path, net)
+    assert loaded[0].out_channels == loaded[1].num_features == loaded[3].in_channels == 4
+    state, meta = load_weights(path)
+    grown = {**state, "0.weight": torch.zeros(9, 1, 3, 3)}
+    save_weights(tmp_path / "grown.safetensors", grown, meta)
+    with pytest.raises(UserError, match=r"layer '0' weight is stored as \[9, 1, 3, 3\]"):
+        nc.load_model(tmp_path / "grown.safetensors", net)
+    clash = {**state, "3.weight": torch.zeros(4, 3, 3, 3)}  # conv 3 reads 3 channels, BatchNorm gives 4
+    save_weights(tmp_path / "clash.safetensors", clash, meta)
+    with pytest.raises(UserError, match="channel counts do not fit together"):
+        nc.load_model(tmp_path / "clash.safetensors", net)
+    with pytest.raises(UserError, match="shrunk=1 must be True"):
+        nc.save_model(model, tmp_path / "bad.safetensors", shrunk=1)

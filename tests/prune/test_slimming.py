@@ -97,9 +97,11 @@ def test_slim_cli_reports_before_and_after(main, tmp_path, digits):
                          in_shape=digits.in_shape, num_classes=10)
     report = tmp_path / "s.json"
     code, stdout, stderr = main("slim", str(path), "--sparsity", "0.5", "--sparsify-epochs", "1", "--finetune-epochs", "0",
-                                "--json", str(report))
+                                "--json", str(report), "-o", str(tmp_path / "slim.safetensors"))
     assert code == 0, stderr
     r = json.loads(report.read_text())
     assert r["steps"][0]["channels_pruned"] == 224 and r["steps"][0]["channels"] == 448  # 32+32+64+64+128+128
     assert sum(g["kept"] for g in r["groups"]) == 224 and r["after"]["macs"] < r["before"]["macs"]
     assert "slimmed" in stdout
+    loaded, meta = nc.load_model(tmp_path / "slim.safetensors")  # the shrunk model, at its smaller shapes
+    assert meta["shrunk"] and sum(p.numel() for p in loaded.parameters()) == r["after"]["params"]

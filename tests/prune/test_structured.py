@@ -202,6 +202,18 @@ def test_prune_cli_channel_structure_shrinks(main, saved_lenet5, tmp_path):
     assert "MAC reduction" in stdout
 
 
+def test_prune_cli_shrink_out_saves_the_shrunk_model(main, saved_lenet5, tmp_path, digits):
+    out = tmp_path / "small.safetensors"
+    code, _, stderr = main("prune", saved_lenet5, "--structure", "channel", "--sparsity", "0.5", "--shrink",
+                           "--schedule", "oneshot", "--finetune-epochs", "0", "-o", str(out))
+    assert code == 0, stderr
+    assert "wrote the shrunk model" in " ".join(stderr.split())
+    loaded, meta = nc.load_model(out)
+    assert meta["shrunk"] is True and (loaded.conv1.out_channels, loaded.fc1.out_features) == (10, 250)
+    code, stdout, stderr = main("evaluate", str(out), "-d", "digits")
+    assert code == 0, stderr
+
+
 def test_prune_cli_nm_permutes_by_default_and_prints_kept_magnitude(main, saved_lenet5, tmp_path):
     report = tmp_path / "r.json"
     code, stdout, stderr = main("prune", saved_lenet5, "--structure", "nm", "--exclude", "conv1",

@@ -2,6 +2,7 @@
 `prune --structure ...` command prints."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -9,8 +10,8 @@ from rich.table import Table
 
 from ..validate import check_fraction
 from ..zoo import load_dataset
-from .common import (DataDirOpt, DatasetOpt, DownloadOpt, JsonOpt, ModelArg, app, build_method, emit_json,
-                     method_label, out)
+from .common import (DataDirOpt, DatasetOpt, DownloadOpt, JsonOpt, ModelArg, app, build_method, check_out_path,
+                     console, emit_json, method_label, out)
 
 #: --structure of `nncompress prune` -> the registered method it runs
 STRUCTURE_METHODS = {"channel": "channel", "column": "column", "group": "group_lasso", "nm": "nm"}
@@ -81,19 +82,22 @@ def slim(model: ModelArg = "vgg_small", dataset: DatasetOpt = "digits", data_dir
          finetune_epochs: Annotated[int, typer.Option(min=0, help="fine-tuning epochs after pruning, at 1/10 the LR")] = 3,
          shrink: Annotated[bool, typer.Option("--shrink/--no-shrink", help="remove the pruned channels physically")] = True,
          seed: Annotated[int, typer.Option(help="random seed")] = 0,
+         out_path: Annotated[Optional[Path], typer.Option("--out", "-o", help="save the slimmed model (.safetensors; shrunk unless --no-shrink)")] = None,
          json_path: JsonOpt = None) -> None:
     """Network slimming (Liu et al. 2017): L1 on BatchNorm scales, prune the smallest |gamma|, fine-tune, shrink."""
     from ..flows.structured import slim_model
 
     check_fraction("--sparsity", sparsity)
+    check_out_path(out_path, "--out")
     method = build_method("slimming", "prune", {"sparsity": sparsity, "penalty": penalty, "scope": scope}, None)
     data = load_dataset(dataset, data_dir, download=download)
     _, result = slim_model(model, data, method, sparsify_epochs=sparsify_epochs, finetune_epochs=finetune_epochs,
-                           seed=seed, shrink=shrink)
+                           seed=seed, shrink=shrink, out=str(out_path) if out_path else None)
     print_structured(result, f"{result['model']} slimmed ({sparsity:.0%} of channels, s={penalty:g})")
     out.print(f"accuracy: dense {result['before']['accuracy']:.4f}  after sparsity training "
               f"{result['sparsity_trained_accuracy']:.4f}  pruned {result['pruned_accuracy']:.4f}  "
               f"fine-tuned {result['after']['accuracy']:.4f}")
+    print_saved(result)
     emit_json(json_path, result)
 
 
@@ -107,4 +111,11 @@ def run_structured_prune(model: str, data, pruner, *, schedule: str, rounds: int
                                  lr_factor=lr_factor, sparsify_epochs=sparsify_epochs, seed=seed, shrink=shrink,
                                  out=out_path)
     print_structured(result, f"{result['model']} pruned ({method_label(pruner)}, {schedule})")
+    print_saved(result)
     emit_json(json_path, result)
+
+
+def print_saved(result: dict) -> None:
+    if "out" in result:
+        what = "the shrunk model" if result["shrunk"] else "the pruned (masked) model"
+        console.print(f"wrote {what} to {result['out']} (reload with nncompress evaluate / nc.load_model)")

@@ -40,8 +40,11 @@ def _measure(model: nn.Module, dataset: Dataset) -> dict:
             "macs": total_macs(model, dataset.in_shape), "nonzero_macs": nonzero_macs(model, dataset.in_shape)}
 
 
-def _finish(model: nn.Module, dataset: Dataset, shrink: bool, result: dict) -> dict:
-    """Shrink (optional) and add the after-figures and the per-group channel counts."""
+def _finish(model: nn.Module, dataset: Dataset, shrink: bool, result: dict, method: Method, arch: str,
+            out: str | None) -> dict:
+    """Shrink (optional), add the after-figures and the per-group channel counts, and save to `out`:
+    the shrunk model (`shrunk=True`: `load_model` rebuilds the zoo architecture at the stored, smaller
+    shapes), or the masked one with its recipe."""
     example = calibration_batches(dataset, 64, 64)[0][0]
     result["groups"] = shrink_summary(model, example)
     if shrink:
@@ -49,6 +52,10 @@ def _finish(model: nn.Module, dataset: Dataset, shrink: bool, result: dict) -> d
     result["shrunk"] = shrink
     result["after"] = _measure(model, dataset)
     result["mac_reduction"] = result["before"]["macs"] / max(result["after"]["macs"], 1)
+    if out:
+        save_model(model, out, recipe=[] if shrink else [method], arch=arch, in_shape=dataset.in_shape,
+                   num_classes=dataset.num_classes, dataset=dataset.name, example=example[:2], shrunk=shrink)
+        result["out"] = out
     return result
 
 
@@ -56,8 +63,8 @@ def structured_prune(spec: str, dataset: Dataset, method: Method, *, schedule: s
                      finetune_epochs: int = 5, lr_factor: float = 0.1, sparsify_epochs: int = 0, seed: int = 0,
                      shrink: bool = False, out: str | None = None) -> tuple[nn.Module, dict]:
     """Dense -> sparsity training (`sparsify_epochs` with the method's regularizers) -> prune on
-    `schedule` with fine-tuning -> shrink; the pruned weights are saved to `out` before shrinking
-    (a zoo architecture rebuilds that file)."""
+    `schedule` with fine-tuning -> shrink; saved to `out` (the shrunk model when `shrink`, else the
+    masked one with its recipe)."""
     model, arch, base = dense_model(spec, dataset, seed)
     result = {"model": arch, "dataset": dataset.name, "method": method.to_dict(), "schedule": schedule,
               "rounds": rounds, "finetune_epochs": finetune_epochs, "sparsify_epochs": sparsify_epochs, "seed": seed,
@@ -67,15 +74,12 @@ def structured_prune(spec: str, dataset: Dataset, method: Method, *, schedule: s
                             finetune_epochs=finetune_epochs, lr_factor=lr_factor)
     result["steps"] = ctx.report
     result["densities"] = weight_densities(model)
-    if out:
-        save_model(model, out, recipe=[method], arch=arch, in_shape=dataset.in_shape, num_classes=dataset.num_classes,
-                   dataset=dataset.name, example=calibration_batches(dataset, 2, 2)[0][0])
-    return model, _finish(model, dataset, shrink, result)
+    return model, _finish(model, dataset, shrink, result, method, arch, out)
 
 
 def slim_model(spec: str, dataset: Dataset, method: NetworkSlimming, *, sparsify_epochs: int = 5,
                finetune_epochs: int = 3, lr_factor: float = 0.1, seed: int = 0,
-               shrink: bool = True) -> tuple[nn.Module, dict]:
+               shrink: bool = True, out: str | None = None) -> tuple[nn.Module, dict]:
     """Network slimming (Liu et al. 2017): sparsity training with s * sum |gamma|, global |gamma|
     pruning, fine-tuning, shrinking; reports accuracy before pruning, right after and fine-tuned."""
     model, arch, base = dense_model(spec, dataset, seed)
@@ -88,4 +92,4 @@ def slim_model(spec: str, dataset: Dataset, method: NetworkSlimming, *, sparsify
     if finetune_epochs:
         fit(model, dataset.train_loader(64, seed=seed + 1000), retrain_config(base, finetune_epochs, lr_factor))
     result["steps"] = ctx.report
-    return model, _finish(model, dataset, shrink, result)
+    return model, _finish(model, dataset, shrink, result, method, arch, out)

@@ -131,3 +131,58 @@ def shrink_summary(model: nn.Module, example: Example) -> list[dict]:
     example = example if isinstance(example, tuple) else (example,)
     return [{"producers": g.producers, "channels": g.size, "kept": int((~removable_channels(model, g)).sum())}
             for g in channel_groups(model, example)]
+
+
+def _stored_shape(state: dict[str, torch.Tensor], name: str, tensor_name: str) -> tuple[int, ...] | None:
+    """The shape `state` holds for `<name>.<tensor_name>` (or its parametrized original)."""
+    prefix = f"{name}." if name else ""
+    for key in (f"{prefix}{tensor_name}", f"{prefix}parametrizations.{tensor_name}.original"):
+        if key in state:
+            return tuple(state[key].shape)
+    return None
+
+
+def _check_smaller(name: str, tensor_name: str, stored: tuple[int, ...], built: tuple[int, ...]) -> None:
+    if len(stored) != len(built) or not all(1 <= s <= b for s, b in zip(stored, built)):
+        raise UserError(f"shrunk model: layer {name!r} {tensor_name} is stored as {list(stored)}, but a shrunk "
+                        f"{list(built)} tensor can only lose channels (each size in 1 .. the built size, same rank)")
+
+
+def _resize_layer(module: nn.Module, name: str, shape: tuple[int, ...]) -> None:
+    """Set a Conv / Linear's channel counts to a stored weight `shape` (depthwise: groups too)."""
+    if isinstance(module, nn.Linear):
+        module.out_features, module.in_features = shape
+        return
+    depthwise = module.groups > 1 and module.groups == module.in_channels == module.out_channels
+    if module.groups > 1 and not (depthwise and shape[1] == 1):
+        raise UserError(f"shrunk model: layer {name!r} is a grouped convolution (groups={module.groups}); only "
+                        "depthwise convolutions are shrunk")
+    module.out_channels = shape[0]
+    module.in_channels = shape[0] if depthwise else shape[1] * module.groups
+    if depthwise:
+        module.groups = shape[0]
+
+
+def resize_to_state_(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    """Give every Conv / Linear / BatchNorm of a freshly built `model` the (smaller) shapes `state`
+    holds, so that `load_state_dict(state)` restores a model `shrink_` made (same layers, fewer
+    channels). The new tensors are uninitialised until the state is loaded. A stored tensor larger
+    than the built one, or of another rank, is a UserError naming the layer."""
+    for name, module in model.named_modules():
+        if not isinstance(module, (*CONVS, nn.Linear, *NORMS)):
+            continue
+        for tensor_name in ("weight", "bias", "running_mean", "running_var"):
+            built, stored = getattr(module, tensor_name, None), _stored_shape(state, name, tensor_name)
+            if built is None or stored is None or tuple(built.shape) == stored:
+                continue
+            _check_smaller(name, tensor_name, stored, tuple(built.shape))
+            if tensor_name == "weight" and not isinstance(module, NORMS):
+                _resize_layer(module, name, stored)
+            fresh = torch.empty(stored, dtype=built.dtype, device=built.device)
+            setattr(module, tensor_name, nn.Parameter(fresh, requires_grad=built.requires_grad)
+                    if isinstance(built, nn.Parameter) else fresh)
+        if isinstance(module, NORMS) and module.running_mean is not None:
+            module.num_features = module.running_mean.shape[0]
+        elif isinstance(module, NORMS) and module.weight is not None:
+            module.num_features = module.weight.shape[0]
+    return model
