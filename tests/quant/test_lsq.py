@@ -7,7 +7,8 @@ from torch import nn
 
 import nncompress as nc
 from nncompress.parametrize import transforms
-from nncompress.quant.lsq import LSQ, LSQActQuantizer, LSQWeight, grad_scale, initial_step, lsq_levels, lsq_quantize
+from nncompress.quant.lsq import (LSQ, LSQActQuantizer, LSQWeight, grad_scale, initial_step, lsq_levels, lsq_quantize,
+                                  mse_step)
 from nncompress.quant.granularity import PerChannel, PerTensor
 
 
@@ -112,8 +113,45 @@ def test_steps_train_and_layer_bits_override():
     assert all(not torch.equal(a, b.detach()) for a, b in zip(before, steps))
 
 
+def quant_error(v: torch.Tensor, step: torch.Tensor, q_n: int, q_p: int, dims=None) -> torch.Tensor:
+    sq = (torch.clamp(torch.round(v / step), -q_n, q_p) * step - v) ** 2
+    return sq.mean() if dims is None else sq.mean(dims, keepdim=True)
+
+
+@pytest.mark.parametrize("bits,signed", [(2, True), (3, True), (3, False), (4, False)])
+def test_mse_step_is_the_least_error_step_of_its_grid_per_channel(bits, signed):
+    torch.manual_seed(bits)
+    w = torch.randn(5, 40) * torch.tensor([0.1, 1, 3, 0.5, 0.01])[:, None]
+    w[2, 0] = 40.0  # an outlier: the least-error step clips it, the paper's start stretches toward it
+    if not signed:
+        w = w.abs()
+    q_n, q_p = lsq_levels(bits, signed)
+    step = mse_step(w, q_n, q_p, dims=(1,))
+    assert step.shape == (5, 1)
+    best = quant_error(w, step, q_n, q_p, (1,))
+    amax = w.abs().amax(1, keepdim=True)
+    for ratio in torch.arange(1, 101) / 100:  # every candidate of the search grid, and the paper's start
+        assert bool((best <= quant_error(w, amax * ratio / q_p, q_n, q_p, (1,)) + 1e-12).all())
+    assert bool((best <= quant_error(w, initial_step(w, q_p, (1,)), q_n, q_p, (1,))).all())
+    assert float(mse_step(torch.zeros(7), q_n, q_p)) == 1.0
+
+
+def test_mse_init_sets_weight_and_input_steps_from_the_least_error_grids():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    x = torch.randn(1024, 6)
+    x[0, 0] = 30.0
+    nc.apply_(net, LSQ(weight_bits=3, act_bits=3, init="mse"), data=[x])
+    first = net[0].input_quantizer
+    assert float(first.step.detach()) == pytest.approx(float(mse_step(x.flatten(), 4, 3)), rel=1e-6)
+    assert float(first.step.detach()) < float(x.abs().max()) / 3  # the outlier is clipped, not covered
+    weight = transforms(net[2])[0]
+    w = net[2].parametrizations.weight.original.detach()
+    torch.testing.assert_close(weight.step.detach(), mse_step(w, 4, 3, dims=(1,)))
+
+
 @pytest.mark.parametrize("field,kwargs", [("weight_bits", {"weight_bits": 1}), ("act_bits", {"act_bits": 17}),
-                                          ("granularity", {"granularity": "group"})])
+                                          ("granularity", {"granularity": "group"}), ("init", {"init": "minmax"})])
 def test_bad_fields_are_clear_errors(field, kwargs):
     with pytest.raises(nc.UserError, match=field):
         LSQ(**kwargs)

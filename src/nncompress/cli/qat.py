@@ -19,6 +19,7 @@ def qat(model: ModelArg = "lenet5", dataset: DatasetOpt = "digits", data_dir: Da
         weight_bits: Annotated[int, typer.Option(help="weight bits (2..8), symmetric per channel")] = 4,
         act_bits: Annotated[int, typer.Option(help="activation bits (2..8); 0 = weights only")] = 4,
         first_last_bits: Annotated[int, typer.Option(help="bits of the first and last layer (0 = same as the rest)")] = 8,
+        init: Annotated[Optional[str], typer.Option(help="LSQ only: how the steps start: lsq (the paper's 2<|v|>/sqrt(Q_P)) or mse (least quantization error)")] = None,
         epochs: Annotated[Optional[int], typer.Option(min=1, help="QAT fine-tuning epochs (default: a third of the float recipe)")] = None,
         lr_factor: Annotated[float, typer.Option(help="fine-tuning LR / the float recipe's LR")] = 0.1,
         freeze_threshold: Annotated[Optional[float], typer.Option(help="freeze LSQ weights whose oscillation frequency exceeds this (e.g. 0.02)")] = None,
@@ -46,7 +47,7 @@ def qat(model: ModelArg = "lenet5", dataset: DatasetOpt = "digits", data_dir: Da
     data = load_dataset(dataset, data_dir, download=download)
     float_model, arch, _ = dense_model(model, data, seed)
     quant = make_method(method, weight_bits, act_bits or None, model=float_model,
-                        first_last_bits=first_last_bits or None)
+                        first_last_bits=first_last_bits or None, init=init)
     ptq_accuracy = evaluate(quantize_copy(float_model.eval(), ptq_twin(quant), calibration_batches(data)),
                             data.test_loader())["accuracy"]
     _, _, report = qat_model(arch, data, quant, epochs=epochs, lr_factor=lr_factor, seed=seed, float_model=float_model,

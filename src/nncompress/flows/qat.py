@@ -32,9 +32,10 @@ from ..quant.oscillation import OscillationTracker, dampening_loss
 from ..quant.pact import PACT
 from ..quant.ptq import LinearQuant
 from ..quant.qat import STEQuant
-from ..train import TrainConfig, evaluate, fit
+from ..train import TrainConfig, evaluate
 from ..validate import UserError, check_choice
 from ..zoo import Dataset
+from .control import TrainingPhase
 from .prune import calibration_batches, dense_model
 
 QAT_METHODS = {"ste": STEQuant, "pact": PACT, "lsq": LSQ}
@@ -49,24 +50,39 @@ def edge_layers(model: nn.Module, method: Method | None = None) -> tuple[str, st
 
 
 def make_method(name: str, weight_bits: int, act_bits: int | None, *, model: nn.Module | None = None,
-                first_last_bits: int | None = 8, granularity: str = "channel", skip_bits: int | None = None) -> Method:
+                first_last_bits: int | None = 8, granularity: str = "channel", skip_bits: int | None = None,
+                init: str | None = None) -> Method:
     """A QAT method by name ("ste", "pact", "lsq"); with `model`, its first and last layers get
     `first_last_bits` (weights and inputs), as in the LSQ and PACT papers, and with `skip_bits` its
-    projection shortcuts get that many bits (the precision highway, quant/highway.py)."""
+    projection shortcuts get that many bits (the precision highway, quant/highway.py). `init`: how
+    LSQ's steps start ("lsq" or "mse", see quant/lsq.py; LSQ only)."""
     check_choice("method", name, tuple(QAT_METHODS))
+    if init is not None and name != "lsq":
+        raise UserError(f"init={init!r} applies to LSQ's learned steps only, not to method {name!r}")
     layer_bits = {}
     if model is not None and first_last_bits is not None:
         layer_bits = {n: first_last_bits for n in edge_layers(model)}
     if model is not None and skip_bits is not None:
         layer_bits.update(highway_layer_bits(model, skip_bits))
+    extra = {"init": init} if init is not None else {}
     return QAT_METHODS[name](weight_bits=weight_bits, act_bits=act_bits, granularity=granularity,
-                             layer_bits=layer_bits)
+                             layer_bits=layer_bits, **extra)
 
 
 def ptq_twin(method: Method) -> LinearQuant:
     """PTQ with the same bits and layers (LinearQuant, min-max): the baseline QAT must beat."""
     return LinearQuant(weight_bits=method.weight_bits, act_bits=method.act_bits, granularity=method.granularity,
                        layer_bits=dict(method.layer_bits), targets=method.targets)
+
+
+def qat_phase(base: TrainConfig, *, epochs: int | None = None, lr_factor: float = 0.1, seed: int = 0,
+              batch_size: int = 64) -> TrainingPhase:
+    """QAT's fine-tuning as a training phase: `epochs` (default: a third of the float recipe's) at
+    `lr_factor` x its learning rate, loader seed `seed` + 2000. `flows.control.same_budget_control`
+    replays it on the float model for the same-budget control (no quantizers)."""
+    config = replace(base, epochs=epochs if epochs is not None else max(base.epochs // 3, 1),
+                     lr=base.lr * lr_factor, seed=seed)
+    return TrainingPhase(config, seed + 2000, batch_size, "qat")
 
 
 def qat_finetune(model: nn.Module, method: Method, dataset: Dataset, config: TrainConfig, *, batch_size: int = 64,
@@ -85,9 +101,9 @@ def qat_finetune(model: nn.Module, method: Method, dataset: Dataset, config: Tra
             torch.save(tracker.state_dict(), osc_path)
 
     regularizers = list(method.regularizers(model)) + ([dampening_loss(dampen)] if dampen > 0 else [])
-    history = fit(model, dataset.train_loader(batch_size, seed=config.seed + 2000), config, on_step=tracker,
-                  on_epoch=on_epoch, regularizers=regularizers, checkpoint=checkpoint, resume=resume,
-                  progress=progress, log=lambda _msg: None)
+    phase = TrainingPhase(config, config.seed + 2000, batch_size, "qat")
+    history = phase.run(model, dataset, on_step=tracker, on_epoch=on_epoch, regularizers=regularizers,
+                        checkpoint=checkpoint, resume=resume, progress=progress, log=lambda _msg: None)
     return {"train_loss": history.train_loss, "seconds": history.seconds}, tracker
 
 
@@ -142,8 +158,7 @@ def qat_model(spec: str, dataset: Dataset, method: Method, *, epochs: int | None
     report = {"model": arch, "dataset": dataset.name, "method": method.to_dict(), "seed": seed,
               "folded_batchnorm": folded, "float_accuracy": evaluate(float_model, dataset.test_loader())["accuracy"],
               "initial_accuracy": evaluate(net, dataset.test_loader())["accuracy"], "skip_bits": skip_bits_report(net)}
-    config = replace(base, epochs=epochs if epochs is not None else max(base.epochs // 3, 1),
-                     lr=base.lr * lr_factor, seed=seed)
+    config = qat_phase(base, epochs=epochs, lr_factor=lr_factor, seed=seed, batch_size=batch_size).config
     trained, tracker = qat_finetune(net, method, dataset, config, batch_size=batch_size,
                                     freeze_threshold=freeze_threshold, dampen=dampen, checkpoint=checkpoint,
                                     resume=resume, progress=progress)

@@ -97,10 +97,15 @@ class TiedBiasQuant(BiasQuant):
 
 
 class _InputStats:
-    """Calibration statistics of one layer input: min, mean |x|, and features per sample."""
+    """Calibration statistics of one layer input: min, max, mean |x|, features per sample, and a
+    bounded random sample of the values (SAMPLE_PER_BATCH per batch, seeded) for MSE step searches."""
+
+    SAMPLE_PER_BATCH = 8192
 
     def __init__(self) -> None:
         self.min, self.max, self.abs_sum, self.count, self.features = float("inf"), float("-inf"), 0.0, 0, 0
+        self.samples: list[torch.Tensor] = []
+        self.generator = torch.Generator().manual_seed(0)
 
     def observe(self, x: torch.Tensor) -> None:
         x = x.detach().float()
@@ -108,14 +113,18 @@ class _InputStats:
         self.abs_sum += float(x.abs().sum())
         self.count += x.numel()
         self.features = x[0].numel() if x.dim() > 1 else x.numel()
+        flat = x.flatten()
+        if flat.numel() > self.SAMPLE_PER_BATCH:
+            flat = flat[torch.randint(flat.numel(), (self.SAMPLE_PER_BATCH,), generator=self.generator)]
+        self.samples.append(flat)
 
     def as_dict(self) -> dict:
         return {"min": self.min, "max": self.max, "mean_abs": torch.tensor(self.abs_sum / max(self.count, 1)),
-                "features": self.features}
+                "features": self.features, "sample": torch.cat(self.samples) if self.samples else torch.zeros(1)}
 
 
 def input_statistics(model: nn.Module, names: list[str], data, max_batches: int = 8) -> dict[str, dict]:
-    """{layer: {"min", "max", "mean_abs", "features"}} of each named layer's input over calibration data."""
+    """{layer: {"min", "max", "mean_abs", "features", "sample"}} of each named layer's input over calibration data."""
     observers = {n: _InputStats() for n in names}
     observe_inputs(model, observers, data or [], max_batches=max_batches)
     return {n: o.as_dict() for n, o in observers.items()}
