@@ -79,3 +79,34 @@ def interleaved_ratio(baseline, candidate, *, rounds: int = 15, warmup: int = 3,
     med, lo, hi = median_min_max(ratios)
     return {"speedup": med, "min": lo, "max": hi, "base_ms": 1e3 * statistics.median(t_base),
             "cand_ms": 1e3 * statistics.median(t_cand)}
+
+
+FLOAT_CACHE = Path(__file__).resolve().parents[1] / "runs" / "float_models"
+
+
+def trained_float(arch: str, data, seed: int, epochs: int, threads: int | None = None):
+    """The zoo model `arch` trained with its recipe for `epochs` epochs on `data` (seed `seed`), cached
+    as safetensors under runs/float_models/ so that benchmarks sharing a float model (QAT, PTQ,
+    binary) train it once; the cache key names the dataset, seed and epochs. Returns (model, seconds
+    spent training, 0 when cached)."""
+    import time
+
+    from safetensors.torch import load_file, save_file
+
+    from nncompress.api import training_config
+    from nncompress.fileio import atomic_write
+    from nncompress.train import fit
+    from nncompress.zoo import build_model
+
+    torch.manual_seed(seed)
+    model = build_model(arch, data.in_shape, data.num_classes)
+    path = FLOAT_CACHE / f"{arch}-{data.name}-seed{seed}-{epochs}ep.safetensors"
+    if path.is_file():
+        model.load_state_dict(load_file(str(path)))
+        return model.eval(), 0.0
+    began = time.perf_counter()
+    fit(model, data.train_loader(64, seed=seed), training_config(arch, epochs=epochs, seed=seed),
+        progress=False, log=lambda _m: None)
+    FLOAT_CACHE.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp))
+    return model.eval(), time.perf_counter() - began

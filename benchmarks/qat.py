@@ -20,27 +20,23 @@ from pathlib import Path
 
 import torch
 
-from common import MNIST_DIR, RESULTS, header, table, write_results
-from nncompress.api import training_config
+from common import MNIST_DIR, RESULTS, header, table, trained_float, write_results
 from nncompress.flows.ptq import calibration_batches, quantize_copy
 from nncompress.flows.qat import make_method, ptq_twin, qat_model
-from nncompress.train import evaluate, fit
-from nncompress.zoo import build_model, load_dataset
+from nncompress.train import evaluate
+from nncompress.zoo import load_dataset
 
 STORE = RESULTS / "qat.json"
 
 
 def run_seed(arch: str, data, seed: int, configs: list[tuple[str, int, int, int | None]], float_epochs: int,
              qat_epochs: int, first_last_bits: int | None = 8) -> list[dict]:
-    torch.manual_seed(seed)
-    model = build_model(arch, data.in_shape, data.num_classes)
-    fit(model, data.train_loader(64, seed=seed), training_config(arch, epochs=float_epochs, seed=seed),
-        progress=False, log=lambda _m: None)
-    model.eval()
+    model, _ = trained_float(arch, data, seed, float_epochs)
     calib = calibration_batches(data)
     rows = []
     for name, wb, ab, skip in configs:
-        method = make_method(name, wb, ab, model=model, skip_bits=skip, first_last_bits=first_last_bits)
+        kind, init = split_method(name)
+        method = make_method(kind, wb, ab, model=model, skip_bits=skip, first_last_bits=first_last_bits, init=init)
         ptq_acc = evaluate(quantize_copy(model, ptq_twin(method), calib), data.test_loader())["accuracy"]
         began = time.perf_counter()
         _, _, rep = qat_model(arch, data, method, epochs=qat_epochs, seed=seed, float_model=model, progress=False,
@@ -57,15 +53,24 @@ def run_seed(arch: str, data, seed: int, configs: list[tuple[str, int, int, int 
 
 
 def parse_config(text: str) -> tuple[str, int, int, int | None]:
-    """"lsq:4:4" (method, weight bits, act bits) or "lsq:2:2:8" (+ skip-path bits: precision highway)."""
+    """"lsq:4:4" (method, weight bits, act bits), "lsq:2:2:8" (+ skip-path bits: precision highway);
+    "lsq/mse:3:3": LSQ with its steps started at the least-error grid (quant/lsq.py `init`)."""
     parts = text.split(":")
     return parts[0], int(parts[1]), int(parts[2]), int(parts[3]) if len(parts) > 3 else None
+
+
+def split_method(name: str) -> tuple[str, str | None]:
+    """"lsq/mse" -> ("lsq", "mse"); "pact" -> ("pact", None)."""
+    method, _, init = name.partition("/")
+    return method, init or None
 
 
 def label(r: dict) -> str:
     skip = f", {r['skip']}-bit skips" if r.get("skip") else ""
     edges = ", first/last too" if r.get("first_last", 8) is None else ""
-    return f"{r['method'].upper()} W{r['w']}A{r['a']}{skip}{edges}"
+    method, init = split_method(r["method"])
+    init = f", {init.upper()} init" if init else ""
+    return f"{method.upper()} W{r['w']}A{r['a']}{init}{skip}{edges}"
 
 
 def pct(values: list[float]) -> str:
