@@ -1,5 +1,6 @@
 """`nncompress zeroskip`: cycles, memory reads and utilisation of a (pruned) model's layers on the
-lecture's zero-skipping outer-product PE array (`hardware/zeroskip.py`)."""
+lecture's zero-skipping outer-product PE array (`hardware/zeroskip.py`); `nncompress sparse-kernels`:
+a pruned model on per-layer measured sparse / dense CPU kernels, timed end to end."""
 from __future__ import annotations
 
 from typing import Annotated, Optional
@@ -72,3 +73,47 @@ def prune_columns_(net, sparsity: float, exclude) -> None:
     from ..prune.structured import ColumnPrune
 
     apply_(net, ColumnPrune(sparsity=sparsity, targets=Select(exclude=tuple(exclude))))
+
+
+@app.command("sparse-kernels")
+def sparse_kernels(model: ModelArg, dataset: DatasetOpt = "digits", data_dir: DataDirOpt = None,
+                   download: DownloadOpt = False,
+                   batch: Annotated[int, typer.Option("--batch", min=1, max=4096, help="test images per call")] = 64,
+                   threads: Annotated[int, typer.Option(min=1, max=256, help="torch intra-op threads")] = 2,
+                   rounds: Annotated[int, typer.Option(min=1, max=1000, help="interleaved rounds, whole model")] = 15,
+                   max_density: Annotated[float, typer.Option(help="layers denser than this stay dense unmeasured, in (0, 1]")] = 0.5,
+                   min_speedup: Annotated[float, typer.Option(help="a layer runs sparse when measured this many times faster")] = 1.1,
+                   json_path: JsonOpt = None) -> None:
+    """Run a pruned model's layers on sparse (torch CSR, im2col + CSR for convs) or dense kernels, chosen
+    per layer by measuring, and time the whole model against its dense twin (interleaved medians)."""
+    from ..api import resolve_model
+    from ..flows.sparse_exec import sparse_execution
+    from ..zoo import load_dataset
+
+    data = load_dataset(dataset, data_dir, download=download)
+    net, arch, trained = resolve_model(model, data)
+    if not trained:
+        console.print(f"note: {arch} is a fresh dense zoo model: no layer is sparse enough to measure; give a "
+                      f"pruned file (nncompress prune {arch} -o FILE)", highlight=False)
+    x = data.test_x[:batch]
+    _, result = sparse_execution(net, x, threads=threads, rounds=rounds, max_density=max_density,
+                                 min_speedup=min_speedup)
+    out.print(kernel_table(result, f"{arch}: kernel per layer, batch {x.shape[0]}, {threads} threads"))
+    out.print(f"end to end: dense {result['dense_ms']:.3f} ms, selected {result['selected_ms']:.3f} ms, speed-up "
+              f"{result['speedup']:.2f}x (median of {rounds} interleaved rounds, min {result['speedup_min']:.2f}, "
+              f"max {result['speedup_max']:.2f}); {result['sparse_layers']} of {len(result['layers'])} layers sparse")
+    if not result["sparse_layers"]:
+        out.print("no layer runs sparse, so both are the same dense model: the ratio only shows the timing noise")
+    emit_json(json_path, {"model": model, "arch": arch, **result})
+
+
+def kernel_table(result: dict, title: str) -> Table:
+    table = Table(title=title)
+    for col in ("layer", "type", "weight", "sparsity", "dense ms", "sparse ms", "dense / sparse", "kernel", "why"):
+        table.add_column(col, justify="left" if col in ("layer", "type", "kernel", "why") else "right")
+    for r in result["layers"]:
+        table.add_row(r["name"], r["kind"], "x".join(map(str, r["shape"])), f"{1 - r['density']:.1%}",
+                      "" if r["dense_ms"] is None else f"{r['dense_ms']:.3f}",
+                      "" if r["sparse_ms"] is None else f"{r['sparse_ms']:.3f}",
+                      "" if r["speedup"] is None else f"{r['speedup']:.2f}x", r["choice"], r["reason"])
+    return table
