@@ -171,7 +171,8 @@ def _check_runs(model: nn.Module, batch: Any, path: str | os.PathLike, forward_f
         with torch.no_grad():
             feed(model.eval(), batch, forward_fn)
     except RuntimeError as err:
-        raise UserError(f"{str(path)!r}: the shrunk model's stored channel counts do not fit together ({err})") from None
+        raise UserError(f"{str(path)!r}: the shrunk model's stored channel counts do not fit together "
+                        f"({err})") from None
     finally:
         model.train(was_training)
 

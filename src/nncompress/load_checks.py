@@ -80,7 +80,8 @@ def check_zoo_size(meta: dict, path: str | os.PathLike) -> None:
                         f"takes {need} bytes, more than a {Path(path).stat().st_size}-byte file can hold; nothing was built")
     converted = isinstance(meta.get("recipe"), dict) and meta["recipe"].get("converted") is True
     declared = _declared_shapes(path)
-    clashes = [k for k, shape in shapes.items() if not _fits_stored(declared, k, shape, converted, meta.get("shrunk") is True)]
+    shrunk = meta.get("shrunk") is True
+    clashes = [k for k, shape in shapes.items() if not _fits_stored(declared, k, shape, converted, shrunk)]
     if clashes:
         raise UserError(f"{str(path)!r} metadata: a {arch} of in_shape {list(in_shape)} and {num_classes} classes does "
                         f"not fit the stored tensors ({first_few(clashes)}); nothing was built")

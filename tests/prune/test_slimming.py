@@ -8,7 +8,7 @@ from torch import nn
 
 import nncompress as nc
 from nncompress.prune.shrink import shrink_
-from nncompress.prune.slimming import NetworkSlimming, bn_scale_penalty
+from nncompress.prune.slimming import PAPER_SCHEDULE_LR_SUM, NetworkSlimming, bn_scale_penalty, matched_penalty
 from nncompress.validate import UserError
 
 GAMMAS = ([0.9, -0.05, 0.4, 0.01], [0.3, 0.02, -0.6, 0.7, 0.03, 0.8])
@@ -103,5 +103,22 @@ def test_slim_cli_reports_before_and_after(main, tmp_path, digits):
     assert r["steps"][0]["channels_pruned"] == 224 and r["steps"][0]["channels"] == 448  # 32+32+64+64+128+128
     assert sum(g["kept"] for g in r["groups"]) == 224 and r["after"]["macs"] < r["before"]["macs"]
     assert "slimmed" in stdout
+    assert r["penalty_matched"] and r["method"]["penalty"] == pytest.approx(matched_penalty(
+        nc.TrainConfig(epochs=1, lr=0.05, weight_decay=5e-4), -(-len(digits.train_x) // 64)))
     loaded, meta = nc.load_model(tmp_path / "slim.safetensors")  # the shrunk model, at its smaller shapes
     assert meta["shrunk"] and sum(p.numel() for p in loaded.parameters()) == r["after"]["params"]
+
+
+def test_matched_penalty_moves_gamma_as_far_as_the_papers_schedule():
+    from nncompress.train import TrainConfig
+
+    # the paper's lr sum: 160 epochs x 782 steps at 0.1 / 0.01 / 0.001 for 50% / 25% / 25% of the epochs
+    assert PAPER_SCHEDULE_LR_SUM == pytest.approx(160 * 782 * (0.05 + 0.0025 + 0.00025))
+    constant = TrainConfig(epochs=4, lr=0.05, schedule="constant")
+    s = matched_penalty(constant, 125)
+    assert s * 4 * 125 * 0.05 == pytest.approx(1e-4 * PAPER_SCHEDULE_LR_SUM)  # same momentum on both sides
+    no_momentum = TrainConfig(epochs=4, lr=0.05, schedule="constant", momentum=0.0)
+    assert matched_penalty(no_momentum, 125) == pytest.approx(10 * s)  # no 1 / (1 - 0.9) boost
+    assert matched_penalty(TrainConfig(epochs=4, lr=0.05), 125) > s  # cosine: smaller lrs, larger s
+    with pytest.raises(UserError, match="SGD only"):
+        matched_penalty(TrainConfig(epochs=4, lr=1e-3, optimizer="adam"), 125)

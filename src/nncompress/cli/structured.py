@@ -11,7 +11,7 @@ from rich.table import Table
 from ..validate import check_fraction
 from ..zoo import load_dataset
 from .common import (DataDirOpt, DatasetOpt, DownloadOpt, JsonOpt, ModelArg, app, build_method, check_out_path,
-                     console, emit_json, method_label, out)
+                     console, emit_json, given, method_label, out)
 
 #: --structure of `nncompress prune` -> the registered method it runs
 STRUCTURE_METHODS = {"channel": "channel", "column": "column", "group": "group_lasso", "nm": "nm"}
@@ -76,7 +76,7 @@ def print_structured(result: dict, title: str) -> None:
 def slim(model: ModelArg = "vgg_small", dataset: DatasetOpt = "digits", data_dir: DataDirOpt = None,
          download: DownloadOpt = False,
          sparsity: Annotated[float, typer.Option(help="fraction of BatchNorm'd channels removed (global |gamma| threshold), in [0, 1)")] = 0.5,
-         penalty: Annotated[float, typer.Option(help="s, the L1 strength on the BatchNorm scales during sparsity training")] = 1e-4,
+         penalty: Annotated[Optional[float], typer.Option(help="s, the L1 strength on the BatchNorm scales during sparsity training (default: matched to the --sparsify-epochs schedule so |gamma| can move as far as Liu et al.'s s=1e-4 over 160 epochs)")] = None,
          scope: Annotated[str, typer.Option(help="global (one threshold, as in the paper) or layer")] = "global",
          sparsify_epochs: Annotated[int, typer.Option(min=0, help="epochs of sparsity training (L1 on gamma)")] = 5,
          finetune_epochs: Annotated[int, typer.Option(min=0, help="fine-tuning epochs after pruning, at 1/10 the LR")] = 3,
@@ -89,11 +89,14 @@ def slim(model: ModelArg = "vgg_small", dataset: DatasetOpt = "digits", data_dir
 
     check_fraction("--sparsity", sparsity)
     check_out_path(out_path, "--out")
-    method = build_method("slimming", "prune", {"sparsity": sparsity, "penalty": penalty, "scope": scope}, None)
+    method = build_method("slimming", "prune", given(sparsity=sparsity, penalty=penalty, scope=scope), None)
     data = load_dataset(dataset, data_dir, download=download)
     _, result = slim_model(model, data, method, sparsify_epochs=sparsify_epochs, finetune_epochs=finetune_epochs,
-                           seed=seed, shrink=shrink, out=str(out_path) if out_path else None)
-    print_structured(result, f"{result['model']} slimmed ({sparsity:.0%} of channels, s={penalty:g})")
+                           seed=seed, shrink=shrink, out=str(out_path) if out_path else None,
+                           match_penalty=penalty is None)
+    s = result["method"]["penalty"]
+    how = f"matched to {sparsify_epochs} epochs" if penalty is None else "given"
+    print_structured(result, f"{result['model']} slimmed ({sparsity:.0%} of channels, s={s:.3g} {how})")
     out.print(f"accuracy: dense {result['before']['accuracy']:.4f}  after sparsity training "
               f"{result['sparsity_trained_accuracy']:.4f}  pruned {result['pruned_accuracy']:.4f}  "
               f"fine-tuned {result['after']['accuracy']:.4f}")

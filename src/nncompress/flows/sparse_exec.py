@@ -23,7 +23,8 @@ from ..validate import UserError, check_int_range
 
 
 def sparse_execution(model: nn.Module, x: torch.Tensor, *, threads: int = 2, rounds: int = 15,
-                     layer_rounds: int = 7, max_density: float = 0.5, min_speedup: float = 1.1) -> tuple[nn.Module, dict]:
+                     layer_rounds: int = 7, max_density: float = 0.5,
+                     min_speedup: float = 1.1) -> tuple[nn.Module, dict]:
     """(the model with the chosen kernels, figures): per-layer `KernelChoice` rows and the end-to-end
     speed-up dense / selected (median of `rounds` interleaved per-round ratios, min, max) on input
     `x`, with torch pinned to `threads`. The outputs of both are checked to agree first."""

@@ -4,6 +4,7 @@ fine-tune -> optionally shrink to a smaller dense model, with accuracy, MACs and
 and after."""
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 from torch import nn
@@ -13,7 +14,7 @@ from ..api import save_model
 from ..config import Method
 from ..prune.schedules import retrain_config
 from ..prune.shrink import shrink_, shrink_summary
-from ..prune.slimming import NetworkSlimming
+from ..prune.slimming import NetworkSlimming, matched_penalty
 from ..train import TrainConfig, evaluate, fit
 from ..zoo import Dataset
 from .prune import calibration_batches, dense_model, prune_and_retrain, weight_densities
@@ -79,11 +80,17 @@ def structured_prune(spec: str, dataset: Dataset, method: Method, *, schedule: s
 
 def slim_model(spec: str, dataset: Dataset, method: NetworkSlimming, *, sparsify_epochs: int = 5,
                finetune_epochs: int = 3, lr_factor: float = 0.1, seed: int = 0,
-               shrink: bool = True, out: str | None = None) -> tuple[nn.Module, dict]:
+               shrink: bool = True, out: str | None = None, match_penalty: bool = False) -> tuple[nn.Module, dict]:
     """Network slimming (Liu et al. 2017): sparsity training with s * sum |gamma|, global |gamma|
-    pruning, fine-tuning, shrinking; reports accuracy before pruning, right after and fine-tuned."""
+    pruning, fine-tuning, shrinking; reports accuracy before pruning, right after and fine-tuned.
+    `match_penalty`: s from `slimming.matched_penalty` for the sparsity-training schedule (the
+    paper's drift of |gamma| in `sparsify_epochs`) instead of `method.penalty`."""
     model, arch, base = dense_model(spec, dataset, seed)
+    if match_penalty:
+        steps = math.ceil(len(dataset.train_x) / 64)
+        method = replace(method, penalty=matched_penalty(replace(base, epochs=max(sparsify_epochs, 1)), steps))
     result = {"model": arch, "dataset": dataset.name, "method": method.to_dict(), "seed": seed,
+              "penalty_matched": match_penalty,
               "sparsify_epochs": sparsify_epochs, "finetune_epochs": finetune_epochs, "before": _measure(model, dataset)}
     sparsity_train(model, method, dataset, base, sparsify_epochs)
     result["sparsity_trained_accuracy"] = evaluate(model, dataset.test_loader())["accuracy"]

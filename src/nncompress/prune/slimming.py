@@ -21,7 +21,8 @@ from torch import nn
 
 from ..config import Context
 from ..registry import register
-from ..validate import UserError, check_positive
+from ..train import TrainConfig, make_optimizer
+from ..validate import UserError, check_int_range, check_positive
 from .dependency import NORMS
 from .structured import check_round_to, group_tensors, mask_channels, targeted_groups, unit_masks
 from .structures import check_mask_targets
@@ -34,6 +35,40 @@ def bn_scale_penalty(model: nn.Module, strength: float) -> torch.Tensor:
     if not scales:
         return torch.zeros(())
     return strength * sum(g.abs().sum() for g in scales)  # type: ignore[return-value]
+
+
+#: Liu et al.'s CIFAR schedule (Sec. 5.2): s = 1e-4, 160 epochs with mini-batch 64 (50,000 / 64 = 782
+#: steps per epoch), lr 0.1 divided by 10 at 50% and 75% of the epochs, SGD momentum 0.9. The sum of
+#: the learning rates over all steps (how far the L1 term moves a |gamma| is s x this / (1 - momentum)):
+PAPER_SCHEDULE_LR_SUM = 160 * 782 * 0.1 * (0.5 + 0.25 * 0.1 + 0.25 * 0.01)
+PAPER_PENALTY = 1e-4
+
+
+def epoch_learning_rates(config: TrainConfig) -> list[float]:
+    """The learning rate of each epoch of `fit(..., config)` (the schedule steps once per epoch)."""
+    opt, sched = make_optimizer(nn.Linear(1, 1), config)
+    rates = []
+    for _ in range(config.epochs):
+        rates.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return rates
+
+
+def matched_penalty(config: TrainConfig, steps_per_epoch: int) -> float:
+    """The L1 strength s that lets sparsity training under `config` move each |gamma| as far as Liu
+    et al.'s s = 1e-4 did over their 160-epoch schedule: s x (sum over steps of lr) / (1 - momentum)
+    equal on both sides. A short run on a small data set needs a much larger s than 1e-4 (5 epochs of
+    125 steps at a cosine lr from 0.05: s = 0.035), else the scales barely move and slimming is plain
+    |gamma| pruning. SGD only (Adam rescales every step)."""
+    if config.optimizer != "sgd":
+        raise UserError(f"matched_penalty: optimizer {config.optimizer!r} - the L1 drift is matched for SGD only; "
+                        "give the penalty explicitly")
+    check_int_range("steps_per_epoch", steps_per_epoch, 1, 1 << 30)
+    lr_sum = steps_per_epoch * sum(epoch_learning_rates(config)) / (1 - config.momentum)
+    if lr_sum <= 0:
+        raise UserError("matched_penalty: the schedule has no training step (epochs=0)")
+    return PAPER_PENALTY * PAPER_SCHEDULE_LR_SUM / (1 - 0.9) / lr_sum
 
 
 def channel_scaling_factors(model: nn.Module, norm_layers: list[str]) -> torch.Tensor:
