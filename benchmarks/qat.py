@@ -22,7 +22,9 @@ import torch
 
 from common import MNIST_DIR, RESULTS, header, table, trained_float, write_results
 from nncompress.flows.ptq import calibration_batches, quantize_copy
-from nncompress.flows.qat import make_method, ptq_twin, qat_model
+from nncompress.api import training_config
+from nncompress.flows.control import same_budget_control
+from nncompress.flows.qat import make_method, ptq_twin, qat_model, qat_phase
 from nncompress.train import evaluate
 from nncompress.zoo import load_dataset
 
@@ -33,6 +35,9 @@ def run_seed(arch: str, data, seed: int, configs: list[tuple[str, int, int, int 
              qat_epochs: int, first_last_bits: int | None = 8) -> list[dict]:
     model, _ = trained_float(arch, data, seed, float_epochs)
     calib = calibration_batches(data)
+    control, _ = same_budget_control(model, data, [qat_phase(training_config(arch, seed=seed), epochs=qat_epochs,
+                                                             seed=seed)])
+    control_accuracy = evaluate(control, data.test_loader())["accuracy"]
     rows = []
     for name, wb, ab, skip in configs:
         kind, init = split_method(name)
@@ -42,6 +47,7 @@ def run_seed(arch: str, data, seed: int, configs: list[tuple[str, int, int, int 
         _, _, rep = qat_model(arch, data, method, epochs=qat_epochs, seed=seed, float_model=model, progress=False,
                               skip_bits=skip)
         rows.append({"arch": arch, "seed": seed, "method": name, "w": wb, "a": ab, "skip": skip, "ptq": ptq_acc,
+                     "control": control_accuracy,
                      "first_last": first_last_bits,
                      "seconds": time.perf_counter() - began,
                      **{k: rep.get(k) for k in ("float_accuracy", "initial_accuracy", "qat_accuracy",
@@ -86,17 +92,20 @@ def summary(rows: list[dict]) -> str:
     for r in rows:
         groups.setdefault((r["arch"], label(r)), []).append(r)
     out = []
+    controlled = all(r.get("control") is not None for r in rows)
     for (arch, name), rs in groups.items():
         mean = lambda key: statistics.fmean(r[key] for r in rs)  # noqa: E731
+        control = [pct([r["control"] for r in rs]), f"{100 * (mean('qat_accuracy') - mean('control')):+.2f}"] if controlled else []
         last_osc = [r["oscillation"][-1] for r in rs if r["oscillation"] and r["method"] == "lsq"]  # LSQ weights only
         out.append([arch, name, len(rs), rs[0]["epochs"], pct([r["float_accuracy"] for r in rs]),
                     pct([r["ptq"] for r in rs]), pct([r["qat_accuracy"] for r in rs]),
-                    f"{100 * (mean('qat_accuracy') - mean('float_accuracy')):+.2f}",
+                    f"{100 * (mean('qat_accuracy') - mean('float_accuracy')):+.2f}", *control,
                     f"{100 * (mean('qat_accuracy') - mean('ptq')):+.2f}",
                     "yes" if all(r["converted_exact"] and r["converted_accuracy"] == r["qat_accuracy"] for r in rs) else "NO",
                     pct([r.get("engine_accuracy") for r in rs]), pct([r.get("onnx_accuracy") for r in rs]),
                     f"{statistics.fmean(o['oscillating_fraction'] for o in last_osc):.2e}" if last_osc else "-"])
-    return table(["model", "QAT", "seeds", "QAT epochs", "float %", "PTQ %", "QAT %", "QAT - float", "QAT - PTQ",
+    return table(["model", "QAT", "seeds", "QAT epochs", "float %", "PTQ %", "QAT %", "QAT - float",
+                  *(["float control %", "QAT - control"] if controlled else []), "QAT - PTQ",
                   "convert_ exact", "int engine %", "ONNX RT %", "oscillating weights (last epoch)"], out)
 
 
@@ -121,11 +130,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--first-last-bits", type=int, default=8, help="bits of the first and last layer; 0: same as the rest")
     parser.add_argument("--store", default=str(STORE), help="JSON file collecting the rows (one per parallel run)")
-    parser.add_argument("--merge", nargs="+", help="only rebuild results/qat.md from these stores (seeds merged)")
+    parser.add_argument("--merge", nargs="+", help="only rebuild the results file from these stores (seeds merged)")
+    parser.add_argument("--results", default="qat", help="results file name (benchmarks/results/NAME.md)")
+    parser.add_argument("--note", default="", help="a note on this run for the results file (replaces the "
+                        "history of the earlier qat.md runs)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)  # the header records it; the runs' own headers are quoted per model
     if args.merge:
-        write_results("qat", report(merge(args.merge)))
+        write_results(args.results, report(merge(args.merge), args.note))
         return
     configs = [parse_config(c) for c in args.configs]
     data = load_dataset("mnist-10k", MNIST_DIR)
@@ -140,7 +152,7 @@ def main() -> None:
                        "header": header("QAT"), "minutes": (time.perf_counter() - began) / 60}
         store_path.write_text(json.dumps(store, indent=1))
     if store_path == STORE:
-        write_results("qat", report(store))
+        write_results(args.results, report(store, args.note))
 
 
 def merge(paths: list[str]) -> dict:
@@ -159,7 +171,7 @@ def merge(paths: list[str]) -> dict:
     return merged
 
 
-def report(store: dict) -> str:
+def report(store: dict, note: str = "") -> str:
     text = [header("Quantization-aware training (STE / PACT / LSQ) vs PTQ on mnist-10k (2,000 test images)"), ""]
     text.append("Every QAT row: BatchNorm folded, first and last layer at 8 bits (weights and inputs) as in the "
                 "LSQ and PACT papers unless the row says 'first/last too', per-channel weights; PTQ = LinearQuant min-max with the same bits and layers, "
@@ -179,6 +191,7 @@ def report(store: dict) -> str:
         text.append("\nPer seed:\n")
         text.append(per_seed(run["rows"]))
     text.append(NOTES)
+    text.append(f"- {note}\n" if note else HISTORY)
     if "resnet20" not in store:
         text.append(RESNET_MISSING)
     return "\n".join(text)
@@ -193,10 +206,7 @@ RESNET_MISSING = """- **ResNet-20 is not in this table.** A one-seed run (float 
 """
 
 
-NOTES = """
-## Notes
-
-- ResNet-20: two runs per seed from the same float model (10 epochs on 1 thread; the float accuracy
+HISTORY = """- ResNet-20: two runs per seed from the same float model (10 epochs on 1 thread; the float accuracy
   of both runs is identical for every seed). The first, `--configs lsq:4:4 lsq:3:3 lsq:2:2 pact:4:4`,
   stopped at LSQ W2A2 when a learned weight step crossed zero and the integer engine refused the
   negative multiplier (fixed since: LSQ uses |s|); its W4A4 and W3A3 rows come from the JSON lines it
@@ -208,6 +218,11 @@ NOTES = """
   average above 30 during the runs) we trained the float models for the epochs stated above and
   fine-tuned each QAT configuration for the stated epochs. 'float %' is the model QAT starts from;
   QAT adds its fine-tuning epochs on top, so part of a positive 'QAT - float' is extra training.
+"""
+
+NOTES = """
+## Notes
+
 - 'PTQ %' quantizes the same float model with LinearQuant (same bits and layers), no training.
   In the 'first/last too' rows every layer, the network input included, is at the row's bits.
 - The integer engine and ONNX export read the learned PACT / LSQ grids as static grids
