@@ -197,6 +197,7 @@ def test_reestimate_batchnorm_uses_the_evaluated_sign_network_and_restores_modes
     with pytest.raises(nc.UserError, match=r"got no batches: the statistics of 2 BatchNorm layer\(s\) \(1, 5\)"):
         reestimate_batchnorm_(net, [])
     assert torch.allclose(net[5].running_var, expected[1][1], atol=1e-5)  # left as they were
+    assert reestimate_batchnorm_(nn.Sequential(nn.Linear(2, 2)), iter(())) == []  # no BatchNorm: no pass
 
 
 def test_stochastic_binary_connect_is_evaluated_with_batchnorm_statistics_of_its_sign_network():
