@@ -156,10 +156,22 @@ def render(load: tuple[float, float]) -> str:
     by_arch: dict[str, list[dict]] = {}
     for result in merged.values():
         by_arch.setdefault(result["arch"], []).append(result)
+    previous = previous_sections(RESULTS / "binary.md")
     for arch in ("lenet5", "resnet20"):
         if arch in by_arch:
             text += model_table(sorted(by_arch[arch], key=lambda r: r["seed"]))
+        elif arch in previous:
+            text += previous[arch]
     return text
+
+
+def previous_sections(path: Path) -> dict[str, str]:
+    """The per-model sections ('## <arch> on ...' to the next one) of an existing binary.md, by
+    arch: a model whose per-seed cache (runs/binary/) is gone keeps its table when another is re-run."""
+    if not path.is_file():
+        return {}
+    parts = path.read_text().split("\n## ")[1:]
+    return {part.split(" ", 1)[0]: "\n## " + part.rstrip("\n") + "\n" for part in parts}
 
 
 def main() -> None:
