@@ -144,3 +144,22 @@ def test_nnc_container_stores_the_2_4_format_and_decodes_exactly():
     blob = serialize(encode_model(net, {"custom": True}))
     assert len(blob) < 0.65 * (64 * 32 + 32 * 8) * 4  # half the values + 2-bit indices + fp32 biases + header
     assert torch.equal(decode_model(parse(blob), model=make())(x), net(x))
+
+
+def test_a_half_precision_2_4_layer_costs_half_the_values_plus_12_5_percent_in_the_container():
+    from nncompress.encode.container import parse, serialize
+    from nncompress.encode.model import decode_model, encode_model
+
+    def make():
+        return nn.Sequential(nn.Linear(256, 128, bias=False)).half()
+
+    torch.manual_seed(0)
+    net = make()
+    nc.apply_(net, NMPrune())
+    plain = len(serialize(encode_model(make(), {"custom": True})))  # dense fp16: 65,536 B of values + header
+    blob = serialize(encode_model(net, {"custom": True}))
+    values, indices = 256 * 128 // 2 * 2, 256 * 128 // 2 * 2 // 8
+    assert indices / values == 0.125
+    header = plain - 256 * 128 * 2
+    assert values + indices <= len(blob) <= values + indices + header + 512  # a little more header for the nm chain
+    assert torch.equal(decode_model(parse(blob), model=make())[0].weight, net[0].weight)
