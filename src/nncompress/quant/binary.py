@@ -304,7 +304,8 @@ class BinaryConnect(Method):
         stochastic: sample w_b = +1 with p = hard_sigmoid(w / H) while training (sign at test time).
         scaling: "glorot" (H = sqrt(1.5 / (fan_in + fan_out)), the authors' code) or "none" (H = 1).
         seed: seed of the stochastic samples.
-    Train with `on_step=lambda step: clip_latent_weights_(model)` (the flows do).
+    Train with `on_step=lambda step: clip_latent_weights_(model)` and, when stochastic, call
+    `reestimate_batchnorm_(model, train_batches)` after training (the flows do both).
     Example:
         >>> net = torch.nn.Sequential(torch.nn.Linear(8, 4))
         >>> _ = BinaryConnect(scaling="none").apply(net, Context())
