@@ -80,3 +80,27 @@ def test_binarized_model_runs_on_the_kernel_like_its_simulation(method):
     assert isinstance(net[2], xnor.XnorConv2d) and isinstance(net[7], xnor.XnorLinear)
     assert torch.allclose(on_kernel, simulated, rtol=1e-4, atol=1e-4)
     assert torch.equal(on_kernel.argmax(1), simulated.argmax(1))
+
+
+def test_xnor_net_lenet5_runs_on_the_kernel_like_its_simulation():
+    """Issue 14's end-to-end check on the zoo's LeNet-5 (conv2 and fc1 on the kernel; conv1 and fc2
+    stay float); the trained model's accuracy is in benchmarks/results/xnor_kernel.md."""
+    from nncompress.zoo import build_model
+
+    torch.manual_seed(0)
+    net = build_model("lenet5", (1, 28, 28), 10)
+    XNORNet().apply(net, Context())
+    net.train()
+    with torch.no_grad():
+        for _ in range(3):  # BatchNorm running statistics away from the identity
+            net(torch.rand(32, 1, 28, 28))
+    net.eval()
+    x = torch.rand(64, 1, 28, 28)
+    with torch.no_grad():
+        simulated = net(x)
+        convert_(net)
+        assert xnor.to_xnor_kernel_(net) == ["conv2", "fc1"]
+        on_kernel = net(x)
+    assert isinstance(net.conv2, xnor.XnorConv2d) and isinstance(net.fc1, xnor.XnorLinear)
+    assert torch.allclose(on_kernel, simulated, rtol=1e-4, atol=1e-4)
+    assert torch.equal(on_kernel.argmax(1), simulated.argmax(1))
