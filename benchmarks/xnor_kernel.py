@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import header, interleaved_ratio, table, write_results  # noqa: E402
+from common import RESULTS, header, interleaved_ratio, table, write_results  # noqa: E402
 
 from nncompress.runtime import xnor  # noqa: E402
 
@@ -166,7 +166,17 @@ def main() -> None:
         text += section
     elif cached.is_file():  # the end-to-end section of the last --end-to-end run
         text += cached.read_text().replace("(mnist-10k, seed 0)", "(mnist-10k, seed 0; from the last --end-to-end run)", 1)
+    else:  # no cache (runs/ is not committed): keep the section the results file already has
+        text += previous_end_to_end(RESULTS / "xnor_kernel.md")
     write_results("xnor_kernel", text)
+
+
+def previous_end_to_end(path: Path) -> str:
+    """The end-to-end section ('## XNOR-Net LeNet-5 end to end ...' to the end) of an existing results
+    file, or '' when it has none."""
+    text = path.read_text() if path.is_file() else ""
+    start = text.find("\n## XNOR-Net LeNet-5 end to end")
+    return text[start:] if start >= 0 else ""
 
 
 if __name__ == "__main__":
