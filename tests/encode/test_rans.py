@@ -13,7 +13,7 @@ from nncompress.encode.rans import ideal_bits, quantize_freqs, rans_decode, rans
 from nncompress.parametrize import Encoded
 
 
-@pytest.mark.parametrize("seed, alphabet, skew", [(0, 2, 0.5), (1, 17, 0.9), (2, 300, 0.0), (3, 5, 0.999)])
+@pytest.mark.parametrize("seed, alphabet, skew", [(0, 2, 0.5), (1, 17, 0.9), (2, 300, 0.0), (3, 5, 0.99)])
 def test_random_symbols_round_trip_exactly(seed, alphabet, skew):
     rng = np.random.default_rng(seed)
     symbols = rng.integers(0, alphabet, 20_000)
@@ -77,6 +77,8 @@ GOOD = {"name": "rans", "min": -1, "length": 4, "prob_bits": 2, "freq": [1, 2, 1
     ({"length": 4}, "int8", 3, 4, "4-byte state"),
     ({"length": 0}, "int8", 4, 4, "4 payload bytes for 0 symbols"),
     ({"prob_bits": 17}, "int8", 4, 4, "prob_bits=17"),
+    ({"freq": [4]}, "int8", 4, 4, "whole table"),  # one symbol: the stream would read no byte per step
+    ({"length": 2049}, "int8", 4, 10**8, "2049 symbols from 4 payload bytes"),  # > 512 symbols per byte
     ({}, "bool", 4, 4, "does not apply"),
     ({}, "float32", 4, 4, "does not apply"),
 ])
@@ -95,3 +97,20 @@ def test_corrupt_streams_are_refused():
         rans_decode(payload[:10] + bytes([payload[10] ^ 0x40]) + payload[11:], freq.tolist(), 8, 2000)
     with pytest.raises(ValueError, match="corrupt"):
         rans_decode(payload, freq.tolist(), 8, 1999)  # a stream with bytes left over
+
+
+def test_a_tiny_hostile_stream_cannot_ask_for_millions_of_steps():
+    """A 4-byte stream whose table gives one symbol all of M never reads a byte: without the
+    symbols-per-byte bound, a 200-byte file asked for 67M decoding steps (15 s, 1.3 GB)."""
+    with pytest.raises(ValueError, match="below 2\\^16"):
+        rans_decode(bytes([0, 0x80, 0, 0]), [1 << 16], 16, 67_000_000)
+    with pytest.raises(ValueError, match="at most 512 symbols per byte"):
+        rans_decode(bytes([0, 0x80, 0, 0]), [(1 << 16) - 1, 1], 16, 67_000_000)
+
+
+def test_streams_too_skewed_for_the_bound_are_left_to_the_other_codecs():
+    values = torch.zeros(100_000, dtype=torch.int8)
+    values[::5000] = 1  # 0.0003 bits per symbol: far below 1/64 bit
+    found = [codec["name"] for _, codec, _ in codecs.candidates(values, entropy=True)]
+    assert "rans" not in found and found  # the packed / Huffman codecs still apply
+    assert "rans" not in [c["name"] for _, c, _ in codecs.candidates(torch.zeros(64, dtype=torch.int8), entropy=True)]

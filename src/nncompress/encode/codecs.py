@@ -34,7 +34,8 @@ import numpy as np
 import torch
 
 from .huffman import HuffmanStream, huffman_decode, huffman_encode_sorted
-from .rans import MAX_ALPHABET, MAX_PROB_BITS, ideal_bits, quantize_freqs, rans_decode, rans_encode
+from .rans import (MAX_ALPHABET, MAX_PROB_BITS, MAX_SYMBOLS_PER_BYTE, fits_symbol_budget, ideal_bits, quantize_freqs,
+                   rans_decode, rans_encode)
 from .sparse import RelativeIndices, decode_relative, encode_relative
 
 #: dtype name in the header -> torch dtype (the logical dtype `decode` receives).
@@ -170,8 +171,10 @@ def _table_bytes(codec: dict) -> int:
 
 
 def _rans_candidate(q: np.ndarray, lo: int, hi: int) -> tuple[int, dict, bytes] | None:
-    """The rANS codec at the table precision (prob_bits) that minimises stream + table bytes."""
-    if hi - lo + 1 > MAX_ALPHABET:
+    """The rANS codec at the table precision (prob_bits) that minimises stream + table bytes; None for
+    a single-symbol array or one too skewed for the decoder's symbols-per-byte bound (MAX_SYMBOLS_PER_BYTE;
+    the packed and Huffman codecs cover those)."""
+    if hi - lo + 1 > MAX_ALPHABET or hi == lo:
         return None
     counts = np.bincount(q - lo, minlength=hi - lo + 1)
     best = None
@@ -183,7 +186,8 @@ def _rans_candidate(q: np.ndarray, lo: int, hi: int) -> tuple[int, dict, bytes] 
         if best is None or estimate < best[0]:
             best = (estimate, codec, freq)
     estimate, codec, freq = best
-    return estimate, codec, rans_encode(q - lo, freq, codec["prob_bits"])
+    payload = rans_encode(q - lo, freq, codec["prob_bits"])
+    return (estimate, codec, payload) if fits_symbol_budget(q.size, len(payload)) else None
 
 
 def candidates(values: torch.Tensor, entropy: bool = False) -> list[tuple[int, dict, bytes]]:
@@ -307,10 +311,16 @@ def _check_rans(codec: dict, dtype: str, payload_len: int, numel: int) -> int:
     low = _int(codec, "min", lo, hi)
     if not freq or low + len(freq) - 1 > hi or sum(freq) != 1 << prob_bits:
         raise ValueError(f"codec 'rans': freq must list 1..{MAX_ALPHABET} frequencies summing to 2^{prob_bits} "
-                         f"for symbols from min={low} up to the {dtype} maximum {hi}")
+                         f"(these sum to {sum(freq)}) for symbols from min={low} up to the {dtype} maximum {hi}")
+    if max(freq) >= 1 << prob_bits:
+        raise ValueError(f"codec 'rans': a symbol holds the whole table (frequency {max(freq)} of 2^{prob_bits}); "
+                         "a stream then reads no bytes")
     length = _int(codec, "length", 0, numel)
     if (length == 0) != (payload_len == 0) or 0 < payload_len < 4:
         raise ValueError(f"codec 'rans': {payload_len} payload bytes for {length} symbols (a stream holds a 4-byte state)")
+    if not fits_symbol_budget(length, payload_len):
+        raise ValueError(f"codec 'rans': {length} symbols from {payload_len} payload bytes (at most "
+                         f"{MAX_SYMBOLS_PER_BYTE} symbols per byte)")
     return length
 
 

@@ -23,6 +23,11 @@ import numpy as np
 STATE_LOW = 1 << 23  # L: the state lives in [L, 256 L) between symbols
 MAX_PROB_BITS = 16
 MAX_ALPHABET = 1 << 14  # symbols of one table (prob_bits >= log2(alphabet) + 2 keeps every f >= 1)
+# Symbols one payload byte may carry (a stream of 4 + k bytes holds at most 512 (4 + k) symbols): a
+# hostile table whose one symbol takes (almost) all of M reads no byte per step, so without this bound
+# a 4-byte stream could ask for 2^30 decoding steps. 512 per byte = 1/64 bit per symbol: a symbol with
+# 99.9% of the mass still costs 1/700 bit, so writers check `fits_symbol_budget` and skip rANS.
+MAX_SYMBOLS_PER_BYTE = 512
 
 
 def quantize_freqs(counts: np.ndarray, prob_bits: int) -> np.ndarray:
@@ -74,11 +79,20 @@ def rans_encode(symbols: np.ndarray, freq: np.ndarray, prob_bits: int) -> bytes:
     return bytes(out)
 
 
+def fits_symbol_budget(length: int, payload_len: int) -> bool:
+    """Whether `length` symbols may be read from a `payload_len`-byte stream (MAX_SYMBOLS_PER_BYTE)."""
+    return length <= MAX_SYMBOLS_PER_BYTE * payload_len
+
+
 def rans_decode(payload: bytes, freq: list[int], prob_bits: int, length: int) -> np.ndarray:
-    """Decode exactly `length` symbols; a corrupt stream raises ValueError."""
+    """Decode exactly `length` symbols; a corrupt stream raises ValueError. The work is bounded by the
+    payload: at most MAX_SYMBOLS_PER_BYTE symbols per byte, and no symbol may hold all of 2^prob_bits."""
     m = 1 << prob_bits
-    if sum(freq) != m or any(f < 0 for f in freq):
-        raise ValueError(f"rANS table: frequencies must be non-negative and sum to 2^{prob_bits}")
+    if sum(freq) != m or any(f < 0 for f in freq) or max(freq) >= m:
+        raise ValueError(f"rANS table: frequencies must be non-negative, below 2^{prob_bits} each and sum to it")
+    if not fits_symbol_budget(length, len(payload)):
+        raise ValueError(f"rANS stream: {length} symbols from {len(payload)} bytes (at most {MAX_SYMBOLS_PER_BYTE} "
+                         "symbols per byte)")
     if length == 0:
         if payload:
             raise ValueError("rANS stream: bytes for an empty stream")
@@ -88,7 +102,7 @@ def rans_decode(payload: bytes, freq: list[int], prob_bits: int, length: int) ->
     slot_symbol = np.repeat(np.arange(len(freq), dtype=np.int64), freq).tolist()
     cum = np.concatenate([[0], np.cumsum(freq)]).tolist()
     x, pos, end, mask = int.from_bytes(payload[:4], "big"), 4, len(payload), m - 1
-    out = [0] * length
+    out = np.empty(length, dtype=np.int64)
     for i in range(length):
         slot = x & mask
         s = slot_symbol[slot]
@@ -101,8 +115,8 @@ def rans_decode(payload: bytes, freq: list[int], prob_bits: int, length: int) ->
             pos += 1
     if x != STATE_LOW or pos != end:
         raise ValueError("rANS stream is corrupt: it does not end in the initial state with every byte read")
-    return np.asarray(out, dtype=np.int64)
+    return out
 
 
-__all__ = ["MAX_ALPHABET", "MAX_PROB_BITS", "ideal_bits", "quantize_freqs", "rans_decode",
+__all__ = ["MAX_ALPHABET", "MAX_PROB_BITS", "MAX_SYMBOLS_PER_BYTE", "fits_symbol_budget", "ideal_bits", "quantize_freqs", "rans_decode",
            "rans_encode"]
