@@ -84,13 +84,15 @@ def interleaved_ratio(baseline, candidate, *, rounds: int = 15, warmup: int = 3,
 FLOAT_CACHE = Path(__file__).resolve().parents[1] / "runs" / "float_models"
 
 
-def trained_float(arch: str, data, seed: int, epochs: int, threads: int | None = None):
+def trained_float(arch: str, data, seed: int, epochs: int):
     """The zoo model `arch` trained with its recipe for `epochs` epochs on `data` (seed `seed`), cached
-    as safetensors under runs/float_models/ so that benchmarks sharing a float model (QAT, PTQ,
-    binary) train it once; the cache key names the dataset, seed and epochs. Returns (model, seconds
-    spent training, 0 when cached)."""
+    as safetensors under runs/float_models/ so that benchmarks sharing a float model (QAT, binary)
+    train it once. The file name holds the dataset, seed and epochs; the file's metadata holds the
+    whole training config, and a file trained with another config (a changed recipe) is retrained.
+    Returns (model, seconds spent training, 0 when cached)."""
     import time
 
+    from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
     from nncompress.api import training_config
@@ -98,15 +100,18 @@ def trained_float(arch: str, data, seed: int, epochs: int, threads: int | None =
     from nncompress.train import fit
     from nncompress.zoo import build_model
 
+    config = training_config(arch, epochs=epochs, seed=seed)
     torch.manual_seed(seed)
     model = build_model(arch, data.in_shape, data.num_classes)
     path = FLOAT_CACHE / f"{arch}-{data.name}-seed{seed}-{epochs}ep.safetensors"
     if path.is_file():
-        model.load_state_dict(load_file(str(path)))
-        return model.eval(), 0.0
+        with safe_open(str(path), "pt") as f:
+            cached_config = (f.metadata() or {}).get("config")
+        if cached_config == repr(config):
+            model.load_state_dict(load_file(str(path)))
+            return model.eval(), 0.0
     began = time.perf_counter()
-    fit(model, data.train_loader(64, seed=seed), training_config(arch, epochs=epochs, seed=seed),
-        progress=False, log=lambda _m: None)
-    FLOAT_CACHE.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp))
+    fit(model, data.train_loader(64, seed=seed), config, progress=False, log=lambda _m: None)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    atomic_write(path, lambda tmp: save_file(state, tmp, metadata={"config": repr(config)}))
     return model.eval(), time.perf_counter() - began
