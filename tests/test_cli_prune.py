@@ -67,3 +67,10 @@ def test_prune_cli_user_errors_name_the_option_before_training(main, args, messa
 def test_prune_cli_counts_are_checked_by_the_parser(main):
     code, _, stderr = main("prune", "lenet300", "--rounds", "0")
     assert code == 2 and "Invalid value for '--rounds'" in stderr
+
+
+def test_set_reads_scientific_notation_as_a_number():
+    from nncompress.cli.common import parse_sets
+
+    assert parse_sets(["lam=1e-3", "theta=2E+1", "norm=l1", "x=0.5", "name=1e-3x"]) == {
+        "lam": 1e-3, "theta": 20.0, "norm": "l1", "x": 0.5, "name": "1e-3x"}

@@ -4,6 +4,7 @@ here and decorates its functions with `@app.command(...)`; `cli/__init__.py` imp
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -106,6 +107,10 @@ def parse_layer_values(text: Optional[str]) -> dict[str, float]:
     return values
 
 
+#: a number in scientific notation without a decimal point, which YAML 1.1 leaves a string
+SCIENTIFIC = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+
+
 def parse_sets(items: Optional[list[str]]) -> dict[str, Any]:
     """--set FIELD=VALUE items -> {field: YAML-parsed value}; 'targets.exclude=[conv1]' sets a
     field of the method's `targets`."""
@@ -119,6 +124,8 @@ def parse_sets(items: Optional[list[str]]) -> dict[str, Any]:
             value = yaml.safe_load(text)
         except yaml.YAMLError as err:
             raise UserError(f"--set {item!r}: the value is not valid YAML ({err})") from None
+        if isinstance(value, str) and SCIENTIFIC.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
         head, _, sub = key.strip().partition(".")
         if sub:
             fields.setdefault(head, {})[sub] = value
