@@ -39,6 +39,7 @@ from .quant.smooth import SmoothQuant
 from .quant.soft_sharing import SoftWeightSharing
 from .quant.ternary import TTQ, TWN
 from .runtime.int8_torch import to_int8_
+from .runtime.kernel_select import use_sparse_kernels_
 from .train import TrainConfig, evaluate, fit
 from .validate import UserError
 
@@ -54,4 +55,5 @@ __all__ = ["METHODS", "BNN", "BWN", "BinaryConnect", "ChannelPrune", "ColumnPrun
            "SmoothQuant", "SoftWeightSharing", "SparsityPrune", "SplitAttention", "TTQ", "TWN", "ThresholdPrune",
            "TrainConfig", "UserError", "XNORNet", "apply_", "convert_", "count_nonzero_weights", "evaluate", "fit",
            "fold_batchnorm_", "load_model", "method_from_dict", "prune_", "quantize_", "remove_quantization_",
-           "run_method", "save_model", "shrink_", "squash_", "to_int8_", "unfuse_attention_", "with_forward"]
+           "run_method", "save_model", "shrink_", "squash_", "to_int8_", "unfuse_attention_", "use_sparse_kernels_",
+           "with_forward"]
