@@ -140,6 +140,7 @@ class QuantizeStage(MethodStage):
     calib_images: int = Field(512, ge=1, le=1_000_000)
     finetune_epochs: int = Field(0, ge=0, le=100_000)
     lr: float = Field(1e-3, gt=0, le=100)
+    optimizer: Literal["sgd", "adam"] = "sgd"
     weight_decay: float = Field(0.0, ge=0, le=1)
     batch_size: int = Field(64, ge=1, le=65_536)
 

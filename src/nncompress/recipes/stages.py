@@ -96,8 +96,9 @@ def run_quantize(stage: QuantizeStage, run: Run) -> dict:
     run.methods.append(method)
     figures: dict = {"method": method.to_dict(), "test_accuracy": run.accuracy()}
     if stage.finetune_epochs:
-        phase = TrainingPhase(TrainConfig(epochs=stage.finetune_epochs, lr=stage.lr, weight_decay=stage.weight_decay,
-                                          seed=run.seed), run.seed + 2000, stage.batch_size, "quantize fine-tune")
+        phase = TrainingPhase(TrainConfig(epochs=stage.finetune_epochs, lr=stage.lr, optimizer=stage.optimizer,
+                                          weight_decay=stage.weight_decay, seed=run.seed),
+                              run.seed + 2000, stage.batch_size, "quantize fine-tune")
         phase.run(run.model, run.dataset, regularizers=method.regularizers(run.model))
         run.phases.append(phase)
         figures.update(calibrated_accuracy=figures["test_accuracy"], test_accuracy=run.accuracy(),
