@@ -3,9 +3,11 @@
 Usage: python benchmarks/qat_init.py [--models resnet20] [--seeds 0 1 2] [--float-epochs 15]
 For each trained float model (benchmarks/common.trained_float, cached), BatchNorm is folded and LSQ is
 attached exactly as flows/qat.py does before fine-tuning, once per init ("lsq", "mse"); the table
-gives the quantized start's accuracy and loss on the **last 1,000 training images** (a split the
-choice may look at; the test split is not used here) and the weights' mean relative quantization
-error. No training: this chooses the init that benchmarks/qat.py then fine-tunes from.
+gives the quantized start's accuracy and loss on the **last 1,000 training images** and the weights'
+mean relative quantization error. Those images are part of the float model's training data (it
+trains on all 8,000): the figures say how much of the trained function each quantized start keeps,
+in sample; the test split is not used. No training here: this chooses the init that
+benchmarks/qat.py then fine-tunes from.
 """
 from __future__ import annotations
 
@@ -74,9 +76,9 @@ def main() -> None:
                               f"{statistics.fmean(r['loss'] for r in rs):.4f}",
                               f"{statistics.fmean(r['weight_error'] for r in rs):.4f}"])
     text = header("LSQ's starting steps: the paper's init vs the least-error grid (issue 13)") + "\n" + __doc__.split("\n\n", 1)[1]
-    text += "\n" + table(["model", "bits", "init", "seeds", "val acc % (start)", "val loss (start)",
+    text += "\n" + table(["model", "bits", "init", "seeds", "acc % on the last 1,000 train images (start)", "loss there",
                           "weight rel. error"], means)
-    text += "\n\nPer seed:\n\n" + table(["model", "seed", "bits", "init", "val acc %", "val loss", "weight rel. error"], rows)
+    text += "\n\nPer seed:\n\n" + table(["model", "seed", "bits", "init", "acc %", "loss", "weight rel. error"], rows)
     print(text)
     write_results("qat_init", text)
 
