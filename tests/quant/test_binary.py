@@ -11,8 +11,8 @@ import nncompress as nc
 from nncompress.config import Context
 from nncompress.parametrize import transforms
 from nncompress.quant.binary import (BNN, BWN, BinaryActivation, BinaryConnect, BinaryWeight, XNORNet,
-                                     clip_latent_weights_, glorot_h, hard_sigmoid, reestimate_batchnorm_, sign_ste,
-                                     stochastic_sign)
+                                     clip_latent_weights_, glorot_h, hard_sigmoid, sign_ste, stochastic_sign)
+from nncompress.quant.bn_reestimate import reestimate_batchnorm_
 
 
 def test_bwn_alpha_is_the_l1_closed_form_and_minimises_the_error():

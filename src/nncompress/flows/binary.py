@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..api import save_model, training_config
+from ..api import save_model
 from ..config import Context, Method, run_method
-from ..quant.binary import (BNN, BWN, BinaryConnect, XNORNet, clip_latent_weights_, has_stochastic_weights,
-                            reestimate_batchnorm_)
+from ..quant.binary import BNN, BWN, BinaryConnect, XNORNet, clip_latent_weights_, has_stochastic_weights
+from ..quant.bn_reestimate import reestimate_batchnorm_
 from ..quant.convert import convert_
 from ..quant.lqnet import LQNet
 from ..quant.ternary import TTQ, TWN
