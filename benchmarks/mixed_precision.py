@@ -6,10 +6,11 @@ Per seed: one float model (the zoo's recommended training unless --float-epochs)
 - PTQ bit search (no training) at the same average-bits budget, per network / layer / channel:
   measured loss increase of each layer alone at each bit-width on 1,024 training images, greedy
   allocation (`quant/bitsearch.py`);
-- the per-layer search followed by the same real-quantization fine-tune NIPQ's stage 3 gets;
+- the per-layer search followed by a fine-tune through its fake quantizers for all of NIPQ's epochs (same budget);
 - NIPQ: stage 1 pseudo-noise + learned bits and range toward the target average bits, stage 2 pull
   to the candidates and snap, stage 3 linear fake quantization at the chosen bits, fine-tuned;
 - (first seed only) a DiffQ lambda sweep: size penalty lambda * average bits, bits rounded, same fine-tune.
+- a same-budget float control per seed: the float model trained through NIPQ's phases, nothing quantized.
 Weights only (activations stay float); average bits are weighted by parameter count over every
 Conv / Linear layer. Accuracy on the 2,000 test images.
 """
@@ -24,31 +25,22 @@ from pathlib import Path
 
 import torch
 
-from common import MNIST_DIR, RESULTS, header, table, write_results
+from common import MNIST_DIR, RESULTS, header, table, trained_float, write_results
 from nncompress.api import training_config
-from nncompress.flows.mixed_precision import bitsearch_model, learn_mixed_precision, weight_size
+from nncompress.flows.control import same_budget_control
+from nncompress.flows.mixed_precision import (bitsearch_model, learn_mixed_precision, mixed_precision_phases,
+                                             weight_size)
 from nncompress.quant.bitsearch import apply_bits_
 from nncompress.quant.convert import convert_
 from nncompress.quant.mixed_precision import NIPQ, DiffQ
 from nncompress.train import evaluate, fit
 from nncompress.zoo import build_model, load_dataset
 
-CACHE = Path(__file__).resolve().parents[1] / "runs"
-
-
 def float_model(arch: str, data, seed: int, epochs: int | None):
-    """The trained float model of this seed (cached under runs/ so a rerun skips training)."""
+    """The trained float model of this seed and its training config (`common.trained_float`'s cache)."""
     config = training_config(arch, seed=seed, epochs=epochs)
-    torch.manual_seed(seed)
-    model = build_model(arch, data.in_shape, data.num_classes)
-    path = CACHE / f"mp_float_{arch}_s{seed}_e{config.epochs}.pt"
-    if path.is_file():
-        model.load_state_dict(torch.load(path, weights_only=True))
-    else:
-        fit(model, data.train_loader(64, seed=seed), config, progress=False)
-        CACHE.mkdir(exist_ok=True)
-        torch.save(model.state_dict(), path)
-    return model.eval(), config
+    model, _ = trained_float(arch, data, seed, config.epochs)
+    return model, config
 
 
 def acc(model, data) -> float:
@@ -109,25 +101,30 @@ def main() -> None:
     options = tuple(int(o) for o in args.options.split(","))
     data = load_dataset("mnist-10k", MNIST_DIR)
     name = args.name or f"mixed_precision_{args.model}"
-    rows, sweep, per_method = [], [], {}
+    rows, sweep, per_method, controls = [], [], {}, []
     plot_series = {}
     for seed in args.seeds:
         model, config = float_model(args.model, data, seed, args.float_epochs)
         float_acc = acc(model, data)
+        control, _ = same_budget_control(model, data, mixed_precision_phases(config, epochs=stages))
+        control_acc = acc(control, data)
+        controls.append((float_acc, control_acc))
+        print(f"seed {seed}: float {100 * float_acc:.2f}, same-budget control {100 * control_acc:.2f}", flush=True)
         counts = layer_counts(model)
 
         def add(method: str, avg_bits: float, bits: dict, accuracy: float) -> None:
             size = weight_size(bits, counts)["weight_bytes"] / 1024
-            rows.append([method, seed, f"{100 * float_acc:.2f}", f"{avg_bits:.3f}", f"{size:.1f}",
-                         f"{100 * accuracy:.2f}", f"{100 * (accuracy - float_acc):+.2f}"])
-            per_method.setdefault(method, []).append((avg_bits, accuracy, float_acc))
+            rows.append([method, seed, f"{100 * float_acc:.2f}", f"{100 * control_acc:.2f}", f"{avg_bits:.3f}",
+                         f"{size:.1f}", f"{100 * accuracy:.2f}", f"{100 * (accuracy - float_acc):+.2f}",
+                         f"{100 * (accuracy - control_acc):+.2f}"])
+            per_method.setdefault(method, []).append((avg_bits, accuracy, float_acc, control_acc))
             print(rows[-1], flush=True)
 
         search = bitsearch_model(model, data, args.target_bits, options=options, calib_images=args.calib)
         for level, found in search.items():
             add(f"PTQ search per {level}", found["average_bits"], found["bits"], found["accuracy"])
-        ft = search_and_finetune(model, data, search["layer"]["bits"], config, stages[2])
-        add(f"PTQ per-layer search + {stages[2]} ep fine-tune", search["layer"]["average_bits"], search["layer"]["bits"], ft)
+        ft = search_and_finetune(model, data, search["layer"]["bits"], config, sum(stages))
+        add(f"PTQ per-layer search + {sum(stages)} ep fine-tune", search["layer"]["average_bits"], search["layer"]["bits"], ft)
 
         nipq_model = copy.deepcopy(model)
         method = NIPQ(target_bits=args.target_bits, candidates=candidates)
@@ -143,12 +140,15 @@ def main() -> None:
                            f"{report['stages'][1]['average_bits']:.3f} bits, accuracy before fine-tune "
                            f"{100 * report['stages'][1]['accuracy_before_finetune']:.2f}%; after stage 3 "
                            f"{100 * report['accuracy']:.2f}%; after `convert_` (stored integer codes) {100 * converted:.2f}%.\n")
+            diffq_phases = mixed_precision_phases(config, epochs=stages, nipq=False)
+            diffq_control = acc(same_budget_control(model, data, diffq_phases)[0], data) if args.lambdas else None
             for lam in args.lambdas:
                 net = copy.deepcopy(model)
                 rep = learn_mixed_precision(net, data, DiffQ(size_weight=lam), config, epochs=(stages[0], 0, stages[2]),
                                             bit_lr=args.bit_lr, progress=False)
                 sweep.append([lam, f"{rep['average_bits']:.3f}", f"{rep['weight_bytes'] / 1024:.1f}",
-                              f"{rep['compression']:.1f}x", f"{100 * float_acc:.2f}", f"{100 * rep['accuracy']:.2f}",
+                              f"{rep['compression']:.1f}x", f"{100 * float_acc:.2f}", f"{100 * diffq_control:.2f}",
+                              f"{100 * rep['accuracy']:.2f}", f"{100 * (rep['accuracy'] - diffq_control):+.2f}",
                               " ".join(f"{n}:{b}" for n, b in rep["bits"].items())])
                 print(sweep[-1], flush=True)
     png = RESULTS / f"{name}_bits.png"
@@ -156,24 +156,35 @@ def main() -> None:
     plot_bits(png, layers, plot_series, f"{args.model}: per-layer weight bits at <= {args.target_bits} average (seed {args.seeds[0]})")
     means = []
     for method, values in per_method.items():
-        bits, accs, floats = zip(*values)
+        bits, accs, floats, ctrls = zip(*values)
+        gaps = [a - c for a, c in zip(accs, ctrls)]
+        stderr = statistics.stdev(gaps) / len(gaps) ** 0.5 if len(gaps) > 1 else float("nan")
         means.append([method, len(values), f"{statistics.mean(bits):.3f}", f"{100 * statistics.mean(floats):.2f}",
-                      f"{100 * statistics.mean(accs):.2f}", f"{100 * (statistics.mean(accs) - statistics.mean(floats)):+.2f}"])
+                      f"{100 * statistics.mean(ctrls):.2f}", f"{100 * statistics.mean(accs):.2f}",
+                      f"{100 * (statistics.mean(accs) - statistics.mean(floats)):+.2f}",
+                      f"**{100 * statistics.mean(gaps):+.2f}**", f"{100 * stderr:.2f}", f"{100 * min(gaps):+.2f}"])
     load = os.getloadavg()
     text = header(f"Mixed precision: {args.model} on mnist-10k, target {args.target_bits} average weight bits")
     text += (f"Machine load (1/5/15 min) at the end: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on {os.cpu_count()} "
-             f"cores, run under `nice -n 10`. Float training: {config.epochs} epochs (lr {config.lr}, {config.schedule}); "
+             f"cores. Float training: {config.epochs} epochs (lr {config.lr}, {config.schedule}); "
              f"NIPQ stages {args.stages} epochs at lr x0.1, bit lr {args.bit_lr}; candidates {candidates}; PTQ options "
              f"{options}, {args.calib} calibration images. Weights only; sizes are sum b_i N_i / 8 over Conv/Linear "
              f"weights (float32: {sum(counts.values()) * 4 / 1024:.1f} KiB).\n\n")
-    text += "## Means over seeds\n\n" + table(["method", "seeds", "avg bits", "float acc %", "acc %", "diff (points)"], means)
+    text += (f"Same-budget control: each seed's float model trained through NIPQ's phases ({sum(stages)} epochs at "
+             f"lr x0.1, the same loader seeds) with nothing quantized (`flows.control.same_budget_control`); the PTQ "
+             f"search + fine-tune row gets the same {sum(stages)} epochs through its fake quantizers.\n\n")
+    text += "## Means over seeds\n\n" + table(["method", "seeds", "avg bits", "float acc %", "control acc %", "acc %",
+                                                "vs float (points)", "vs control (points)", "standard error",
+                                                "worst seed vs control"], means)
     text += "\n" + nipq_detail
     text += f"\nPer-layer bits (seed {args.seeds[0]}): `{png.name}`\n\n" + table(
         ["layer", "params", *plot_series], [[n, counts[n], *(s[n] for s in plot_series.values())] for n in layers])
     if sweep:
         text += f"\n## DiffQ lambda sweep (seed {args.seeds[0]}; penalty lambda x average bits)\n\n" + table(
-            ["lambda", "avg bits", "weights KiB", "vs float32", "float acc %", "acc %", "per-layer bits"], sweep)
-    text += "\n## Every run\n\n" + table(["method", "seed", "float acc %", "avg bits", "weights KiB", "acc %", "diff"], rows)
+            ["lambda", "avg bits", "weights KiB", "vs float32", "float acc %",
+             f"control acc % ({stages[0] + stages[2]} epochs)", "acc %", "vs control (points)", "per-layer bits"], sweep)
+    text += "\n## Every run\n\n" + table(["method", "seed", "float acc %", "control acc %", "avg bits", "weights KiB", "acc %",
+                                                  "vs float", "vs control"], rows)
     write_results(name, text)
 
 

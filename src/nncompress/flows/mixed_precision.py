@@ -24,6 +24,7 @@ from ..quant.noise import bit_step_, layer_params, learned_bits, pseudo_noise
 from ..train import TrainConfig, evaluate, fit
 from ..validate import UserError, check_int_range, check_positive
 from ..zoo import Dataset
+from .control import TrainingPhase
 from .prune import calibration_batches, dense_model
 
 FLOAT_BITS = 32
@@ -40,13 +41,34 @@ def _accuracy(model: nn.Module, dataset: Dataset) -> float:
     return evaluate(model, dataset.test_loader())["accuracy"]
 
 
-def _noise_fit(model: nn.Module, dataset: Dataset, config: TrainConfig, regularizers: list, bit_lr: float,
-               batch_size: int, progress: bool | None, seed_offset: int) -> None:
+def mixed_precision_phases(base: TrainConfig, *, epochs: tuple[int, int, int] = (3, 1, 2), lr_factor: float = 0.1,
+                           batch_size: int = 64, nipq: bool = True) -> list[TrainingPhase]:
+    """The training phases `learn_mixed_precision` runs: stage 1 (noise, learned bits; loader seed
+    seed+100), NIPQ's stage 2 (noise + pull to the candidates; seed+200) and stage 3 (real
+    quantization fine-tune; seed+300), each at `lr_factor` x the base learning rate. A stage of 0
+    epochs is left out. `flows.control.same_budget_control` replays them on the float model."""
+    for i, e in enumerate(epochs):
+        check_int_range(f"epochs[{i}]", e, 0, 10_000)
+    config = replace(base, lr=base.lr * lr_factor)
+    stages = [(epochs[0], 100, "stage 1: noise"), (epochs[1] if nipq else 0, 200, "stage 2: pull"),
+              (epochs[2], 300, "stage 3: fine-tune")]
+    return [TrainingPhase(replace(config, epochs=e), base.seed + offset, batch_size, label)
+            for e, offset, label in stages if e]
+
+
+def _phase(phases: list[TrainingPhase], label: str) -> TrainingPhase | None:
+    return next((p for p in phases if p.label.startswith(label)), None)
+
+
+def _noise_fit(model: nn.Module, dataset: Dataset, phase: TrainingPhase | None, regularizers: list, bit_lr: float,
+               progress: bool | None) -> None:
     """Train with pseudo-quantization noise; after every optimizer step the bits take their own
     SGD step (`bit_step_`) and are kept in range."""
+    if phase is None:
+        return
     with pseudo_noise(model):
-        fit(model, dataset.train_loader(batch_size, seed=config.seed + seed_offset), config, regularizers=regularizers,
-            on_step=lambda _: bit_step_(model, bit_lr), progress=progress)
+        phase.run(model, dataset, regularizers=regularizers, on_step=lambda _: bit_step_(model, bit_lr),
+                  progress=progress)
 
 
 def learn_mixed_precision(model: nn.Module, dataset: Dataset, method: Method, base: TrainConfig, *,
@@ -56,24 +78,23 @@ def learn_mixed_precision(model: nn.Module, dataset: Dataset, method: Method, ba
 
     `epochs`: (stage 1, stage 2, stage 3) for NIPQ; DiffQ uses stage 1 and stage 3 (no candidate set).
     The model's learning rate is `lr_factor` x the base one; the bits get `bit_lr` (see `bit_step_`).
+    The phases are `mixed_precision_phases(base, ...)`: the same-budget control replays them.
     Returns the report: per-stage average bits and accuracy, final per-layer bits, size, accuracy.
     """
     if not isinstance(method, (NIPQ, DiffQ)):
         raise UserError(f"learn_mixed_precision takes NIPQ or DiffQ, got {type(method).__name__}")
-    for i, e in enumerate(epochs):
-        check_int_range(f"epochs[{i}]", e, 0, 10_000)
     check_positive("bit_lr", bit_lr)
-    config = replace(base, lr=base.lr * lr_factor)
+    phases = mixed_precision_phases(base, epochs=epochs, lr_factor=lr_factor, batch_size=batch_size,
+                                    nipq=isinstance(method, NIPQ))
     apply_(model, method)
     counts = layer_params(model)
     regs = method.regularizers(model)
     report: dict = {"method": method.to_dict(), "params": counts, "stages": []}
-    _noise_fit(model, dataset, replace(config, epochs=epochs[0]), regs, bit_lr, batch_size, progress, 100)
+    _noise_fit(model, dataset, _phase(phases, "stage 1"), regs, bit_lr, progress)
     report["stages"].append({"stage": 1, **bits_report(model), "accuracy_round_b": _accuracy(model, dataset)})
     if isinstance(method, NIPQ):
-        if epochs[1]:
-            _noise_fit(model, dataset, replace(config, epochs=epochs[1]), [*regs, candidate_pull(method.candidates, pull)],
-                       bit_lr, batch_size, progress, 200)
+        _noise_fit(model, dataset, _phase(phases, "stage 2"), [*regs, candidate_pull(method.candidates, pull)],
+                   bit_lr, progress)
         chosen = snap_to_candidates(learned_bits(model), counts, method.candidates, method.target_bits)
         set_bits_(model, chosen)
         report["stages"].append({"stage": 2, "bits": chosen, "average_bits": weighted_average(chosen, counts),
@@ -81,9 +102,9 @@ def learn_mixed_precision(model: nn.Module, dataset: Dataset, method: Method, ba
     else:
         chosen = {n: int(round(b)) for n, b in learned_bits(model).items()}
     to_real_quantization_(model, chosen)
-    if epochs[2]:
-        fit(model, dataset.train_loader(batch_size, seed=base.seed + 300), replace(config, epochs=epochs[2]),
-            progress=progress)
+    finetune = _phase(phases, "stage 3")
+    if finetune is not None:
+        finetune.run(model, dataset, progress=progress)
     accuracy = _accuracy(model, dataset)
     report["stages"].append({"stage": 3, "accuracy": accuracy})
     report.update({"bits": chosen, "average_bits": weighted_average(chosen, counts), "accuracy": accuracy,
