@@ -5,7 +5,7 @@ import torch
 
 from nncompress.numerics import (BF16, FP4_E1M2, FP4_E2M1, FP4_E3M0, FP8_E4M3, FP8_E5M2, FP16, bits_to_float,
                                  decompose_float32, float_format, float_grid, float_to_bits, int_range,
-                                 quantize_fixed_point, quantize_float)
+                                 quantize_fixed_point, quantize_float, quantize_float_reference)
 from nncompress.validate import UserError
 
 
@@ -32,7 +32,20 @@ def test_emulation_matches_torch_casts_bit_for_bit(fmt, dtype):
     torch.manual_seed(0)
     x = torch.cat([torch.randn(20000) * 10, torch.randn(20000) * 1e-3, torch.randn(2000) * 1e-6, SPECIALS])
     x = x[x.abs() <= fmt.max_value]  # casts differ on overflow policy; tested below
-    assert torch.equal(quantize_float(x, fmt), x.to(dtype).float())
+    assert torch.equal(quantize_float_reference(x, fmt), x.to(dtype).float())
+
+
+@pytest.mark.parametrize("fmt", [FP16, BF16, FP8_E4M3, FP8_E5M2])
+def test_fast_native_path_equals_the_formula_on_every_midpoint_and_beyond_max(fmt):
+    """quantize_float casts through torch's dtype; the formula is the reference: ties at every
+    midpoint between neighbouring finite values, values past max, inf and NaN agree bit for bit."""
+    grid = float_grid(fmt)
+    grid = torch.cat([-grid.flip(0), grid])
+    mids = (grid[1:] + grid[:-1]) / 2
+    x = torch.cat([grid, mids, SPECIALS, torch.tensor([1e9, -1e9, math.inf, -math.inf, math.nan])])
+    fast, ref = quantize_float(x, fmt), quantize_float_reference(x, fmt)
+    assert torch.equal(fast.isnan(), ref.isnan())
+    assert torch.equal(fast[~fast.isnan()], ref[~ref.isnan()])
 
 
 def test_overflow_saturates_or_becomes_inf():

@@ -99,8 +99,26 @@ def float_format(name: str) -> FloatFormat:
     return FLOAT_FORMATS[name]
 
 
+# Formats torch stores natively: its casts round to nearest, ties to even, with subnormals, exactly
+# as `quantize_float_reference` does (tests compare the two on every code and every midpoint).
+_NATIVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp8_e4m3": torch.float8_e4m3fn,
+                  "fp8_e5m2": torch.float8_e5m2}
+
+
 def quantize_float(x: torch.Tensor, fmt: FloatFormat, saturate: bool = True) -> torch.Tensor:
     """Round float32 `x` to the nearest value of `fmt` (ties to the even code), with subnormals.
+
+    The result of `quantize_float_reference`; saturating casts to fp16 / bf16 / FP8 go through
+    torch's native dtype (clamp to +-max, cast, cast back), about 10x faster, same bits.
+    """
+    native = _NATIVE_DTYPES.get(fmt.name)
+    if native is not None and saturate:
+        return torch.clamp(x.float(), -fmt.max_value, fmt.max_value).to(native).float()
+    return quantize_float_reference(x, fmt, saturate)
+
+
+def quantize_float_reference(x: torch.Tensor, fmt: FloatFormat, saturate: bool = True) -> torch.Tensor:
+    """Round float32 `x` to `fmt` by the formula, for any (exp_bits, man_bits) format.
 
     q = round(x / step) * step with step = 2^(max(floor(log2|x|), 1 - bias) - man_bits).
     Values beyond the largest finite value saturate to +-max (`saturate=True`, and always for formats
