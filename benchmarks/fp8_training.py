@@ -58,7 +58,7 @@ def main() -> None:
     load = os.getloadavg()
     text = header(f"FP8 training vs float32: {args.model} on mnist-10k")
     text += (f"Machine load (1/5/15 min) at the end: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on "
-             f"{os.cpu_count()} cores, run under `nice -n 10`.\n\n"
+             f"{os.cpu_count()} cores.\n\n"
              "FP8 = `FP8Training`: every Conv/Linear weight and input rounded to E4M3 (max 448) in the forward "
              "pass with a per-tensor amax scale s = amax / 448 computed just in time from the current tensor "
              "(variant `channel`: one scale per output channel for the weights, i.e. block-scaled; variant "

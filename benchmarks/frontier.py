@@ -42,7 +42,8 @@ from common import MNIST_DIR, RESULTS, header, table, write_results
 from honest import CACHE as HONEST_CACHE
 from honest import budget_tag, settings, train_dense
 from nncompress.analysis.metrics import count_params
-from nncompress.flows.allocate import AllocationConfig, compress_to_budget, compression_phases, measure_table
+from nncompress.flows.allocate import AllocationConfig, compress_to_budget, compression_phases
+from nncompress.flows.allocation_table import measure_table
 from nncompress.flows.control import same_budget_control
 from nncompress.train import evaluate
 from nncompress.zoo import load_dataset

@@ -10,8 +10,8 @@ from nncompress.encode.container import read_nnc
 from nncompress.encode.cost import candidate, chain_bytes
 from nncompress.encode.model import decode_model, encode_model
 from nncompress.encode.container import serialize
-from nncompress.flows.allocate import (AllocationConfig, Candidate, compress_to_budget, exact_plan_bytes, fixed_bytes,
-                                       solve)
+from nncompress.flows.allocate import AllocationConfig, compress_to_budget, exact_plan_bytes, fixed_bytes, solve
+from nncompress.flows.allocation_table import Candidate
 from nncompress.flows.prune import dense_model
 from nncompress.train import evaluate
 from nncompress.validate import UserError
@@ -142,7 +142,7 @@ def test_short_retrain_holds_pruned_weights_at_zero_and_skips_the_measured_image
     from types import SimpleNamespace
 
     from nncompress.encode.cost import magnitude_keep
-    from nncompress.flows.allocate import short_retrain
+    from nncompress.flows.allocation_table import short_retrain
     from nncompress.train import TrainConfig
 
     x = digits.train_x[:768].clone()
@@ -162,14 +162,14 @@ def test_short_retrain_holds_pruned_weights_at_zero_and_skips_the_measured_image
 def test_retrained_table_recovers_pruning_damage_with_the_same_bytes(digits):
     """Damage measured after a short retraining (step 6) is smaller for heavy pruning than on the
     dense model as is, the byte costs are the same candidates' and the model measured is unchanged."""
-    from nncompress.flows.allocate import measure_table
+    from nncompress.flows.allocation_table import measure_table
     from nncompress.train import TrainConfig, fit
 
     model = _small_mlp()
     fit(model, digits.train_loader(64, seed=0), TrainConfig(epochs=8, lr=0.05), progress=False, log=lambda _: None)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     grid = dict(target_ratio=1.0, densities=(1.0, 0.05), bits=(8,), sensitivity_images=512, lr_factor=1.0)
-    plain = measure_table(model, digits, AllocationConfig(**grid))
+    plain = measure_table(model, digits, AllocationConfig(**grid), TrainConfig(lr=0.05))
     retrained = measure_table(model, digits, AllocationConfig(**grid, sensitivity_retrain_images=768),
                               TrainConfig(lr=0.05))
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())

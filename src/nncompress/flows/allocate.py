@@ -21,7 +21,7 @@ fig. 6, ICLR 2016 table 2). Here the choice is made by a program:
    changes the weights, so the streams code slightly differently), lower the bits of the layer
    whose planned loss per byte saved is smallest and re-share, until the file fits (where no bits
    can go lower, prune the largest layer 5% further).
-6. Optionally (`sensitivity_retrain_images` > 0) the damage is measured *after a short retraining*
+6. Optionally (`sensitivity_retrain_images` > 0; `flows/allocation_table.py`) the damage is measured *after a short retraining*
    instead of on the dense model as is: for every layer and density, the layer is pruned alone, the
    whole model is retrained one pass over that many training images (disjoint from the images the
    damage is measured on; SGD at the retraining learning rate, the pruned weights held at zero), and
@@ -42,7 +42,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -51,31 +50,21 @@ from torch import nn
 
 from ..analysis.metrics import count_params, weight_layers
 from ..config import Context, run_method
-from ..encode.cost import LayerCosts, candidate, plan_bytes, tensors_bytes
+from ..encode.cost import candidate, plan_bytes, tensors_bytes
 from ..parametrize import plain_state
 from ..prune.unstructured import MagnitudePrune
-from ..train import TrainConfig, evaluate, fit
+from ..train import TrainConfig, evaluate
 from ..validate import UserError, check_fraction, check_positive
-from ..zoo import Dataset, TensorLoader
+from ..zoo import Dataset
 from .control import TrainingPhase, codebook_phase, pruning_phases
 from .deep_compression import DeepCompressionConfig, share_and_encode
 from .distill import DistillConfig, distillation_kwargs
+from .allocation_table import Candidate, measure_table
 from .prune import calibration_batches, dense_model, prune_and_retrain
 
 DEFAULT_DENSITIES = (1.0, 0.7, 0.5, 0.35, 0.25, 0.18, 0.13, 0.09, 0.065, 0.045, 0.032, 0.023, 0.016, 0.011, 0.008)
 DEFAULT_BITS = (1, 2, 3, 4, 5, 6, 7, 8)
 MAX_BINS = 4096  # byte bins of the knapsack table
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One (density, bits) choice for one layer: its exact byte cost and its measured damage."""
-
-    density: float
-    bits: int
-    bytes: int
-    loss: float  # increase of the cross-entropy, this layer alone compressed
-    accuracy: float  # change of accuracy (negative: a drop), this layer alone compressed
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -156,100 +145,11 @@ class Allocation:
         return {name: c.bits for name, c in self.choice.items()}
 
 
-def _sensitivity_batches(dataset: Dataset, n_images: int) -> TensorLoader:
-    n = min(n_images, len(dataset.train_x))
-    return TensorLoader(dataset.train_x[:n], dataset.train_y[:n], 256)
-
-
-Retrain = Callable[[nn.Module, str, torch.Tensor], None]
-
-
-def candidate_table(model: nn.Module, batches, densities, bits,
-                    retrain: Retrain | None = None) -> dict[str, list[Candidate]]:
-    """Every layer's candidates with exact bytes and measured damage (one layer at a time; the model
-    is restored after each). With `retrain(model, layer name, keep mask)`, each (layer, density) is
-    pruned and retrained on a copy first and the bits are applied to the retrained weights (module
-    docstring, step 6); the bytes stay those of the dense weights' candidates."""
-    model = copy.deepcopy(model).eval()
-    base = evaluate(model, batches)
-    table: dict[str, list[Candidate]] = {}
-    for name, layer in weight_layers(model).items():
-        costs = LayerCosts(f"{name}.weight", layer.weight.detach().clone())
-        table[name] = [row for density in densities
-                       for row in _density_rows(model, name, costs, density, bits, batches, base, retrain)]
-    return table
-
-
-@torch.no_grad()
-def _density_rows(model: nn.Module, name: str, costs: LayerCosts, density: float, bits, batches, base: dict,
-                  retrain: Retrain | None) -> list[Candidate]:
-    """The candidates of one (layer, density): each bit-width's damage, measured on `model` with only
-    that layer replaced (on a retrained copy if `retrain` is given); `model` is left unchanged."""
-    net = model
-    if retrain is not None:
-        net = copy.deepcopy(model)
-        keep, _ = costs.keep(density)
-        with torch.enable_grad():
-            retrain(net, name, keep)
-        net.eval()
-    layer = weight_layers(net)[name]
-    original = layer.weight.detach().clone()
-    rows = []
-    for b in bits:
-        value, nbytes = costs.evaluate(density, b)
-        if retrain is not None:
-            value = candidate(original, density, b, costs.keep(density)[0])[0]
-        layer.weight.copy_(value)
-        measured = evaluate(net, batches)
-        rows.append(Candidate(density, b, nbytes, measured["loss"] - base["loss"],
-                              measured["accuracy"] - base["accuracy"]))
-    layer.weight.copy_(original)
-    return rows
-
-
-def short_retrain(dataset: Dataset, config: AllocationConfig, base: TrainConfig) -> Retrain:
-    """The short retraining of step 6: one pass (batches of 64, shuffled with `base.seed`) over the
-    `sensitivity_retrain_images` training images after the `sensitivity_images` the damage is
-    measured on, SGD at `lr_factor` x the original learning rate (constant), the layer's pruned
-    weights held at zero after every step (as pruning's masks do during retraining). Dropout keeps its
-    rate (Han's rescaling for pruned layers is left to the real retraining)."""
-    start = min(config.sensitivity_images, len(dataset.train_x))
-    stop = min(start + config.sensitivity_retrain_images, len(dataset.train_x))
-    if stop <= start:
-        raise UserError(f"no training images left for the sensitivity retraining after the first {start:,}; "
-                        f"lower sensitivity_images")
-    train_config = replace(base, epochs=1, lr=base.lr * config.lr_factor, schedule="constant")
-
-    def retrain(model: nn.Module, name: str, keep: torch.Tensor) -> None:
-        weight = weight_layers(model)[name].weight
-        mask = keep.to(weight.dtype)
-        with torch.no_grad():
-            weight.mul_(mask)
-        loader = TensorLoader(dataset.train_x[start:stop], dataset.train_y[start:stop], 64, shuffle=True,
-                              seed=base.seed)
-        fit(model, loader, train_config, on_step=lambda _: weight.data.mul_(mask), progress=False,
-            log=lambda _: None)
-
-    return retrain
-
-
 def other_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """The tensors of the file besides the weight chains (biases rounded to float16 as the Deep
     Compression flow stores them; BatchNorm statistics as they are)."""
     layers = {f"{n}.weight" for n in weight_layers(model)}
     return {k: (v.half().float() if k.endswith(".bias") else v) for k, v in plain_state(model).items() if k not in layers}
-
-
-def measure_table(model: nn.Module, dataset: Dataset, config: AllocationConfig,
-                  base: TrainConfig | None = None) -> dict[str, list[Candidate]]:
-    """The candidate table of `config`'s grid, damage measured on the first `sensitivity_images`
-    training images (never the test split); after a short retraining (`short_retrain`, from the
-    training config `base`) if `config.sensitivity_retrain_images` > 0."""
-    retrain = None
-    if config.sensitivity_retrain_images:
-        retrain = short_retrain(dataset, config, base if base is not None else TrainConfig())
-    return candidate_table(model, _sensitivity_batches(dataset, config.sensitivity_images), config.densities,
-                           config.bits, retrain)
 
 
 def fixed_bytes(model: nn.Module, model_desc: dict, meta: dict | None = None) -> int:
@@ -316,8 +216,8 @@ def solve(table: dict[str, list[Candidate]], *, fixed: int, budget: int | None =
 
 
 def allocate(model: nn.Module, dataset: Dataset, config: AllocationConfig, model_desc: dict,
-             meta: dict | None = None, table: dict[str, list[Candidate]] | None = None,
-             base: TrainConfig | None = None) -> Allocation:
+             base: TrainConfig, meta: dict | None = None,
+             table: dict[str, list[Candidate]] | None = None) -> Allocation:
     """Measure the candidate table on `model` (dense, trained) and solve for the budget. The
     per-layer costs are each measured alone (slightly pessimistic, see `encode/cost.py`), so the
     plan is re-solved with the budget corrected by the exact bytes of the whole planned file until
@@ -391,7 +291,7 @@ def compress_to_budget(model: nn.Module, arch: str, dataset: Dataset, base: Trai
     go lower, pruning the largest layer 5% further). `model` (dense, trained) is
     changed in place (pruned). Returns (the model decoded from the file, figures)."""
     desc = {"arch": arch, "in_shape": list(dataset.in_shape), "num_classes": dataset.num_classes}
-    allocation = allocate(model, dataset, config, desc, table=table, base=base)
+    allocation = allocate(model, dataset, config, desc, base, table=table)
     fit_kwargs = distillation_kwargs(model, config.distill)  # the teacher: the dense model, before pruning
     sparsity = {name: 1.0 - d for name, d in allocation.densities.items()}
     method = MagnitudePrune(sparsity=float(np.mean(list(sparsity.values()))), layer_sparsity=sparsity)

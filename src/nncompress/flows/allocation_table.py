@@ -1,0 +1,126 @@
+"""The candidate table of the allocator (`flows/allocate.py`, its steps 1-3 and 6): for every
+Conv / Linear layer and every (density d, bits b) of a grid, the exact bytes the candidate adds to a
+`.nnc` file (`encode/cost.py`) and the damage it does alone: the change of cross-entropy and accuracy
+on held-in training images when only that layer is pruned to d and k-means-shared with 2^b
+centroids, measured on the model as is, or after a short retraining of the pruned layer (step 6).
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from ..analysis.metrics import weight_layers
+from ..encode.cost import LayerCosts, candidate
+from ..parametrize import detach
+from ..prune.mask import Mask, attach_mask
+from ..train import TrainConfig, evaluate, fit
+from ..validate import UserError
+from ..zoo import Dataset, TensorLoader
+
+if TYPE_CHECKING:
+    from .allocate import AllocationConfig
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One (density, bits) choice for one layer: its exact byte cost and its measured damage."""
+
+    density: float
+    bits: int
+    bytes: int
+    loss: float  # increase of the cross-entropy, this layer alone compressed
+    accuracy: float  # change of accuracy (negative: a drop), this layer alone compressed
+
+
+def _sensitivity_batches(dataset: Dataset, n_images: int) -> TensorLoader:
+    n = min(n_images, len(dataset.train_x))
+    return TensorLoader(dataset.train_x[:n], dataset.train_y[:n], 256)
+
+
+Retrain = Callable[[nn.Module, str, torch.Tensor], None]
+
+
+def candidate_table(model: nn.Module, batches, densities, bits,
+                    retrain: Retrain | None = None) -> dict[str, list[Candidate]]:
+    """Every layer's candidates with exact bytes and measured damage (one layer at a time; the model
+    is restored after each). With `retrain(model, layer name, keep mask)`, each (layer, density) is
+    pruned and retrained on a copy first and the bits are applied to the retrained weights (module
+    docstring, step 6); the bytes stay those of the dense weights' candidates."""
+    model = copy.deepcopy(model).eval()
+    base = evaluate(model, batches)
+    table: dict[str, list[Candidate]] = {}
+    for name, layer in weight_layers(model).items():
+        costs = LayerCosts(f"{name}.weight", layer.weight.detach().clone())
+        table[name] = [row for density in densities
+                       for row in _density_rows(model, name, costs, density, bits, batches, base, retrain)]
+    return table
+
+
+@torch.no_grad()
+def _density_rows(model: nn.Module, name: str, costs: LayerCosts, density: float, bits, batches, base: dict,
+                  retrain: Retrain | None) -> list[Candidate]:
+    """The candidates of one (layer, density): each bit-width's damage, measured on `model` with only
+    that layer replaced (on a retrained copy if `retrain` is given); `model` is left unchanged."""
+    net = model
+    if retrain is not None:
+        net = copy.deepcopy(model)
+        keep, _ = costs.keep(density)
+        with torch.enable_grad():
+            retrain(net, name, keep)
+        net.eval()
+    layer = weight_layers(net)[name]
+    original = layer.weight.detach().clone()
+    rows = []
+    for b in bits:
+        value, nbytes = costs.evaluate(density, b)
+        if retrain is not None:
+            value = candidate(original, density, b, costs.keep(density)[0])[0]
+        layer.weight.copy_(value)
+        measured = evaluate(net, batches)
+        rows.append(Candidate(density, b, nbytes, measured["loss"] - base["loss"],
+                              measured["accuracy"] - base["accuracy"]))
+    layer.weight.copy_(original)
+    return rows
+
+
+def short_retrain(dataset: Dataset, config: AllocationConfig, base: TrainConfig) -> Retrain:
+    """The short retraining of step 6: one pass (batches of 64, shuffled with `base.seed`) over the
+    `sensitivity_retrain_images` training images after the `sensitivity_images` the damage is
+    measured on, SGD at `lr_factor` x the original learning rate (constant), the layer's pruned
+    weights held at zero after every step (as pruning's masks do during retraining). Dropout keeps its
+    rate (Han's rescaling for pruned layers is left to the real retraining)."""
+    start = min(config.sensitivity_images, len(dataset.train_x))
+    stop = min(start + config.sensitivity_retrain_images, len(dataset.train_x))
+    if stop <= start:
+        raise UserError(f"no training images left for the sensitivity retraining after the first {start:,}; "
+                        f"lower sensitivity_images")
+    train_config = replace(base, epochs=1, lr=base.lr * config.lr_factor, schedule="constant")
+
+    def retrain(model: nn.Module, name: str, keep: torch.Tensor) -> None:
+        layer = weight_layers(model)[name]
+        attach_mask(layer, keep, name)  # pruning's own mask: pruned weights stay exactly zero
+        loader = TensorLoader(dataset.train_x[start:stop], dataset.train_y[start:stop], 64, shuffle=True,
+                              seed=base.seed)
+        fit(model, loader, train_config, progress=False, log=lambda _: None)
+        detach(layer, Mask)  # a plain weight again (zeros where pruned), for the bits to replace
+
+    return retrain
+
+
+def measure_table(model: nn.Module, dataset: Dataset, config: AllocationConfig,
+                  base: TrainConfig) -> dict[str, list[Candidate]]:
+    """The candidate table of `config`'s grid, damage measured on the first `sensitivity_images`
+    training images (never the test split); after a short retraining (`short_retrain`, from the
+    training config `base`) if `config.sensitivity_retrain_images` > 0."""
+    retrain = None
+    if config.sensitivity_retrain_images:
+        retrain = short_retrain(dataset, config, base)
+    return candidate_table(model, _sensitivity_batches(dataset, config.sensitivity_images), config.densities,
+                           config.bits, retrain)
+
+
