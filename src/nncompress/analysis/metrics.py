@@ -137,6 +137,18 @@ def total_macs(model: nn.Module, in_shape: tuple[int, ...]) -> int:
     return sum(count_macs(model, in_shape).values())
 
 
+def weight_densities(model: nn.Module) -> dict[str, float]:
+    """Fraction of non-zero weights per Conv / Linear layer."""
+    return {n: float(torch.count_nonzero(m.weight.detach())) / m.weight.numel() for n, m in weight_layers(model).items()}
+
+
+def nonzero_macs(model: nn.Module, in_shape: tuple[int, ...]) -> int:
+    """MACs with a non-zero weight: each layer's MACs x its weight density (what hardware that skips
+    zero weights can get down to: 2:4 Sparse Tensor Cores, the zero-skipping array of `hardware/`)."""
+    densities = weight_densities(model)
+    return round(sum(macs * densities.get(name, 1.0) for name, macs in count_macs(model, in_shape).items()))
+
+
 def model_size_bits(model: nn.Module, weight_bits: Mapping[str, int] | int = 32, other_bits: int = 32) -> int:
     """Storage in bits when each layer's weights use `weight_bits[layer]` bits (dense storage).
 

@@ -64,6 +64,33 @@ class MovingAverageObserver(Observer):
             self.hi = self.hi + self.momentum * (hi - self.hi)
 
 
+class ValueSample:
+    """A bounded, seeded uniform sample of observed values: at most `per_batch` values drawn from each
+    tensor added, and (when `cap` is set) the pool cut to a random half of the cap whenever it
+    grows past it. Range searches (percentile, MSE) run on the sample instead of every value."""
+
+    def __init__(self, per_batch: int, cap: int | None = None, seed: int = 0):
+        self.per_batch, self.cap = per_batch, cap
+        self.samples: list[torch.Tensor] = []
+        self.count = 0
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def add(self, x: torch.Tensor) -> None:
+        flat = x.detach().float().flatten()
+        if flat.numel() > self.per_batch:
+            flat = flat[torch.randint(flat.numel(), (self.per_batch,), generator=self.generator)]
+        self.samples.append(flat)
+        self.count += flat.numel()
+        if self.cap is not None and self.count > self.cap:
+            pool = torch.cat(self.samples)
+            self.samples = [pool[torch.randperm(pool.numel(), generator=self.generator)[:self.cap // 2]]]
+            self.count = self.samples[0].numel()
+
+    def values(self) -> torch.Tensor:
+        """Every sampled value (empty when nothing was added)."""
+        return torch.cat(self.samples) if self.samples else torch.zeros(0)
+
+
 class _SampleObserver(Observer):
     """Keeps a bounded uniform sample of the observed values (per-tensor only)."""
 
@@ -72,26 +99,15 @@ class _SampleObserver(Observer):
             raise UserError(f"{type(self).__name__} supports per-tensor ranges only (axis=None); "
                              "use the 'minmax' or 'ema' observer per channel")
         super().__init__(None, bits, symmetric)
-        self.samples: list[torch.Tensor] = []
-        self.count = 0
-        self.generator = torch.Generator().manual_seed(0)
+        self.sample = ValueSample(per_batch=max(1, SAMPLE_CAP // 16), cap=SAMPLE_CAP)
 
     def observe(self, x: torch.Tensor) -> None:
         super().observe(x)
-        flat = x.detach().float().flatten()
-        keep = max(1, SAMPLE_CAP // 16)
-        if flat.numel() > keep:
-            flat = flat[torch.randint(flat.numel(), (keep,), generator=self.generator)]
-        self.samples.append(flat)
-        self.count += flat.numel()
-        if self.count > SAMPLE_CAP:
-            pool = torch.cat(self.samples)
-            self.samples = [pool[torch.randperm(pool.numel(), generator=self.generator)[:SAMPLE_CAP // 2]]]
-            self.count = self.samples[0].numel()
+        self.sample.add(x)
 
     def values(self) -> torch.Tensor:
         Observer.range(self)  # raises if nothing was observed
-        return torch.cat(self.samples)
+        return self.sample.values()
 
 
 class PercentileObserver(_SampleObserver):

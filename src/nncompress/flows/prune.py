@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
-from ..analysis.metrics import weight_layers
+from ..analysis.metrics import weight_densities, weight_layers
 from ..analysis.sensitivity import DEFAULT_SPARSITIES, SensitivityCurves, sensitivity_scan
 from ..api import apply_, count_nonzero_weights, resolve_model, save_model, training_config
 from ..config import Context, Method, Select, run_method
@@ -69,11 +69,6 @@ def calibration_batches(dataset: Dataset, n_images: int = 512, batch_size: int =
     calibration data of PTQ and of data-aware pruning criteria."""
     n = min(n_images, len(dataset.train_x))
     return list(TensorLoader(dataset.train_x[:n], dataset.train_y[:n], batch_size))
-
-
-def weight_densities(model: nn.Module) -> dict[str, float]:
-    """Fraction of non-zero weights per Conv / Linear layer."""
-    return {n: float(torch.count_nonzero(m.weight.detach())) / m.weight.numel() for n, m in weight_layers(model).items()}
 
 
 def prune_and_retrain(model: nn.Module, method: Method, dataset: Dataset, base: TrainConfig, *,

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 from torch import nn
 
-from ..analysis.metrics import count_macs, count_params, total_macs
+from ..analysis.metrics import count_params, nonzero_macs, total_macs, weight_densities
 from ..api import save_model
 from ..config import Method
 from ..prune.schedules import retrain_config
@@ -17,7 +17,7 @@ from ..prune.shrink import shrink_, shrink_summary
 from ..prune.slimming import NetworkSlimming, matched_penalty
 from ..train import TrainConfig, evaluate, fit
 from ..zoo import Dataset
-from .prune import calibration_batches, dense_model, prune_and_retrain, weight_densities
+from .prune import calibration_batches, dense_model, prune_and_retrain
 
 
 def sparsity_train(model: nn.Module, method: Method, dataset: Dataset, base: TrainConfig, epochs: int,
@@ -27,13 +27,6 @@ def sparsity_train(model: nn.Module, method: Method, dataset: Dataset, base: Tra
     if epochs and regularizers:
         fit(model, dataset.train_loader(batch_size, seed=base.seed + 500), replace(base, epochs=epochs),
             regularizers=regularizers)
-
-
-def nonzero_macs(model: nn.Module, in_shape: tuple[int, ...]) -> int:
-    """MACs with a non-zero weight: each layer's MACs x its weight density (what hardware that skips
-    zero weights can get down to: 2:4 Sparse Tensor Cores, the zero-skipping array of `hardware/`)."""
-    densities = weight_densities(model)
-    return round(sum(macs * densities.get(name, 1.0) for name, macs in count_macs(model, in_shape).items()))
 
 
 def _measure(model: nn.Module, dataset: Dataset) -> dict:

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..analysis.calibrate import observe_inputs
+from ..analysis.observers import ValueSample
 from ..config import Context, Method, per_layer
 from ..parametrize import WeightTransform, attach, transforms
 from ..registry import register
@@ -104,8 +105,7 @@ class _InputStats:
 
     def __init__(self) -> None:
         self.min, self.max, self.abs_sum, self.count, self.features = float("inf"), float("-inf"), 0.0, 0, 0
-        self.samples: list[torch.Tensor] = []
-        self.generator = torch.Generator().manual_seed(0)
+        self.sample = ValueSample(per_batch=self.SAMPLE_PER_BATCH)
 
     def observe(self, x: torch.Tensor) -> None:
         x = x.detach().float()
@@ -113,14 +113,12 @@ class _InputStats:
         self.abs_sum += float(x.abs().sum())
         self.count += x.numel()
         self.features = x[0].numel() if x.dim() > 1 else x.numel()
-        flat = x.flatten()
-        if flat.numel() > self.SAMPLE_PER_BATCH:
-            flat = flat[torch.randint(flat.numel(), (self.SAMPLE_PER_BATCH,), generator=self.generator)]
-        self.samples.append(flat)
+        self.sample.add(x)
 
     def as_dict(self) -> dict:
+        sample = self.sample.values()
         return {"min": self.min, "max": self.max, "mean_abs": torch.tensor(self.abs_sum / max(self.count, 1)),
-                "features": self.features, "sample": torch.cat(self.samples) if self.samples else torch.zeros(1)}
+                "features": self.features, "sample": sample if sample.numel() else torch.zeros(1)}
 
 
 def input_statistics(model: nn.Module, names: list[str], data, max_batches: int = 8) -> dict[str, dict]:

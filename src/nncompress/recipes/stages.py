@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..analysis.metrics import weight_layers
+from ..analysis.metrics import weight_densities, weight_layers
 from ..api import apply_, count_nonzero_weights, training_config
 from ..config import Method
 from ..encode.container import read_nnc, write_nnc
@@ -25,7 +25,7 @@ from ..encode.deep_compression import round_biases_fp16_, round_codebooks_fp16_
 from ..encode.model import decode_model, encode_model
 from ..flows.control import TrainingPhase, pretrain_phase, pruning_phases, same_budget_control
 from ..flows.deep_compression import layer_row, overhead_row
-from ..flows.prune import calibration_batches, prune_and_retrain, pruning_settings, weight_densities
+from ..flows.prune import calibration_batches, prune_and_retrain, pruning_settings
 from ..quant.convert import convert_
 from ..quant.fold import fold_batchnorm_
 from ..train import TrainConfig, evaluate
