@@ -24,6 +24,7 @@ from common import MNIST_DIR, RESULTS, header, table, trained_float, write_resul
 from nncompress.flows.ptq import calibration_batches, quantize_copy
 from nncompress.api import training_config
 from nncompress.flows.control import same_budget_control
+from nncompress.flows.distill import DistillConfig
 from nncompress.flows.qat import make_method, ptq_twin, qat_model, qat_phase
 from nncompress.train import evaluate
 from nncompress.zoo import load_dataset
@@ -31,23 +32,33 @@ from nncompress.zoo import load_dataset
 STORE = RESULTS / "qat.json"
 
 
+KD = DistillConfig(alpha=0.5, temperature=4.0)  # "+kd" configs: distil the float model during QAT
+
+
 def run_seed(arch: str, data, seed: int, configs: list[tuple[str, int, int, int | None]], float_epochs: int,
              qat_epochs: int, first_last_bits: int | None = 8) -> list[dict]:
     model, _ = trained_float(arch, data, seed, float_epochs)
     calib = calibration_batches(data)
-    control, _ = same_budget_control(model, data, [qat_phase(training_config(arch, seed=seed), epochs=qat_epochs,
-                                                             seed=seed)])
-    control_accuracy = evaluate(control, data.test_loader())["accuracy"]
+    phase = qat_phase(training_config(arch, seed=seed), epochs=qat_epochs, seed=seed)
+    controls: dict[bool, float] = {}
+
+    def control_accuracy(distilled: bool) -> float:
+        """The same-budget float control (distilled from the same float model when QAT is)."""
+        if distilled not in controls:
+            control, _ = same_budget_control(model, data, [phase], distill=KD if distilled else None)
+            controls[distilled] = evaluate(control, data.test_loader())["accuracy"]
+        return controls[distilled]
+
     rows = []
     for name, wb, ab, skip in configs:
-        kind, init = split_method(name)
+        kind, init, kd = split_method(name)
         method = make_method(kind, wb, ab, model=model, skip_bits=skip, first_last_bits=first_last_bits, init=init)
         ptq_acc = evaluate(quantize_copy(model, ptq_twin(method), calib), data.test_loader())["accuracy"]
         began = time.perf_counter()
         _, _, rep = qat_model(arch, data, method, epochs=qat_epochs, seed=seed, float_model=model, progress=False,
-                              skip_bits=skip)
+                              skip_bits=skip, distill=KD if kd else None)
         rows.append({"arch": arch, "seed": seed, "method": name, "w": wb, "a": ab, "skip": skip, "ptq": ptq_acc,
-                     "control": control_accuracy,
+                     "control": control_accuracy(kd),
                      "first_last": first_last_bits,
                      "seconds": time.perf_counter() - began,
                      **{k: rep.get(k) for k in ("float_accuracy", "initial_accuracy", "qat_accuracy",
@@ -60,23 +71,29 @@ def run_seed(arch: str, data, seed: int, configs: list[tuple[str, int, int, int 
 
 def parse_config(text: str) -> tuple[str, int, int, int | None]:
     """"lsq:4:4" (method, weight bits, act bits), "lsq:2:2:8" (+ skip-path bits: precision highway);
-    "lsq/mse:3:3": LSQ with its steps started at the least-error grid (quant/lsq.py `init`)."""
+    "lsq/mse:3:3": LSQ with its steps started at the least-error grid (quant/lsq.py `init`);
+    "lsq+kd:2:2": distilling the float model (`KD`; the control is distilled alike)."""
     parts = text.split(":")
     return parts[0], int(parts[1]), int(parts[2]), int(parts[3]) if len(parts) > 3 else None
 
 
-def split_method(name: str) -> tuple[str, str | None]:
-    """"lsq/mse" -> ("lsq", "mse"); "pact" -> ("pact", None)."""
+def split_method(name: str) -> tuple[str, str | None, bool]:
+    """"lsq/mse" -> ("lsq", "mse", False); "pact" -> ("pact", None, False); "lsq+kd" -> ("lsq", None,
+    True): distil the float model during QAT (`KD`), and the control alike."""
+    name, plus, extra = name.partition("+")
+    if plus and extra != "kd":
+        raise SystemExit(f"unknown config suffix +{extra} in {name}+{extra} (known: +kd)")
     method, _, init = name.partition("/")
-    return method, init or None
+    return method, init or None, bool(plus)
 
 
 def label(r: dict) -> str:
     skip = f", {r['skip']}-bit skips" if r.get("skip") else ""
     edges = ", first/last too" if r.get("first_last", 8) is None else ""
-    method, init = split_method(r["method"])
+    method, init, kd = split_method(r["method"])
     init = f", {init.upper()} init" if init else ""
-    return f"{method.upper()} W{r['w']}A{r['a']}{init}{skip}{edges}"
+    kd = f", distilled (alpha {KD.alpha}, T {KD.temperature:g})" if kd else ""
+    return f"{method.upper()} W{r['w']}A{r['a']}{init}{kd}{skip}{edges}"
 
 
 def pct(values: list[float]) -> str:
@@ -96,7 +113,7 @@ def summary(rows: list[dict]) -> str:
     for (arch, name), rs in groups.items():
         mean = lambda key: statistics.fmean(r[key] for r in rs)  # noqa: E731
         control = [pct([r["control"] for r in rs]), f"{100 * (mean('qat_accuracy') - mean('control')):+.2f}"] if controlled else []
-        last_osc = [r["oscillation"][-1] for r in rs if r["oscillation"] and r["method"] == "lsq"]  # LSQ weights only
+        last_osc = [r["oscillation"][-1] for r in rs if r["oscillation"] and split_method(r["method"])[0] == "lsq"]  # LSQ weights only
         out.append([arch, name, len(rs), rs[0]["epochs"], pct([r["float_accuracy"] for r in rs]),
                     pct([r["ptq"] for r in rs]), pct([r["qat_accuracy"] for r in rs]),
                     f"{100 * (mean('qat_accuracy') - mean('float_accuracy')):+.2f}", *control,

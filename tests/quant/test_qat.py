@@ -254,3 +254,35 @@ def test_cli_qat_on_digits_writes_the_figures(tmp_path):
     r = json.loads(report.read_text())
     assert r["converted_exact"] and r["method"]["method"] == "pact" and len(r["oscillation"]) == 1
     assert r["qat_accuracy"] >= r["float_accuracy"] - 0.03 and "ONNX Runtime" in done.stdout
+
+
+def test_qat_finetune_distils_the_teacher_on_every_step():
+    """With a teacher and DistillConfig, every training step also runs the teacher and the loss is
+    the distillation loss (the same seed without it gives other losses); alpha 0 means no teacher."""
+    from nncompress.flows.distill import DistillConfig
+
+    class Counting(nn.Module):  # counts on the class: Distillation runs a frozen deep copy
+        calls = 0
+
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            type(self).calls += 1
+            return self.net(x)
+
+    data = tiny_dataset()
+    teacher = Counting(convnet())
+    runs = {}
+    for alpha in (0.0, 0.7):
+        model = convnet()
+        method = LSQ(weight_bits=4, act_bits=4)
+        nc.quantize_(model, method, data=[data.train_x[:32]])
+        config = TrainConfig(epochs=2, lr=0.01, seed=0)
+        runs[alpha], _ = qat_finetune(model, method, data, config, batch_size=16, teacher=teacher,
+                                      distill=DistillConfig(alpha, 2.0))
+        if alpha == 0.0:
+            assert Counting.calls == 0
+    assert Counting.calls == 2 * len(data.train_loader(16))
+    assert runs[0.7]["train_loss"] != runs[0.0]["train_loss"]

@@ -24,6 +24,8 @@ def qat(model: ModelArg = "lenet5", dataset: DatasetOpt = "digits", data_dir: Da
         lr_factor: Annotated[float, typer.Option(help="fine-tuning LR / the float recipe's LR")] = 0.1,
         freeze_threshold: Annotated[Optional[float], typer.Option(help="freeze LSQ weights whose oscillation frequency exceeds this (e.g. 0.02)")] = None,
         dampen: Annotated[float, typer.Option(help="weight of the oscillation dampening loss (0 = off)")] = 0.0,
+        distill_alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="weight of knowledge distillation from the float model during QAT (0 = off; flows/distill.py)")] = 0.0,
+        distill_temperature: Annotated[float, typer.Option(min=0.01, help="distillation softmax temperature")] = 4.0,
         seed: Annotated[int, typer.Option(help="random seed")] = 0,
         checkpoint: Annotated[Optional[Path], typer.Option(help="write a resumable checkpoint after every QAT epoch")] = None,
         resume: Annotated[bool, typer.Option("--resume", help="continue from --checkpoint")] = False,
@@ -31,6 +33,7 @@ def qat(model: ModelArg = "lenet5", dataset: DatasetOpt = "digits", data_dir: Da
         json_path: JsonOpt = None) -> None:
     """Fold BatchNorm, attach fake quantizers, fine-tune, convert_; report float vs PTQ vs QAT accuracy,
     the integer engine's and ONNX Runtime's accuracy, and weight oscillation per epoch."""
+    from ..flows.distill import DistillConfig
     from ..flows.ptq import quantize_copy
     from ..flows.prune import calibration_batches, dense_model
     from ..flows.qat import make_method, ptq_twin, qat_model
@@ -52,6 +55,7 @@ def qat(model: ModelArg = "lenet5", dataset: DatasetOpt = "digits", data_dir: Da
                             data.test_loader())["accuracy"]
     _, _, report = qat_model(arch, data, quant, epochs=epochs, lr_factor=lr_factor, seed=seed, float_model=float_model,
                              freeze_threshold=freeze_threshold, dampen=dampen,
+                             distill=DistillConfig(distill_alpha, distill_temperature) if distill_alpha else None,
                              checkpoint=str(checkpoint) if checkpoint else None, resume=resume,
                              out=str(out_path) if out_path else None)
     report["ptq_accuracy"] = ptq_accuracy

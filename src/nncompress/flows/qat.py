@@ -36,6 +36,7 @@ from ..train import TrainConfig, evaluate
 from ..validate import UserError, check_choice
 from ..zoo import Dataset
 from .control import TrainingPhase
+from .distill import DistillConfig, distillation_kwargs
 from .prune import calibration_batches, dense_model
 
 QAT_METHODS = {"ste": STEQuant, "pact": PACT, "lsq": LSQ}
@@ -87,9 +88,11 @@ def qat_phase(base: TrainConfig, *, epochs: int | None = None, lr_factor: float 
 
 def qat_finetune(model: nn.Module, method: Method, dataset: Dataset, config: TrainConfig, *, batch_size: int = 64,
                  freeze_threshold: float | None = None, dampen: float = 0.0, checkpoint: str | None = None,
-                 resume: bool = False, progress: bool | None = None) -> tuple[dict, OscillationTracker]:
+                 resume: bool = False, progress: bool | None = None, teacher: nn.Module | None = None,
+                 distill: DistillConfig | None = None) -> tuple[dict, OscillationTracker]:
     """Fine-tune a fake-quantized `model` in place with `method`'s regularizers; returns the training
-    figures and the oscillation tracker (its state is saved next to `checkpoint` for exact resumes)."""
+    figures and the oscillation tracker (its state is saved next to `checkpoint` for exact resumes).
+    With `teacher` and `distill`, the loss distils the teacher (the float model; flows/distill.py)."""
     tracker = OscillationTracker(model, freeze_threshold=freeze_threshold)
     osc_path = Path(f"{checkpoint}.oscillation.pt") if checkpoint else None
     if resume and osc_path is not None and osc_path.is_file():
@@ -103,7 +106,8 @@ def qat_finetune(model: nn.Module, method: Method, dataset: Dataset, config: Tra
     regularizers = list(method.regularizers(model)) + ([dampening_loss(dampen)] if dampen > 0 else [])
     phase = TrainingPhase(config, config.seed + 2000, batch_size, "qat")
     history = phase.run(model, dataset, on_step=tracker, on_epoch=on_epoch, regularizers=regularizers,
-                        checkpoint=checkpoint, resume=resume, progress=progress, log=lambda _msg: None)
+                        checkpoint=checkpoint, resume=resume, progress=progress, log=lambda _msg: None,
+                        **distillation_kwargs(teacher, distill))
     return {"train_loss": history.train_loss, "seconds": history.seconds}, tracker
 
 
@@ -137,13 +141,15 @@ def qat_model(spec: str, dataset: Dataset, method: Method, *, epochs: int | None
               seed: int = 0, batch_size: int = 64, freeze_threshold: float | None = None, dampen: float = 0.0,
               float_model: nn.Module | None = None, checkpoint: str | None = None, resume: bool = False,
               runtimes: bool = True, out: str | None = None, skip_bits: int | None = None,
-              progress: bool | None = None) -> tuple[nn.Module, nn.Module, dict]:
+              distill: DistillConfig | None = None, progress: bool | None = None) -> tuple[nn.Module, nn.Module, dict]:
     """Trained float model -> QAT copy, fine-tuned and converted; returns (float, converted, report).
 
     `epochs`: fine-tuning epochs (default: a third of the model's float recipe), at `lr_factor` x its
     learning rate; `float_model`: reuse a trained float model instead of loading / training one;
     `skip_bits`: quantize the residual skip paths to that many bits (8: precision highway; build the
-    method with `make_method(..., skip_bits=...)` so that projection shortcuts match)."""
+    method with `make_method(..., skip_bits=...)` so that projection shortcuts match); `distill`:
+    the fine-tuning distils the float model (Hinton et al. 2015; LSQ's sec. 3.3 distils its 2-bit
+    networks), and the same-budget control must then be distilled alike."""
     if float_model is None:
         float_model, arch, base = dense_model(spec, dataset, seed)
     else:
@@ -161,9 +167,9 @@ def qat_model(spec: str, dataset: Dataset, method: Method, *, epochs: int | None
     config = qat_phase(base, epochs=epochs, lr_factor=lr_factor, seed=seed, batch_size=batch_size).config
     trained, tracker = qat_finetune(net, method, dataset, config, batch_size=batch_size,
                                     freeze_threshold=freeze_threshold, dampen=dampen, checkpoint=checkpoint,
-                                    resume=resume, progress=progress)
+                                    resume=resume, progress=progress, teacher=float_model, distill=distill)
     net.eval()
-    report.update(epochs=config.epochs, lr=config.lr, **trained, oscillation=tracker.history,
+    report.update(epochs=config.epochs, lr=config.lr, **trained, distill=vars(distill) if distill else None, oscillation=tracker.history,
                   qat_accuracy=evaluate(net, dataset.test_loader())["accuracy"])
     probe = dataset.test_x[:256]
     before = net(probe)
