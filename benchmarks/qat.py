@@ -36,10 +36,10 @@ KD = DistillConfig(alpha=0.5, temperature=4.0)  # "+kd" configs: distil the floa
 
 
 def run_seed(arch: str, data, seed: int, configs: list[tuple[str, int, int, int | None]], float_epochs: int,
-             qat_epochs: int, first_last_bits: int | None = 8) -> list[dict]:
+             qat_epochs: int, first_last_bits: int | None = 8, lr_factor: float = 0.1) -> list[dict]:
     model, _ = trained_float(arch, data, seed, float_epochs)
     calib = calibration_batches(data)
-    phase = qat_phase(training_config(arch, seed=seed), epochs=qat_epochs, seed=seed)
+    phase = qat_phase(training_config(arch, seed=seed), epochs=qat_epochs, seed=seed, lr_factor=lr_factor)
     controls: dict[bool, float] = {}
 
     def control_accuracy(distilled: bool) -> float:
@@ -56,6 +56,7 @@ def run_seed(arch: str, data, seed: int, configs: list[tuple[str, int, int, int 
         ptq_acc = evaluate(quantize_copy(model, ptq_twin(method), calib), data.test_loader())["accuracy"]
         began = time.perf_counter()
         _, _, rep = qat_model(arch, data, method, epochs=qat_epochs, seed=seed, float_model=model, progress=False,
+                              lr_factor=lr_factor,
                               skip_bits=skip, distill=KD if kd else None)
         rows.append({"arch": arch, "seed": seed, "method": name, "w": wb, "a": ab, "skip": skip, "ptq": ptq_acc,
                      "control": control_accuracy(kd),
@@ -143,6 +144,7 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--float-epochs", type=int, default=6)
     parser.add_argument("--qat-epochs", type=int, default=2)
+    parser.add_argument("--lr-factor", type=float, default=0.1, help="QAT (and control) learning rate / the float recipe's")
     parser.add_argument("--configs", nargs="+", default=["lsq:4:4", "lsq:3:3", "lsq:2:2", "pact:4:4"])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--first-last-bits", type=int, default=8, help="bits of the first and last layer; 0: same as the rest")
@@ -163,8 +165,9 @@ def main() -> None:
     began = time.perf_counter()
     for arch in args.models:
         rows = [row for seed in args.seeds for row in run_seed(arch, data, seed, configs, args.float_epochs, args.qat_epochs,
-                                                               args.first_last_bits or None)]
+                                                               args.first_last_bits or None, args.lr_factor)]
         store[arch] = {"rows": rows, "float_epochs": args.float_epochs, "qat_epochs": args.qat_epochs,
+                       "lr_factor": args.lr_factor,
                        "seeds": args.seeds, "threads": args.threads, "load": os.getloadavg(),
                        "header": header("QAT"), "minutes": (time.perf_counter() - began) / 60}
         store_path.write_text(json.dumps(store, indent=1))
@@ -200,7 +203,8 @@ def report(store: dict, note: str = "") -> str:
                 "in the last QAT epoch (quant/oscillation.py; tracked on LSQ weights, PACT's fixed weight grids are not tracked).\n")
     for arch, run in store.items():
         text.append(f"## {arch}\n")
-        text.append(f"Budget: float {run['float_epochs']} epochs, QAT {run['qat_epochs']} epochs per configuration, "
+        text.append(f"Budget: float {run['float_epochs']} epochs, QAT {run['qat_epochs']} epochs per configuration "
+                    f"at {run.get('lr_factor', 0.1)} x the float learning rate, "
                     f"seeds {run['seeds']}; torch threads {run['threads']}, load average at the end "
                     f"{', '.join(f'{v:.1f}' for v in run['load']) or 'not recorded'} (2-core machine shared with other jobs), "
                     f"{run['minutes']:.0f} min (seeds run as parallel processes). Run header:\n\n> " + run["header"].replace("\n", "\n> ") + "\n")
