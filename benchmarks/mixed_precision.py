@@ -34,7 +34,7 @@ from nncompress.quant.bitsearch import apply_bits_
 from nncompress.quant.convert import convert_
 from nncompress.quant.mixed_precision import NIPQ, DiffQ
 from nncompress.train import evaluate, fit
-from nncompress.zoo import build_model, load_dataset
+from nncompress.zoo import load_dataset
 
 def float_model(arch: str, data, seed: int, epochs: int | None):
     """The trained float model of this seed and its training config (`common.trained_float`'s cache)."""

@@ -42,10 +42,19 @@ def test_fast_native_path_equals_the_formula_on_every_midpoint_and_beyond_max(fm
     grid = float_grid(fmt)
     grid = torch.cat([-grid.flip(0), grid])
     mids = (grid[1:] + grid[:-1]) / 2
-    x = torch.cat([grid, mids, SPECIALS, torch.tensor([1e9, -1e9, math.inf, -math.inf, math.nan])])
+    x = torch.cat([grid, mids, SPECIALS, torch.tensor([1e9, -1e9, math.inf, -math.inf, math.nan, -0.0, -1e-30])])
     fast, ref = quantize_float(x, fmt), quantize_float_reference(x, fmt)
     assert torch.equal(fast.isnan(), ref.isnan())
     assert torch.equal(fast[~fast.isnan()], ref[~ref.isnan()])
+    assert torch.equal(fast[~fast.isnan()].signbit(), ref[~ref.isnan()].signbit())  # -0.0 stays -0.0
+
+
+def test_a_user_format_sharing_a_name_takes_the_formula_not_the_cast():
+    from nncompress.numerics import FloatFormat
+
+    ieee_e4m3 = FloatFormat("fp8_e4m3", 4, 3)  # IEEE-style specials: max 240, not E4M3FN's 448
+    x = torch.tensor([300.0, 1.0, -250.0])
+    assert quantize_float(x, ieee_e4m3).tolist() == [240.0, 1.0, -240.0]
 
 
 def test_overflow_saturates_or_becomes_inf():

@@ -89,6 +89,11 @@ FP8_E5M2 = FloatFormat("fp8_e5m2", 5, 2)
 FP4_E2M1 = FloatFormat("fp4_e2m1", 2, 1, special="none")
 FP4_E1M2 = FloatFormat("fp4_e1m2", 1, 2, special="none")
 FP4_E3M0 = FloatFormat("fp4_e3m0", 3, 0, special="none")
+# Formats torch stores natively: its casts round to nearest, ties to even, with subnormals, exactly
+# as `quantize_float_reference` does (tests compare the two on every code and every midpoint). Keyed
+# by the format itself, so a user-made format of the same name but other fields takes the formula.
+_NATIVE_DTYPES = {FP16: torch.float16, BF16: torch.bfloat16, FP8_E4M3: torch.float8_e4m3fn,
+                  FP8_E5M2: torch.float8_e5m2}
 FLOAT_FORMATS = {f.name: f for f in (FP32, FP16, BF16, FP8_E4M3, FP8_E5M2, FP4_E2M1, FP4_E1M2, FP4_E3M0)}
 
 
@@ -99,21 +104,16 @@ def float_format(name: str) -> FloatFormat:
     return FLOAT_FORMATS[name]
 
 
-# Formats torch stores natively: its casts round to nearest, ties to even, with subnormals, exactly
-# as `quantize_float_reference` does (tests compare the two on every code and every midpoint).
-_NATIVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp8_e4m3": torch.float8_e4m3fn,
-                  "fp8_e5m2": torch.float8_e5m2}
-
-
 def quantize_float(x: torch.Tensor, fmt: FloatFormat, saturate: bool = True) -> torch.Tensor:
     """Round float32 `x` to the nearest value of `fmt` (ties to the even code), with subnormals.
 
-    The result of `quantize_float_reference`; saturating casts to fp16 / bf16 / FP8 go through
-    torch's native dtype (clamp to +-max, cast, cast back), about 10x faster, same bits.
+    The result of `quantize_float_reference`, bit for bit; saturating fp16 / bf16 / FP8 rounding
+    goes through torch's native dtype (clamp to +-max, cast, cast back), about 10x faster. Like the
+    reference (round has no gradient) it is not differentiable: train through `fake_float`.
     """
-    native = _NATIVE_DTYPES.get(fmt.name)
-    if native is not None and saturate:
-        return torch.clamp(x.float(), -fmt.max_value, fmt.max_value).to(native).float()
+    native = _NATIVE_DTYPES.get(fmt)
+    if native is not None and saturate and x.device.type == "cpu":
+        return torch.clamp(x.detach().float(), -fmt.max_value, fmt.max_value).to(native).float()
     return quantize_float_reference(x, fmt, saturate)
 
 

@@ -15,7 +15,7 @@ from nncompress.runtime.simulate import compare_codes, model_layer_codes
 from nncompress.zoo import build_model
 
 W8A8 = nc.LinearQuant(weight_bits=8, act_bits=8, granularity="channel")
-EPOCHS = {"lenet5": 3, "resnet20": 2}
+EPOCHS = {"lenet5": 3, "resnet20": 2, "mobilenetv2_small": 1}
 _TRAINED: dict = {}
 
 
@@ -76,7 +76,7 @@ def assert_same_codes(engine_codes: dict, sim_codes: dict) -> None:
     assert not differing, differing
 
 
-@pytest.mark.parametrize("arch", ["lenet5", "resnet20"])
+@pytest.mark.parametrize("arch", ["lenet5", "resnet20", "mobilenetv2_small"])
 def test_engine_equals_the_simulation_with_the_same_rounding(trained, arch):
     """The oracle property: every layer's integers (input codes, int32 accumulators, outputs) equal."""
     run = trained(arch)

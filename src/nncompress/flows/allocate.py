@@ -216,8 +216,8 @@ def solve(table: dict[str, list[Candidate]], *, fixed: int, budget: int | None =
 
 
 def allocate(model: nn.Module, dataset: Dataset, config: AllocationConfig, model_desc: dict,
-             base: TrainConfig, meta: dict | None = None,
-             table: dict[str, list[Candidate]] | None = None) -> Allocation:
+             meta: dict | None = None, table: dict[str, list[Candidate]] | None = None, *,
+             base: TrainConfig) -> Allocation:
     """Measure the candidate table on `model` (dense, trained) and solve for the budget. The
     per-layer costs are each measured alone (slightly pessimistic, see `encode/cost.py`), so the
     plan is re-solved with the budget corrected by the exact bytes of the whole planned file until
@@ -291,7 +291,7 @@ def compress_to_budget(model: nn.Module, arch: str, dataset: Dataset, base: Trai
     go lower, pruning the largest layer 5% further). `model` (dense, trained) is
     changed in place (pruned). Returns (the model decoded from the file, figures)."""
     desc = {"arch": arch, "in_shape": list(dataset.in_shape), "num_classes": dataset.num_classes}
-    allocation = allocate(model, dataset, config, desc, base, table=table)
+    allocation = allocate(model, dataset, config, desc, table=table, base=base)
     fit_kwargs = distillation_kwargs(model, config.distill)  # the teacher: the dense model, before pruning
     sparsity = {name: 1.0 - d for name, d in allocation.densities.items()}
     method = MagnitudePrune(sparsity=float(np.mean(list(sparsity.values()))), layer_sparsity=sparsity)

@@ -13,8 +13,9 @@ identity shortcut) or, for a projection shortcut (1x1 conv), the QAT method keep
 through `highway_layer_bits`. `bits` = 8 is the precision highway; `bits` = k (the convolutions'
 bit-width) is the low-precision skip it is compared with.
 
-The integer engine does not run a quantizer on an identity module (its residual adds carry the codes
-of the next layer's grid); a highway model is measured in fake quantization.
+The integer engine does not run a quantizer on an identity module; it carries every skip connection
+wide (int32, `runtime/plan.py: Planner.feeds_add`), i.e. it runs the full highway the fake-quantized
+model trains with. A model with k-bit skips is measured in fake quantization.
 """
 from __future__ import annotations
 

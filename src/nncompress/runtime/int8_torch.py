@@ -198,7 +198,10 @@ class Int8DynamicLinear(nn.Module):
 
     def _qparams(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The DynamicQuantizer's (S, Z) for `rows`: per row (token) or one pair (tensor)."""
-        r_min, r_max = torch.aminmax(rows, dim=1, keepdim=True) if self.quantizer.per == "token" else torch.aminmax(rows)
+        if self.quantizer.per == "token":  # amin + amax: torch.aminmax along a dim is ~20x slower on this CPU
+            r_min, r_max = rows.amin(1, keepdim=True), rows.amax(1, keepdim=True)
+        else:
+            r_min, r_max = torch.aminmax(rows)
         if not bool(torch.isfinite(torch.maximum(r_max, -r_min)).all()):  # NaN propagates through maximum
             raise UserError(f"layer {self.name!r}: its input contains non-finite values; quantization needs finite "
                             "inputs")

@@ -3,8 +3,8 @@ reference kernels). Every step takes and returns int64 tensors holding int32 / 8
 
 - `QuantizeInput`: the float -> codes boundary, exactly the first layer's StaticQuantizer rounding.
 - `LayerStep`: [requant the input onto the layer's grid] -> integer Linear / Conv -> [requant onto
-  the next grid, ReLU fused]. Without a next grid (logits, or a residual add) the int32
-  accumulator is passed on as it is.
+  the next grid, ReLU fused]. Without a next grid (logits), or when the output is a skip
+  connection (it reaches a residual add), the int32 accumulator is passed on as it is.
 - `Clamp`: ReLU on codes, clamp(q, min=Z) (the code of the real 0); on an accumulator Z = 0.
 - `AvgPool`: integer window sums, then a rounding division by the window size (ties to even,
   like torch.round in the simulation and ONNX Runtime's QLinearAveragePool).
@@ -15,7 +15,8 @@ reference kernels). Every step takes and returns int64 tensors holding int32 / 8
   int32 and rounded once: q_Y = Z_Y + RDBPOT(M_a (q_a - Z_a) + M_b (q_b - Z_b), 16) (TFLite's add
   keeps 20 bits on 8-bit inputs; an operand here may be a 24-bit accumulator, so 16). When the sum
   reaches its layer only through an average pool, it stays wide: int32 on the grid S_Y 2^-16, Z = 0
-  (pooled, then requantized by that layer), so the pool's wider input range is not clamped.
+  (pooled, then requantized by that layer), so the pool's wider input range is not clamped; and it
+  stays wide the same way when it feeds the next residual add (a skip connection).
 """
 from __future__ import annotations
 
