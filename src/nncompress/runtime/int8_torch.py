@@ -177,12 +177,13 @@ class Int8DynamicLinear(nn.Module):
         else:
             self.shift = q_min  # q - q_min in [0, 255]: oneDNN's uint8 x int8 GEMM
             self.register_buffer("packed", torch.ops.onednn.qlinear_prepack(codes8, None))
-            self.register_buffer("unit_scale", torch.ones(codes.shape[0]))
-            self.register_buffer("unit_zero_point", torch.zeros(codes.shape[0], dtype=torch.int64))
+            self.register_buffer("weight_zero_point", torch.zeros(codes.shape[0], dtype=torch.int64))
         self.register_buffer("weight_scale", scale.float())
         self.register_buffer("colsum_scaled", codes.sum(1).float() * scale.float())  # S_W sum_k q_W per output
         bias = getattr(module, "bias", None)
         self.register_buffer("bias_or_zero", torch.zeros(codes.shape[0]) if bias is None else bias.detach().float().clone())
+        # [S_W colsum; b] (2 x out): the per-token zero-point term and the bias as one rank-2 update
+        self.register_buffer("colsum_and_bias", torch.stack([self.colsum_scaled, self.bias_or_zero]))
         self._check(module, name)
 
     def _check(self, module: nn.Module, name: str) -> None:
@@ -207,12 +208,13 @@ class Int8DynamicLinear(nn.Module):
                             "inputs")
         return qparams_of_finite_range(r_min, r_max, self.quantizer.spec)
 
-    def _accumulate(self, shifted: torch.Tensor) -> torch.Tensor:
-        """sum_k (q - c) q_W as float32, on the chosen kernel (int32 accumulation either way)."""
+    def _scaled_accumulate(self, shifted: torch.Tensor) -> torch.Tensor:
+        """S_W sum_k (q - c) q_W as float32, on the chosen kernel (int32 accumulation either way;
+        oneDNN applies the per-channel S_W in its epilogue)."""
         if self.kernel == "int_mm":
-            return torch._int_mm(shifted.to(torch.int8), self.weight_t).float()
-        return torch.ops.onednn.qlinear_pointwise(shifted.to(torch.uint8), 1.0, 0, self.packed, self.unit_scale,
-                                                  self.unit_zero_point, None, 1.0, 0, torch.float32, "none", [], "")
+            return torch._int_mm(shifted.to(torch.int8), self.weight_t).float().mul_(self.weight_scale)
+        return torch.ops.onednn.qlinear_pointwise(shifted.to(torch.uint8), 1.0, 0, self.packed, self.weight_scale,
+                                                  self.weight_zero_point, None, 1.0, 0, torch.float32, "none", [], "")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.quantizer.smooth is not None:
@@ -220,14 +222,14 @@ class Int8DynamicLinear(nn.Module):
         rows = x.reshape(-1, x.shape[-1])
         scale, zero_point = self._qparams(rows)
         q_min, q_max = self.quantizer.spec.q_range
-        codes = rows.div(scale).round_().add_(zero_point).clamp_(q_min, q_max)
-        if self.shift:
-            codes = codes.sub_(self.shift)
-        y = self._accumulate(codes).mul_(self.weight_scale)  # acc S_W
-        if scale.dim() == 0:  # per tensor: S_x (acc S_W + (c - Z) colsum S_W) + b, one row vector added
-            y = y.mul_(scale).add_(scale * (self.shift - zero_point) * self.colsum_scaled + self.bias_or_zero)
-        else:  # per token: the zero-point term as a broadcast rank-1 update, then the row scales
-            y = y.addcmul_(self.shift - zero_point, self.colsum_scaled).mul_(scale).add_(self.bias_or_zero)
+        # q - c = clamp(round(x / S) + Z - c, q_min - c, q_max - c): the shift folded into Z and the bounds
+        shifted = rows.div(scale).round_().add_(zero_point - self.shift).clamp_(q_min - self.shift, q_max - self.shift)
+        y = self._scaled_accumulate(shifted).mul_(scale)  # S_x S_W acc
+        if scale.dim() == 0:  # per tensor: + S_x (c - Z) S_W colsum + b, one row vector
+            y = y.add_(scale * (self.shift - zero_point) * self.colsum_scaled + self.bias_or_zero)
+        else:  # per token: + [S_x (c - Z), 1] @ [S_W colsum; b], one rank-2 update in one pass
+            left = torch.cat([scale * (self.shift - zero_point), torch.ones_like(scale)], dim=1)
+            y = y.addmm_(left, self.colsum_and_bias)
         return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
