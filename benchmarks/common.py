@@ -89,7 +89,10 @@ def trained_float(arch: str, data, seed: int, epochs: int):
     as safetensors under runs/float_models/ so that benchmarks sharing a float model (QAT, binary)
     train it once. The file name holds the dataset, seed and epochs; the file's metadata holds the
     whole training config, and a file trained with another config (a changed recipe) is retrained.
+    Benchmarks running in parallel share the cache: the first to need a model trains it while
+    the others wait on a lock file beside it, then load it.
     Returns (model, seconds spent training, 0 when cached)."""
+    import fcntl
     import time
 
     from safetensors import safe_open
@@ -104,14 +107,17 @@ def trained_float(arch: str, data, seed: int, epochs: int):
     torch.manual_seed(seed)
     model = build_model(arch, data.in_shape, data.num_classes)
     path = FLOAT_CACHE / f"{arch}-{data.name}-seed{seed}-{epochs}ep.safetensors"
-    if path.is_file():
-        with safe_open(str(path), "pt") as f:
-            cached_config = (f.metadata() or {}).get("config")
-        if cached_config == repr(config):
-            model.load_state_dict(load_file(str(path)))
-            return model.eval(), 0.0
-    began = time.perf_counter()
-    fit(model, data.train_loader(64, seed=seed), config, progress=False, log=lambda _m: None)
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    atomic_write(path, lambda tmp: save_file(state, tmp, metadata={"config": repr(config)}))
-    return model.eval(), time.perf_counter() - began
+    FLOAT_CACHE.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if path.is_file():
+            with safe_open(str(path), "pt") as f:
+                cached_config = (f.metadata() or {}).get("config")
+            if cached_config == repr(config):
+                model.load_state_dict(load_file(str(path)))
+                return model.eval(), 0.0
+        began = time.perf_counter()
+        fit(model, data.train_loader(64, seed=seed), config, progress=False, log=lambda _m: None)
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        atomic_write(path, lambda tmp: save_file(state, tmp, metadata={"config": repr(config)}))
+        return model.eval(), time.perf_counter() - began
