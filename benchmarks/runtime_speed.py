@@ -22,7 +22,6 @@ import math
 import os
 import statistics
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
@@ -30,9 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from common import MNIST_DIR, header, table, write_results
+from common import MNIST_DIR, header, table, trained_float, write_results
 import nncompress as nc
-from nncompress.api import training_config
 from nncompress.export.onnx import export_onnx
 from nncompress.export.graph import cpu_has_vnni, ort_session, u8s8_saturates
 from nncompress.export.bench import cosine, interleaved, ratio, torch_dynamic_int8
@@ -40,22 +38,12 @@ from nncompress.runtime.int8_torch import to_int8_
 from nncompress.zoo import build_model, load_dataset
 
 TMP = Path(tempfile.mkdtemp(prefix="nnc_runtime_"))
-CACHE = Path(tempfile.gettempdir()) / "nnc_runtime_cache"  # trained float models, reused across runs
-
-
 def trained(arch: str, data, epochs: int) -> tuple[nn.Module, str]:
-    """The zoo model trained `epochs` epochs on mnist-10k (seed 0), cached; returns (model, how)."""
-    torch.manual_seed(0)
-    model = build_model(arch, data.in_shape, data.num_classes)
-    path = CACHE / f"{arch}_{epochs}ep.pt"
-    if path.is_file():
-        model.load_state_dict(torch.load(path))
-        return model.eval(), f"trained {epochs} epochs (seed 0; cached from an earlier run of this script)"
-    start = time.perf_counter()
-    nc.fit(model, data.train_loader(64, seed=0), training_config(arch, epochs=epochs))
-    CACHE.mkdir(exist_ok=True)
-    torch.save(model.state_dict(), path)
-    return model.eval(), f"trained {epochs} epochs (seed 0, {time.perf_counter() - start:.0f} s)"
+    """The zoo model trained `epochs` epochs on mnist-10k (seed 0), from the benchmarks' shared float
+    cache (`common.trained_float`); returns (model, how)."""
+    model, seconds = trained_float(arch, data, 0, epochs)
+    how = f"{seconds:.0f} s" if seconds else "cached from an earlier benchmark run"
+    return model, f"trained {epochs} epochs (seed 0, the zoo recipe; {how})"
 
 
 class BertLayer(nn.Module):
