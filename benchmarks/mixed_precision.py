@@ -172,7 +172,9 @@ def main() -> None:
              f"weights (float32: {sum(counts.values()) * 4 / 1024:.1f} KiB).\n\n")
     text += (f"Same-budget control: each seed's float model trained through NIPQ's phases ({sum(stages)} epochs at "
              f"lr x0.1, the same loader seeds) with nothing quantized (`flows.control.same_budget_control`); the PTQ "
-             f"search + fine-tune row gets the same {sum(stages)} epochs through its fake quantizers.\n\n")
+             f"search + fine-tune row gets the same {sum(stages)} epochs through its fake quantizers (as one cosine "
+             f"schedule on loader seed +300, where the control replays NIPQ's three phases: the same steps, another "
+             f"schedule and data order). DiffQ's control leaves out stage 2, as DiffQ does.\n\n")
     text += "## Means over seeds\n\n" + table(["method", "seeds", "avg bits", "float acc %", "control acc %", "acc %",
                                                 "vs float (points)", "vs control (points)", "standard error",
                                                 "worst seed vs control"], means)
