@@ -369,6 +369,8 @@ def main() -> None:
     parser.add_argument("--train-only", action="store_true", help="train and cache the float models, time nothing")
     parser.add_argument("--only", choices=["resnet", "linear", "transformer", "hf"], nargs="+",
                         default=["resnet", "linear", "transformer", "hf"])
+    parser.add_argument("--name", default="runtime", help="results file (benchmarks/results/NAME.md); give another "
+                        "name with --only so the full file is not replaced by a part")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(max(args.threads))
@@ -388,7 +390,7 @@ def main() -> None:
              f"{os.getloadavg()[0]:.2f} at the end; figures taken under load are noisier and favour nothing in "
              "particular, since every row of a table is interleaved with the others. This VM's CPU reports VNNI: "
              f"{cpu_has_vnni()}; ORT's u8s8 kernels saturate here: {u8s8_saturates()} (worst-case probe).\n\n") + body
-    write_results("runtime", text)
+    write_results(args.name, text)
 
 
 if __name__ == "__main__":
