@@ -130,9 +130,9 @@ class Planner:
         return info
 
     # -- where the codes go ---------------------------------------------------------------------
-    def consumer_grid(self, node: torch.fx.Node, through: frozenset[str] = frozenset()) -> Grid | None:
-        """The input grid of the first quantized layer reached through grid-preserving nodes (and
-        nodes of the kinds in `through`)."""
+    def first_reached(self, node: torch.fx.Node, target: str, through: set[str] | frozenset[str]) -> torch.fx.Node | None:
+        """The first node of kind `target` reached from `node`'s users, breadth first, walking only
+        through nodes of the kinds in `through`; None if there is none."""
         queue, seen = list(node.users), set()
         while queue:
             user = queue.pop(0)
@@ -140,12 +140,17 @@ class Planner:
                 continue
             seen.add(user.name)
             kind = self.kind(user)
-            if kind == "layer":
-                module = self.modules[user.target]
-                return Grid.of_layer(module, f"layer {user.target!r}")
-            if kind in GRID_PRESERVING or kind in through:
+            if kind == target:
+                return user
+            if kind in through:
                 queue.extend(user.users)
         return None
+
+    def consumer_grid(self, node: torch.fx.Node, through: frozenset[str] = frozenset()) -> Grid | None:
+        """The input grid of the first quantized layer reached through grid-preserving nodes (and
+        nodes of the kinds in `through`)."""
+        layer = self.first_reached(node, "layer", GRID_PRESERVING | through)
+        return None if layer is None else Grid.of_layer(self.modules[layer.target], f"layer {layer.target!r}")
 
     def feeds_add(self, node: torch.fx.Node) -> bool:
         """True when `node`'s value reaches a residual add directly or through ReLU / identity nodes:
@@ -156,18 +161,7 @@ class Planner:
         grid instead, ResNet-20's layer inputs moved by up to 11 LSB from the model's at 8 bits, and
         a 2-bit model lost 6 points in the engine. Pools and reshapes end the search (a wide
         per-channel value is not reshaped)."""
-        queue, seen = list(node.users), set()
-        while queue:
-            user = queue.pop(0)
-            if user.name in seen:
-                continue
-            seen.add(user.name)
-            kind = self.kind(user)
-            if kind == "add":
-                return True
-            if kind in ("relu", "pass"):
-                queue.extend(user.users)
-        return False
+        return self.first_reached(node, "add", {"relu", "pass"}) is not None
 
     def fuse_relu(self, node: torch.fx.Node) -> bool:
         """True (and the ReLU becomes a pass-through) when a ReLU is the only consumer of `node`."""
