@@ -51,13 +51,15 @@ def run_seed(arch: str, data, seed: int, configs: list[tuple[str, int, int, int 
 
     rows = []
     for name, wb, ab, skip in configs:
-        kind, init, kd = split_method(name)
+        kind, init, flags = split_method(name)
+        kd = "kd" in flags
         method = make_method(kind, wb, ab, model=model, skip_bits=skip, first_last_bits=first_last_bits, init=init)
         ptq_acc = evaluate(quantize_copy(model, ptq_twin(method), calib), data.test_loader())["accuracy"]
         began = time.perf_counter()
         _, _, rep = qat_model(arch, data, method, epochs=qat_epochs, seed=seed, float_model=model, progress=False,
                               lr_factor=lr_factor,
-                              skip_bits=skip, distill=KD if kd else None)
+                              skip_bits=skip, distill=KD if kd else None,
+                              batchnorm="train" if "bn" in flags else "fold")
         rows.append({"arch": arch, "seed": seed, "method": name, "w": wb, "a": ab, "skip": skip, "ptq": ptq_acc,
                      "control": control_accuracy(kd),
                      "first_last": first_last_bits,
@@ -65,6 +67,7 @@ def run_seed(arch: str, data, seed: int, configs: list[tuple[str, int, int, int 
                      **{k: rep.get(k) for k in ("float_accuracy", "initial_accuracy", "qat_accuracy",
                                                 "converted_accuracy", "converted_exact", "engine_accuracy",
                                                 "onnx_accuracy", "engine_error", "onnx_error", "oscillation",
+                                                "folded_accuracy", "batchnorm_fold",
                                                 "epochs", "lr")}})
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "oscillation"}), flush=True)
     return rows
@@ -73,28 +76,32 @@ def run_seed(arch: str, data, seed: int, configs: list[tuple[str, int, int, int 
 def parse_config(text: str) -> tuple[str, int, int, int | None]:
     """"lsq:4:4" (method, weight bits, act bits), "lsq:2:2:8" (+ skip-path bits: precision highway);
     "lsq/mse:3:3": LSQ with its steps started at the least-error grid (quant/lsq.py `init`);
-    "lsq+kd:2:2": distilling the float model (`KD`; the control is distilled alike)."""
+    "lsq+kd:2:2": distilling the float model (`KD`; the control is distilled alike); "lsq+bn:2:2":
+    BatchNorm live during QAT, folded after (see `split_method`)."""
     parts = text.split(":")
     return parts[0], int(parts[1]), int(parts[2]), int(parts[3]) if len(parts) > 3 else None
 
 
-def split_method(name: str) -> tuple[str, str | None, bool]:
-    """"lsq/mse" -> ("lsq", "mse", False); "pact" -> ("pact", None, False); "lsq+kd" -> ("lsq", None,
-    True): distil the float model during QAT (`KD`), and the control alike."""
-    name, plus, extra = name.partition("+")
-    if plus and extra != "kd":
-        raise SystemExit(f"unknown config suffix +{extra} in {name}+{extra} (known: +kd)")
+def split_method(name: str) -> tuple[str, str | None, set[str]]:
+    """"lsq/mse" -> ("lsq", "mse", set()); "pact" -> ("pact", None, set()); "lsq+kd+bn" -> ("lsq",
+    None, {"kd", "bn"}): "+kd" distils the float model during QAT (`KD`, and the control alike),
+    "+bn" keeps BatchNorm live during QAT and folds it after (flows/qat.py batchnorm="train")."""
+    name, *flags = name.split("+")
+    unknown = set(flags) - {"kd", "bn"}
+    if unknown:
+        raise SystemExit(f"unknown config suffix +{sorted(unknown)[0]} in {name} (known: +kd, +bn)")
     method, _, init = name.partition("/")
-    return method, init or None, bool(plus)
+    return method, init or None, set(flags)
 
 
 def label(r: dict) -> str:
     skip = f", {r['skip']}-bit skips" if r.get("skip") else ""
     edges = ", first/last too" if r.get("first_last", 8) is None else ""
-    method, init, kd = split_method(r["method"])
+    method, init, flags = split_method(r["method"])
     init = f", {init.upper()} init" if init else ""
-    kd = f", distilled (alpha {KD.alpha}, T {KD.temperature:g})" if kd else ""
-    return f"{method.upper()} W{r['w']}A{r['a']}{init}{kd}{skip}{edges}"
+    kd = f", distilled (alpha {KD.alpha}, T {KD.temperature:g})" if "kd" in flags else ""
+    bn = ", BN live, folded after" if "bn" in flags else ""
+    return f"{method.upper()} W{r['w']}A{r['a']}{init}{bn}{kd}{skip}{edges}"
 
 
 def pct(values: list[float]) -> str:

@@ -238,6 +238,9 @@ def test_cli_rejects_bad_bits_with_a_clear_message():
     done = subprocess.run([sys.executable, "-m", "nncompress.cli", "qat", "lenet5", "--weight-bits", "1"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "--weight-bits" in done.stdout + done.stderr
+    done = subprocess.run([sys.executable, "-m", "nncompress.cli", "qat", "lenet5", "--batchnorm", "freeze"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "--batchnorm" in done.stdout + done.stderr and "'train'" in done.stdout + done.stderr
 
 
 @pytest.mark.slow
@@ -286,3 +289,27 @@ def test_qat_finetune_distils_the_teacher_on_every_step():
             assert Counting.calls == 0
     assert Counting.calls == 2 * len(data.train_loader(16))
     assert runs[0.7]["train_loss"] != runs[0.0]["train_loss"]
+
+
+def test_batchnorm_trained_live_is_folded_after_qat_and_runs_in_the_engine():
+    """batchnorm="train": BatchNorm keeps batch statistics during QAT, then folds into the learned
+    per-channel grids (quant/fold_trained.py); the result converts exactly and the engine runs it."""
+    from nncompress.zoo import load_dataset
+
+    data = load_dataset("digits")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Conv2d(8, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Flatten(), nn.Linear(16 * 16, 10))
+    nc.fit(model, data.train_loader(64), TrainConfig(epochs=3, lr=0.05), progress=False, log=lambda _m: None)
+    method = make_method("lsq", 2, 2, model=model)
+    _, converted, report = qat_model("bn-net", data, method, epochs=2, float_model=model, progress=False,
+                                     batchnorm="train")
+    assert report["batchnorm_fold"] == {"layers": ["0", "3"], "clamped_codes": 0}
+    assert isinstance(converted[1], nn.Identity) and isinstance(converted[4], nn.Identity)
+    assert abs(report["folded_accuracy"] - report["qat_accuracy"]) <= 0.01
+    assert report["converted_exact"] and report["converted_accuracy"] == report["folded_accuracy"]
+    assert report["qat_accuracy"] > 0.8
+    assert abs(report["engine_accuracy"] - report["converted_accuracy"]) <= 0.01
+    with pytest.raises(nc.UserError, match="batchnorm"):
+        qat_model("bn-net", data, method, float_model=model, batchnorm="freeze")

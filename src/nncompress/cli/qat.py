@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from ..validate import UserError, check_int_range
+from ..validate import UserError, check_choice, check_int_range
 from ..zoo import load_dataset
 from .common import DataDirOpt, DatasetOpt, DownloadOpt, JsonOpt, ModelArg, app, check_out_path, emit_json, out
 
@@ -26,19 +26,21 @@ def qat(model: ModelArg = "lenet5", dataset: DatasetOpt = "digits", data_dir: Da
         dampen: Annotated[float, typer.Option(help="weight of the oscillation dampening loss (0 = off)")] = 0.0,
         distill_alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="weight of knowledge distillation from the float model during QAT (0 = off; flows/distill.py)")] = 0.0,
         distill_temperature: Annotated[float, typer.Option(min=0.01, help="distillation softmax temperature")] = 4.0,
+        batchnorm: Annotated[str, typer.Option(help="fold: fold BatchNorm before QAT; train: keep it live during QAT (LSQ's setup) and fold it into the learned per-channel grids after")] = "fold",
         seed: Annotated[int, typer.Option(help="random seed")] = 0,
         checkpoint: Annotated[Optional[Path], typer.Option(help="write a resumable checkpoint after every QAT epoch")] = None,
         resume: Annotated[bool, typer.Option("--resume", help="continue from --checkpoint")] = False,
         out_path: Annotated[Optional[Path], typer.Option("--out", "-o", help="save the converted model")] = None,
         json_path: JsonOpt = None) -> None:
-    """Fold BatchNorm, attach fake quantizers, fine-tune, convert_; report float vs PTQ vs QAT accuracy,
+    """Fold BatchNorm (before QAT, or after with --batchnorm train), attach fake quantizers, fine-tune, convert_; report float vs PTQ vs QAT accuracy,
     the integer engine's and ONNX Runtime's accuracy, and weight oscillation per epoch."""
     from ..flows.distill import DistillConfig
     from ..flows.ptq import quantize_copy
     from ..flows.prune import calibration_batches, dense_model
-    from ..flows.qat import make_method, ptq_twin, qat_model
+    from ..flows.qat import BATCHNORM_MODES, make_method, ptq_twin, qat_model
     from ..train import evaluate
 
+    check_choice("--batchnorm", batchnorm, BATCHNORM_MODES)
     check_int_range("--weight-bits", weight_bits, 2, 8)
     if act_bits != 0:
         check_int_range("--act-bits", act_bits, 2, 8)
@@ -57,7 +59,7 @@ def qat(model: ModelArg = "lenet5", dataset: DatasetOpt = "digits", data_dir: Da
                              freeze_threshold=freeze_threshold, dampen=dampen,
                              distill=DistillConfig(distill_alpha, distill_temperature) if distill_alpha else None,
                              checkpoint=str(checkpoint) if checkpoint else None, resume=resume,
-                             out=str(out_path) if out_path else None)
+                             out=str(out_path) if out_path else None, batchnorm=batchnorm)
     report["ptq_accuracy"] = ptq_accuracy
     out.print(result_table(report, f"{arch} {method.upper()} W{weight_bits}A{act_bits or 'float'} on {data.name}"))
     out.print(oscillation_table(report["oscillation"]))
@@ -72,7 +74,8 @@ def result_table(report: dict, title: str) -> Table:
     table.add_column("model")
     table.add_column("test accuracy", justify="right")
     rows = [("float", "float_accuracy"), ("PTQ (same bits)", "ptq_accuracy"), ("QAT before fine-tuning", "initial_accuracy"),
-            ("QAT", "qat_accuracy"), ("converted (convert_)", "converted_accuracy"),
+            ("QAT", "qat_accuracy"), ("QAT, BatchNorm folded after", "folded_accuracy"),
+            ("converted (convert_)", "converted_accuracy"),
             ("integer engine", "engine_accuracy"), ("ONNX Runtime", "onnx_accuracy")]
     for label, key in rows:
         if report.get(key) is not None:

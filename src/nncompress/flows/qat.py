@@ -1,14 +1,17 @@
 """The `nncompress qat` workflow: float model -> fold BatchNorm -> fake quantizers (STE, PACT or LSQ)
 -> fine-tune the float shadow weights (and the learned clips / steps) -> `convert_` -> measure.
 
-BatchNorm is folded *before* QAT (Jacob et al. 2018 sec. 3.2; Krishnamoorthi 2018 sec. 3.2 offers
-folding or freezing statistics): the fake-quantized weights the network trains with are then exactly
-the folded weights the integer engine and ONNX export run, the bias lands on the int32 grid
-S_W S_X, and no running statistics drift while the grid is being learned. What folding gives up,
-batch statistics during fine-tuning, matters little for a short fine-tune at a tenth of the
-learning rate from a trained float model (the BN statistics would barely move at that rate anyway),
-whereas freezing statistics after some epochs would still leave a re-fold (and a weight change)
-after training that the quantizers never saw.
+BatchNorm, two ways (Krishnamoorthi 2018 sec. 3.2 offers folding or keeping statistics):
+- `batchnorm="fold"` (default): folded *before* QAT (Jacob et al. 2018 sec. 3.2). The fake-quantized
+  weights the network trains with are exactly the folded weights the integer engine and ONNX export
+  run, the bias trains on the int32 grid S_W S_X, and no statistics drift. What it gives up, batch
+  statistics during fine-tuning, matters little at 3 bits and above for a short fine-tune at a tenth
+  of the learning rate (ResNet-20 on mnist-10k: W3A3 within 0.03 points of its control).
+- `batchnorm="train"`: BatchNorm stays live (batch statistics) during QAT, as in the LSQ and PACT
+  papers, and is folded afterwards into the learned per-channel grids exactly
+  (quant/fold_trained.py: codes kept, steps times |f|; only the bias is rounded onto S_W S_X).
+  Needed at 2 bits, where a deep network trained without normalisation collapses (measured:
+  qat_resnet20.md).
 
 Oscillation (quant/oscillation.py) is tracked on LSQ weights every step and reported per epoch;
 `freeze_threshold` freezes oscillating weights, `dampen` adds Nagel et al.'s dampening loss.
@@ -25,7 +28,8 @@ from torch import nn
 from ..api import apply_, save_model, training_config
 from ..config import Method
 from ..quant.convert import convert_
-from ..quant.fold import fold_batchnorm_
+from ..quant.fold import batchnorm_pairs, fold_batchnorm_
+from ..quant.fold_trained import fold_trained_batchnorm_
 from ..quant.highway import highway_layer_bits, quantize_skips_, skip_bits_report
 from ..quant.lsq import LSQ
 from ..quant.oscillation import OscillationTracker, dampening_loss
@@ -40,6 +44,7 @@ from .distill import DistillConfig, distillation_kwargs
 from .prune import calibration_batches, dense_model
 
 QAT_METHODS = {"ste": STEQuant, "pact": PACT, "lsq": LSQ}
+BATCHNORM_MODES = ("fold", "train")  # folded before QAT, or trained live and folded after it
 
 
 def edge_layers(model: nn.Module, method: Method | None = None) -> tuple[str, str]:
@@ -141,7 +146,8 @@ def qat_model(spec: str, dataset: Dataset, method: Method, *, epochs: int | None
               seed: int = 0, batch_size: int = 64, freeze_threshold: float | None = None, dampen: float = 0.0,
               float_model: nn.Module | None = None, checkpoint: str | None = None, resume: bool = False,
               runtimes: bool = True, out: str | None = None, skip_bits: int | None = None,
-              distill: DistillConfig | None = None, progress: bool | None = None) -> tuple[nn.Module, nn.Module, dict]:
+              distill: DistillConfig | None = None, progress: bool | None = None,
+              batchnorm: str = "fold") -> tuple[nn.Module, nn.Module, dict]:
     """Trained float model -> QAT copy, fine-tuned and converted; returns (float, converted, report).
 
     `epochs`: fine-tuning epochs (default: a third of the model's float recipe), at `lr_factor` x its
@@ -149,7 +155,9 @@ def qat_model(spec: str, dataset: Dataset, method: Method, *, epochs: int | None
     `skip_bits`: quantize the residual skip paths to that many bits (8: precision highway; build the
     method with `make_method(..., skip_bits=...)` so that projection shortcuts match); `distill`:
     the fine-tuning distils the float model (Hinton et al. 2015; LSQ's sec. 3.3 distils its 2-bit
-    networks), and the same-budget control must then be distilled alike."""
+    networks), and the same-budget control must then be distilled alike; `batchnorm`: "fold" before
+    QAT or "train" it live and fold it after (module docstring)."""
+    check_choice("batchnorm", batchnorm, BATCHNORM_MODES)
     if float_model is None:
         float_model, arch, base = dense_model(spec, dataset, seed)
     else:
@@ -157,12 +165,13 @@ def qat_model(spec: str, dataset: Dataset, method: Method, *, epochs: int | None
     float_model.eval()
     calib = calibration_batches(dataset)
     net = copy.deepcopy(float_model)
-    folded = fold_batchnorm_(net)
+    trained_pairs = batchnorm_pairs(net) if batchnorm == "train" else []
+    folded = fold_batchnorm_(net) if batchnorm == "fold" else [layer for layer, _ in trained_pairs]
     apply_(net, method, data=calib)
     if skip_bits is not None:
         quantize_skips_(net, skip_bits, calib)
     report = {"model": arch, "dataset": dataset.name, "method": method.to_dict(), "seed": seed,
-              "folded_batchnorm": folded, "float_accuracy": evaluate(float_model, dataset.test_loader())["accuracy"],
+              "batchnorm": batchnorm, "folded_batchnorm": folded, "float_accuracy": evaluate(float_model, dataset.test_loader())["accuracy"],
               "initial_accuracy": evaluate(net, dataset.test_loader())["accuracy"], "skip_bits": skip_bits_report(net)}
     config = qat_phase(base, epochs=epochs, lr_factor=lr_factor, seed=seed, batch_size=batch_size).config
     trained, tracker = qat_finetune(net, method, dataset, config, batch_size=batch_size,
@@ -171,6 +180,9 @@ def qat_model(spec: str, dataset: Dataset, method: Method, *, epochs: int | None
     net.eval()
     report.update(epochs=config.epochs, lr=config.lr, **trained, distill=vars(distill) if distill else None, oscillation=tracker.history,
                   qat_accuracy=evaluate(net, dataset.test_loader())["accuracy"])
+    if trained_pairs:
+        report["batchnorm_fold"] = fold_trained_batchnorm_(net, trained_pairs)
+        report["folded_accuracy"] = evaluate(net, dataset.test_loader())["accuracy"]
     probe = dataset.test_x[:256]
     before = net(probe)
     convert_(net)

@@ -26,13 +26,24 @@ FOLDS_INTO = {nn.BatchNorm1d: (nn.Conv1d,), nn.BatchNorm2d: (nn.Conv2d,), nn.Bat
 def fold_batchnorm_(model: nn.Module) -> list[str]:
     """Fold every foldable BatchNorm into the layer before it (eval-mode statistics); returns those layers."""
     modules = dict(model.named_modules())
-    pairs = _traced_pairs(model, modules)
-    if pairs is None:
-        pairs = _sequential_pairs(model)
+    pairs = batchnorm_pairs(model)
     for layer_name, bn_name in pairs:
         _fold_pair(modules[layer_name], modules[bn_name])
         model.set_submodule(bn_name, nn.Identity())
     return [layer_name for layer_name, _ in pairs]
+
+
+def batchnorm_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """(layer, BatchNorm) names of every pair `fold_batchnorm_` would fold (fx graph, else Sequential)."""
+    pairs = _traced_pairs(model, dict(model.named_modules()))
+    return pairs if pairs is not None else _sequential_pairs(model)
+
+
+def batchnorm_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """(f, beta) of an eval-mode BatchNorm y = (x - mu) f + beta: f = g / sqrt(v + eps)."""
+    factor = bn.weight / torch.sqrt(bn.running_var + bn.eps) if bn.affine else 1 / torch.sqrt(bn.running_var + bn.eps)
+    shift = bn.bias if bn.affine else torch.zeros_like(bn.running_mean)
+    return factor, shift
 
 
 def _foldable(layer: nn.Module, bn: nn.Module) -> bool:
@@ -71,8 +82,7 @@ def _sequential_pairs(model: nn.Module) -> list[tuple[str, str]]:
 
 
 def _fold_pair(layer: nn.Module, bn: nn.Module) -> None:
-    factor = bn.weight / torch.sqrt(bn.running_var + bn.eps) if bn.affine else 1 / torch.sqrt(bn.running_var + bn.eps)
-    shift = bn.bias if bn.affine else torch.zeros_like(bn.running_mean)
+    factor, shift = batchnorm_affine(bn)
     layer.weight.mul_(factor.view(-1, *[1] * (layer.weight.dim() - 1)))
     bias = layer.bias if layer.bias is not None else torch.zeros_like(bn.running_mean)
     layer.bias = nn.Parameter(((bias - bn.running_mean) * factor + shift).detach().clone())

@@ -195,6 +195,25 @@ class LSQWeight(WeightTransform):
     def decode(cls, encoded: Encoded) -> torch.Tensor:
         return FakeQuant.decode(encoded)
 
+    @torch.no_grad()
+    def fold_channel_scale_(self, original: torch.Tensor, factor: torch.Tensor) -> int:
+        """Multiply output channel c by `factor[c]` (a BatchNorm's f = g / sqrt(v + eps), folded after
+        QAT) exactly on the grid: s_c <- s_c |f_c|, codes kept (negated where f_c < 0), the latent
+        weight `original` set to code x step, so the layer now computes W f. A code -Q_N negated is
+        out of range and is clamped to Q_P (returned: how many); a channel with f_c = 0 becomes zero."""
+        if not isinstance(self.granularity, PerChannel) or self.granularity.axis % original.dim() != 0:
+            raise UserError(f"folding a BatchNorm into a learned grid needs one step per output channel, "
+                            f"not {self.granularity}: quantize with granularity='channel'")
+        shape = (-1,) + (1,) * (original.dim() - 1)
+        sign = torch.where(factor < 0, -1.0, 1.0).view(shape)
+        flipped = self.codes(original) * sign
+        codes = torch.clamp(flipped, -self.q_n, self.q_p) * (factor != 0).float().view(shape)
+        step = torch.where(factor != 0, self.scale.flatten() * factor.abs(), self.scale.flatten())
+        self.step.copy_(step.view_as(self.step))
+        original.copy_(codes * self.scale)
+        self.frozen_codes.copy_(codes.to(self.frozen_codes.dtype))
+        return int((flipped > self.q_p).sum())
+
     def extra_repr(self) -> str:
         return f"bits={self.bits}, learned step, granularity={self.granularity}, frozen={int(self.frozen.sum())}"
 
