@@ -25,7 +25,7 @@ from nncompress.flows.ptq import calibration_batches, quantize_copy
 from nncompress.api import training_config
 from nncompress.flows.control import same_budget_control
 from nncompress.flows.distill import DistillConfig
-from nncompress.flows.qat import make_method, ptq_twin, qat_model, qat_phase
+from nncompress.flows.qat import make_method, ptq_twin, qat_model, qat_phases
 from nncompress.train import evaluate
 from nncompress.zoo import load_dataset
 
@@ -39,35 +39,37 @@ def run_seed(arch: str, data, seed: int, configs: list[tuple[str, int, int, int 
              qat_epochs: int, first_last_bits: int | None = 8, lr_factor: float = 0.1) -> list[dict]:
     model, _ = trained_float(arch, data, seed, float_epochs)
     calib = calibration_batches(data)
-    phase = qat_phase(training_config(arch, seed=seed), epochs=qat_epochs, seed=seed, lr_factor=lr_factor)
-    controls: dict[bool, float] = {}
+    controls: dict[tuple[bool, str], float] = {}
 
-    def control_accuracy(distilled: bool) -> float:
-        """The same-budget float control (distilled from the same float model when QAT is)."""
-        if distilled not in controls:
-            control, _ = same_budget_control(model, data, [phase], distill=KD if distilled else None)
-            controls[distilled] = evaluate(control, data.test_loader())["accuracy"]
-        return controls[distilled]
+    def control_accuracy(distilled: bool, batchnorm: str) -> float:
+        """The same-budget float control: the float model trained through QAT's phases (distilled
+        from the same float model when QAT is)."""
+        if (distilled, batchnorm) not in controls:
+            phases = qat_phases(training_config(arch, seed=seed), epochs=qat_epochs, seed=seed, lr_factor=lr_factor,
+                                batchnorm=batchnorm)
+            control, _ = same_budget_control(model, data, phases, distill=KD if distilled else None)
+            controls[distilled, batchnorm] = evaluate(control, data.test_loader())["accuracy"]
+        return controls[distilled, batchnorm]
 
     rows = []
     for name, wb, ab, skip in configs:
         kind, init, flags = split_method(name)
-        kd = "kd" in flags
+        kd, batchnorm = "kd" in flags, "train" if "bn" in flags else "fold"
         method = make_method(kind, wb, ab, model=model, skip_bits=skip, first_last_bits=first_last_bits, init=init)
         ptq_acc = evaluate(quantize_copy(model, ptq_twin(method), calib), data.test_loader())["accuracy"]
         began = time.perf_counter()
         _, _, rep = qat_model(arch, data, method, epochs=qat_epochs, seed=seed, float_model=model, progress=False,
                               lr_factor=lr_factor,
                               skip_bits=skip, distill=KD if kd else None,
-                              batchnorm="train" if "bn" in flags else "fold")
+                              batchnorm=batchnorm)
         rows.append({"arch": arch, "seed": seed, "method": name, "w": wb, "a": ab, "skip": skip, "ptq": ptq_acc,
-                     "control": control_accuracy(kd),
+                     "control": control_accuracy(kd, batchnorm),
                      "first_last": first_last_bits,
                      "seconds": time.perf_counter() - began,
                      **{k: rep.get(k) for k in ("float_accuracy", "initial_accuracy", "qat_accuracy",
                                                 "converted_accuracy", "converted_exact", "engine_accuracy",
                                                 "onnx_accuracy", "engine_error", "onnx_error", "oscillation",
-                                                "folded_accuracy", "batchnorm_fold",
+                                                "live_accuracy", "folded_accuracy", "batchnorm_fold", "phases",
                                                 "epochs", "lr")}})
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "oscillation"}), flush=True)
     return rows

@@ -307,9 +307,21 @@ def test_batchnorm_trained_live_is_folded_after_qat_and_runs_in_the_engine():
                                      batchnorm="train")
     assert report["batchnorm_fold"] == {"layers": ["0", "3"], "clamped_codes": 0}
     assert isinstance(converted[1], nn.Identity) and isinstance(converted[4], nn.Identity)
-    assert abs(report["folded_accuracy"] - report["qat_accuracy"]) <= 0.01
-    assert report["converted_exact"] and report["converted_accuracy"] == report["folded_accuracy"]
-    assert report["qat_accuracy"] > 0.8
+    assert report["phases"] == ["qat, BatchNorm live", "qat, BatchNorm folded"] and report["epochs"] == 2
+    assert abs(report["folded_accuracy"] - report["live_accuracy"]) <= 0.01
+    assert report["converted_exact"] and report["converted_accuracy"] == report["qat_accuracy"] > 0.8
     assert abs(report["engine_accuracy"] - report["converted_accuracy"]) <= 0.01
     with pytest.raises(nc.UserError, match="batchnorm"):
         qat_model("bn-net", data, method, float_model=model, batchnorm="freeze")
+
+
+def test_batchnorm_auto_trains_it_live_for_2_bit_lsq_only():
+    from nncompress.flows.qat import resolve_batchnorm
+
+    model = convnet()
+    assert resolve_batchnorm(make_method("lsq", 2, 2, model=model), "auto") == "train"
+    assert resolve_batchnorm(make_method("lsq", 4, 2, model=model), "auto") == "train"
+    assert resolve_batchnorm(make_method("lsq", 3, 3, model=model), "auto") == "fold"
+    assert resolve_batchnorm(make_method("lsq", 2, 2, model=model, granularity="tensor"), "auto") == "fold"
+    assert resolve_batchnorm(make_method("pact", 2, 2, model=model), "auto") == "fold"
+    assert resolve_batchnorm(make_method("lsq", 4, 4, model=model), "train") == "train"

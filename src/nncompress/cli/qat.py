@@ -26,7 +26,7 @@ def qat(model: ModelArg = "lenet5", dataset: DatasetOpt = "digits", data_dir: Da
         dampen: Annotated[float, typer.Option(help="weight of the oscillation dampening loss (0 = off)")] = 0.0,
         distill_alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="weight of knowledge distillation from the float model during QAT (0 = off; flows/distill.py)")] = 0.0,
         distill_temperature: Annotated[float, typer.Option(min=0.01, help="distillation softmax temperature")] = 4.0,
-        batchnorm: Annotated[str, typer.Option(help="fold: fold BatchNorm before QAT; train: keep it live during QAT (LSQ's setup) and fold it into the learned per-channel grids after")] = "fold",
+        batchnorm: Annotated[str, typer.Option(help="fold: fold BatchNorm before QAT; train: keep it live during QAT (LSQ's setup), fold it into the learned per-channel grids, then one epoch folded; auto: train for 2-bit LSQ, else fold")] = "auto",
         seed: Annotated[int, typer.Option(help="random seed")] = 0,
         checkpoint: Annotated[Optional[Path], typer.Option(help="write a resumable checkpoint after every QAT epoch")] = None,
         resume: Annotated[bool, typer.Option("--resume", help="continue from --checkpoint")] = False,
@@ -74,7 +74,8 @@ def result_table(report: dict, title: str) -> Table:
     table.add_column("model")
     table.add_column("test accuracy", justify="right")
     rows = [("float", "float_accuracy"), ("PTQ (same bits)", "ptq_accuracy"), ("QAT before fine-tuning", "initial_accuracy"),
-            ("QAT", "qat_accuracy"), ("QAT, BatchNorm folded after", "folded_accuracy"),
+            ("QAT, BatchNorm live (before the fold)", "live_accuracy"), ("QAT, just after folding BatchNorm", "folded_accuracy"),
+            ("QAT", "qat_accuracy"),
             ("converted (convert_)", "converted_accuracy"),
             ("integer engine", "engine_accuracy"), ("ONNX Runtime", "onnx_accuracy")]
     for label, key in rows:

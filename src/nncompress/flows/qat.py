@@ -9,9 +9,11 @@ BatchNorm, two ways (Krishnamoorthi 2018 sec. 3.2 offers folding or keeping stat
   of the learning rate (ResNet-20 on mnist-10k: W3A3 within 0.03 points of its control).
 - `batchnorm="train"`: BatchNorm stays live (batch statistics) during QAT, as in the LSQ and PACT
   papers, and is folded afterwards into the learned per-channel grids exactly
-  (quant/fold_trained.py: codes kept, steps times |f|; only the bias is rounded onto S_W S_X).
-  Needed at 2 bits, where a deep network trained without normalisation collapses (measured:
-  qat_resnet20.md).
+  (quant/fold_trained.py: codes kept, steps times |f|; only the bias is rounded onto S_W S_X). That
+  rounding alone cost ResNet-20 at W2A2 0.05-0.65 points, so the last epoch runs folded at a tenth of
+  the rate (`qat_phases`), letting biases and steps settle on their integer grids. Needed at 2 bits,
+  where a deep network trained without normalisation collapses (measured: qat_resnet20_bn.md);
+  `batchnorm="auto"` (the default) picks it for 2-bit LSQ.
 
 Oscillation (quant/oscillation.py) is tracked on LSQ weights every step and reported per epoch;
 `freeze_threshold` freezes oscillating weights, `dampen` adds Nagel et al.'s dampening loss.
@@ -44,7 +46,8 @@ from .distill import DistillConfig, distillation_kwargs
 from .prune import calibration_batches, dense_model
 
 QAT_METHODS = {"ste": STEQuant, "pact": PACT, "lsq": LSQ}
-BATCHNORM_MODES = ("fold", "train")  # folded before QAT, or trained live and folded after it
+BATCHNORM_MODES = ("auto", "fold", "train")  # folded before QAT, or trained live and folded after it
+FOLDED_EPOCHS, FOLDED_LR_FACTOR = 1, 0.1  # batchnorm="train": the last epoch runs folded, at 0.1x the QAT rate
 
 
 def edge_layers(model: nn.Module, method: Method | None = None) -> tuple[str, str]:
@@ -89,6 +92,32 @@ def qat_phase(base: TrainConfig, *, epochs: int | None = None, lr_factor: float 
     config = replace(base, epochs=epochs if epochs is not None else max(base.epochs // 3, 1),
                      lr=base.lr * lr_factor, seed=seed)
     return TrainingPhase(config, seed + 2000, batch_size, "qat")
+
+
+def resolve_batchnorm(method: Method, batchnorm: str) -> str:
+    """"auto" -> "train" for LSQ with per-channel weights at 2 bits (weights or activations), where a
+    network folded first collapses (qat_resnet20.md), else "fold"; "fold" / "train" as given."""
+    check_choice("batchnorm", batchnorm, BATCHNORM_MODES)
+    if batchnorm != "auto":
+        return batchnorm
+    bits = [b for b in (method.weight_bits, method.act_bits) if b is not None]
+    low = bool(bits) and min(bits) <= 2
+    return "train" if isinstance(method, LSQ) and method.granularity == "channel" and low else "fold"
+
+
+def qat_phases(base: TrainConfig, *, epochs: int | None = None, lr_factor: float = 0.1, seed: int = 0,
+               batch_size: int = 64, batchnorm: str = "fold") -> list[TrainingPhase]:
+    """The training phases `qat_model` runs (and the same-budget control replays): `qat_phase` alone
+    when BatchNorm is folded first; with batchnorm="train" its epochs but the last `FOLDED_EPOCHS`
+    with BatchNorm live, then, after the fold, those at `FOLDED_LR_FACTOR` x the rate (loader and
+    seed + 1), so the biases, now rounded onto the int32 grid S_W S_X, and the steps settle there."""
+    phase = qat_phase(base, epochs=epochs, lr_factor=lr_factor, seed=seed, batch_size=batch_size)
+    if batchnorm != "train" or phase.config.epochs <= FOLDED_EPOCHS:
+        return [phase]
+    live = replace(phase.config, epochs=phase.config.epochs - FOLDED_EPOCHS)
+    folded = replace(phase.config, epochs=FOLDED_EPOCHS, lr=phase.config.lr * FOLDED_LR_FACTOR, seed=seed + 1)
+    return [TrainingPhase(live, seed + 2000, batch_size, "qat, BatchNorm live"),
+            TrainingPhase(folded, seed + 2001, batch_size, "qat, BatchNorm folded")]
 
 
 def qat_finetune(model: nn.Module, method: Method, dataset: Dataset, config: TrainConfig, *, batch_size: int = 64,
@@ -147,7 +176,7 @@ def qat_model(spec: str, dataset: Dataset, method: Method, *, epochs: int | None
               float_model: nn.Module | None = None, checkpoint: str | None = None, resume: bool = False,
               runtimes: bool = True, out: str | None = None, skip_bits: int | None = None,
               distill: DistillConfig | None = None, progress: bool | None = None,
-              batchnorm: str = "fold") -> tuple[nn.Module, nn.Module, dict]:
+              batchnorm: str = "auto") -> tuple[nn.Module, nn.Module, dict]:
     """Trained float model -> QAT copy, fine-tuned and converted; returns (float, converted, report).
 
     `epochs`: fine-tuning epochs (default: a third of the model's float recipe), at `lr_factor` x its
@@ -156,8 +185,10 @@ def qat_model(spec: str, dataset: Dataset, method: Method, *, epochs: int | None
     method with `make_method(..., skip_bits=...)` so that projection shortcuts match); `distill`:
     the fine-tuning distils the float model (Hinton et al. 2015; LSQ's sec. 3.3 distils its 2-bit
     networks), and the same-budget control must then be distilled alike; `batchnorm`: "fold" before
-    QAT or "train" it live and fold it after (module docstring)."""
-    check_choice("batchnorm", batchnorm, BATCHNORM_MODES)
+    QAT, or "train" it live and fold it after (module docstring; the phases: `qat_phases`), or
+    "auto" (`resolve_batchnorm`). With "train" the report adds `live_accuracy` (before the fold),
+    `folded_accuracy` (just after it) and `batchnorm_fold`; `qat_accuracy` is the final model's."""
+    batchnorm = resolve_batchnorm(method, batchnorm)
     if float_model is None:
         float_model, arch, base = dense_model(spec, dataset, seed)
     else:
@@ -166,6 +197,7 @@ def qat_model(spec: str, dataset: Dataset, method: Method, *, epochs: int | None
     calib = calibration_batches(dataset)
     net = copy.deepcopy(float_model)
     trained_pairs = batchnorm_pairs(net) if batchnorm == "train" else []
+    batchnorm = batchnorm if trained_pairs else "fold"  # no BatchNorm: nothing to keep live
     folded = fold_batchnorm_(net) if batchnorm == "fold" else [layer for layer, _ in trained_pairs]
     apply_(net, method, data=calib)
     if skip_bits is not None:
@@ -173,16 +205,24 @@ def qat_model(spec: str, dataset: Dataset, method: Method, *, epochs: int | None
     report = {"model": arch, "dataset": dataset.name, "method": method.to_dict(), "seed": seed,
               "batchnorm": batchnorm, "folded_batchnorm": folded, "float_accuracy": evaluate(float_model, dataset.test_loader())["accuracy"],
               "initial_accuracy": evaluate(net, dataset.test_loader())["accuracy"], "skip_bits": skip_bits_report(net)}
-    config = qat_phase(base, epochs=epochs, lr_factor=lr_factor, seed=seed, batch_size=batch_size).config
-    trained, tracker = qat_finetune(net, method, dataset, config, batch_size=batch_size,
-                                    freeze_threshold=freeze_threshold, dampen=dampen, checkpoint=checkpoint,
-                                    resume=resume, progress=progress, teacher=float_model, distill=distill)
+    phases = qat_phases(base, epochs=epochs, lr_factor=lr_factor, seed=seed, batch_size=batch_size, batchnorm=batchnorm)
+    tuning = dict(batch_size=batch_size, freeze_threshold=freeze_threshold, dampen=dampen, progress=progress,
+                  teacher=float_model, distill=distill)
+    trained, tracker = qat_finetune(net, method, dataset, phases[0].config, checkpoint=checkpoint, resume=resume, **tuning)
+    oscillation = tracker.history
     net.eval()
-    report.update(epochs=config.epochs, lr=config.lr, **trained, distill=vars(distill) if distill else None, oscillation=tracker.history,
-                  qat_accuracy=evaluate(net, dataset.test_loader())["accuracy"])
     if trained_pairs:
+        report["live_accuracy"] = evaluate(net, dataset.test_loader())["accuracy"]
         report["batchnorm_fold"] = fold_trained_batchnorm_(net, trained_pairs)
         report["folded_accuracy"] = evaluate(net, dataset.test_loader())["accuracy"]
+        for phase in phases[1:]:  # not checkpointed: a resumed run repeats it exactly
+            more, more_tracker = qat_finetune(net, method, dataset, phase.config, **tuning)
+            trained = {k: trained[k] + more[k] for k in trained}
+            oscillation = oscillation + more_tracker.history
+        net.eval()
+    report.update(epochs=sum(p.config.epochs for p in phases), lr=phases[0].config.lr, phases=[p.label for p in phases],
+                  **trained, distill=vars(distill) if distill else None, oscillation=oscillation,
+                  qat_accuracy=evaluate(net, dataset.test_loader())["accuracy"])
     probe = dataset.test_x[:256]
     before = net(probe)
     convert_(net)
