@@ -49,11 +49,12 @@ def run_seed(arch: str, data, seed: int, ratios: list[float], float_epochs: int,
            "table_seconds": table_s, "params": count_params(dense), "rows": [],
            "sizes": {name: int(module.weight.numel()) for name, module in dense.named_modules() if name in grid}}
     for ratio in ratios:
-        path = Path(tempfile.mkdtemp()) / f"{arch}.nnc"
         began = time.perf_counter()
-        decoded, r = compress_to_budget(copy.deepcopy(dense), arch, data, base,
-                                        AllocationConfig(target_ratio=ratio, **settings), seed=seed, out=path, table=grid)
-        assert r["exact_roundtrip"] and os.path.getsize(path) == r["file_bytes"] <= r["budget_bytes"], r["tries"]
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"{arch}.nnc"
+            decoded, r = compress_to_budget(copy.deepcopy(dense), arch, data, base, AllocationConfig(target_ratio=ratio, **settings),
+                                            seed=seed, out=path, table=grid)
+            assert r["exact_roundtrip"] and os.path.getsize(path) == r["file_bytes"] <= r["budget_bytes"], r["tries"]
         row = {"target": ratio, "file_bytes": r["file_bytes"], "compression": 4 * out["params"] / r["file_bytes"],
                "accuracy": evaluate(decoded, data.test_loader())["accuracy"], "pruned_accuracy": r["pruned_accuracy"],
                "densities": r["densities"], "bits": r["bits"], "tries": len(r["tries"]),
@@ -83,8 +84,8 @@ def report(store: dict) -> str:
                 reached[run["arch"], run["seed"]] = max(reached.get((run["arch"], run["seed"]), 0.0), r["compression"])
     lines.append(table(["model", "seed", "target", "file B", "compression", "weights kept", "allocation (density / bits)",
                         "float %", "control %", "decoded file %", "gap vs control"], rows))
-    lines.append("\nHighest compression within 0.5 points of the same-budget control: " + "; ".join(
-        f"{arch} seed {seed}: **{ratio:.1f}x**" for (arch, seed), ratio in sorted(reached.items())) + ".\n")
+    lines.append("\nHighest compression within 0.5 points of the same-budget control: " + ("; ".join(
+        f"{arch} seed {seed}: **{ratio:.1f}x**" for (arch, seed), ratio in sorted(reached.items())) or "none") + ".\n")
     return "\n".join(lines)
 
 
@@ -113,12 +114,14 @@ def main() -> None:
     data = load_dataset("mnist-10k", MNIST_DIR)
     settings = dict(finetune_epochs=args.finetune_epochs, codebook_epochs=args.codebook_epochs,
                     sensitivity_images=args.sensitivity_images)
-    runs = [run_seed(arch, data, seed, args.ratios, args.float_epochs, settings) for arch in args.models for seed in args.seeds]
-    store = Path(args.store)
+    store, runs = Path(args.store), []
     store.parent.mkdir(parents=True, exist_ok=True)
-    store.write_text(json.dumps({"header": header("frontier_convnets run"), "runs": runs, "settings": settings,
-                                 "load": os.getloadavg()}, indent=1))
-    print(f"wrote {store}")
+    for arch in args.models:
+        for seed in args.seeds:  # the store is rewritten after every run: a later failure keeps the finished ones
+            runs.append(run_seed(arch, data, seed, args.ratios, args.float_epochs, settings))
+            store.write_text(json.dumps({"header": header("frontier_convnets run"), "runs": runs, "settings": settings,
+                                         "load": os.getloadavg()}, indent=1))
+            print(f"wrote {store}")
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ def run_seed(arch: str, data, seed: int, configs: list[tuple[str, int, int, int 
                               skip_bits=skip, distill=KD if kd else None,
                               batchnorm=batchnorm)
         rows.append({"arch": arch, "seed": seed, "method": name, "w": wb, "a": ab, "skip": skip, "ptq": ptq_acc,
-                     "control": control_accuracy(kd, batchnorm),
+                     "control": control_accuracy(kd, rep["batchnorm"]), "batchnorm": rep["batchnorm"],
                      "first_last": first_last_bits,
                      "seconds": time.perf_counter() - began,
                      **{k: rep.get(k) for k in ("float_accuracy", "initial_accuracy", "qat_accuracy",
@@ -88,10 +88,11 @@ def split_method(name: str) -> tuple[str, str | None, set[str]]:
     """"lsq/mse" -> ("lsq", "mse", set()); "pact" -> ("pact", None, set()); "lsq+kd+bn" -> ("lsq",
     None, {"kd", "bn"}): "+kd" distils the float model during QAT (`KD`, and the control alike),
     "+bn" keeps BatchNorm live during QAT and folds it after (flows/qat.py batchnorm="train")."""
+    full = name
     name, *flags = name.split("+")
     unknown = set(flags) - {"kd", "bn"}
     if unknown:
-        raise SystemExit(f"unknown config suffix +{sorted(unknown)[0]} in {name} (known: +kd, +bn)")
+        raise SystemExit(f"unknown config suffix +{sorted(unknown)[0]} in {full} (known: +kd, +bn)")
     method, _, init = name.partition("/")
     return method, init or None, set(flags)
 
@@ -102,7 +103,8 @@ def label(r: dict) -> str:
     method, init, flags = split_method(r["method"])
     init = f", {init.upper()} init" if init else ""
     kd = f", distilled (alpha {KD.alpha}, T {KD.temperature:g})" if "kd" in flags else ""
-    bn = ", BN live, folded after" if "bn" in flags else ""
+    live = r.get("batchnorm", "train" if r.get("batchnorm_fold") else "fold") == "train"  # older stores: no "batchnorm"
+    bn = ", BN live, folded after" if live else ""
     return f"{method.upper()} W{r['w']}A{r['a']}{init}{bn}{kd}{skip}{edges}"
 
 
@@ -137,9 +139,11 @@ def summary(rows: list[dict]) -> str:
 
 
 def per_seed(rows: list[dict]) -> str:
-    return table(["model", "seed", "config", "float %", "PTQ %", "QAT init %", "QAT %", "engine %", "ONNX %", "s"],
+    return table(["model", "seed", "config", "float %", "PTQ %", "QAT init %", "BN live, before fold %",
+                  "just folded %", "QAT %", "engine %", "ONNX %", "s"],
                  [[r["arch"], r["seed"], label(r), *[_p(r.get(k)) for k in (
-                     "float_accuracy", "ptq", "initial_accuracy", "qat_accuracy", "engine_accuracy", "onnx_accuracy")],
+                     "float_accuracy", "ptq", "initial_accuracy", "live_accuracy", "folded_accuracy", "qat_accuracy",
+                     "engine_accuracy", "onnx_accuracy")],
                    round(r["seconds"])] for r in rows])
 
 
@@ -202,7 +206,10 @@ def merge(paths: list[str]) -> dict:
 
 def report(store: dict, note: str = "") -> str:
     text = [header("Quantization-aware training (STE / PACT / LSQ) vs PTQ on mnist-10k (2,000 test images)"), ""]
-    text.append("Every QAT row: BatchNorm folded, first and last layer at 8 bits (weights and inputs) as in the "
+    text.append("Every QAT row: BatchNorm folded before QAT unless the row says 'BN live, folded after' (then "
+                "BatchNorm trains with batch statistics, is folded into the learned per-channel grids, and the last "
+                "epoch runs folded at 0.1x the rate: flows/qat.py `qat_phases`; the control replays the same phases), "
+                "first and last layer at 8 bits (weights and inputs) as in the "
                 "LSQ and PACT papers unless the row says 'first/last too', per-channel weights; PTQ = LinearQuant min-max with the same bits and layers, "
                 "calibrated on 512 training images, no training. Float, PTQ and QAT come from the same float model of "
                 "each seed (mean ± std over seeds). 'convert_ exact': the converted model's outputs equal the "

@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/qat_init.py [--models resnet20] [--seeds 0 1 2] [--float-epochs 15]
 For each trained float model (benchmarks/common.trained_float, cached), BatchNorm is folded and LSQ is
-attached exactly as flows/qat.py does before fine-tuning, once per init ("lsq", "mse"); the table
+attached exactly as flows/qat.py does before fine-tuning with batchnorm="fold" (its default above 2 bits), once per init ("lsq", "mse"); the table
 gives the quantized start's accuracy and loss on the **last 1,000 training images** and the weights'
 mean relative quantization error. Those images are part of the float model's training data (it
 trains on all 8,000): the figures say how much of the trained function each quantized start keeps,

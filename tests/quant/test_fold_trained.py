@@ -35,6 +35,8 @@ def test_fold_after_qat_keeps_the_grid_and_the_outputs():
     _quantized(net)
     x = torch.randn(32, 3, 10, 10)
     before = net[1](net[0](x))
+    hidden = net[2](before).detach()
+    before_biased = net[4](net[3](hidden))  # layer 3 has a bias of its own, already on its int32 grid
     codes_before = net[0].parametrizations.weight[0].codes(net[0].parametrizations.weight.original)
     report = fold_trained_batchnorm_(net, pairs)
     assert report == {"layers": ["0", "3"], "clamped_codes": 0}
@@ -47,6 +49,8 @@ def test_fold_after_qat_keeps_the_grid_and_the_outputs():
     # at most half a bias step per channel
     bias_step = net[0].parametrizations.bias[0].scale.view(1, -1, 1, 1)
     assert ((net[0](x) - before).abs() <= bias_step / 2 + 1e-5).all()
+    bias_step = net[3].parametrizations.bias[0].scale.view(1, -1, 1, 1)
+    assert ((net[3](hidden) - before_biased).abs() <= bias_step / 2 + 1e-5).all()
     probe = net(x)
     convert_(net)
     assert torch.equal(net(x), probe)
@@ -68,7 +72,7 @@ def test_per_tensor_grid_is_refused_with_the_layer_named():
     net = _net_with_trained_bn()
     pairs = batchnorm_pairs(net)
     _quantized(net, granularity="tensor")
-    with pytest.raises(UserError, match="one step per output channel"):
+    with pytest.raises(UserError, match="layer '0'.*one step per output channel"):
         fold_trained_batchnorm_(net, pairs)
 
 

@@ -325,3 +325,14 @@ def test_batchnorm_auto_trains_it_live_for_2_bit_lsq_only():
     assert resolve_batchnorm(make_method("lsq", 2, 2, model=model, granularity="tensor"), "auto") == "fold"
     assert resolve_batchnorm(make_method("pact", 2, 2, model=model), "auto") == "fold"
     assert resolve_batchnorm(make_method("lsq", 4, 4, model=model), "train") == "train"
+
+
+def test_cli_batchnorm_note_says_what_happened_and_warns_on_clamped_codes():
+    from nncompress.cli.qat import batchnorm_note
+
+    assert "none to keep live" in batchnorm_note({"batchnorm": "fold", "folded_batchnorm": []}, "train")
+    assert "folded before QAT (2 layers)" in batchnorm_note({"batchnorm": "fold", "folded_batchnorm": ["a", "b"]}, "auto")
+    report = {"batchnorm": "train", "phases": ["qat, BatchNorm live", "qat, BatchNorm folded"],
+              "batchnorm_fold": {"layers": ["a"], "clamped_codes": 3}}
+    note = batchnorm_note(report, "auto")
+    assert "trained live" in note and "BatchNorm folded" in note and "warning: 3 weight codes" in note

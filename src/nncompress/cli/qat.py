@@ -26,7 +26,7 @@ def qat(model: ModelArg = "lenet5", dataset: DatasetOpt = "digits", data_dir: Da
         dampen: Annotated[float, typer.Option(help="weight of the oscillation dampening loss (0 = off)")] = 0.0,
         distill_alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="weight of knowledge distillation from the float model during QAT (0 = off; flows/distill.py)")] = 0.0,
         distill_temperature: Annotated[float, typer.Option(min=0.01, help="distillation softmax temperature")] = 4.0,
-        batchnorm: Annotated[str, typer.Option(help="fold: fold BatchNorm before QAT; train: keep it live during QAT (LSQ's setup), fold it into the learned per-channel grids, then one epoch folded; auto: train for 2-bit LSQ, else fold")] = "auto",
+        batchnorm: Annotated[str, typer.Option(help="fold: fold BatchNorm before QAT; train: keep it live during QAT (LSQ's setup), fold it into the learned per-channel grids, then (with 2+ epochs) the last epoch folded at 0.1x the rate; auto: train for 2-bit LSQ with per-channel weights, else fold")] = "auto",
         seed: Annotated[int, typer.Option(help="random seed")] = 0,
         checkpoint: Annotated[Optional[Path], typer.Option(help="write a resumable checkpoint after every QAT epoch")] = None,
         resume: Annotated[bool, typer.Option("--resume", help="continue from --checkpoint")] = False,
@@ -63,10 +63,26 @@ def qat(model: ModelArg = "lenet5", dataset: DatasetOpt = "digits", data_dir: Da
     report["ptq_accuracy"] = ptq_accuracy
     out.print(result_table(report, f"{arch} {method.upper()} W{weight_bits}A{act_bits or 'float'} on {data.name}"))
     out.print(oscillation_table(report["oscillation"]))
+    out.print(batchnorm_note(report, batchnorm))
     for key in ("engine_error", "onnx_error"):
         if key in report:
             out.print(f"{key.replace('_', ' ')}: {report[key]}")
     emit_json(json_path, report)
+
+
+def batchnorm_note(report: dict, requested: str) -> str:
+    """How BatchNorm was handled, and what a user should know about it."""
+    if report["batchnorm"] == "fold":
+        if requested == "train":
+            return "BatchNorm: the model has none to keep live, so it ran as --batchnorm fold"
+        return f"BatchNorm: folded before QAT ({len(report['folded_batchnorm'])} layers)"
+    fold = report["batchnorm_fold"]
+    note = (f"BatchNorm: trained live, then folded into {len(fold['layers'])} layers' learned grids; "
+            f"phases: {', '.join(report['phases'])}")
+    if fold["clamped_codes"]:
+        note += (f"\nwarning: {fold['clamped_codes']} weight codes at -Q_N met a negative BatchNorm gamma and were "
+                 "clamped to Q_P by the fold (use --batchnorm fold to avoid it)")
+    return note
 
 
 def result_table(report: dict, title: str) -> Table:

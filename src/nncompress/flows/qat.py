@@ -2,7 +2,7 @@
 -> fine-tune the float shadow weights (and the learned clips / steps) -> `convert_` -> measure.
 
 BatchNorm, two ways (Krishnamoorthi 2018 sec. 3.2 offers folding or keeping statistics):
-- `batchnorm="fold"` (default): folded *before* QAT (Jacob et al. 2018 sec. 3.2). The fake-quantized
+- `batchnorm="fold"` (the default above 2 bits): folded *before* QAT (Jacob et al. 2018 sec. 3.2). The fake-quantized
   weights the network trains with are exactly the folded weights the integer engine and ONNX export
   run, the bias trains on the int32 grid S_W S_X, and no statistics drift. What it gives up, batch
   statistics during fine-tuning, matters little at 3 bits and above for a short fine-tune at a tenth
@@ -12,7 +12,7 @@ BatchNorm, two ways (Krishnamoorthi 2018 sec. 3.2 offers folding or keeping stat
   (quant/fold_trained.py: codes kept, steps times |f|; only the bias is rounded onto S_W S_X). That
   rounding alone cost ResNet-20 at W2A2 0.05-0.65 points, so the last epoch runs folded at a tenth of
   the rate (`qat_phases`), letting biases and steps settle on their integer grids. Needed at 2 bits,
-  where a deep network trained without normalisation collapses (measured: qat_resnet20_bn.md);
+  where a deep network trained without normalisation collapses (qat_resnet20_bn.md vs qat_resnet20.md);
   `batchnorm="auto"` (the default) picks it for 2-bit LSQ.
 
 Oscillation (quant/oscillation.py) is tracked on LSQ weights every step and reported per epoch;
@@ -31,7 +31,7 @@ from ..api import apply_, save_model, training_config
 from ..config import Method
 from ..quant.convert import convert_
 from ..quant.fold import batchnorm_pairs, fold_batchnorm_
-from ..quant.fold_trained import fold_trained_batchnorm_
+from ..quant.fold_trained import check_foldable, fold_trained_batchnorm_
 from ..quant.highway import highway_layer_bits, quantize_skips_, skip_bits_report
 from ..quant.lsq import LSQ
 from ..quant.oscillation import OscillationTracker, dampening_loss
@@ -96,7 +96,8 @@ def qat_phase(base: TrainConfig, *, epochs: int | None = None, lr_factor: float 
 
 def resolve_batchnorm(method: Method, batchnorm: str) -> str:
     """"auto" -> "train" for LSQ with per-channel weights at 2 bits (weights or activations), where a
-    network folded first collapses (qat_resnet20.md), else "fold"; "fold" / "train" as given."""
+    network folded first collapses (qat_resnet20.md vs qat_resnet20_bn.md), else "fold"; "fold" /
+    "train" as given."""
     check_choice("batchnorm", batchnorm, BATCHNORM_MODES)
     if batchnorm != "auto":
         return batchnorm
@@ -123,10 +124,12 @@ def qat_phases(base: TrainConfig, *, epochs: int | None = None, lr_factor: float
 def qat_finetune(model: nn.Module, method: Method, dataset: Dataset, config: TrainConfig, *, batch_size: int = 64,
                  freeze_threshold: float | None = None, dampen: float = 0.0, checkpoint: str | None = None,
                  resume: bool = False, progress: bool | None = None, teacher: nn.Module | None = None,
-                 distill: DistillConfig | None = None) -> tuple[dict, OscillationTracker]:
+                 distill: DistillConfig | None = None, loader_seed: int | None = None) -> tuple[dict, OscillationTracker]:
     """Fine-tune a fake-quantized `model` in place with `method`'s regularizers; returns the training
     figures and the oscillation tracker (its state is saved next to `checkpoint` for exact resumes).
-    With `teacher` and `distill`, the loss distils the teacher (the float model; flows/distill.py)."""
+    With `teacher` and `distill`, the loss distils the teacher (the float model; flows/distill.py).
+    `loader_seed`: the shuffle seed of the training loader (default `config.seed` + 2000, as
+    `qat_phase`); pass a `TrainingPhase`'s own."""
     tracker = OscillationTracker(model, freeze_threshold=freeze_threshold)
     osc_path = Path(f"{checkpoint}.oscillation.pt") if checkpoint else None
     if resume and osc_path is not None and osc_path.is_file():
@@ -138,7 +141,7 @@ def qat_finetune(model: nn.Module, method: Method, dataset: Dataset, config: Tra
             torch.save(tracker.state_dict(), osc_path)
 
     regularizers = list(method.regularizers(model)) + ([dampening_loss(dampen)] if dampen > 0 else [])
-    phase = TrainingPhase(config, config.seed + 2000, batch_size, "qat")
+    phase = TrainingPhase(config, config.seed + 2000 if loader_seed is None else loader_seed, batch_size, "qat")
     history = phase.run(model, dataset, on_step=tracker, on_epoch=on_epoch, regularizers=regularizers,
                         checkpoint=checkpoint, resume=resume, progress=progress, log=lambda _msg: None,
                         **distillation_kwargs(teacher, distill))
@@ -200,6 +203,7 @@ def qat_model(spec: str, dataset: Dataset, method: Method, *, epochs: int | None
     batchnorm = batchnorm if trained_pairs else "fold"  # no BatchNorm: nothing to keep live
     folded = fold_batchnorm_(net) if batchnorm == "fold" else [layer for layer, _ in trained_pairs]
     apply_(net, method, data=calib)
+    check_foldable(net, trained_pairs)  # before training: a grid the fold cannot take fails now, not after QAT
     if skip_bits is not None:
         quantize_skips_(net, skip_bits, calib)
     report = {"model": arch, "dataset": dataset.name, "method": method.to_dict(), "seed": seed,
@@ -208,7 +212,8 @@ def qat_model(spec: str, dataset: Dataset, method: Method, *, epochs: int | None
     phases = qat_phases(base, epochs=epochs, lr_factor=lr_factor, seed=seed, batch_size=batch_size, batchnorm=batchnorm)
     tuning = dict(batch_size=batch_size, freeze_threshold=freeze_threshold, dampen=dampen, progress=progress,
                   teacher=float_model, distill=distill)
-    trained, tracker = qat_finetune(net, method, dataset, phases[0].config, checkpoint=checkpoint, resume=resume, **tuning)
+    trained, tracker = qat_finetune(net, method, dataset, phases[0].config, loader_seed=phases[0].loader_seed,
+                                    checkpoint=checkpoint, resume=resume, **tuning)
     oscillation = tracker.history
     net.eval()
     if trained_pairs:
@@ -216,9 +221,10 @@ def qat_model(spec: str, dataset: Dataset, method: Method, *, epochs: int | None
         report["batchnorm_fold"] = fold_trained_batchnorm_(net, trained_pairs)
         report["folded_accuracy"] = evaluate(net, dataset.test_loader())["accuracy"]
         for phase in phases[1:]:  # not checkpointed: a resumed run repeats it exactly
-            more, more_tracker = qat_finetune(net, method, dataset, phase.config, **tuning)
+            more, more_tracker = qat_finetune(net, method, dataset, phase.config, loader_seed=phase.loader_seed, **tuning)
             trained = {k: trained[k] + more[k] for k in trained}
-            oscillation = oscillation + more_tracker.history
+            oscillation = oscillation + [{**row, "epoch": len(oscillation) + i + 1, "phase": phase.label}
+                                         for i, row in enumerate(more_tracker.history)]
         net.eval()
     report.update(epochs=sum(p.config.epochs for p in phases), lr=phases[0].config.lr, phases=[p.label for p in phases],
                   **trained, distill=vars(distill) if distill else None, oscillation=oscillation,

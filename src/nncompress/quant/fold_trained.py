@@ -23,6 +23,7 @@ from ..parametrize import attach, transforms
 from ..validate import UserError
 from .activation import input_quantizer
 from .fold import batchnorm_affine
+from .granularity import PerChannel
 from .qat import TiedBiasQuant
 
 
@@ -32,15 +33,29 @@ def fold_trained_batchnorm_(model: nn.Module, pairs: list[tuple[str, str]]) -> d
     quantizers were attached) into the layer's learned weight grid; the BatchNorms become Identity.
     Returns {"layers": folded layer names, "clamped_codes": codes -Q_N that a negative f pushed out
     of range (clamped to Q_P; 0 unless some gamma < 0)}."""
+    check_foldable(model, pairs)
     modules = dict(model.named_modules())
     clamped = 0
     for layer_name, bn_name in pairs:
         layer, bn = modules[layer_name], modules[bn_name]
         factor, shift = batchnorm_affine(bn)
+        bias = layer.bias.detach().clone() if layer.bias is not None else torch.zeros_like(bn.running_mean)  # as trained (rounded)
         clamped += _grid_of(layer, layer_name).fold_channel_scale_(layer.parametrizations.weight.original, factor)
-        _fold_bias_(layer, layer_name, (_bias_value(layer) - bn.running_mean) * factor + shift)
+        _fold_bias_(layer, layer_name, (bias - bn.running_mean) * factor + shift)
         model.set_submodule(bn_name, nn.Identity())
     return {"layers": [layer for layer, _ in pairs], "clamped_codes": clamped}
+
+
+def check_foldable(model: nn.Module, pairs: list[tuple[str, str]]) -> None:
+    """Raise a UserError naming the layer unless every layer of `pairs` has one learned weight grid
+    with a step per output channel (check it before QAT trains, not after)."""
+    modules = dict(model.named_modules())
+    for layer_name, _ in pairs:
+        grid = _grid_of(modules[layer_name], layer_name)
+        granularity = getattr(grid, "granularity", None)
+        if not isinstance(granularity, PerChannel) or granularity.axis % modules[layer_name].weight.dim() != 0:
+            raise UserError(f"layer {layer_name!r}: folding a trained BatchNorm into a learned grid needs one step "
+                            f"per output channel, not {granularity}: quantize with granularity='channel'")
 
 
 def _grid_of(layer: nn.Module, layer_name: str):
@@ -50,14 +65,6 @@ def _grid_of(layer: nn.Module, layer_name: str):
         raise UserError(f"layer {layer_name!r}: a trained BatchNorm folds only into one learned per-channel weight "
                         f"grid (LSQ), not into {', '.join(names)}; use batchnorm='fold' (fold before QAT)")
     return chain[0]
-
-
-def _bias_value(layer: nn.Module) -> torch.Tensor:
-    if parametrize.is_parametrized(layer, "bias"):
-        return layer.parametrizations.bias.original.detach()
-    if layer.bias is not None:
-        return layer.bias.detach()
-    return torch.zeros(layer.weight.shape[0])
 
 
 def _fold_bias_(layer: nn.Module, layer_name: str, value: torch.Tensor) -> None:
