@@ -267,9 +267,9 @@ NOTES = """
   weights are stored as symmetric per-channel codes of kind "linear" and biases on the int32 grid
   S_W S_X of the learned scales. Grids of 2 to 8 bits run in the engine; ONNX Runtime runs uint8 /
   int8 grids natively and narrower ones as emulated QDQ.
-- ResNet-20: the integer engine carries a residual skip on the grid of the next layer's input
-  (k bits), while the fake-quantized model carries it in float; the engine column shows what that
-  costs. Precision-highway rows ('8-bit skips') quantize each identity skip with its own 8-bit LSQ
+- ResNet-20: the fake-quantized model carries each residual skip in float, the integer engine as a
+  wide int32 (runtime/plan.py `Planner.feeds_add`; tables made before that change carried it on the
+  next layer's k-bit grid, which the engine column of those tables shows). Precision-highway rows ('8-bit skips') quantize each identity skip with its own 8-bit LSQ
   quantizer and keep projection shortcuts at 8 bits; '2-bit skips' rows quantize the skips at the
   convolutions' bits. The engine does not run a quantizer on an identity module, so those rows have
   no engine figure.
