@@ -33,10 +33,14 @@ from nncompress.flows.allocate import AllocationConfig, compress_to_budget, comp
 from nncompress.flows.allocation_table import measure_table
 from nncompress.flows.control import same_budget_control
 from nncompress.train import evaluate
+from nncompress.validate import UserError
 from nncompress.zoo import load_dataset
 
 
-def run_seed(arch: str, data, seed: int, ratios: list[float], float_epochs: int, settings: dict) -> dict:
+def run_seed(arch: str, data, seed: int, ratios: list[float], float_epochs: int, settings: dict,
+             save=lambda run: None) -> dict:
+    """One model and seed: the table, the control, then every ratio (`save(run)` after each; a ratio
+    whose file cannot fit its budget is recorded as such)."""
     dense, _ = trained_float(arch, data, seed, float_epochs)
     dense.eval()
     base = training_config(arch, seed=seed, epochs=float_epochs)
@@ -52,8 +56,13 @@ def run_seed(arch: str, data, seed: int, ratios: list[float], float_epochs: int,
         began = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / f"{arch}.nnc"
-            decoded, r = compress_to_budget(copy.deepcopy(dense), arch, data, base, AllocationConfig(target_ratio=ratio, **settings),
-                                            seed=seed, out=path, table=grid)
+            try:
+                decoded, r = compress_to_budget(copy.deepcopy(dense), arch, data, base,
+                                                AllocationConfig(target_ratio=ratio, **settings), seed=seed, out=path, table=grid)
+            except UserError as err:  # the written file stayed over the budget after every try
+                out["failed"] = out.get("failed", []) + [{"target": ratio, "error": str(err)}]
+                save(out)
+                continue
             assert r["exact_roundtrip"] and os.path.getsize(path) == r["file_bytes"] <= r["budget_bytes"], r["tries"]
         row = {"target": ratio, "file_bytes": r["file_bytes"], "compression": 4 * out["params"] / r["file_bytes"],
                "accuracy": evaluate(decoded, data.test_loader())["accuracy"], "pruned_accuracy": r["pruned_accuracy"],
@@ -62,6 +71,7 @@ def run_seed(arch: str, data, seed: int, ratios: list[float], float_epochs: int,
         out["rows"].append(row)
         print(json.dumps({"arch": arch, "seed": seed, **{k: v for k, v in row.items() if k not in ("densities", "bits")}}),
               flush=True)
+        save(out)
     return out
 
 
@@ -76,14 +86,19 @@ def report(store: dict) -> str:
         for r in run["rows"]:
             gap = 100 * (r["accuracy"] - run["control"])
             rows.append([run["arch"], run["seed"], f"{r['target']:g}x", f"{r['file_bytes']:,}", f"{r['compression']:.1f}x",
-                         f"{100 * weighted(r['densities'], run['sizes']):.1f}%",
-                         ", ".join(f"{n} {100 * d:.0f}%/{r['bits'][n]}b" for n, d in r["densities"].items()),
+                         f"{100 * weighted(r['densities'], run['sizes']):.1f}%" if "densities" in r else "-",
+                         ", ".join(f"{n} {100 * d:.0f}%/{r['bits'][n]}b" for n, d in r["densities"].items())
+                         if "densities" in r else "- (not kept)",
                          f"{100 * run['float']:.2f}", f"{100 * run['control']:.2f}", f"{100 * r['accuracy']:.2f}",
                          f"**{gap:+.2f}**"])
             if gap >= -0.5:
                 reached[run["arch"], run["seed"]] = max(reached.get((run["arch"], run["seed"]), 0.0), r["compression"])
     lines.append(table(["model", "seed", "target", "file B", "compression", "weights kept", "allocation (density / bits)",
                         "float %", "control %", "decoded file %", "gap vs control"], rows))
+    for run in store["runs"]:
+        for failed in run.get("failed", []):
+            lines.append(f"- {run['arch']} seed {run['seed']} at {failed['target']:g}x: no file within the budget "
+                         f"({failed['error']})")
     lines.append("\nHighest compression within 0.5 points of the same-budget control: " + ("; ".join(
         f"{arch} seed {seed}: **{ratio:.1f}x**" for (arch, seed), ratio in sorted(reached.items())) or "none") + ".\n")
     return "\n".join(lines)
@@ -114,14 +129,17 @@ def main() -> None:
     data = load_dataset("mnist-10k", MNIST_DIR)
     settings = dict(finetune_epochs=args.finetune_epochs, codebook_epochs=args.codebook_epochs,
                     sensitivity_images=args.sensitivity_images)
-    store, runs = Path(args.store), []
+    store, done = Path(args.store), []
     store.parent.mkdir(parents=True, exist_ok=True)
+
+    def save(current: dict) -> None:  # rewritten after every ratio: a stopped run keeps what it finished
+        store.write_text(json.dumps({"header": header("frontier_convnets run"), "runs": done + [current],
+                                     "settings": settings, "load": os.getloadavg()}, indent=1))
+
     for arch in args.models:
-        for seed in args.seeds:  # the store is rewritten after every run: a later failure keeps the finished ones
-            runs.append(run_seed(arch, data, seed, args.ratios, args.float_epochs, settings))
-            store.write_text(json.dumps({"header": header("frontier_convnets run"), "runs": runs, "settings": settings,
-                                         "load": os.getloadavg()}, indent=1))
-            print(f"wrote {store}")
+        for seed in args.seeds:
+            done.append(run_seed(arch, data, seed, args.ratios, args.float_epochs, settings, save))
+    print(f"wrote {store}")
 
 
 if __name__ == "__main__":
