@@ -174,6 +174,25 @@ def engine_accuracy(model: nn.Module, dataset: Dataset) -> dict:
     return out
 
 
+def _fold_and_settle(net: nn.Module, method: Method, dataset: Dataset, pairs: list[tuple[str, str]],
+                     phases: list[TrainingPhase], tuning: dict, report: dict, trained: dict,
+                     oscillation: list[dict]) -> tuple[dict, list[dict]]:
+    """batchnorm="train", after the live phase: fold the BatchNorms `pairs` into the learned grids,
+    then run the folded `phases` (not checkpointed: a resumed run repeats them exactly). Adds
+    live / folded accuracy and the fold's report to `report`; returns the training figures and
+    the oscillation rows with the folded phases appended."""
+    report["live_accuracy"] = evaluate(net, dataset.test_loader())["accuracy"]
+    report["batchnorm_fold"] = fold_trained_batchnorm_(net, pairs)
+    report["folded_accuracy"] = evaluate(net, dataset.test_loader())["accuracy"]
+    for phase in phases:
+        more, more_tracker = qat_finetune(net, method, dataset, phase.config, loader_seed=phase.loader_seed, **tuning)
+        trained = {k: trained[k] + more[k] for k in trained}
+        oscillation = oscillation + [{**row, "epoch": len(oscillation) + i + 1, "phase": phase.label}
+                                     for i, row in enumerate(more_tracker.history)]
+    net.eval()
+    return trained, oscillation
+
+
 def qat_model(spec: str, dataset: Dataset, method: Method, *, epochs: int | None = None, lr_factor: float = 0.1,
               seed: int = 0, batch_size: int = 64, freeze_threshold: float | None = None, dampen: float = 0.0,
               float_model: nn.Module | None = None, checkpoint: str | None = None, resume: bool = False,
@@ -217,15 +236,8 @@ def qat_model(spec: str, dataset: Dataset, method: Method, *, epochs: int | None
     oscillation = tracker.history
     net.eval()
     if trained_pairs:
-        report["live_accuracy"] = evaluate(net, dataset.test_loader())["accuracy"]
-        report["batchnorm_fold"] = fold_trained_batchnorm_(net, trained_pairs)
-        report["folded_accuracy"] = evaluate(net, dataset.test_loader())["accuracy"]
-        for phase in phases[1:]:  # not checkpointed: a resumed run repeats it exactly
-            more, more_tracker = qat_finetune(net, method, dataset, phase.config, loader_seed=phase.loader_seed, **tuning)
-            trained = {k: trained[k] + more[k] for k in trained}
-            oscillation = oscillation + [{**row, "epoch": len(oscillation) + i + 1, "phase": phase.label}
-                                         for i, row in enumerate(more_tracker.history)]
-        net.eval()
+        trained, oscillation = _fold_and_settle(net, method, dataset, trained_pairs, phases[1:], tuning, report,
+                                                trained, oscillation)
     report.update(epochs=sum(p.config.epochs for p in phases), lr=phases[0].config.lr, phases=[p.label for p in phases],
                   **trained, distill=vars(distill) if distill else None, oscillation=oscillation,
                   qat_accuracy=evaluate(net, dataset.test_loader())["accuracy"])
