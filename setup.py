@@ -1,9 +1,10 @@
-"""Build hook for the XNOR + popcount kernel (src/nncompress/runtime/_xnor.c); metadata is in pyproject.toml.
+"""Build hook for our C kernels (src/nncompress/runtime/_*.c: the XNOR + popcount GEMM, the per-token
+int8 quantization); metadata is in pyproject.toml.
 
-The kernel is plain C (no Python or torch headers, loaded with ctypes), compiled for the baseline
-x86-64 ISA with AVX2 / AVX-512 paths chosen at run time. It is optional: without a C compiler the
-package installs anyway, `nncompress.runtime.xnor` then tries to compile it on first use, and the
-kernel's tests skip with the reason.
+The kernels are plain C (no Python or torch headers, loaded with ctypes by runtime/native.py),
+compiled for the baseline x86-64 ISA with AVX2 / AVX-512 paths chosen at run time. They are optional:
+without a C compiler the package installs anyway, `runtime.native` then tries to compile each on
+first use, the pure-torch paths stay, and the kernels' tests skip with the reason.
 """
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
@@ -16,18 +17,20 @@ class OptionalBuildExt(build_ext):
         try:
             super().run()
         except Exception as err:  # noqa: BLE001 - no compiler / headers: the pure-Python package still works
-            self.warn(f"nncompress: the XNOR kernel was not built ({err}); the runtime will try again on first use")
+            self.warn(f"nncompress: the C kernels were not built ({err}); the runtime will try again on first use")
 
     def build_extension(self, ext: Extension) -> None:
         try:
             super().build_extension(ext)
         except Exception as err:  # noqa: BLE001
-            self.warn(f"nncompress: the XNOR kernel was not built ({err}); the runtime will try again on first use")
+            self.warn(f"nncompress: kernel {ext.name} was not built ({err}); the runtime will try again on first use")
 
+
+FLAGS = ["-O3", "-std=gnu11", "-ffp-contract=off", "-pthread"]  # as runtime/native.py COMPILE_FLAGS
+KERNELS = ["_xnor", "_int8_rows"]
 
 setup(
-    ext_modules=[Extension("nncompress.runtime._xnor", ["src/nncompress/runtime/_xnor.c"],
-                           extra_compile_args=["-O3", "-std=gnu11", "-pthread"], extra_link_args=["-pthread"],
-                           optional=True)],
+    ext_modules=[Extension(f"nncompress.runtime.{name}", [f"src/nncompress/runtime/{name}.c"],
+                           extra_compile_args=FLAGS, extra_link_args=["-pthread"], optional=True) for name in KERNELS],
     cmdclass={"build_ext": OptionalBuildExt},
 )

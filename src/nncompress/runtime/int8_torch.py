@@ -34,6 +34,7 @@ from torch.nn.utils.parametrize import type_before_parametrizations
 from ..quant.activation import DynamicQuantizer, input_quantizer
 from ..quant.primitives import qparams_of_finite_range
 from ..validate import UserError
+from . import int8_rows
 from .layers import IntegerLayer, _weight_codes
 from .qvalue import Grid, UnsupportedModelError
 
@@ -169,6 +170,8 @@ class Int8DynamicLinear(nn.Module):
         if kernel not in ("auto", *DYNAMIC_KERNELS):
             raise UserError(f"kernel={kernel!r} must be 'auto' or one of {list(DYNAMIC_KERNELS)}")
         self.quantizer, self.name = quantizer, name
+        # the C kernel (_int8_rows.c) quantizes and rescales in one call each; symmetric grids keep the torch path
+        self.use_native = int8_rows.available() and not quantizer.spec.symmetric
         codes8 = codes.to(torch.int8)
         self.kernel = kernel if kernel != "auto" else _faster_kernel(codes8)
         if self.kernel == "int_mm":
@@ -191,7 +194,8 @@ class Int8DynamicLinear(nn.Module):
         gen = torch.Generator().manual_seed(0)
         x = torch.randn(8, module.in_features, generator=gen)
         x[:, 0] *= 40
-        ref, got = module(x), self(x)
+        with torch.no_grad():
+            ref, got = module(x), self(x)
         error = float((got - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
         if not error <= TOLERANCE:  # NaN fails too
             raise UnsupportedModelError(f"layer {name!r}: torch's int8 GEMM is not exact on this CPU "
@@ -220,17 +224,46 @@ class Int8DynamicLinear(nn.Module):
         if self.quantizer.smooth is not None:
             x = x / self.quantizer.smooth
         rows = x.reshape(-1, x.shape[-1])
+        if rows.shape[0] == 0:  # no tokens: no range to quantize with
+            y = rows.new_zeros((0, len(self.weight_scale)))
+        elif self.use_native and rows.dtype == torch.float32:
+            y = self._native_forward(rows.contiguous())
+        else:
+            y = self._torch_forward(rows)
+        return y.reshape(*x.shape[:-1], y.shape[-1])
+
+    def _native_forward(self, rows: torch.Tensor) -> torch.Tensor:
+        """The same function with the quantization and the epilogue in one C call each (int8_rows)."""
+        if self.quantizer.per == "token":
+            r_min, r_max = rows.amin(1), rows.amax(1)
+        else:
+            r_min, r_max = (r.reshape(1) for r in torch.aminmax(rows))
+        code_dtype = torch.int8 if self.kernel == "int_mm" else torch.uint8
+        found = int8_rows.quantize_rows(rows, r_min, r_max, self.quantizer.spec.q_range, self.shift, code_dtype)
+        if isinstance(found, int):
+            where = f" (token {found})" if self.quantizer.per == "token" else ""
+            raise UserError(f"layer {self.name!r}: its input contains non-finite values{where}; quantization needs "
+                            "finite inputs")
+        codes, row_scale, row_term = found
+        if self.kernel == "int_mm":
+            return int8_rows.dequantize_rows(torch._int_mm(codes, self.weight_t), row_scale, row_term,
+                                             self.weight_scale, self.colsum_scaled, self.bias_or_zero)
+        scaled = torch.ops.onednn.qlinear_pointwise(codes, 1.0, 0, self.packed, self.weight_scale,
+                                                    self.weight_zero_point, None, 1.0, 0, torch.float32, "none", [],
+                                                    "")
+        return int8_rows.rescale_rows_(scaled.contiguous(), row_scale, row_term, self.colsum_scaled, self.bias_or_zero)
+
+    def _torch_forward(self, rows: torch.Tensor) -> torch.Tensor:
         scale, zero_point = self._qparams(rows)
         q_min, q_max = self.quantizer.spec.q_range
         # q - c = clamp(round(x / S) + Z - c, q_min - c, q_max - c): the shift folded into Z and the bounds
         shifted = rows.div(scale).round_().add_(zero_point - self.shift).clamp_(q_min - self.shift, q_max - self.shift)
         y = self._scaled_accumulate(shifted).mul_(scale)  # S_x S_W acc
         if scale.dim() == 0:  # per tensor: + S_x (c - Z) S_W colsum + b, one row vector
-            y = y.add_(scale * (self.shift - zero_point) * self.colsum_scaled + self.bias_or_zero)
-        else:  # per token: + [S_x (c - Z), 1] @ [S_W colsum; b], one rank-2 update in one pass
-            left = torch.cat([scale * (self.shift - zero_point), torch.ones_like(scale)], dim=1)
-            y = y.addmm_(left, self.colsum_and_bias)
-        return y.reshape(*x.shape[:-1], y.shape[-1])
+            return y.add_(scale * (self.shift - zero_point) * self.colsum_scaled + self.bias_or_zero)
+        # per token: + [S_x (c - Z), 1] @ [S_W colsum; b], one rank-2 update in one pass
+        left = torch.cat([scale * (self.shift - zero_point), torch.ones_like(scale)], dim=1)
+        return y.addmm_(left, self.colsum_and_bias)
 
 
 class FusedDynamicLinear(nn.Module):

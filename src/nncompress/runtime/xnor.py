@@ -1,9 +1,8 @@
 """Binary GEMM and convolution on a real XNOR + popcount kernel (Rastegari et al., ECCV 2016; lecture
 003 "XNOR-Net": X^T W ~ beta alpha (sign(X) xnor sign(W)), binary dot = n - 2 popcount(a xor b)).
 
-The kernel (`_xnor.c`, plain C loaded with ctypes) is built at install time by setup.py; where the
-package was installed before it existed, or without a compiler then, `load_kernel` compiles it once
-into a cache folder with the C compiler on PATH. `kernel_status()` says which library runs and why
+The kernel (`_xnor.c`, plain C loaded with ctypes by `runtime.native`) is built at install time by
+setup.py, or compiled once on first use. `kernel_status()` says which library runs and why
 not when none does. Packing: 64 values {-1, +1} per 64-bit word, bit 1 = +1 (x >= 0), bit j of
 word w = element 64 w + j, the last word's tail zero (so it never differs).
 
@@ -16,14 +15,6 @@ precomputed per-position correction).
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import importlib.machinery
-import os
-import shutil
-import subprocess
-import tempfile
-from functools import lru_cache
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -33,66 +24,14 @@ from ..parametrize import original, transforms
 from ..quant.binary import BinaryActivation, BinaryWeight, sign_pm1
 from ..quant.convert import Stored
 from ..validate import UserError
+from . import native
 
-SOURCE = Path(__file__).with_name("_xnor.c")
 ISA_NAMES = {0: "scalar", 1: "avx2", 2: "avx512-vpopcntdq"}
-_status: dict[str, str] = {}
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "nncompress"
-
-
-def _built_library() -> Path | None:
-    """The library setup.py built next to this module, if any."""
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        path = Path(__file__).with_name("_xnor" + suffix)
-        if path.is_file():
-            return path
-    return None
-
-
-def _compile(target: Path) -> Path:
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if compiler is None:
-        raise OSError("no C compiler on PATH (cc, gcc or clang)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        out = Path(tmp) / target.name
-        cmd = [compiler, "-O3", "-std=gnu11", "-pthread", "-shared", "-fPIC", str(SOURCE), "-o", str(out)]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-        if done.returncode != 0:
-            raise OSError(f"{' '.join(cmd)} failed: {done.stderr.strip()[:400]}")
-        os.replace(out, target)  # atomic: concurrent processes never load half a file
-    return target
-
-
-@lru_cache(maxsize=1)
 def load_kernel() -> ctypes.CDLL | None:
     """The XNOR kernel library, or None (the reason is in `kernel_status()["reason"]`)."""
-    candidates: list[Path] = []
-    built = _built_library()
-    if built is not None:
-        candidates.append(built)
-    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16] if SOURCE.is_file() else "missing"
-    cached = _cache_dir() / f"xnor-{digest}.so"
-    errors = []
-    for path in [*candidates, cached]:
-        try:
-            if path == cached and not path.is_file():
-                if not SOURCE.is_file():
-                    raise OSError(f"the kernel source {SOURCE} is not installed")
-                _compile(path)
-            library = ctypes.CDLL(str(path))
-        except (OSError, subprocess.SubprocessError) as err:
-            errors.append(f"{path.name}: {err}")
-            continue
-        _declare(library)
-        _status.update(library=str(path), isa=ISA_NAMES.get(library.xnor_isa(), "?"),
-                       best_isa=ISA_NAMES.get(library.xnor_best_isa(), "?"))
-        return library
-    _status["reason"] = "; ".join(errors) or "not built"
-    return None
+    return native.load("_xnor", _declare)
 
 
 def _declare(library: ctypes.CDLL) -> None:
@@ -106,14 +45,17 @@ def _declare(library: ctypes.CDLL) -> None:
 
 def kernel_status() -> dict[str, str]:
     """{"library", "isa" (the kernel that runs), "best_isa" (what the CPU has)} or {"reason"}."""
-    load_kernel()
-    return dict(_status)
+    library = load_kernel()
+    found = native.status("_xnor")
+    if library is not None:
+        found.update(isa=ISA_NAMES.get(library.xnor_isa(), "?"), best_isa=ISA_NAMES.get(library.xnor_best_isa(), "?"))
+    return found
 
 
 def _require() -> ctypes.CDLL:
     library = load_kernel()
     if library is None:
-        raise UserError(f"the XNOR kernel is not available: {_status.get('reason')}; install a C compiler "
+        raise UserError(f"the XNOR kernel is not available: {native.status('_xnor').get('reason')}; install a C compiler "
                         "(e.g. apt-get install gcc) and reinstall, or run the simulated model instead")
     return library
 
