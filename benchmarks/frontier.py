@@ -17,8 +17,9 @@ Every file is written, read back and decoded; the file on disk is checked to be 
 Variants (cached under their own tag, see variant_tag): --bits (candidate grid), --rows (run only one of
 the two auto rows), --sensitivity-retrain-images (each layer's damage measured after a short
 retraining, flows/allocate.py step 6), --distill-alpha / --distill-temperature (knowledge
-distillation from the dense model, flows/distill.py) and --auto-codebook-epochs; a variant whose
-tag is not `sr<n>` alone (see retraining_differs) trains its own same-budget control per seed (same
+distillation from the dense model, flows/distill.py), --auto-codebook-epochs and --bias-bits (biases
+as integer codes, after all training); a variant whose tag is not `sr<n>` / `bb<n>` alone (see
+retraining_differs) trains its own same-budget control per seed (same
 phases and steps, same distillation; for --bits / --rows / --sensitivity-retrain-images the phases
 are the hand setting's, and the control reproduces honest.py's exactly).
 Report them with --report-only --variant-of ARCH=TAG[,TAG...] (each variant's rows beside the plain ones).
@@ -83,14 +84,17 @@ def variant_tag(variant: dict) -> str:
         tag += f"-cb{variant['codebook_epochs']}"
     if variant.get("sensitivity_retrain_images"):
         tag += f"-sr{variant['sensitivity_retrain_images']}"
+    if variant.get("bias_bits"):
+        tag += f"-bb{variant['bias_bits']}"
     return tag
 
 
 def retraining_differs(variant: dict) -> bool:
     """Whether the auto rows get their own control trained here: every variant tag but the
-    sensitivity's short retraining alone, which trains throwaway copies only (the model that is
-    written goes through exactly the hand setting's phases, so honest.py's control is its control)."""
-    return bool(variant_tag({k: v for k, v in variant.items() if k != "sensitivity_retrain_images"}))
+    sensitivity's short retraining, which trains throwaway copies only, and the biases' integer codes,
+    applied after all training (the model that is written goes through exactly the hand setting's
+    phases, so honest.py's control is its control)."""
+    return bool(variant_tag({k: v for k, v in variant.items() if k not in ("sensitivity_retrain_images", "bias_bits")}))
 
 
 def run_seed(arch: str, val, test, seed: int, threads: int, budget: dict, grid: dict, variant: dict | None = None) -> dict:
@@ -276,6 +280,9 @@ def main() -> None:
                         "the hand setting's); their control then gets as many")
     parser.add_argument("--sensitivity-retrain-images", type=int, help="auto rows: measure each layer's damage "
                         "after a short retraining over this many training images (flows/allocate.py step 6)")
+    parser.add_argument("--bias-bits", type=int, help="auto rows: biases stored as integer codes of this many bits "
+                        "(flows/allocate.py bias_bits; applied after all training, so the control is the hand setting's)")
+    parser.add_argument("--name", default="frontier", help="results file (benchmarks/results/NAME.md and NAME.png)")
     parser.add_argument("--rows", choices=("both", "hand", "frontier"), default="both",
                         help="auto rows to run: at the hand setting's ratio, at the issue's target, or both")
     parser.add_argument("--variant-of", nargs="*", default=[], help="report: per model, the variant tags "
@@ -294,6 +301,7 @@ def main() -> None:
                                  "distill_temperature": args.distill_temperature if args.distill_alpha else None,
                                  "codebook_epochs": args.auto_codebook_epochs,
                                  "sensitivity_retrain_images": args.sensitivity_retrain_images,
+                                 "bias_bits": args.bias_bits,
                                  "_bits": tuple(args.bits) if args.bits else None,
                                  "_rows": None if args.rows == "both" else args.rows}.items() if v is not None}
     torch.set_num_threads(args.threads)
@@ -348,13 +356,13 @@ def main() -> None:
                    "test gap (mean ± se)", "worst seed"], rows)
     text += "\n### Acceptance (issue 16), measured\n\n" + table(["model", "criterion", "measured", "met"],
                                                                  acceptance(points))
-    text += "\n![rate vs accuracy](frontier.png)\n\nPublished points (red lines) were trained on the 60,000 " \
+    text += f"\n![rate vs accuracy]({args.name}.png)\n\nPublished points (red lines) were trained on the 60,000 " \
             "MNIST training images and tested on the official 10,000; ours use 7,000 training images.\n"
     text += "\n### Per seed: budget, planned and written bytes, allocation (density / bits per layer), encode tries\n\n"
     text += table(["model", "seed", "row", "budget B", "planned B", "file B", "compression", "val %", "test %",
                    "allocation", "tries"], per_seed)
-    plot(points, RESULTS / "frontier.png")
-    write_results("frontier", text)
+    plot(points, RESULTS / f"{args.name}.png")
+    write_results(args.name, text)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
 """Automatic per-layer allocation (flows/allocate.py, encode/cost.py): exact byte costs, an optimal
 knapsack, and a written file within the budget that decodes to the evaluated model bit for bit."""
+import copy
 import itertools
 import os
 
 import pytest
 import torch
+
+import nncompress as nc
 
 from nncompress.encode.container import read_nnc
 from nncompress.encode.cost import candidate, chain_bytes
@@ -52,23 +55,26 @@ def test_impossible_budget_is_a_user_error():
         solve(TABLE, fixed=100, budget=200)
 
 
-def test_planned_bytes_are_the_written_file_bytes():
-    """A plan's exact bytes equal the file that pruning + k-means to the same candidates writes;
-    per-layer costs measured alone are an upper bound (each header entry compressed on its own)."""
-    import nncompress as nc
-    from nncompress.encode.deep_compression import round_biases_fp16_, round_codebooks_fp16_
+@pytest.mark.parametrize("bias_bits", [None, 8])
+def test_planned_bytes_are_the_written_file_bytes(bias_bits):
+    """A plan's exact bytes equal the file that pruning + k-means to the same candidates writes
+    (biases as float16 or as 8-bit codes); per-layer costs measured alone are an upper bound (each
+    header entry compressed on its own)."""
+    from nncompress.encode.deep_compression import quantize_biases_, round_biases_fp16_, round_codebooks_fp16_
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 40), torch.nn.ReLU(), torch.nn.Linear(40, 10))
     densities, bits = {"1": 0.2, "3": 0.6}, {"1": 3, "3": 5}
     choice = {n: Candidate(densities[n], bits[n], 0, 0.0, 0.0) for n in ("1", "3")}
-    planned = exact_plan_bytes(model, choice, {"arch": "mlp"})
-    alone = fixed_bytes(model, {"arch": "mlp"}) + sum(
+    planned = exact_plan_bytes(model, choice, {"arch": "mlp"}, bias_bits=bias_bits)
+    alone = fixed_bytes(model, {"arch": "mlp"}, bias_bits=bias_bits) + sum(
         chain_bytes(f"{n}.weight", candidate(model[int(n)].weight, densities[n], bits[n])[1]) for n in ("1", "3"))
     nc.apply_(model, nc.MagnitudePrune(sparsity=0.5, layer_sparsity={k: 1 - d for k, d in densities.items()}))
     nc.apply_(model, nc.KMeansQuant(layer_bits=bits))
     round_biases_fp16_(model)
     round_codebooks_fp16_(model)
+    if bias_bits:
+        quantize_biases_(model, bias_bits)
     written = len(serialize(encode_model(model, {"arch": "mlp"})))
     assert planned == written
     assert written <= alone <= written + 2 * 150
@@ -179,3 +185,22 @@ def test_retrained_table_recovers_pruning_damage_with_the_same_bytes(digits):
         heavy = lambda t: next(c for c in t[name] if c.density == 0.05)  # noqa: E731
         assert heavy(plain).loss > 0.4
         assert heavy(retrained).loss < 0.75 * heavy(plain).loss
+
+
+def test_the_probe_predicts_the_written_file(digits, tmp_path):
+    """probe_file_bytes (sharing without the codebook fine-tuning) is the written file's size exactly
+    without fine-tuning, and within PROBE_SLACK of it after (only centroids and biases move)."""
+    from nncompress.flows.allocate import PROBE_SLACK
+    from nncompress.flows.deep_compression import DeepCompressionConfig, probe_file_bytes, share_and_encode
+
+    model, arch, _ = dense_model("lenet300", digits, seed=0)
+    nc.apply_(model, nc.MagnitudePrune(sparsity=0.8))
+    bits = {"fc1": 2, "fc2": 3, "fc3": 4}
+    probe = probe_file_bytes(model, arch, digits, bits, seed=0)
+    for epochs in (0, 1):
+        _, result = share_and_encode(copy.deepcopy(model), arch, digits,
+                                     DeepCompressionConfig(bits=bits, codebook_epochs=epochs), seed=0,
+                                     out=tmp_path / f"{epochs}.nnc")
+        if epochs == 0:
+            assert result["file_bytes"] == probe
+        assert abs(result["file_bytes"] - probe) <= PROBE_SLACK * probe

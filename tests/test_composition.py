@@ -144,3 +144,19 @@ def test_prune_after_quantize_is_refused_before_zeroing_any_weight():
     with pytest.raises(CompositionError, match="prune before quantizing"):
         nc.prune_(model, nc.MagnitudePrune(sparsity=0.5))
     assert all(torch.equal(v, before[k]) for k, v in state(model).items())
+
+
+def test_a_new_transform_on_a_deep_copy_leaves_the_original_alone():
+    """torch puts each parametrized tensor's property on the module's class, which a deep copy shares:
+    quantizing a pruned copy's bias must not give the original a `bias` it cannot compute."""
+    from nncompress.encode.deep_compression import quantize_biases_
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 4))
+    nc.apply_(model, nc.MagnitudePrune(sparsity=0.5))
+    bias = model[0].bias.detach().clone()
+    twin = copy.deepcopy(model)
+    quantize_biases_(twin, 4)
+    assert torch.equal(model[0].bias, bias) and not torch.equal(twin[0].bias, bias)
+    x = torch.randn(3, 6)
+    model(x), twin(x)
+    assert type(nc.squash_(twin)[0]) is nn.Linear and type(model[0]).__name__ == "ParametrizedLinear"

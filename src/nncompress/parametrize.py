@@ -154,8 +154,20 @@ def attach(layer: nn.Module, transform: WeightTransform, tensor_name: str = "wei
     """Register `transform` on `layer.<tensor_name>` after the transforms already there, following
     the composition rules above; `unsafe` keeps shapes free."""
     check_attachable(layer, getattr(transform, "role", "quantizer"), tensor_name, layer_name, type(transform).__name__)
+    _own_class(layer)
     parametrize.register_parametrization(layer, tensor_name, transform, unsafe=True)
     return transform
+
+
+def _own_class(layer: nn.Module) -> None:
+    """Give an already parametrized `layer` a class of its own before a new parametrization: torch
+    adds each parametrized tensor's property to the module's class, which a deep copy shares, so
+    quantizing a copy's bias gave the original a `bias` property without a parametrization (KeyError
+    on `original.bias`)."""
+    if parametrize.is_parametrized(layer):
+        cls = layer.__class__
+        namespace = {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")}
+        layer.__class__ = type(cls.__name__, cls.__bases__, namespace)
 
 
 def detach(layer: nn.Module, drop: type[WeightTransform] | tuple[type[WeightTransform], ...],
@@ -171,6 +183,7 @@ def detach(layer: nn.Module, drop: type[WeightTransform] | tuple[type[WeightTran
     with torch.no_grad():
         getattr(layer, tensor_name).copy_(value)
     for t in keep:
+        _own_class(layer)
         parametrize.register_parametrization(layer, tensor_name, t, unsafe=True)
 
 

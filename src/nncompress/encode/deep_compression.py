@@ -3,7 +3,10 @@ k-means codebooks are ordinary transforms, so `model.encode_model` stores a prun
 layer as the chain [mask, kmeans]; the container then codes the keep mask as Huffman-coded
 relative indices, the cluster indices at the kept positions as a Huffman stream, and the codebook
 raw (float16 when lossless). This module holds what the Deep Compression flow adds: rounding the
-values that would otherwise be stored in float32 to float16, losslessly for the decoded model.
+values that would otherwise be stored in float32 to float16, losslessly for the decoded model, and
+(`bias_bits`) biases as integer codes: at 100x+ float16 biases are a tenth of LeNet-5's file
+(issue 16), and symmetric per-tensor linear quantization (lecture 005: b ~ S q, S = max|b| /
+(2^(bits-1) - 1)) stores them in `bits` bits each, Huffman-coded, plus one float32 scale per layer.
 """
 from __future__ import annotations
 
@@ -11,8 +14,11 @@ import torch
 from torch import nn
 
 from ..analysis.metrics import weight_layers
-from ..parametrize import find_transform
+from ..parametrize import Encoded, attach, find_transform
+from ..quant.fake import FakeQuant
+from ..quant.granularity import PerTensor
 from ..quant.kmeans import SharedWeights
+from ..quant.primitives import IntSpec
 from .model import decode_model, encode_model  # noqa: F401  (the CLI imports decode_model from here)
 
 
@@ -31,3 +37,22 @@ def round_codebooks_fp16_(model: nn.Module) -> None:
         shared = find_transform(layer, SharedWeights)
         if shared is not None:
             shared.codebook.copy_(shared.codebook.half().float())
+
+
+def bias_quantizer(bias: torch.Tensor, bits: int) -> FakeQuant:
+    """Symmetric per-tensor `bits`-bit linear quantization fitted to `bias` (min-max range)."""
+    return FakeQuant.fit(bias.detach().float(), IntSpec(bits=bits, signed=True, symmetric=True), PerTensor())
+
+
+def bias_chains(model: nn.Module, bits: int) -> dict[str, list[Encoded]]:
+    """The stored chain of every Conv / Linear bias quantized to `bits` bits (for byte costs)."""
+    return {f"{name}.bias": [bias_quantizer(layer.bias, bits).encode(layer.bias.detach().float())]
+            for name, layer in weight_layers(model).items() if layer.bias is not None}
+
+
+def quantize_biases_(model: nn.Module, bits: int) -> None:
+    """Put every Conv / Linear bias on a symmetric per-tensor `bits`-bit grid (a FakeQuant transform:
+    the model computes with the quantized bias, the file stores codes and the scale)."""
+    for name, layer in weight_layers(model).items():
+        if layer.bias is not None and find_transform(layer, FakeQuant, "bias") is None:
+            attach(layer, bias_quantizer(layer.bias, bits), "bias", layer_name=name)

@@ -17,10 +17,12 @@ fig. 6, ICLR 2016 table 2). Here the choice is made by a program:
    the planned sum never exceeds the budget); for an accuracy budget, the fewest bytes with
    sum_l Delta accuracy_l(c_l) >= -max_drop.
 5. Then prune to the chosen densities with retraining, share weights with the chosen bits,
-   fine-tune the codebooks, write the file; if the written file exceeds the budget (retraining
-   changes the weights, so the streams code slightly differently), lower the bits of the layer
-   whose planned loss per byte saved is smallest and re-share, until the file fits (where no bits
-   can go lower, prune the largest layer 5% further).
+   fine-tune the codebooks, write the file. Retraining changes the weights, so the streams code
+   slightly differently: before any fine-tuning, a probe shares and serializes the retrained model
+   (seconds; the fine-tuning moves only centroids, so the probe's streams are the file's), and
+   while it exceeds the budget the bits of the layer whose planned loss per byte saved is smallest
+   go one lower (where no bits can go lower, the largest layer is pruned 5% further). Should the
+   written file still exceed the budget, the same step repeats on written files.
 6. Optionally (`sensitivity_retrain_images` > 0; `flows/allocation_table.py`) the damage is measured *after a short retraining*
    instead of on the dense model as is: for every layer and density, the layer is pruned alone, the
    whole model is retrained one pass over that many training images (disjoint from the images the
@@ -50,14 +52,15 @@ from torch import nn
 
 from ..analysis.metrics import count_params, weight_layers
 from ..config import Context, run_method
-from ..encode.cost import candidate, plan_bytes, tensors_bytes
+from ..encode.cost import candidate, plan_bytes
+from ..encode.deep_compression import bias_chains
 from ..parametrize import plain_state
 from ..prune.unstructured import MagnitudePrune
 from ..train import TrainConfig, evaluate
 from ..validate import UserError, check_fraction, check_positive
 from ..zoo import Dataset
 from .control import TrainingPhase, codebook_phase, pruning_phases
-from .deep_compression import DeepCompressionConfig, share_and_encode
+from .deep_compression import DeepCompressionConfig, probe_file_bytes, share_and_encode
 from .distill import DistillConfig, distillation_kwargs
 from .allocation_table import Candidate, measure_table
 from .prune import calibration_batches, dense_model, prune_and_retrain
@@ -65,6 +68,8 @@ from .prune import calibration_batches, dense_model, prune_and_retrain
 DEFAULT_DENSITIES = (1.0, 0.7, 0.5, 0.35, 0.25, 0.18, 0.13, 0.09, 0.065, 0.045, 0.032, 0.023, 0.016, 0.011, 0.008)
 DEFAULT_BITS = (1, 2, 3, 4, 5, 6, 7, 8)
 MAX_BINS = 4096  # byte bins of the knapsack table
+MAX_TRIES = 40  # encode tries (probes, then written files) before giving up on a budget
+PROBE_SLACK = 0.002  # fraction of the budget a probe keeps free for what the codebook fine-tuning changes
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,7 +80,8 @@ class AllocationConfig:
     Compression; `margin`: the fraction of the budget kept free when planning;
     `sensitivity_retrain_images`: > 0 measures the damage after a short retraining (module step 6);
     `distill_alpha` / `distill_temperature`: knowledge distillation from the dense model during all
-    retraining (`flows/distill.py`; alpha 0 = off), which the same-budget control then gets too."""
+    retraining (`flows/distill.py`; alpha 0 = off), which the same-budget control then gets too;
+    `bias_bits`: biases stored as integer codes (None: float16), counted in the fixed bytes."""
 
     @property
     def distill(self) -> DistillConfig:
@@ -97,9 +103,11 @@ class AllocationConfig:
     codebook_lr: float = 1e-3
     distill_alpha: float = 0.0
     distill_temperature: float = 4.0
+    bias_bits: int | None = None
 
     def __post_init__(self) -> None:
         DistillConfig(self.distill_alpha, self.distill_temperature)  # checks both
+        DeepCompressionConfig(bias_bits=self.bias_bits)  # checks bias_bits
         given = [v is not None for v in (self.target_bytes, self.target_ratio, self.max_accuracy_drop)]
         if sum(given) != 1:
             raise UserError("give exactly one budget: target_bytes, target_ratio or max_accuracy_drop")
@@ -145,23 +153,39 @@ class Allocation:
         return {name: c.bits for name, c in self.choice.items()}
 
 
-def other_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The tensors of the file besides the weight chains (biases rounded to float16 as the Deep
-    Compression flow stores them; BatchNorm statistics as they are)."""
+def other_tensors(model: nn.Module, bias_bits: int | None = None) -> dict[str, torch.Tensor]:
+    """The plain tensors of the file besides the weight chains: biases rounded to float16 as the Deep
+    Compression flow stores them (none with `bias_bits`: they are chains then), BatchNorm statistics
+    as they are."""
     layers = {f"{n}.weight" for n in weight_layers(model)}
-    return {k: (v.half().float() if k.endswith(".bias") else v) for k, v in plain_state(model).items() if k not in layers}
+    return {k: (v.half().float() if k.endswith(".bias") else v) for k, v in plain_state(model).items()
+            if k not in layers and not (bias_bits and k.endswith(".bias") and k[:-5] + ".weight" in layers)}
 
 
-def fixed_bytes(model: nn.Module, model_desc: dict, meta: dict | None = None) -> int:
-    """Bytes of the file besides the weight chains: header, description and the other tensors."""
-    return tensors_bytes(model_desc, other_tensors(model), meta)
+def _other_chains(model: nn.Module, bias_bits: int | None) -> dict[str, list]:
+    """The chains of the file besides the weights': the quantized biases (`bias_bits`), if any."""
+    if not bias_bits:
+        return {}
+    rounded = copy.deepcopy(model)
+    for layer in weight_layers(rounded).values():
+        if layer.bias is not None:
+            layer.bias.data = layer.bias.data.half().float()  # as the flow rounds them before quantizing
+    return bias_chains(rounded, bias_bits)
 
 
-def exact_plan_bytes(model: nn.Module, choice: dict[str, Candidate], model_desc: dict, meta: dict | None = None) -> int:
+def fixed_bytes(model: nn.Module, model_desc: dict, meta: dict | None = None, bias_bits: int | None = None) -> int:
+    """Bytes of the file besides the weight chains: header, description, the other tensors and chains."""
+    return plan_bytes(model_desc, _other_chains(model, bias_bits), other_tensors(model, bias_bits), meta)
+
+
+def exact_plan_bytes(model: nn.Module, choice: dict[str, Candidate], model_desc: dict, meta: dict | None = None,
+                     bias_bits: int | None = None) -> int:
     """Bytes of the file the plan gives before retraining: every chosen chain serialized together."""
     layers = weight_layers(model)
     chains = {f"{name}.weight": candidate(layers[name].weight, c.density, c.bits)[1] for name, c in choice.items()}
-    return plan_bytes(model_desc, chains, other_tensors(model), meta)
+    chains.update(_other_chains(model, bias_bits))
+    in_file_order = {k: chains[k] for k in plain_state(model) if k in chains}  # the header's order, as encode_model's
+    return plan_bytes(model_desc, in_file_order, other_tensors(model, bias_bits), meta)
 
 
 def knapsack(table: dict[str, list[Candidate]], capacity: int, objective: str = "loss") -> tuple[np.ndarray, list]:
@@ -224,16 +248,16 @@ def allocate(model: nn.Module, dataset: Dataset, config: AllocationConfig, model
     the plan uses the budget (at most 5 solves); `planned_bytes` is that exact figure. A `table`
     measured before on the same model (`measure_table`) is reused."""
     table = table if table is not None else measure_table(model, dataset, config, base)
-    fixed = fixed_bytes(model, model_desc, meta)
+    fixed = fixed_bytes(model, model_desc, meta, config.bias_bits)
     budget = config.budget_bytes(model)
     if budget is None:
         choice = solve(table, fixed=fixed, max_accuracy_drop=config.max_accuracy_drop)
-        return Allocation(choice, fixed, None, table, exact_plan_bytes(model, choice, model_desc, meta))
+        return Allocation(choice, fixed, None, table, exact_plan_bytes(model, choice, model_desc, meta, config.bias_bits))
     target = int(budget * (1 - config.margin))
     best, solve_budget = None, target
     for _ in range(5):
         choice = solve(table, fixed=fixed, budget=solve_budget)
-        exact = exact_plan_bytes(model, choice, model_desc, meta)
+        exact = exact_plan_bytes(model, choice, model_desc, meta, config.bias_bits)
         if exact <= target:
             best = (choice, exact)
         step = target - exact
@@ -283,13 +307,47 @@ def _prune_further(model: nn.Module, dataset: Dataset, densities: dict[str, floa
     return new
 
 
+def _smaller(model: nn.Module, dataset: Dataset, allocation: Allocation, bits: dict[str, int],
+             densities: dict[str, float]) -> tuple[dict[str, int], dict[str, float]]:
+    """One step down in bytes: one layer one bit lower, or (none can go lower) the largest layer
+    pruned 5% further, in place."""
+    lowered = _lower_bits(allocation, bits)
+    if lowered is not None:
+        return lowered, densities
+    return bits, _prune_further(model, dataset, densities)
+
+
+def _check_tries(tries: int, file_bytes: int, budget: int) -> None:
+    if tries >= MAX_TRIES:
+        raise UserError(f"the file ({file_bytes:,} B) still exceeds the budget ({budget:,} B) after {tries} tries; "
+                        "give a larger margin")
+
+
+def _fit_by_probing(model: nn.Module, arch: str, dataset: Dataset, allocation: Allocation, seed: int,
+                    bias_bits: int | None = None) -> tuple[dict[str, int], dict[str, float], list[dict]]:
+    """The allocation's bits and densities, stepped down (`_smaller`) until the probe of the file
+    (`probe_file_bytes`: sharing without the codebook fine-tuning) fits the budget with PROBE_SLACK
+    to spare; returns them and the probes."""
+    bits, densities, probes = allocation.bits, allocation.densities, []
+    if allocation.budget is None:
+        return bits, densities, probes
+    while True:
+        size = probe_file_bytes(model, arch, dataset, bits, seed, bias_bits)
+        probes.append({"bits": dict(bits), "densities": dict(densities), "probe_bytes": size})
+        if size <= allocation.budget * (1 - PROBE_SLACK):
+            return bits, densities, probes
+        _check_tries(len(probes), size, allocation.budget)
+        bits, densities = _smaller(model, dataset, allocation, bits, densities)
+
+
 def compress_to_budget(model: nn.Module, arch: str, dataset: Dataset, base: TrainConfig, config: AllocationConfig, *,
                        seed: int = 0, out: str | os.PathLike | None = None,
                        table: dict[str, list[Candidate]] | None = None) -> tuple[nn.Module, dict]:
     """Allocate, prune with retraining, share weights, fine-tune codebooks, write the `.nnc` file
-    within the budget (if the written file is over it: lowering bits, and where no layer's bits can
-    go lower, pruning the largest layer 5% further). `model` (dense, trained) is
-    changed in place (pruned). Returns (the model decoded from the file, figures)."""
+    within the budget (module step 5: probes of the file before the fine-tuning lower bits, or
+    prune the largest layer 5% further, until it fits). `model` (dense, trained) is changed in
+    place (pruned). Returns (the model decoded from the file, figures; `probes` and `tries` list
+    the probed and the written sizes)."""
     desc = {"arch": arch, "in_shape": list(dataset.in_shape), "num_classes": dataset.num_classes}
     allocation = allocate(model, dataset, config, desc, table=table, base=base)
     fit_kwargs = distillation_kwargs(model, config.distill)  # the teacher: the dense model, before pruning
@@ -298,24 +356,20 @@ def compress_to_budget(model: nn.Module, arch: str, dataset: Dataset, base: Trai
     prune_and_retrain(model, method, dataset, base, schedule=config.schedule, rounds=config.rounds,
                       finetune_epochs=config.finetune_epochs, lr_factor=config.lr_factor, fit_kwargs=fit_kwargs)
     pruned_accuracy = evaluate(model, dataset.test_loader())["accuracy"]
-    bits, tries, densities = allocation.bits, [], allocation.densities
-    dc = DeepCompressionConfig(codebook_epochs=config.codebook_epochs, codebook_lr=config.codebook_lr)
+    bits, densities, probes = _fit_by_probing(model, arch, dataset, allocation, seed, config.bias_bits)
+    dc = DeepCompressionConfig(codebook_epochs=config.codebook_epochs, codebook_lr=config.codebook_lr,
+                               bias_bits=config.bias_bits)
+    tries = []
     while True:
         decoded, result = share_and_encode(copy.deepcopy(model), arch, dataset, replace(dc, bits=bits), seed=seed,
                                            out=out, fit_kwargs=fit_kwargs)
         tries.append({"bits": dict(bits), "densities": dict(densities), "file_bytes": result["file_bytes"]})
         if allocation.budget is None or result["file_bytes"] <= allocation.budget:
             break
-        if len(tries) >= 40:
-            raise UserError(f"the written file ({result['file_bytes']:,} B) still exceeds the budget "
-                            f"({allocation.budget:,} B) after {len(tries)} tries; give a larger margin")
-        lowered = _lower_bits(allocation, bits)
-        if lowered is not None:
-            bits = lowered
-        else:
-            densities = _prune_further(model, dataset, densities)
+        _check_tries(len(probes) + len(tries), result["file_bytes"], allocation.budget)
+        bits, densities = _smaller(model, dataset, allocation, bits, densities)
     result.update(budget_bytes=allocation.budget, planned_bytes=allocation.planned_bytes, tries=tries,
-                  densities=densities, allocated_densities=allocation.densities, allocated_bits=allocation.bits,
+                  probes=probes, densities=densities, allocated_densities=allocation.densities, allocated_bits=allocation.bits,
                   bits=bits,
                   pruned_accuracy=pruned_accuracy, distill={"alpha": config.distill_alpha, "temperature": config.distill_temperature},
                   compression=4 * count_params(model) / result["file_bytes"],

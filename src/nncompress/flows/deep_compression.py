@@ -7,6 +7,7 @@ header + other tensors add up to the file size exactly.
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
 import tempfile
@@ -20,12 +21,13 @@ from ..analysis.metrics import count_params
 from ..api import apply_
 from ..config import Method
 from ..encode.codecs import relative_symbols
-from ..encode.container import OVERHEAD, NncModel, StoredLayer, read_nnc, write_nnc
-from ..encode.deep_compression import round_biases_fp16_, round_codebooks_fp16_
+from ..encode.container import OVERHEAD, NncModel, StoredLayer, read_nnc, serialize, write_nnc
+from ..encode.deep_compression import quantize_biases_, round_biases_fp16_, round_codebooks_fp16_
 from ..encode.huffman import entropy_bits
 from ..encode.model import decode_model, encode_model
 from ..quant.kmeans import KMeansQuant
 from ..train import TrainConfig, evaluate, fit
+from ..validate import check_int_range
 from ..zoo import Dataset
 from .prune import dense_model, prune_and_retrain
 
@@ -36,7 +38,8 @@ LAYER_KINDS = {"conv": "type:Conv1d|Conv2d|Conv3d", "fc": "type:Linear"}
 @dataclass(frozen=True, kw_only=True)
 class DeepCompressionConfig:
     """The recipe: pruning (method + schedule), bits per layer kind ("conv", "fc") or layer pattern
-    (a name, "re:<regex>", "type:<Class>"), codebook fine-tuning."""
+    (a name, "re:<regex>", "type:<Class>"), codebook fine-tuning; `bias_bits`: biases stored as
+    integer codes of that many bits (None: float16)."""
 
     prune: Method | None = None
     schedule: str = "iterative"
@@ -46,6 +49,11 @@ class DeepCompressionConfig:
     bits: dict[str, int] = field(default_factory=lambda: {"conv": 8, "fc": 5})
     codebook_epochs: int = 3
     codebook_lr: float = 1e-3
+    bias_bits: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.bias_bits is not None:
+            check_int_range("bias_bits", self.bias_bits, 2, 16)
 
 
 def layer_bits(bits: dict[str, int]) -> dict[str, int]:
@@ -121,6 +129,30 @@ def fine_tune_codebooks(model: nn.Module, dataset: Dataset, config: DeepCompress
             **(fit_kwargs or {}))
 
 
+def _encoded(model: nn.Module, arch: str, dataset: Dataset, bits: dict[str, int], seed: int,
+             bias_bits: int | None = None) -> NncModel:
+    """The container of a shared (k-means) model: biases and codebooks rounded to float16 first,
+    biases then quantized to `bias_bits` if given."""
+    round_biases_fp16_(model)
+    round_codebooks_fp16_(model)
+    if bias_bits is not None:
+        quantize_biases_(model, bias_bits)
+    meta = {"dataset": dataset.name, "bits": dict(bits), "seed": seed, **({"bias_bits": bias_bits} if bias_bits else {})}
+    return encode_model(model, {"arch": arch, "in_shape": list(dataset.in_shape), "num_classes": dataset.num_classes},
+                        meta)
+
+
+def probe_file_bytes(model: nn.Module, arch: str, dataset: Dataset, bits: dict[str, int], seed: int = 0,
+                     bias_bits: int | None = None) -> int:
+    """Bytes of the file `share_and_encode` would write with `bits`, without its codebook fine-tuning
+    (on a copy; seconds instead of epochs). The fine-tuning moves only the centroids (the cluster
+    indices are fixed), so the index and position streams code exactly the same; only the float16
+    codebooks and biases, and the compressed header holding them, can change by a few bytes."""
+    probe = copy.deepcopy(model)
+    apply_(probe, KMeansQuant(layer_bits=layer_bits(bits)))
+    return len(serialize(_encoded(probe, arch, dataset, bits, seed, bias_bits)))
+
+
 def share_and_encode(model: nn.Module, arch: str, dataset: Dataset, config: DeepCompressionConfig, *, seed: int = 0,
                      out: str | os.PathLike | None = None, fit_kwargs: dict | None = None) -> tuple[nn.Module, dict]:
     """Weight sharing + codebook fine-tuning + Huffman coding of an (already pruned) model, in place;
@@ -130,12 +162,9 @@ def share_and_encode(model: nn.Module, arch: str, dataset: Dataset, config: Deep
     apply_(model, KMeansQuant(layer_bits=layer_bits(config.bits)))
     result: dict = {"bits": dict(config.bits), "clustered_accuracy": accuracy(model)}
     fine_tune_codebooks(model, dataset, config, seed, fit_kwargs)
-    round_biases_fp16_(model)
-    round_codebooks_fp16_(model)
     model.eval()
+    nnc = _encoded(model, arch, dataset, config.bits, seed, config.bias_bits)
     result["simulated_accuracy"] = accuracy(model)
-    meta = {"dataset": dataset.name, "bits": dict(config.bits), "seed": seed}
-    nnc = encode_model(model, {"arch": arch, "in_shape": list(dataset.in_shape), "num_classes": dataset.num_classes}, meta)
     path = Path(out) if out else Path(tempfile.mkdtemp()) / f"{arch}.nnc"
     result["file_bytes"] = write_nnc(path, nnc)
     stored = read_nnc(path)
