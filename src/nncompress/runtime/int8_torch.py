@@ -9,7 +9,9 @@ pads the codes with Z_X). So every layer computes the fake-quantized layer's fun
 simulation) up to float32 rounding, and everything between layers (ReLU, pools, residual adds) runs
 as before. A Linear with dynamic inputs (per tensor or per token: the transformer recipe) becomes an
 `Int8DynamicLinear` (this GEMM or `torch._int_mm`, whichever is faster for the weight's shape),
-its per-row scales applied after the int32 dot product;
+its per-row scales applied after the int32 dot product, the quantization and the rescaling each in
+one C call (`int8_rows`: per-token int8 in PyTorch went from 1.5x to 2.2-2.5x float32 on a
+BERT-style encoder, benchmarks/results/runtime.md);
 with `to_int8_(model, exact=False)` a per-tensor dynamic Linear runs fbgemm's fused dynamic kernel
 instead (`FusedDynamicLinear`: torch's quantize_dynamic speed, within one input step of the simulation).
 Unlike the reference `IntegerEngine` the activations between layers stay float: this is the fast
