@@ -6,8 +6,15 @@ compiled for the baseline x86-64 ISA with AVX2 / AVX-512 paths chosen at run tim
 without a C compiler the package installs anyway, `runtime.native` then tries to compile each on
 first use, the pure-torch paths stay, and the kernels' tests skip with the reason.
 """
+import importlib.util
+from pathlib import Path
+
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+
+_spec = importlib.util.spec_from_file_location("native", Path(__file__).parent / "src/nncompress/runtime/native.py")
+native = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(native)  # the loader's flags and source hashes (stdlib only)
 
 
 class OptionalBuildExt(build_ext):
@@ -26,11 +33,12 @@ class OptionalBuildExt(build_ext):
             self.warn(f"nncompress: kernel {ext.name} was not built ({err}); the runtime will try again on first use")
 
 
-FLAGS = ["-O3", "-std=gnu11", "-ffp-contract=off", "-pthread"]  # as runtime/native.py COMPILE_FLAGS
 KERNELS = ["_xnor", "_int8_rows"]
 
 setup(
     ext_modules=[Extension(f"nncompress.runtime.{name}", [f"src/nncompress/runtime/{name}.c"],
-                           extra_compile_args=FLAGS, extra_link_args=["-pthread"], optional=True) for name in KERNELS],
+                           define_macros=[("NNC_SOURCE_HASH", native.hash_define(name))],
+                           extra_compile_args=native.COMPILE_FLAGS, extra_link_args=["-pthread"], optional=True)
+                 for name in KERNELS],
     cmdclass={"build_ext": OptionalBuildExt},
 )

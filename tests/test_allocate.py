@@ -196,11 +196,28 @@ def test_the_probe_predicts_the_written_file(digits, tmp_path):
     model, arch, _ = dense_model("lenet300", digits, seed=0)
     nc.apply_(model, nc.MagnitudePrune(sparsity=0.8))
     bits = {"fc1": 2, "fc2": 3, "fc3": 4}
-    probe = probe_file_bytes(model, arch, digits, bits, seed=0)
-    for epochs in (0, 1):
-        _, result = share_and_encode(copy.deepcopy(model), arch, digits,
-                                     DeepCompressionConfig(bits=bits, codebook_epochs=epochs), seed=0,
-                                     out=tmp_path / f"{epochs}.nnc")
-        if epochs == 0:
-            assert result["file_bytes"] == probe
-        assert abs(result["file_bytes"] - probe) <= PROBE_SLACK * probe
+    for bias_bits in (None, 8):
+        probe = probe_file_bytes(model, arch, digits, bits, seed=0, bias_bits=bias_bits)
+        for epochs in (0, 1):
+            config = DeepCompressionConfig(bits=bits, codebook_epochs=epochs, bias_bits=bias_bits)
+            _, result = share_and_encode(copy.deepcopy(model), arch, digits, config, seed=0,
+                                         out=tmp_path / f"{epochs}.nnc")
+            if epochs == 0:
+                assert result["file_bytes"] == probe
+            assert abs(result["file_bytes"] - probe) <= PROBE_SLACK * probe
+
+
+def test_probing_lowers_bits_until_the_probe_fits(monkeypatch):
+    """Over budget, the layer whose planned loss per byte saved is smallest loses a bit, probe by
+    probe, until a probe fits with the slack; nothing is written meanwhile."""
+    from nncompress.flows import allocate as A
+
+    table = {"a": [Candidate(0.5, b, 1000 * b, 1.0 / b, 0.0) for b in (2, 3, 4)],
+             "b": [Candidate(0.5, b, 1000 * b, 5.0 / b, 0.0) for b in (2, 3, 4)]}
+    allocation = A.Allocation({"a": table["a"][2], "b": table["b"][2]}, 0, 7000, table)
+    monkeypatch.setattr(A, "probe_file_bytes", lambda model, arch, data, bits, seed, bias_bits: 1000 * sum(bits.values()))
+    bits, densities, probes = A._fit_by_probing(None, "mlp", None, allocation, 0, slack=0.0)
+    assert [p["probe_bytes"] for p in probes] == [8000, 7000]
+    assert bits == {"a": 3, "b": 4} and densities == {"a": 0.5, "b": 0.5}  # "a" costs less loss per byte
+    _, _, probes = A._fit_by_probing(None, "mlp", None, allocation, 0, slack=0.1)
+    assert [p["probe_bytes"] for p in probes] == [8000, 7000, 6000] and probes[-1]["bits"] == {"a": 2, "b": 4}

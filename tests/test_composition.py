@@ -148,7 +148,8 @@ def test_prune_after_quantize_is_refused_before_zeroing_any_weight():
 
 def test_a_new_transform_on_a_deep_copy_leaves_the_original_alone():
     """torch puts each parametrized tensor's property on the module's class, which a deep copy shares:
-    quantizing a pruned copy's bias must not give the original a `bias` it cannot compute."""
+    quantizing a pruned copy's bias must not give the original a `bias` it cannot compute, and
+    converting or detaching a copy must not take the original's `weight` away."""
     from nncompress.encode.deep_compression import quantize_biases_
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 4))
@@ -160,3 +161,10 @@ def test_a_new_transform_on_a_deep_copy_leaves_the_original_alone():
     x = torch.randn(3, 6)
     model(x), twin(x)
     assert type(nc.squash_(twin)[0]) is nn.Linear and type(model[0]).__name__ == "ParametrizedLinear"
+    nc.apply_(model, nc.KMeansQuant(bits=2))
+    expected = model(x)
+    nc.convert_(copy.deepcopy(model))
+    from nncompress.parametrize import detach
+    from nncompress.quant.kmeans import SharedWeights
+    detach(copy.deepcopy(model)[0], SharedWeights)
+    torch.testing.assert_close(model(x), expected, rtol=0, atol=0)

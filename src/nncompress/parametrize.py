@@ -154,16 +154,28 @@ def attach(layer: nn.Module, transform: WeightTransform, tensor_name: str = "wei
     """Register `transform` on `layer.<tensor_name>` after the transforms already there, following
     the composition rules above; `unsafe` keeps shapes free."""
     check_attachable(layer, getattr(transform, "role", "quantizer"), tensor_name, layer_name, type(transform).__name__)
-    _own_class(layer)
-    parametrize.register_parametrization(layer, tensor_name, transform, unsafe=True)
+    register_transform(layer, tensor_name, transform)
     return transform
 
 
+def register_transform(layer: nn.Module, tensor_name: str, transform: nn.Module) -> None:
+    """torch's `register_parametrization` (unsafe: shapes free) on a class of `layer`'s own."""
+    _own_class(layer)
+    parametrize.register_parametrization(layer, tensor_name, transform, unsafe=True)
+
+
+def unregister_transforms(layer: nn.Module, tensor_name: str) -> None:
+    """torch's `remove_parametrizations` (the original tensor kept as is) on a class of `layer`'s own."""
+    _own_class(layer)
+    parametrize.remove_parametrizations(layer, tensor_name, leave_parametrized=False)
+
+
 def _own_class(layer: nn.Module) -> None:
-    """Give an already parametrized `layer` a class of its own before a new parametrization: torch
-    adds each parametrized tensor's property to the module's class, which a deep copy shares, so
-    quantizing a copy's bias gave the original a `bias` property without a parametrization (KeyError
-    on `original.bias`)."""
+    """Give an already parametrized `layer` a class of its own before its parametrizations change:
+    torch adds and deletes each parametrized tensor's property on the module's class, which a deep
+    copy shares, so quantizing a copy's bias gave the original a `bias` property without a
+    parametrization (KeyError on `original.bias`), and converting a copy took the original's
+    `weight` away."""
     if parametrize.is_parametrized(layer):
         cls = layer.__class__
         namespace = {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")}
@@ -179,12 +191,11 @@ def detach(layer: nn.Module, drop: type[WeightTransform] | tuple[type[WeightTran
     if len(keep) == len(chain):
         return
     value = original(layer, tensor_name).detach().clone()
-    parametrize.remove_parametrizations(layer, tensor_name, leave_parametrized=False)
+    unregister_transforms(layer, tensor_name)
     with torch.no_grad():
         getattr(layer, tensor_name).copy_(value)
     for t in keep:
-        _own_class(layer)
-        parametrize.register_parametrization(layer, tensor_name, t, unsafe=True)
+        register_transform(layer, tensor_name, t)
 
 
 def squash_(model: nn.Module) -> nn.Module:

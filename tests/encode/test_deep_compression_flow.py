@@ -95,3 +95,21 @@ def test_biases_as_integer_codes_shrink_the_file_and_decode_exactly(digits, tmp_
     assert sum(r["bytes"] for r in coded["layers"]) + coded["overhead"]["bytes"] == coded["file_bytes"]
     with pytest.raises(nc.UserError, match=r"bias_bits=1 must be an integer in \[2, 16\]"):
         DeepCompressionConfig(bias_bits=1)
+
+
+def test_biases_quantized_twice_or_already_transformed():
+    """quantize_biases_ keeps a bias already on its grid, and refuses (naming the layer) one that
+    another transform holds, e.g. LinearQuant's int32 bias grid."""
+    from nncompress.encode.deep_compression import quantize_biases_
+    from nncompress.parametrize import transforms
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 4))
+    quantize_biases_(model, 6)
+    quantize_biases_(model, 6)
+    assert len(transforms(model[0], "bias")) == 1
+    with pytest.raises(nc.UserError, match=r"layer '0': its bias is already transformed \(FakeQuant\)"):
+        quantize_biases_(model, 8)
+    static = nc.quantize_(torch.nn.Sequential(torch.nn.Linear(8, 4)), nc.LinearQuant(weight_bits=8, act_bits=8),
+                          data=[torch.randn(16, 8)])
+    with pytest.raises(nc.UserError, match=r"layer '0': its bias is already transformed \(BiasQuant\)"):
+        quantize_biases_(static, 8)

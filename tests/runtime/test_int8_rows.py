@@ -102,3 +102,24 @@ def test_without_the_kernel_the_layer_keeps_the_torch_path(monkeypatch):
     x = torch.randn(4, 16)
     with torch.no_grad():
         torch.testing.assert_close(layer(x), model(x), rtol=0, atol=1e-5 * float(model(x).abs().max()))
+
+
+def test_a_float64_default_dtype_or_a_double_layer_keeps_the_outputs_right():
+    """The C code reads float32: buffers are float32 whatever the default dtype, and a layer whose
+    vectors became float64 (`.double()`) takes the torch path instead of misreading memory."""
+    torch.manual_seed(3)
+    model = nc.convert_(nc.quantize_(nn.Sequential(nn.Linear(12, 6, bias=False)), nc.DynamicQuant(per_token=True)))
+    x = torch.randn(5, 12)
+    with torch.no_grad():
+        y = model(x)
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float64)
+        try:
+            layer = Int8DynamicLinear(model[0], "0", kernel="int_mm")
+            got = layer(x)
+        finally:
+            torch.set_default_dtype(previous)
+        torch.testing.assert_close(got, y, rtol=0, atol=1e-5 * float(y.abs().max()))
+        assert layer.bias_or_zero.dtype == torch.float32 and layer._native_fits(x)
+        layer.double()
+        assert not layer._native_fits(x)

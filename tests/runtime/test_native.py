@@ -1,7 +1,8 @@
 """The C kernel loader (runtime/native.py): compiles a kernel into the cache when no build is
 installed (or the installed one is older than its source), and reports why when it cannot."""
-import os
+import ctypes
 import shutil
+import subprocess
 
 import pytest
 
@@ -32,15 +33,26 @@ def test_without_a_compiler_the_reason_is_reported(fresh_loader, monkeypatch):
     assert "no-such-compiler" in native.status(int8_rows.NAME)["reason"]
 
 
-def test_an_installed_build_older_than_its_source_is_skipped(monkeypatch, tmp_path):
-    source = tmp_path / "_k.c"
-    built = tmp_path / "_k.so"
-    built.write_bytes(b"")
-    source.write_text("int f(void) { return 1; }\n")
-    monkeypatch.setattr(native, "HERE", tmp_path)
-    monkeypatch.setattr(native, "_built_library", lambda name: built)
-    os.utime(built, (1, 1))
-    assert built not in native._candidates("_k")
-    os.utime(built, None)
-    os.utime(source, (1, 1))
-    assert native._candidates("_k")[0] == built
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C compiler")
+def test_a_build_of_another_source_is_refused_and_rebuilt(fresh_loader, monkeypatch):
+    """An installed library whose embedded hash is not the source's (an edited checkout, an older
+    version) is never loaded: the cache entry of the current source is compiled instead."""
+    stale = fresh_loader / "_int8_rows.so"
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    subprocess.run([compiler, *native.COMPILE_FLAGS, '-DNNC_SOURCE_HASH="0123456789abcdef"', "-shared", "-fPIC",
+                    str(native.source(int8_rows.NAME)), "-o", str(stale)], check=True)
+    monkeypatch.setattr(native, "_built_library", lambda name: stale)
+    assert native.load(int8_rows.NAME, int8_rows._declare) is not None
+    assert native.status(int8_rows.NAME)["library"] != str(stale)
+    assert native.digest(int8_rows.NAME) in native.status(int8_rows.NAME)["library"]
+
+
+def test_the_loaded_kernels_carry_their_source_hash():
+    from nncompress.runtime import xnor
+    for name, load in (("_xnor", xnor.load_kernel), (int8_rows.NAME, int8_rows.available)):
+        load()
+        path = native.status(name).get("library")
+        if path is not None:
+            library = ctypes.CDLL(path)
+            library.nnc_source_hash.restype = ctypes.c_char_p
+            assert library.nnc_source_hash().decode() == native.digest(name)

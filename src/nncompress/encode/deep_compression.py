@@ -6,7 +6,8 @@ raw (float16 when lossless). This module holds what the Deep Compression flow ad
 values that would otherwise be stored in float32 to float16, losslessly for the decoded model, and
 (`bias_bits`) biases as integer codes: at 100x+ float16 biases are a tenth of LeNet-5's file
 (issue 16), and symmetric per-tensor linear quantization (lecture 005: b ~ S q, S = max|b| /
-(2^(bits-1) - 1)) stores them in `bits` bits each, Huffman-coded, plus one float32 scale per layer.
+(2^(bits-1) - 1)) stores them in `bits` bits each, Huffman-coded, plus one float32 scale (and an
+int32 zero point, 0) per layer.
 """
 from __future__ import annotations
 
@@ -14,11 +15,12 @@ import torch
 from torch import nn
 
 from ..analysis.metrics import weight_layers
-from ..parametrize import Encoded, attach, find_transform
+from ..parametrize import Encoded, attach, find_transform, transforms
 from ..quant.fake import FakeQuant
 from ..quant.granularity import PerTensor
 from ..quant.kmeans import SharedWeights
 from ..quant.primitives import IntSpec
+from ..validate import UserError
 from .model import decode_model, encode_model  # noqa: F401  (the CLI imports decode_model from here)
 
 
@@ -52,7 +54,14 @@ def bias_chains(model: nn.Module, bits: int) -> dict[str, list[Encoded]]:
 
 def quantize_biases_(model: nn.Module, bits: int) -> None:
     """Put every Conv / Linear bias on a symmetric per-tensor `bits`-bit grid (a FakeQuant transform:
-    the model computes with the quantized bias, the file stores codes and the scale)."""
+    the model computes with the quantized bias, the file stores codes and the scale). A bias already
+    on a `bits`-bit grid is left as it is; one already transformed otherwise is a UserError."""
     for name, layer in weight_layers(model).items():
-        if layer.bias is not None and find_transform(layer, FakeQuant, "bias") is None:
+        if layer.bias is None:
+            continue
+        existing = transforms(layer, "bias")
+        if not existing:
             attach(layer, bias_quantizer(layer.bias, bits), "bias", layer_name=name)
+        elif not (len(existing) == 1 and isinstance(existing[0], FakeQuant) and existing[0].spec.bits == bits):
+            raise UserError(f"layer {name!r}: its bias is already transformed ({type(existing[0]).__name__}); "
+                            f"bias_bits={bits} needs a float bias")

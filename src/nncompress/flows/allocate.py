@@ -19,7 +19,7 @@ fig. 6, ICLR 2016 table 2). Here the choice is made by a program:
 5. Then prune to the chosen densities with retraining, share weights with the chosen bits,
    fine-tune the codebooks, write the file. Retraining changes the weights, so the streams code
    slightly differently: before any fine-tuning, a probe shares and serializes the retrained model
-   (seconds; the fine-tuning moves only centroids, so the probe's streams are the file's), and
+   (seconds; the fine-tuning keeps indices and masks, so the probe's streams are the file's), and
    while it exceeds the budget the bits of the layer whose planned loss per byte saved is smallest
    go one lower (where no bits can go lower, the largest layer is pruned 5% further). Should the
    written file still exceed the budget, the same step repeats on written files.
@@ -158,8 +158,12 @@ def other_tensors(model: nn.Module, bias_bits: int | None = None) -> dict[str, t
     Compression flow stores them (none with `bias_bits`: they are chains then), BatchNorm statistics
     as they are."""
     layers = {f"{n}.weight" for n in weight_layers(model)}
-    return {k: (v.half().float() if k.endswith(".bias") else v) for k, v in plain_state(model).items()
-            if k not in layers and not (bias_bits and k.endswith(".bias") and k[:-5] + ".weight" in layers)}
+
+    def layer_bias(key: str) -> bool:  # a Conv / Linear bias (BatchNorm's are stored as float32)
+        return key.endswith(".bias") and key[:-5] + ".weight" in layers
+
+    return {k: (v.half().float() if layer_bias(k) else v) for k, v in plain_state(model).items()
+            if k not in layers and not (bias_bits and layer_bias(k))}
 
 
 def _other_chains(model: nn.Module, bias_bits: int | None) -> dict[str, list]:
@@ -324,17 +328,18 @@ def _check_tries(tries: int, file_bytes: int, budget: int) -> None:
 
 
 def _fit_by_probing(model: nn.Module, arch: str, dataset: Dataset, allocation: Allocation, seed: int,
-                    bias_bits: int | None = None) -> tuple[dict[str, int], dict[str, float], list[dict]]:
+                    bias_bits: int | None = None,
+                    slack: float = PROBE_SLACK) -> tuple[dict[str, int], dict[str, float], list[dict]]:
     """The allocation's bits and densities, stepped down (`_smaller`) until the probe of the file
-    (`probe_file_bytes`: sharing without the codebook fine-tuning) fits the budget with PROBE_SLACK
-    to spare; returns them and the probes."""
+    (`probe_file_bytes`: sharing without the codebook fine-tuning) fits the budget with `slack` (a
+    fraction; never more than the plan's margin) to spare; returns them and the probes."""
     bits, densities, probes = allocation.bits, allocation.densities, []
     if allocation.budget is None:
         return bits, densities, probes
     while True:
         size = probe_file_bytes(model, arch, dataset, bits, seed, bias_bits)
         probes.append({"bits": dict(bits), "densities": dict(densities), "probe_bytes": size})
-        if size <= allocation.budget * (1 - PROBE_SLACK):
+        if size <= allocation.budget * (1 - slack):
             return bits, densities, probes
         _check_tries(len(probes), size, allocation.budget)
         bits, densities = _smaller(model, dataset, allocation, bits, densities)
@@ -356,7 +361,8 @@ def compress_to_budget(model: nn.Module, arch: str, dataset: Dataset, base: Trai
     prune_and_retrain(model, method, dataset, base, schedule=config.schedule, rounds=config.rounds,
                       finetune_epochs=config.finetune_epochs, lr_factor=config.lr_factor, fit_kwargs=fit_kwargs)
     pruned_accuracy = evaluate(model, dataset.test_loader())["accuracy"]
-    bits, densities, probes = _fit_by_probing(model, arch, dataset, allocation, seed, config.bias_bits)
+    bits, densities, probes = _fit_by_probing(model, arch, dataset, allocation, seed, config.bias_bits,
+                                              slack=min(PROBE_SLACK, config.margin))
     dc = DeepCompressionConfig(codebook_epochs=config.codebook_epochs, codebook_lr=config.codebook_lr,
                                bias_bits=config.bias_bits)
     tries = []

@@ -145,9 +145,10 @@ def _encoded(model: nn.Module, arch: str, dataset: Dataset, bits: dict[str, int]
 def probe_file_bytes(model: nn.Module, arch: str, dataset: Dataset, bits: dict[str, int], seed: int = 0,
                      bias_bits: int | None = None) -> int:
     """Bytes of the file `share_and_encode` would write with `bits`, without its codebook fine-tuning
-    (on a copy; seconds instead of epochs). The fine-tuning moves only the centroids (the cluster
-    indices are fixed), so the index and position streams code exactly the same; only the float16
-    codebooks and biases, and the compressed header holding them, can change by a few bytes."""
+    (on a copy; seconds instead of epochs). The fine-tuning keeps the cluster indices and the masks,
+    so the position and index streams code exactly the same; it moves the centroids, biases (and
+    their codes with `bias_bits`) and BatchNorm, whose sections and the compressed header can change
+    by a few bytes (tests/test_allocate.py measures it)."""
     probe = copy.deepcopy(model)
     apply_(probe, KMeansQuant(layer_bits=layer_bits(bits)))
     return len(serialize(_encoded(probe, arch, dataset, bits, seed, bias_bits)))

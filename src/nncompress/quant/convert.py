@@ -18,7 +18,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..bitpack import bits_for_range, pack_bits, unpack_bits
-from ..parametrize import TRANSFORM_KINDS, Encoded, WeightTransform, encode_chain, transforms
+from ..parametrize import (TRANSFORM_KINDS, Encoded, WeightTransform, encode_chain, register_transform, transforms,
+                           unregister_transforms)
 
 
 def _stored_form(name: str, tensor: torch.Tensor, int_range: list[int] | None) -> tuple[torch.Tensor, dict | None]:
@@ -112,11 +113,11 @@ def convert_tensor_(layer: nn.Module, tensor_name: str) -> Stored | None:
     if not chain or transforms(layer, tensor_name)[-1].role == "stored":
         return None
     stored = Stored(chain[-1])
-    parametrize.remove_parametrizations(layer, tensor_name, leave_parametrized=False)
+    unregister_transforms(layer, tensor_name)
     delattr(layer, tensor_name)
     payload, stored.payload_value = stored.payload_value, None
     layer.register_buffer(tensor_name, payload if payload is not None else torch.empty(0))
-    parametrize.register_parametrization(layer, tensor_name, stored, unsafe=True)
+    register_transform(layer, tensor_name, stored)
     return stored
 
 

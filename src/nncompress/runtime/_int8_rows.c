@@ -95,3 +95,9 @@ void nnc_rescale_rows(const float *scaled, int64_t rows, int64_t cols, const flo
     for (int64_t i = 0; i < rows; i++)
         rescale_row(scaled + i * cols, cols, row_scale[i], row_term[i], col_sum, bias, out + i * cols);
 }
+
+#ifndef NNC_SOURCE_HASH
+#define NNC_SOURCE_HASH "unknown"
+#endif
+/* The hash of this source and its compile flags (runtime/native.py refuses a build that differs). */
+const char *nnc_source_hash(void) { return NNC_SOURCE_HASH; }

@@ -276,3 +276,9 @@ int xnor_pack_f32(const float *x, int64_t rows, int64_t k, uint64_t *out) {
     (void)isa;
     return 0;
 }
+
+#ifndef NNC_SOURCE_HASH
+#define NNC_SOURCE_HASH "unknown"
+#endif
+/* The hash of this source and its compile flags (runtime/native.py refuses a build that differs). */
+const char *nnc_source_hash(void) { return NNC_SOURCE_HASH; }

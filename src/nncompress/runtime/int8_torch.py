@@ -10,7 +10,7 @@ simulation) up to float32 rounding, and everything between layers (ReLU, pools, 
 as before. A Linear with dynamic inputs (per tensor or per token: the transformer recipe) becomes an
 `Int8DynamicLinear` (this GEMM or `torch._int_mm`, whichever is faster for the weight's shape),
 its per-row scales applied after the int32 dot product, the quantization and the rescaling each in
-one C call (`int8_rows`: per-token int8 in PyTorch went from 1.5x to 2.2-2.5x float32 on a
+one C call (`int8_rows`: per-token int8 in PyTorch went from 1.4-1.6x to 2.2-2.5x float32 on a
 BERT-style encoder, benchmarks/results/runtime.md);
 with `to_int8_(model, exact=False)` a per-tensor dynamic Linear runs fbgemm's fused dynamic kernel
 instead (`FusedDynamicLinear`: torch's quantize_dynamic speed, within one input step of the simulation).
@@ -186,7 +186,8 @@ class Int8DynamicLinear(nn.Module):
         self.register_buffer("weight_scale", scale.float())
         self.register_buffer("colsum_scaled", codes.sum(1).float() * scale.float())  # S_W sum_k q_W per output
         bias = getattr(module, "bias", None)
-        self.register_buffer("bias_or_zero", torch.zeros(codes.shape[0]) if bias is None else bias.detach().float().clone())
+        self.register_buffer("bias_or_zero", torch.zeros(codes.shape[0], dtype=torch.float32) if bias is None
+                             else bias.detach().float().clone())
         # [S_W colsum; b] (2 x out): the per-token zero-point term and the bias as one rank-2 update
         self.register_buffer("colsum_and_bias", torch.stack([self.colsum_scaled, self.bias_or_zero]))
         self._check(module, name)
@@ -194,7 +195,7 @@ class Int8DynamicLinear(nn.Module):
     def _check(self, module: nn.Module, name: str) -> None:
         """Same outputs as the fake-quantized layer on inputs with outliers (full-range codes)."""
         gen = torch.Generator().manual_seed(0)
-        x = torch.randn(8, module.in_features, generator=gen)
+        x = torch.randn(8, module.in_features, generator=gen, dtype=torch.float32)
         x[:, 0] *= 40
         with torch.no_grad():
             ref, got = module(x), self(x)
@@ -228,11 +229,18 @@ class Int8DynamicLinear(nn.Module):
         rows = x.reshape(-1, x.shape[-1])
         if rows.shape[0] == 0:  # no tokens: no range to quantize with
             y = rows.new_zeros((0, len(self.weight_scale)))
-        elif self.use_native and rows.dtype == torch.float32:
+        elif self._native_fits(rows):
             y = self._native_forward(rows.contiguous())
         else:
             y = self._torch_forward(rows)
         return y.reshape(*x.shape[:-1], y.shape[-1])
+
+    def _native_fits(self, rows: torch.Tensor) -> bool:
+        """The C kernel reads float32 CPU memory: the input and this layer's vectors (a `.half()` /
+        `.double()` / `.cuda()` model takes the torch path)."""
+        vectors = (self.weight_scale, self.colsum_scaled, self.bias_or_zero)
+        return self.use_native and rows.device.type == "cpu" and rows.dtype == torch.float32 and all(
+            v.dtype == torch.float32 and v.device.type == "cpu" and v.is_contiguous() for v in vectors)
 
     def _native_forward(self, rows: torch.Tensor) -> torch.Tensor:
         """The same function with the quantization and the epilogue in one C call each (int8_rows)."""

@@ -2,8 +2,10 @@
 
 setup.py builds each one at install time for the baseline x86-64 ISA (faster paths chosen inside
 the C at run time); where the package was installed without a compiler, or before the kernel
-existed, `load(name)` compiles it once into a cache folder (keyed by the source's hash) with the C
-compiler on PATH. Every kernel is optional: `status(name)` says which library runs, or why none
+existed, `load(name)` compiles it once into a cache folder with the C compiler on PATH. Every build
+carries the hash of its source and flags (`nnc_source_hash()`), and a library whose hash is not the
+installed source's (a stale build: an edited checkout, a cache from another version) is not loaded,
+since changed signatures behind old ctypes declarations would corrupt memory. Every kernel is optional: `status(name)` says which library runs, or why none
 does, and the pure-torch path stays available. One loader for all kernels: `_xnor` (XNOR-Net's
 popcount GEMM) and `_int8_rows` (per-token int8 quantization around torch's int8 GEMM).
 """
@@ -30,6 +32,18 @@ def source(name: str) -> Path:
     return HERE / f"{name}.c"
 
 
+def digest(name: str) -> str:
+    """Hash of kernel `name`'s source and compile flags: what its builds must carry."""
+    src = source(name)
+    text = (src.read_bytes() if src.is_file() else b"missing") + " ".join(COMPILE_FLAGS).encode()
+    return hashlib.sha256(text).hexdigest()[:16]
+
+
+def hash_define(name: str) -> str:
+    """The -D value that embeds `digest(name)` in a build (setup.py passes the same)."""
+    return f'"{digest(name)}"'
+
+
 def _cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "nncompress"
 
@@ -50,7 +64,8 @@ def _compile(src: Path, target: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         out = Path(tmp) / target.name
-        cmd = [compiler, *COMPILE_FLAGS, "-shared", "-fPIC", str(src), "-o", str(out)]
+        cmd = [compiler, *COMPILE_FLAGS, f"-DNNC_SOURCE_HASH={hash_define(src.stem)}", "-shared", "-fPIC", str(src),
+               "-o", str(out)]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         if done.returncode != 0:
             raise OSError(f"{' '.join(cmd)} failed: {done.stderr.strip()[:400]}")
@@ -59,14 +74,17 @@ def _compile(src: Path, target: Path) -> Path:
 
 
 def _candidates(name: str) -> list[Path]:
-    """The installed build first (unless the source changed after it: an editable install), then the
-    per-source cache entry (compiled on demand)."""
+    """The installed build first, then the cache entry of this source and these flags (compiled on
+    demand)."""
     built = _built_library(name)
-    src = source(name)
-    if built is not None and src.is_file() and src.stat().st_mtime > built.stat().st_mtime:
-        built = None
-    digest = hashlib.sha256(src.read_bytes()).hexdigest()[:16] if src.is_file() else "missing"
-    return [*([built] if built is not None else []), _cache_dir() / f"{name.lstrip('_')}-{digest}.so"]
+    return [*([built] if built is not None else []), _cache_dir() / f"{name.lstrip('_')}-{digest(name)}.so"]
+
+
+def _check_hash(library: ctypes.CDLL, name: str) -> None:
+    library.nnc_source_hash.restype = ctypes.c_char_p
+    found, wanted = library.nnc_source_hash().decode(), digest(name)
+    if found != wanted:
+        raise OSError(f"stale build (source hash {found}, the installed source's is {wanted})")
 
 
 def load(name: str, declare: Callable[[ctypes.CDLL], None]) -> ctypes.CDLL | None:
@@ -82,8 +100,9 @@ def load(name: str, declare: Callable[[ctypes.CDLL], None]) -> ctypes.CDLL | Non
                     raise OSError(f"the kernel source {source(name)} is not installed")
                 _compile(source(name), path)
             library = ctypes.CDLL(str(path))
+            _check_hash(library, name)
             declare(library)
-        except (OSError, AttributeError, subprocess.SubprocessError) as err:  # AttributeError: a stale build
+        except (OSError, AttributeError, subprocess.SubprocessError) as err:  # AttributeError: a build without a symbol
             errors.append(f"{path.name}: {err}")
             library = None
             continue
