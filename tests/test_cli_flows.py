@@ -100,3 +100,20 @@ def test_decode_and_inspect_refuse_missing_and_corrupt_files(main, tmp_path):
     corrupt.write_bytes(b"NNC\x00" + bytes(range(200)))
     code, _, stderr = main("inspect", str(corrupt))
     assert code == 2 and "corrupt.nnc" in stderr
+
+
+def test_deep_compress_bias_bits_out_of_range_fails_before_training(main):
+    code, stdout, stderr = main("deep-compress", "lenet300", "--bias-bits", "1")
+    assert code == 2 and "--bias-bits" in stderr and "epoch" not in stdout + stderr
+
+
+@pytest.mark.slow
+def test_deep_compress_with_bias_bits_stores_bias_codes(tmp_path):
+    nnc, report = tmp_path / "b.nnc", tmp_path / "b.json"
+    done = run_cli("deep-compress", "lenet300", "--prune-sparsity", "0.9", "--rounds", "1", "--finetune-epochs", "1",
+                   "--codebook-epochs", "1", "--bits", "fc=4", "--bias-bits", "8", "-o", str(nnc), "--json", str(report))
+    assert done.returncode == 0, done.stderr
+    r = json.loads(report.read_text())
+    assert r["exact_roundtrip"] and r["file_bytes"] == nnc.stat().st_size
+    assert [row["layer"] for row in r["layers"] if row["layer"].endswith(".bias")] == ["fc1.bias", "fc2.bias", "fc3.bias"]
+    assert all(row["weight_bits_pq"] == 8 for row in r["layers"] if row["layer"].endswith(".bias"))
