@@ -220,4 +220,7 @@ def test_probing_lowers_bits_until_the_probe_fits(monkeypatch):
     assert [p["probe_bytes"] for p in probes] == [8000, 7000]
     assert bits == {"a": 3, "b": 4} and densities == {"a": 0.5, "b": 0.5}  # "a" costs less loss per byte
     _, _, probes = A._fit_by_probing(None, "mlp", None, allocation, 0, slack=0.1)
-    assert [p["probe_bytes"] for p in probes] == [8000, 7000, 6000] and probes[-1]["bits"] == {"a": 2, "b": 4}
+    assert [p["probe_bytes"] for p in probes] == [8000, 6000] and probes[-1]["bits"] == {"a": 2, "b": 4}
+    far = A.Allocation({"a": table["a"][2], "b": table["b"][2]}, 0, 4500, table)
+    bits, _, probes = A._fit_by_probing(None, "mlp", None, far, 0, slack=0.0)  # 3.5 kB over: 4 bits in one step
+    assert [p["probe_bytes"] for p in probes] == [8000, 4000] and bits == {"a": 2, "b": 2}

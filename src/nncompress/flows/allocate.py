@@ -21,8 +21,9 @@ fig. 6, ICLR 2016 table 2). Here the choice is made by a program:
    slightly differently: before any fine-tuning, a probe shares and serializes the retrained model
    (seconds; the fine-tuning keeps indices and masks, so the probe's streams are the file's), and
    while it exceeds the budget the bits of the layer whose planned loss per byte saved is smallest
-   go one lower (where no bits can go lower, the largest layer is pruned 5% further). Should the
-   written file still exceed the budget, the same step repeats on written files.
+   go lower, as many at a time as the table's bytes say cover the excess (where no bits can go
+   lower, the largest layer is pruned 5% further). Should the written file still exceed the
+   budget, the same step repeats on written files.
 6. Optionally (`sensitivity_retrain_images` > 0; `flows/allocation_table.py`) the damage is measured *after a short retraining*
    instead of on the dense model as is: for every layer and density, the layer is pruned alone, the
    whole model is retrained one pass over that many training images (disjoint from the images the
@@ -68,7 +69,8 @@ from .prune import calibration_batches, dense_model, prune_and_retrain
 DEFAULT_DENSITIES = (1.0, 0.7, 0.5, 0.35, 0.25, 0.18, 0.13, 0.09, 0.065, 0.045, 0.032, 0.023, 0.016, 0.011, 0.008)
 DEFAULT_BITS = (1, 2, 3, 4, 5, 6, 7, 8)
 MAX_BINS = 4096  # byte bins of the knapsack table
-MAX_TRIES = 40  # encode tries (probes, then written files) before giving up on a budget
+MAX_TRIES = 40  # written files (each after a codebook fine-tuning) before giving up on a budget
+MAX_PROBES = 400  # probes (seconds each) before giving up
 PROBE_SLACK = 0.002  # fraction of the budget a probe keeps free for what the codebook fine-tuning changes
 
 
@@ -281,9 +283,10 @@ def compression_phases(base: TrainConfig, config: AllocationConfig, seed: int) -
             + codebook_phase(config.codebook_epochs, config.codebook_lr, seed))
 
 
-def _lower_bits(allocation: Allocation, bits: dict[str, int]) -> dict[str, int]:
-    """One layer one bit lower: the one whose planned loss increase per byte saved is smallest."""
-    best, best_rate = None, math.inf
+def _lower_bits(allocation: Allocation, bits: dict[str, int]) -> tuple[dict[str, int], int] | None:
+    """One layer one bit lower: the one whose planned loss increase per byte saved is smallest;
+    returns the new bits and the planned bytes saved, or None when no layer can go lower."""
+    best, best_rate, best_saved = None, math.inf, 0
     for name, rows in allocation.table.items():
         now = next((c for c in rows if c.density == allocation.choice[name].density and c.bits == bits[name]), None)
         lower = next((c for c in rows if c.density == allocation.choice[name].density and c.bits == bits[name] - 1), None)
@@ -291,10 +294,10 @@ def _lower_bits(allocation: Allocation, bits: dict[str, int]) -> dict[str, int]:
             continue
         rate = (lower.loss - now.loss) / (now.bytes - lower.bytes)
         if rate < best_rate:
-            best, best_rate = name, rate
+            best, best_rate, best_saved = name, rate, now.bytes - lower.bytes
     if best is None:
         return None
-    return {**bits, best: bits[best] - 1}
+    return {**bits, best: bits[best] - 1}, best_saved
 
 
 def _prune_further(model: nn.Module, dataset: Dataset, densities: dict[str, float],
@@ -312,18 +315,22 @@ def _prune_further(model: nn.Module, dataset: Dataset, densities: dict[str, floa
 
 
 def _smaller(model: nn.Module, dataset: Dataset, allocation: Allocation, bits: dict[str, int],
-             densities: dict[str, float]) -> tuple[dict[str, int], dict[str, float]]:
-    """One step down in bytes: one layer one bit lower, or (none can go lower) the largest layer
-    pruned 5% further, in place."""
-    lowered = _lower_bits(allocation, bits)
-    if lowered is not None:
-        return lowered, densities
-    return bits, _prune_further(model, dataset, densities)
+             densities: dict[str, float], excess: int = 1) -> tuple[dict[str, int], dict[str, float]]:
+    """Down in bytes by about `excess`: bits lowered one at a time (cheapest loss per byte first)
+    until the table's planned savings cover it, so a file far over the budget does not take one
+    probe per bit; where no layer's bits can go lower, the largest layer pruned 5% further, in place."""
+    saved, step = 0, _lower_bits(allocation, bits)
+    if step is None:
+        return bits, _prune_further(model, dataset, densities)
+    while step is not None and saved < excess:
+        bits, saved = step[0], saved + step[1]
+        step = _lower_bits(allocation, bits)
+    return bits, densities
 
 
-def _check_tries(tries: int, file_bytes: int, budget: int) -> None:
-    if tries >= MAX_TRIES:
-        raise UserError(f"the file ({file_bytes:,} B) still exceeds the budget ({budget:,} B) after {tries} tries; "
+def _check_tries(tries: int, file_bytes: int, budget: int, limit: int = MAX_TRIES, what: str = "tries") -> None:
+    if tries >= limit:
+        raise UserError(f"the file ({file_bytes:,} B) still exceeds the budget ({budget:,} B) after {tries} {what}; "
                         "give a larger margin")
 
 
@@ -339,10 +346,11 @@ def _fit_by_probing(model: nn.Module, arch: str, dataset: Dataset, allocation: A
     while True:
         size = probe_file_bytes(model, arch, dataset, bits, seed, bias_bits)
         probes.append({"bits": dict(bits), "densities": dict(densities), "probe_bytes": size})
-        if size <= allocation.budget * (1 - slack):
+        target = allocation.budget * (1 - slack)
+        if size <= target:
             return bits, densities, probes
-        _check_tries(len(probes), size, allocation.budget)
-        bits, densities = _smaller(model, dataset, allocation, bits, densities)
+        _check_tries(len(probes), size, allocation.budget, MAX_PROBES, "probes")
+        bits, densities = _smaller(model, dataset, allocation, bits, densities, excess=math.ceil(size - target))
 
 
 def compress_to_budget(model: nn.Module, arch: str, dataset: Dataset, base: TrainConfig, config: AllocationConfig, *,
@@ -372,8 +380,9 @@ def compress_to_budget(model: nn.Module, arch: str, dataset: Dataset, base: Trai
         tries.append({"bits": dict(bits), "densities": dict(densities), "file_bytes": result["file_bytes"]})
         if allocation.budget is None or result["file_bytes"] <= allocation.budget:
             break
-        _check_tries(len(probes) + len(tries), result["file_bytes"], allocation.budget)
-        bits, densities = _smaller(model, dataset, allocation, bits, densities)
+        _check_tries(len(tries), result["file_bytes"], allocation.budget)
+        bits, densities = _smaller(model, dataset, allocation, bits, densities,
+                                   excess=result["file_bytes"] - allocation.budget)
     result.update(budget_bytes=allocation.budget, planned_bytes=allocation.planned_bytes, tries=tries,
                   probes=probes, densities=densities, allocated_densities=allocation.densities, allocated_bits=allocation.bits,
                   bits=bits,
