@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import tempfile
@@ -30,11 +31,24 @@ from common import MNIST_DIR, header, table, trained_float, write_results
 from nncompress.analysis.metrics import count_params
 from nncompress.api import training_config
 from nncompress.flows.allocate import AllocationConfig, compress_to_budget, compression_phases
-from nncompress.flows.allocation_table import measure_table
+from nncompress.flows.allocation_table import Candidate, measure_table
 from nncompress.flows.control import same_budget_control
 from nncompress.train import evaluate
 from nncompress.validate import UserError
 from nncompress.zoo import load_dataset
+
+
+def cached_table(arch: str, seed: int, float_epochs: int, settings: dict, measure) -> dict[str, list[Candidate]]:
+    """The allocation table of this float model and sensitivity setting, measured once (tens of
+    minutes on ResNet-20) and kept in runs/frontier_convnets/ for later ratios and runs."""
+    path = (Path(__file__).resolve().parents[1] / "runs" / "frontier_convnets" /
+            f"table-{arch}-s{seed}-{float_epochs}ep-{settings['sensitivity_images']}img.json")
+    if path.is_file():
+        return {name: [Candidate(**c) for c in rows] for name, rows in json.loads(path.read_text()).items()}
+    grid = measure()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({name: [dataclasses.asdict(c) for c in rows] for name, rows in grid.items()}))
+    return grid
 
 
 def run_seed(arch: str, data, seed: int, ratios: list[float], float_epochs: int, settings: dict,
@@ -45,7 +59,8 @@ def run_seed(arch: str, data, seed: int, ratios: list[float], float_epochs: int,
     dense.eval()
     base = training_config(arch, seed=seed, epochs=float_epochs)
     began = time.perf_counter()
-    grid = measure_table(dense, data, AllocationConfig(target_ratio=1.0, **settings), base)
+    grid = cached_table(arch, seed, float_epochs, settings,
+                        lambda: measure_table(dense, data, AllocationConfig(target_ratio=1.0, **settings), base))
     table_s = time.perf_counter() - began
     control, info = same_budget_control(dense, data, compression_phases(base, AllocationConfig(target_ratio=1.0, **settings), seed))
     out = {"arch": arch, "seed": seed, "float": evaluate(dense, data.test_loader())["accuracy"],
