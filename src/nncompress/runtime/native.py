@@ -81,6 +81,9 @@ def _candidates(name: str) -> list[Path]:
 
 
 def _check_hash(library: ctypes.CDLL, name: str) -> None:
+    """Refuse a build of another source (nothing to compare with where the source is not installed)."""
+    if not source(name).is_file():
+        return
     library.nnc_source_hash.restype = ctypes.c_char_p
     found, wanted = library.nnc_source_hash().decode(), digest(name)
     if found != wanted:
@@ -117,8 +120,3 @@ def load(name: str, declare: Callable[[ctypes.CDLL], None]) -> ctypes.CDLL | Non
 def status(name: str) -> dict[str, str]:
     """{"library": path} when kernel `name` loaded, else {"reason": why not} ({} before any load)."""
     return dict(_status.get(name, {}))
-
-
-def pointer(tensor) -> ctypes.c_void_p:
-    """A tensor's data pointer for a ctypes call (the caller keeps the tensor alive and contiguous)."""
-    return ctypes.c_void_p(tensor.data_ptr())
