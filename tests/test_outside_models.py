@@ -129,3 +129,44 @@ def test_a_model_with_tied_weights_saves_each_tensor_once_and_loads_exactly(tmp_
     test = padded_batch(3)
     with torch.no_grad():
         assert torch.equal(loaded.eval()(**test).logits, mlm(**test).logits)
+
+
+def test_bert_runs_per_token_int8_on_the_row_kernel():
+    """to_int8_ on a BertModel with per-token dynamic activations: every Linear takes the C row kernel
+    (when it built), the pure-torch path gives the same outputs, and both follow the fake-quantized
+    model (each layer up to float32 rounding, which can move a downstream code by one step)."""
+    from nncompress.runtime import int8_rows
+    from nncompress.runtime.int8_torch import Int8DynamicLinear
+    torch.manual_seed(0)
+    quantized = nc.convert_(nc.quantize_(small_bert(), nc.DynamicQuant(per_token=True)))
+    fast = nc.to_int8_(copy.deepcopy(quantized))
+    layers = [m for m in fast.modules() if isinstance(m, Int8DynamicLinear)]
+    assert len(layers) == 2 * 6 + 1  # Q, K, V, attention output, FFN in / out per layer, and the pooler
+    assert all(m.use_native == int8_rows.available() for m in layers)
+    slow = nc.to_int8_(copy.deepcopy(quantized))
+    for m in slow.modules():
+        if isinstance(m, Int8DynamicLinear):
+            m.use_native = False
+    batch = padded_batch(5)
+    with torch.no_grad():
+        ours, got, plain = (m(**batch).last_hidden_state for m in (quantized, fast, slow))
+    scale = float(ours.abs().max())
+    torch.testing.assert_close(got, plain, rtol=0, atol=1e-5 * scale)
+    assert float((got - ours).abs().mean()) <= 1e-3 * scale
+    assert float(torch.nn.functional.cosine_similarity(got.flatten(), ours.flatten(), dim=0)) >= 0.9999
+
+
+def test_bert_biases_as_codes_decode_exactly():
+    """Biases as 8-bit codes on a BertModel's Linears: stored as chains, decoded bit for bit."""
+    from nncompress.encode.container import parse, serialize
+    from nncompress.encode.deep_compression import quantize_biases_
+    from nncompress.encode.model import decode_model, encode_model
+    torch.manual_seed(0)
+    bert = small_bert()
+    quantize_biases_(bert, 8)
+    nnc = parse(serialize(encode_model(bert, {"arch": "hf-bert"})))
+    assert sum(name.endswith(".bias") for name in nnc.chains) == 2 * 6 + 1
+    back = decode_model(nnc, model=transformers.BertModel(bert.config).eval())
+    batch = padded_batch(6)
+    with torch.no_grad():
+        assert torch.equal(back(**batch).last_hidden_state, bert(**batch).last_hidden_state)
