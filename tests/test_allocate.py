@@ -121,14 +121,14 @@ def test_prune_further_takes_five_percent_of_the_largest_layer_only(digits):
     loses 5% of its survivors by magnitude; the other layers keep their masks."""
     from nncompress.analysis.metrics import weight_layers
     from nncompress.config import Context, run_method
-    from nncompress.flows.allocate import _prune_further
+    from nncompress.flows.budget_fit import prune_further
     from nncompress.prune.unstructured import MagnitudePrune
 
     model, _, _ = dense_model("lenet300", digits, seed=0)
     densities = {"fc1": 0.1, "fc2": 0.3, "fc3": 0.5}
     run_method(model, MagnitudePrune(sparsity=0.7, layer_sparsity={n: 1 - d for n, d in densities.items()}), Context())
     kept = {n: int((m.weight != 0).sum()) for n, m in weight_layers(model).items()}
-    new = _prune_further(model, digits, densities)
+    new = prune_further(model, digits, densities)
     after = {n: int((m.weight != 0).sum()) for n, m in weight_layers(model).items()}
     largest = max(kept, key=kept.get)
     assert new[largest] == pytest.approx(densities[largest] * 0.95)
@@ -189,8 +189,9 @@ def test_retrained_table_recovers_pruning_damage_with_the_same_bytes(digits):
 
 def test_the_probe_predicts_the_written_file(digits, tmp_path):
     """probe_file_bytes (sharing without the codebook fine-tuning) is the written file's size exactly
-    without fine-tuning, and within PROBE_SLACK of it after (only centroids and biases move)."""
-    from nncompress.flows.allocate import PROBE_SLACK
+    without fine-tuning, and within PROBE_SLACK of it after (indices and masks stay; centroids and
+    biases move)."""
+    from nncompress.flows.budget_fit import PROBE_SLACK
     from nncompress.flows.deep_compression import DeepCompressionConfig, probe_file_bytes, share_and_encode
 
     model, arch, _ = dense_model("lenet300", digits, seed=0)
@@ -211,16 +212,17 @@ def test_probing_lowers_bits_until_the_probe_fits(monkeypatch):
     """Over budget, the layer whose planned loss per byte saved is smallest loses a bit, probe by
     probe, until a probe fits with the slack; nothing is written meanwhile."""
     from nncompress.flows import allocate as A
+    from nncompress.flows import budget_fit as B
 
     table = {"a": [Candidate(0.5, b, 1000 * b, 1.0 / b, 0.0) for b in (2, 3, 4)],
              "b": [Candidate(0.5, b, 1000 * b, 5.0 / b, 0.0) for b in (2, 3, 4)]}
     allocation = A.Allocation({"a": table["a"][2], "b": table["b"][2]}, 0, 7000, table)
-    monkeypatch.setattr(A, "probe_file_bytes", lambda model, arch, data, bits, seed, bias_bits: 1000 * sum(bits.values()))
-    bits, densities, probes = A._fit_by_probing(None, "mlp", None, allocation, 0, slack=0.0)
+    monkeypatch.setattr(B, "probe_file_bytes", lambda model, arch, data, bits, seed, bias_bits: 1000 * sum(bits.values()))
+    bits, densities, probes = B.fit_by_probing(None, "mlp", None, allocation, 0, slack=0.0)
     assert [p["probe_bytes"] for p in probes] == [8000, 7000]
     assert bits == {"a": 3, "b": 4} and densities == {"a": 0.5, "b": 0.5}  # "a" costs less loss per byte
-    _, _, probes = A._fit_by_probing(None, "mlp", None, allocation, 0, slack=0.1)
+    _, _, probes = B.fit_by_probing(None, "mlp", None, allocation, 0, slack=0.1)
     assert [p["probe_bytes"] for p in probes] == [8000, 6000] and probes[-1]["bits"] == {"a": 2, "b": 4}
     far = A.Allocation({"a": table["a"][2], "b": table["b"][2]}, 0, 4500, table)
-    bits, _, probes = A._fit_by_probing(None, "mlp", None, far, 0, slack=0.0)  # 3.5 kB over: 4 bits in one step
+    bits, _, probes = B.fit_by_probing(None, "mlp", None, far, 0, slack=0.0)  # 3.5 kB over: 4 bits in one step
     assert [p["probe_bytes"] for p in probes] == [8000, 4000] and bits == {"a": 2, "b": 2}

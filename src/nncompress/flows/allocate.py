@@ -17,13 +17,9 @@ fig. 6, ICLR 2016 table 2). Here the choice is made by a program:
    the planned sum never exceeds the budget); for an accuracy budget, the fewest bytes with
    sum_l Delta accuracy_l(c_l) >= -max_drop.
 5. Then prune to the chosen densities with retraining, share weights with the chosen bits,
-   fine-tune the codebooks, write the file. Retraining changes the weights, so the streams code
-   slightly differently: before any fine-tuning, a probe shares and serializes the retrained model
-   (seconds; the fine-tuning keeps indices and masks, so the probe's streams are the file's), and
-   while it exceeds the budget the bits of the layer whose planned loss per byte saved is smallest
-   go lower, as many at a time as the table's bytes say cover the excess (where no bits can go
-   lower, the largest layer is pruned 5% further). Should the written file still exceed the
-   budget, the same step repeats on written files.
+   fine-tune the codebooks, write the file; retraining changes the weights and so the streams, and
+   `flows/budget_fit.py` probes the file before the fine-tuning and steps bits (or densities) down
+   until it fits.
 6. Optionally (`sensitivity_retrain_images` > 0; `flows/allocation_table.py`) the damage is measured *after a short retraining*
    instead of on the dense model as is: for every layer and density, the layer is pruned alone, the
    whole model is retrained one pass over that many training images (disjoint from the images the
@@ -52,26 +48,23 @@ import torch
 from torch import nn
 
 from ..analysis.metrics import count_params, weight_layers
-from ..config import Context, run_method
 from ..encode.cost import candidate, plan_bytes
-from ..encode.deep_compression import bias_chains
+from ..encode.deep_compression import bias_chains, round_biases_fp16_
 from ..parametrize import plain_state
 from ..prune.unstructured import MagnitudePrune
 from ..train import TrainConfig, evaluate
 from ..validate import UserError, check_fraction, check_positive
 from ..zoo import Dataset
 from .control import TrainingPhase, codebook_phase, pruning_phases
-from .deep_compression import DeepCompressionConfig, probe_file_bytes, share_and_encode
+from .deep_compression import DeepCompressionConfig, share_and_encode
 from .distill import DistillConfig, distillation_kwargs
 from .allocation_table import Candidate, measure_table
-from .prune import calibration_batches, dense_model, prune_and_retrain
+from .budget_fit import PROBE_SLACK, check_tries, fit_by_probing, step_down
+from .prune import dense_model, prune_and_retrain
 
 DEFAULT_DENSITIES = (1.0, 0.7, 0.5, 0.35, 0.25, 0.18, 0.13, 0.09, 0.065, 0.045, 0.032, 0.023, 0.016, 0.011, 0.008)
 DEFAULT_BITS = (1, 2, 3, 4, 5, 6, 7, 8)
 MAX_BINS = 4096  # byte bins of the knapsack table
-MAX_TRIES = 40  # written files (each after a codebook fine-tuning) before giving up on a budget
-MAX_PROBES = 400  # probes (seconds each) before giving up
-PROBE_SLACK = 0.002  # fraction of the budget a probe keeps free for what the codebook fine-tuning changes
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -173,9 +166,7 @@ def _other_chains(model: nn.Module, bias_bits: int | None) -> dict[str, list]:
     if not bias_bits:
         return {}
     rounded = copy.deepcopy(model)
-    for layer in weight_layers(rounded).values():
-        if layer.bias is not None:
-            layer.bias.data = layer.bias.data.half().float()  # as the flow rounds them before quantizing
+    round_biases_fp16_(rounded)  # as the flow does before quantizing them
     return bias_chains(rounded, bias_bits)
 
 
@@ -283,76 +274,6 @@ def compression_phases(base: TrainConfig, config: AllocationConfig, seed: int) -
             + codebook_phase(config.codebook_epochs, config.codebook_lr, seed))
 
 
-def _lower_bits(allocation: Allocation, bits: dict[str, int]) -> tuple[dict[str, int], int] | None:
-    """One layer one bit lower: the one whose planned loss increase per byte saved is smallest;
-    returns the new bits and the planned bytes saved, or None when no layer can go lower."""
-    best, best_rate, best_saved = None, math.inf, 0
-    for name, rows in allocation.table.items():
-        now = next((c for c in rows if c.density == allocation.choice[name].density and c.bits == bits[name]), None)
-        lower = next((c for c in rows if c.density == allocation.choice[name].density and c.bits == bits[name] - 1), None)
-        if now is None or lower is None or lower.bytes >= now.bytes:
-            continue
-        rate = (lower.loss - now.loss) / (now.bytes - lower.bytes)
-        if rate < best_rate:
-            best, best_rate, best_saved = name, rate, now.bytes - lower.bytes
-    if best is None:
-        return None
-    return {**bits, best: bits[best] - 1}, best_saved
-
-
-def _prune_further(model: nn.Module, dataset: Dataset, densities: dict[str, float],
-                   fraction: float = 0.95) -> dict[str, float]:
-    """The last resort when no bits can be lowered: the layer keeping the most weights drops the
-    smallest 5% of its survivors (magnitude pruning on top of the current mask, no retraining; the
-    codebook fine-tuning that follows adapts the rest). Returns the new densities."""
-    layers = weight_layers(model)
-    name = max(densities, key=lambda n: densities[n] * layers[n].weight.numel())
-    new = {**densities, name: densities[name] * fraction}
-    sparsity = {n: 1.0 - d for n, d in new.items()}
-    run_method(model, MagnitudePrune(sparsity=float(np.mean(list(sparsity.values()))), layer_sparsity=sparsity),
-               Context(data=calibration_batches(dataset)))
-    return new
-
-
-def _smaller(model: nn.Module, dataset: Dataset, allocation: Allocation, bits: dict[str, int],
-             densities: dict[str, float], excess: int = 1) -> tuple[dict[str, int], dict[str, float]]:
-    """Down in bytes by about `excess`: bits lowered one at a time (cheapest loss per byte first)
-    until the table's planned savings cover it, so a file far over the budget does not take one
-    probe per bit; where no layer's bits can go lower, the largest layer pruned 5% further, in place."""
-    saved, step = 0, _lower_bits(allocation, bits)
-    if step is None:
-        return bits, _prune_further(model, dataset, densities)
-    while step is not None and saved < excess:
-        bits, saved = step[0], saved + step[1]
-        step = _lower_bits(allocation, bits)
-    return bits, densities
-
-
-def _check_tries(tries: int, file_bytes: int, budget: int, limit: int = MAX_TRIES, what: str = "tries") -> None:
-    if tries >= limit:
-        raise UserError(f"the file ({file_bytes:,} B) still exceeds the budget ({budget:,} B) after {tries} {what}; "
-                        "give a larger margin")
-
-
-def _fit_by_probing(model: nn.Module, arch: str, dataset: Dataset, allocation: Allocation, seed: int,
-                    bias_bits: int | None = None,
-                    slack: float = PROBE_SLACK) -> tuple[dict[str, int], dict[str, float], list[dict]]:
-    """The allocation's bits and densities, stepped down (`_smaller`) until the probe of the file
-    (`probe_file_bytes`: sharing without the codebook fine-tuning) fits the budget with `slack` (a
-    fraction; never more than the plan's margin) to spare; returns them and the probes."""
-    bits, densities, probes = allocation.bits, allocation.densities, []
-    if allocation.budget is None:
-        return bits, densities, probes
-    while True:
-        size = probe_file_bytes(model, arch, dataset, bits, seed, bias_bits)
-        probes.append({"bits": dict(bits), "densities": dict(densities), "probe_bytes": size})
-        target = allocation.budget * (1 - slack)
-        if size <= target:
-            return bits, densities, probes
-        _check_tries(len(probes), size, allocation.budget, MAX_PROBES, "probes")
-        bits, densities = _smaller(model, dataset, allocation, bits, densities, excess=math.ceil(size - target))
-
-
 def compress_to_budget(model: nn.Module, arch: str, dataset: Dataset, base: TrainConfig, config: AllocationConfig, *,
                        seed: int = 0, out: str | os.PathLike | None = None,
                        table: dict[str, list[Candidate]] | None = None) -> tuple[nn.Module, dict]:
@@ -369,7 +290,7 @@ def compress_to_budget(model: nn.Module, arch: str, dataset: Dataset, base: Trai
     prune_and_retrain(model, method, dataset, base, schedule=config.schedule, rounds=config.rounds,
                       finetune_epochs=config.finetune_epochs, lr_factor=config.lr_factor, fit_kwargs=fit_kwargs)
     pruned_accuracy = evaluate(model, dataset.test_loader())["accuracy"]
-    bits, densities, probes = _fit_by_probing(model, arch, dataset, allocation, seed, config.bias_bits,
+    bits, densities, probes = fit_by_probing(model, arch, dataset, allocation, seed, config.bias_bits,
                                               slack=min(PROBE_SLACK, config.margin))
     dc = DeepCompressionConfig(codebook_epochs=config.codebook_epochs, codebook_lr=config.codebook_lr,
                                bias_bits=config.bias_bits)
@@ -380,8 +301,8 @@ def compress_to_budget(model: nn.Module, arch: str, dataset: Dataset, base: Trai
         tries.append({"bits": dict(bits), "densities": dict(densities), "file_bytes": result["file_bytes"]})
         if allocation.budget is None or result["file_bytes"] <= allocation.budget:
             break
-        _check_tries(len(tries), result["file_bytes"], allocation.budget)
-        bits, densities = _smaller(model, dataset, allocation, bits, densities,
+        check_tries(len(tries), result["file_bytes"], allocation.budget)
+        bits, densities = step_down(model, dataset, allocation, bits, densities,
                                    excess=result["file_bytes"] - allocation.budget)
     result.update(budget_bytes=allocation.budget, planned_bytes=allocation.planned_bytes, tries=tries,
                   probes=probes, densities=densities, allocated_densities=allocation.densities, allocated_bits=allocation.bits,
