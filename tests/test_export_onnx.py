@@ -171,3 +171,30 @@ def test_matches_integer_engine_within_one_step():
     last = net[4]
     step = float(last.input_quantizer.scale) * float(last.weight.abs().sum(1).max())
     assert np.abs(got - expected).max() <= step
+
+
+@pytest.mark.parametrize("fmt", ["qdq", "qoperator"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_an_image_stem_is_padded_to_four_channels_exactly(fmt, channels, monkeypatch):
+    """ONNX Runtime's fast int8 conv needs input channels in multiples of 4: a 1- or 3-channel stem
+    goes out with its codes padded by the zero point and zero weight columns, and the outputs equal
+    the unpadded export's bit for bit; no node is left without a reader."""
+    from nncompress.export import layers
+
+    torch.manual_seed(channels)
+    net = nn.Sequential(nn.Conv2d(channels, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+                        nn.Flatten(), nn.Linear(16 * 36, 4))
+    calib = [torch.randn(32, channels, 6, 6)]
+    w8a8(net, calib)
+    x = torch.randn(9, channels, 6, 6)
+    padded = export_onnx(net, x[:2], format=fmt, weight_range="full", calibration=calib)
+    onnx.checker.check_model(padded.model, full_check=True)
+    pads = [n for n in padded.model.graph.node if n.op_type == "Pad"]
+    assert len(pads) == 1 and "padded" in padded.layers["0"]["input"]
+    assert initializer(padded, "0.weight_q").shape == (16, 4, 3, 3)
+    monkeypatch.setattr(layers, "ORT_CONV_MIN_OUTPUTS", 10 ** 6)
+    plain = export_onnx(net, x[:2], format=fmt, weight_range="full", calibration=calib)
+    assert not any(n.op_type == "Pad" for n in plain.model.graph.node)
+    assert np.array_equal(run_ort(padded, x), run_ort(plain, x))
+    read = {i for n in padded.model.graph.node for i in n.input} | {o.name for o in padded.model.graph.output}
+    assert all(o in read for n in padded.model.graph.node for o in n.output)

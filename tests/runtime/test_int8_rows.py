@@ -41,7 +41,7 @@ def test_codes_scales_and_zero_points_equal_the_simulation(bits, signed, shift, 
     else:
         r_min, r_max = (r.reshape(1) for r in torch.aminmax(x))
     code_dtype = torch.int8 if -128 <= spec.q_range[0] - shift and spec.q_range[1] - shift <= 127 else torch.uint8
-    codes, row_scale, row_term = int8_rows.quantize_rows(x, r_min, r_max, spec.q_range, shift, code_dtype)
+    codes, row_scale, row_term = int8_rows.quantize_rows(x, per_token, spec.q_range, shift, code_dtype)
     scale, zero_point = qparams_of_finite_range(r_min.view(-1, 1), r_max.view(-1, 1), spec)
     expected = quantize(x, scale, zero_point, *spec.q_range) - shift
     assert torch.equal(codes.long(), expected.long())
@@ -66,9 +66,29 @@ def test_the_epilogue_is_the_rank_two_update():
 def test_a_non_finite_row_is_named():
     x = hostile_rows()
     x[6, 3] = float("inf")
-    assert int8_rows.quantize_rows(x, x.amin(1), x.amax(1), (-128, 127), 0, torch.int8) == 6
+    assert int8_rows.quantize_rows(x, True, (-128, 127), 0, torch.int8) == 6
     x[6, 3], x[2, 0] = 0.0, float("nan")
-    assert int8_rows.quantize_rows(x, x.amin(1), x.amax(1), (-128, 127), 0, torch.int8) == 2
+    assert int8_rows.quantize_rows(x, True, (-128, 127), 0, torch.int8) == 2
+    x[2, 0], x[7, 36] = 0.0, float("nan")  # the last column: the tail after the vector lanes
+    assert int8_rows.quantize_rows(x, True, (-128, 127), 0, torch.int8) == 7
+    x[4, 5] = -float("inf")  # per tensor: the first row holding a NaN or an infinity
+    assert int8_rows.quantize_rows(x, False, (-128, 127), 0, torch.int8) == 4
+
+
+@pytest.mark.parametrize("cols", [1, 15, 16, 17, 64, 385])
+def test_the_ranges_found_in_c_are_torchs_amin_and_amax(cols):
+    """Each row's range (sixteen vector lanes plus a tail) is torch's amin / amax, so its S is the
+    simulation's; the extreme value sits in every lane position in turn, and -0.0 is kept apart."""
+    torch.manual_seed(cols)
+    x = torch.randn(2 * cols + 3, cols)
+    for i in range(cols):
+        x[2 * i, i], x[2 * i + 1, i] = 50.0 + i, -50.0 - i
+    x[-1] = -0.0
+    spec = IntSpec(bits=8, signed=True, symmetric=False)
+    _, row_scale, row_term = int8_rows.quantize_rows(x, True, spec.q_range, 0, torch.int8)
+    scale, zero_point = qparams_of_finite_range(x.amin(1, keepdim=True), x.amax(1, keepdim=True), spec)
+    assert torch.equal(row_scale, scale.view(-1))
+    assert torch.equal(row_term, (-scale * zero_point).view(-1))
 
 
 @pytest.mark.parametrize("kernel", ["int_mm", "onednn"])

@@ -114,8 +114,21 @@ class GraphBuilder:
         self.outputs.append(helper.make_tensor_value_info(out, elem_type(dtype), shape))
         return out
 
+    def live(self) -> tuple[list, list]:
+        """The nodes and initializers that reach an output: a value emitted for a use that was then
+        rewritten (e.g. a DequantizeLinear of codes that a Pad replaced) would still run in ONNX
+        Runtime, which keeps nodes with unread outputs."""
+        needed = {o.name for o in self.outputs}
+        nodes = []
+        for node in reversed(self.nodes):
+            if any(out in needed for out in node.output):
+                nodes.append(node)
+                needed.update(node.input)
+        return nodes[::-1], [t for t in self.initializers if t.name in needed]
+
     def model(self, doc: str = "") -> Any:
-        graph = helper.make_graph(self.nodes, self.name, self.inputs, self.outputs, self.initializers)
+        nodes, initializers = self.live()
+        graph = helper.make_graph(nodes, self.name, self.inputs, self.outputs, initializers)
         opsets = [helper.make_opsetid("", OPSET)] + ([helper.make_opsetid(MS_DOMAIN, 1)] if self.ms_ops else [])
         model = helper.make_model(graph, opset_imports=opsets, producer_name="nncompress", doc_string=doc)
         model.ir_version = min(model.ir_version, 9)

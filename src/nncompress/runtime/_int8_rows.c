@@ -18,6 +18,7 @@
 #include <float.h>
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
@@ -62,16 +63,68 @@ static void rescale_row(const float *scaled, int64_t cols, float s, float term, 
         out[j] = scaled[j] * s + (term * col_sum[j] + bias[j]);
 }
 
-/* x: rows x cols float32; r_min / r_max: one range per row (n_ranges == rows) or one for all
- * (n_ranges == 1, per tensor). Writes the shifted codes (bytes: int8 or uint8 per the shift), each
- * row's S and its zero-point term S (c - Z). Returns the first row whose range is not finite + 1,
+typedef float floats16 __attribute__((vector_size(64)));
+typedef int32_t ints16 __attribute__((vector_size(64)));
+
+/* Lanes of `a` where `take` is set, else lanes of `b` (a vector `take ? a : b`). */
+static inline floats16 select16(ints16 take, floats16 a, floats16 b) {
+    return (floats16)(((ints16)a & take) | ((ints16)b & ~take));
+}
+
+/* The range [min, max] of x[0..cols); returns 1 when x holds a NaN or an infinity (v * 0 is NaN
+ * exactly for those, and a NaN is never taken as a min or a max, so it is caught apart). Sixteen
+ * lanes at a time in GCC vector types (one AVX-512 register, two AVX2 ones): min and max need no
+ * reassociation, so this is exact on every ISA. */
+CLONES
+static int row_range(const float *restrict x, int64_t cols, float *r_min, float *r_max) {
+    floats16 mn, mx, probe = {0};
+    for (int l = 0; l < 16; l++) mn[l] = INFINITY, mx[l] = -INFINITY;
+    int64_t k = 0;
+    for (; k + 16 <= cols; k += 16) {
+        floats16 v;
+        memcpy(&v, x + k, sizeof v);
+        mn = select16(v < mn, v, mn);
+        mx = select16(v > mx, v, mx);
+        probe += v * 0.0f;
+    }
+    for (; k < cols; k++) {
+        float v = x[k];
+        mn[0] = v < mn[0] ? v : mn[0];
+        mx[0] = v > mx[0] ? v : mx[0];
+        probe[0] += v * 0.0f;
+    }
+    int not_finite = 0;
+    *r_min = mn[0], *r_max = mx[0];
+    for (int l = 0; l < 16; l++) {
+        *r_min = mn[l] < *r_min ? mn[l] : *r_min;
+        *r_max = mx[l] > *r_max ? mx[l] : *r_max;
+        not_finite |= probe[l] != probe[l];
+    }
+    return not_finite;
+}
+
+/* x: rows x cols float32, quantized with one range per row (per_row, per token) or one range of the
+ * whole tensor, both found here (min / max are exact, so they equal torch's amin / amax; a NaN
+ * anywhere in a range makes it not finite, as torch's propagation does). Writes the shifted codes
+ * (bytes: int8 or uint8 per the shift), each row's S and its zero-point term S (c - Z). Returns the
+ * first row whose range is not finite + 1 (per tensor: the first row holding a NaN or infinity),
  * or 0. */
-int64_t nnc_quantize_rows(const float *x, int64_t rows, int64_t cols, const float *r_min, const float *r_max,
-                          int64_t n_ranges, int q_min, int q_max, int shift, uint8_t *codes, float *row_scale,
-                          float *row_term) {
+int64_t nnc_quantize_rows(const float *x, int64_t rows, int64_t cols, int per_row, int q_min, int q_max, int shift,
+                          uint8_t *codes, float *row_scale, float *row_term) {
+    float t_min = 0.0f, t_max = 0.0f;
+    int64_t first_bad = 0;
+    for (int64_t i = 0; !per_row && i < rows; i++) {
+        float r_min, r_max;
+        if (!first_bad && row_range(x + i * cols, cols, &r_min, &r_max)) first_bad = i + 1;
+        t_min = i == 0 || r_min < t_min ? r_min : t_min;
+        t_max = i == 0 || r_max > t_max ? r_max : t_max;
+    }
+    if (first_bad) return first_bad;
     for (int64_t i = 0; i < rows; i++) {
-        float s, z;
-        if (qparams(r_min[n_ranges == 1 ? 0 : i], r_max[n_ranges == 1 ? 0 : i], q_min, q_max, &s, &z)) return i + 1;
+        float s, z, r_min = t_min, r_max = t_max;
+        if (per_row && (row_range(x + i * cols, cols, &r_min, &r_max) ||
+                        qparams(r_min, r_max, q_min, q_max, &s, &z))) return i + 1;
+        if (!per_row && qparams(r_min, r_max, q_min, q_max, &s, &z)) return 1;
         row_scale[i] = s;
         row_term[i] = s * ((float)shift - z);
         quantize_row(x + i * cols, cols, s, z - (float)shift, (float)(q_min - shift), (float)(q_max - shift),

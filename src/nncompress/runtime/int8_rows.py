@@ -24,7 +24,7 @@ NAME = "_int8_rows"
 
 def _declare(library: ctypes.CDLL) -> None:
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-    library.nnc_quantize_rows.argtypes = [p, i64, i64, p, p, i64, i32, i32, i32, p, p, p]
+    library.nnc_quantize_rows.argtypes = [p, i64, i64, i32, i32, i32, i32, p, p, p]
     library.nnc_quantize_rows.restype = i64
     library.nnc_dequantize_rows.argtypes = [p, i64, i64, p, p, p, p, p, p]
     library.nnc_dequantize_rows.restype = None
@@ -37,19 +37,18 @@ def available() -> bool:
     return native.load(NAME, _declare) is not None
 
 
-def quantize_rows(rows: torch.Tensor, r_min: torch.Tensor, r_max: torch.Tensor, q_range: tuple[int, int],
-                  shift: int, code_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | int:
+def quantize_rows(rows: torch.Tensor, per_row: bool, q_range: tuple[int, int], shift: int,
+                  code_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | int:
     """Codes q - shift (`code_dtype`: int8 or uint8), each row's S and S (shift - Z), for contiguous
-    float32 `rows` (n x k) and ranges per row (n) or one for all (1). Returns the index of the first
-    row whose range is not finite instead, for the caller's error message."""
-    library = native.load(NAME, _declare)
+    float32 `rows` (n x k), with each row's own range (`per_row`: per token) or the whole tensor's,
+    found in the same call. Returns the index of the first row whose range is not finite instead
+    (per tensor: the first row holding a NaN or an infinity), for the caller's error message."""
     n, k = rows.shape
     codes = torch.empty((n, k), dtype=code_dtype)
     row_scale, row_term = torch.empty(n, dtype=torch.float32), torch.empty(n, dtype=torch.float32)
-    r_min, r_max = r_min.contiguous(), r_max.contiguous()
-    bad = library.nnc_quantize_rows(rows.data_ptr(), n, k, r_min.data_ptr(), r_max.data_ptr(), r_min.numel(),
-                                    q_range[0], q_range[1], shift, codes.data_ptr(), row_scale.data_ptr(),
-                                    row_term.data_ptr())
+    bad = native.load(NAME, _declare).nnc_quantize_rows(rows.data_ptr(), n, k, int(per_row), q_range[0], q_range[1],
+                                                        shift, codes.data_ptr(), row_scale.data_ptr(),
+                                                        row_term.data_ptr())
     return bad - 1 if bad else (codes, row_scale, row_term)
 
 

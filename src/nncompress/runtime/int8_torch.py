@@ -176,6 +176,8 @@ class Int8DynamicLinear(nn.Module):
         self.use_native = int8_rows.available() and not quantizer.spec.symmetric
         codes8 = codes.to(torch.int8)
         self.kernel = kernel if kernel != "auto" else _faster_kernel(codes8)
+        self.per_token, self.q_range, self._vectors_fit = quantizer.per == "token", (q_min, q_max), None
+        self.code_dtype = torch.int8 if self.kernel == "int_mm" else torch.uint8  # the GEMM's input type
         if self.kernel == "int_mm":
             self.shift = 0 if -128 <= q_min and q_max <= 127 else q_min + 128  # q - shift fits in int8
             self.register_buffer("weight_t", codes8.t().contiguous())
@@ -237,21 +239,23 @@ class Int8DynamicLinear(nn.Module):
 
     def _native_fits(self, rows: torch.Tensor) -> bool:
         """The C kernel reads float32 CPU memory: the input and this layer's vectors (a `.half()` /
-        `.double()` / `.cuda()` model takes the torch path)."""
-        vectors = (self.weight_scale, self.colsum_scaled, self.bias_or_zero)
-        return self.use_native and rows.device.type == "cpu" and rows.dtype == torch.float32 and all(
-            v.dtype == torch.float32 and v.device.type == "cpu" and v.is_contiguous() for v in vectors)
+        `.double()` / `.cuda()` model takes the torch path; the vectors are checked once per move)."""
+        if self._vectors_fit is None:
+            self._vectors_fit = self.use_native and all(
+                v.dtype == torch.float32 and v.device.type == "cpu" and v.is_contiguous()
+                for v in (self.weight_scale, self.colsum_scaled, self.bias_or_zero))
+        return self._vectors_fit and rows.dtype == torch.float32 and rows.device.type == "cpu"
+
+    def _apply(self, fn, *args, **kwargs):  # .to() / .half() / .cuda() move the vectors: check them again
+        self._vectors_fit = None
+        return super()._apply(fn, *args, **kwargs)
 
     def _native_forward(self, rows: torch.Tensor) -> torch.Tensor:
-        """The same function with the quantization and the epilogue in one C call each (int8_rows)."""
-        if self.quantizer.per == "token":
-            r_min, r_max = rows.amin(1), rows.amax(1)
-        else:
-            r_min, r_max = (r.reshape(1) for r in torch.aminmax(rows))
-        code_dtype = torch.int8 if self.kernel == "int_mm" else torch.uint8
-        found = int8_rows.quantize_rows(rows, r_min, r_max, self.quantizer.spec.q_range, self.shift, code_dtype)
+        """The same function with the range, the quantization and the epilogue in one C call each
+        (int8_rows) around the int8 GEMM."""
+        found = int8_rows.quantize_rows(rows, self.per_token, self.q_range, self.shift, self.code_dtype)
         if isinstance(found, int):
-            where = f" (token {found})" if self.quantizer.per == "token" else ""
+            where = f" (token {found})" if self.per_token else ""
             raise UserError(f"layer {self.name!r}: its input contains non-finite values{where}; quantization needs "
                             "finite inputs")
         codes, row_scale, row_term = found
