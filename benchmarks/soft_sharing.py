@@ -1,0 +1,196 @@
+"""Soft weight-sharing (Ullrich, Meeds & Welling, ICLR 2017) on the LeNets: rate vs accuracy over a tau
+sweep, in real .nnc bytes, against the same-budget dense control.
+
+Usage: nice -n 19 python benchmarks/soft_sharing.py [--seeds 3] [--models lenet300 lenet5]
+           [--taus 5e-3 2e-2] [--epochs lenet300=30 lenet5=30] [--threads 1]
+
+Per model and seed, on mnist-10k's first 7,000 training images (the last 1,000 are the validation
+split; the 2,000-image test split is evaluated once, never used to choose):
+  dense    the very dense model honest.py trained (runs/honest/, same seed, data and threads), or the
+           model trained with its recipe (flows.prune.dense_model) when that cache is missing;
+  SWS      `SoftWeightSharing(tau=tau)` on every Conv / Linear weight (17 components, the zero one
+           fixed at pi_0 = 0.999, the paper's Gamma hyperpriors), one Adam phase of E epochs with the
+           complexity term tau / N (-log p(w) - log p(lambda)), N = 7,000; then `snap_to_mixture_`:
+           each weight takes its most responsible component's mean, the zero component prunes; biases
+           rounded to float16; written to .nnc ([mask, codebook] chains, Deep Compression's codecs)
+           and the accuracy is the decoded file's;
+  control  the dense model trained through exactly the same phase (same config, loader seed and
+           steps: flows/control.py) with nothing compressed.
+compression = fp32 parameter bytes / file bytes. Per-seed results are cached in runs/soft_sharing/.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import statistics
+import tempfile
+from pathlib import Path
+
+import torch
+
+from common import MNIST_DIR, header, table, write_results
+from nncompress.analysis.metrics import count_params
+from nncompress.api import apply_, resolve_model
+from nncompress.encode.container import read_nnc, write_nnc
+from nncompress.encode.deep_compression import round_biases_fp16_
+from nncompress.encode.model import decode_model, encode_model
+from nncompress.flows.control import TrainingPhase, same_budget_control
+from nncompress.flows.prune import dense_model
+from nncompress.quant.soft_sharing import SoftWeightSharing, snap_to_mixture_
+from nncompress.train import TrainConfig, evaluate
+from nncompress.zoo import load_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE, HONEST_CACHE = ROOT / "runs" / "soft_sharing", ROOT / "runs" / "honest"
+LR = 5e-4  # the paper's weight learning rate (Adam)
+
+
+def accuracies(model, val, test) -> dict:
+    return {"val": evaluate(model, val.test_loader())["accuracy"], "test": evaluate(model, test.test_loader())["accuracy"]}
+
+
+def phase(epochs: int, seed: int) -> TrainingPhase:
+    return TrainingPhase(TrainConfig(epochs=epochs, lr=LR, optimizer="adam", weight_decay=0.0, seed=seed + 600),
+                         seed + 600, 64, "soft weight-sharing")
+
+
+def load_dense(arch: str, val, seed: int, threads: int):
+    """honest.py's dense model of this seed when cached (so the rows compare with honest.md / frontier.md), else
+    the zoo recipe's."""
+    saved = HONEST_CACHE / f"{arch}-seed{seed}-dense.pt"
+    if threads == 1 and saved.is_file():
+        model, _, _ = resolve_model(arch, val, seed=seed)
+        model.load_state_dict(torch.load(saved, weights_only=True))
+        return model.eval(), "honest.py cache"
+    model, _, _ = dense_model(arch, val, seed)
+    return model.eval(), "trained here"
+
+
+def written(model, arch: str, val) -> tuple[int, object]:
+    """(file bytes, decoded model) of `model` written to .nnc and read back."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.nnc"
+        size = write_nnc(path, encode_model(model, {"arch": arch, "in_shape": list(val.in_shape),
+                                                    "num_classes": val.num_classes}))
+        return size, decode_model(read_nnc(path)).eval()
+
+
+def sws_row(dense, arch: str, val, test, tau: float, epochs: int, seed: int) -> dict:
+    model = copy.deepcopy(dense)
+    method = SoftWeightSharing(tau=tau, dataset_size=len(val.train_x))
+    apply_(model, method)
+    phase(epochs, seed).run(model, val, regularizers=method.regularizers(model), progress=False)
+    soft = accuracies(model.eval(), val, test)  # before snapping: the float weights under the prior
+    layers = snap_to_mixture_(model)
+    round_biases_fp16_(model)
+    model.eval()
+    size, decoded = written(model, arch, val)
+    x = next(iter(test.test_loader()))[0]
+    exact = all(torch.equal(decoded.get_submodule(n).weight, model.get_submodule(n).weight) for n in layers) \
+        and torch.equal(decoded(x), model(x))
+    return {**accuracies(decoded, val, test), "soft": soft, "bytes": size, "layers": layers, "exact": exact,
+            "nonzero": sum(int((decoded.get_submodule(n).weight != 0).sum()) for n in layers)}
+
+
+def run_seed(arch: str, val, test, seed: int, taus: list[float], epochs: int, threads: int) -> dict:
+    dense, source = load_dense(arch, val, seed, threads)
+    control, info = same_budget_control(dense, val, [phase(epochs, seed)])
+    rows = {f"{tau:g}": sws_row(dense, arch, val, test, tau, epochs, seed) for tau in taus}
+    return {"arch": arch, "seed": seed, "epochs": epochs, "dense_source": source, "dense": accuracies(dense, val, test),
+            "control": accuracies(control, val, test), "control_steps": info["steps"],
+            "fp32_bytes": 4 * count_params(dense), "rows": rows}
+
+
+def cached_seed(arch, val, test, seed, taus, epochs, threads) -> dict:
+    path = CACHE / f"{arch}-seed{seed}-e{epochs}-threads{threads}.json"
+    done = json.loads(path.read_text()) if path.is_file() else None
+    missing = [t for t in taus if not done or f"{t:g}" not in done["rows"]]
+    if missing:
+        result = run_seed(arch, val, test, seed, missing, epochs, threads)
+        if done:
+            result["rows"] = {**done["rows"], **result["rows"]}
+        CACHE.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=1))
+        done = result
+    return done
+
+
+def mean_se(values: list[float]) -> tuple[float, float]:
+    se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
+    return statistics.mean(values), se
+
+
+def summary(arch: str, runs: list[dict], taus: list[float]) -> list[list[object]]:
+    out = []
+    for tau in taus:
+        rows = [r["rows"][f"{tau:g}"] for r in runs]
+        gap = [100 * (x["test"] - r["control"]["test"]) for x, r in zip(rows, runs)]
+        val_gap = [100 * (x["val"] - r["control"]["val"]) for x, r in zip(rows, runs)]
+        ratio = [r["fp32_bytes"] / x["bytes"] for x, r in zip(rows, runs)]
+        mean, se = mean_se(gap)
+        out.append([arch, f"{tau:g}", f"{statistics.mean(x['bytes'] for x in rows):,.0f}",
+                    f"{statistics.mean(ratio):.1f}x",
+                    f"{100 * statistics.mean(x['nonzero'] / (r['fp32_bytes'] / 4) for x, r in zip(rows, runs)):.2f}",
+                    f"{100 * statistics.mean(x['soft']['test'] for x in rows):.2f}",
+                    f"{100 * statistics.mean(x['val'] for x in rows):.2f}", f"{statistics.mean(val_gap):+.2f}",
+                    f"{100 * statistics.mean(x['test'] for x in rows):.2f}",
+                    f"{100 * statistics.mean(r['control']['test'] for r in runs):.2f}",
+                    f"**{mean:+.2f}**" + ("" if math.isnan(se) else f" ± {se:.2f}"), f"{min(gap):+.2f}",
+                    "yes" if all(x["exact"] for x in rows) else "NO"])
+    return out
+
+
+def per_seed(arch: str, runs: list[dict], taus: list[float]) -> list[list[object]]:
+    """Each seed's file and what the snap kept per layer (kept % / shared values)."""
+    return [[arch, r["seed"], f"{tau:g}", f"{r['rows'][f'{tau:g}']['bytes']:,}",
+             f"{r['fp32_bytes'] / r['rows'][f'{tau:g}']['bytes']:.1f}x",
+             f"{100 * r['rows'][f'{tau:g}']['val']:.2f}", f"{100 * r['rows'][f'{tau:g}']['test']:.2f}",
+             ", ".join(f"{n} {100 * v['kept']:.2f}%/{v['shared_values']}" for n, v in r["rows"][f"{tau:g}"]["layers"].items())]
+            for r in runs for tau in taus]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--models", nargs="+", default=["lenet300", "lenet5"])
+    parser.add_argument("--taus", nargs="+", type=float, default=[5e-3, 2e-2])
+    parser.add_argument("--epochs", nargs="+", default=["lenet300=30", "lenet5=30"], help="SWS epochs per model")
+    parser.add_argument("--note", default="")
+    args = parser.parse_args()
+    epochs = {k: int(v) for k, v in (e.split("=") for e in args.epochs)}
+    torch.set_num_threads(args.threads)
+    test = load_dataset("mnist-10k", MNIST_DIR)
+    val = test.with_validation(1000)
+    rows, dense_rows, seed_rows = [], [], []
+    for arch in args.models:
+        runs = []
+        for seed in range(args.seeds):
+            runs.append(cached_seed(arch, val, test, seed, args.taus, epochs[arch], args.threads))
+            print(arch, seed, {k: (v["val"], v["test"], v["bytes"]) for k, v in runs[-1]["rows"].items()},
+                  "control", runs[-1]["control"], flush=True)
+        rows += summary(arch, runs, args.taus)
+        seed_rows += per_seed(arch, runs, args.taus)
+        dense_rows.append([arch, runs[0]["fp32_bytes"], runs[0]["dense_source"], epochs[arch], runs[0]["control_steps"],
+                           f"{100 * statistics.mean(r['dense']['test'] for r in runs):.2f}",
+                           f"{100 * statistics.mean(r['control']['test'] for r in runs):.2f}"])
+    text = header(f"Soft weight-sharing (Ullrich et al. 2017), {args.seeds} seed(s)") + "\n"
+    if args.note:
+        text += f"**Note:** {args.note}\n\n"
+    text += __doc__.split("\n\n", 2)[2].split("Per-seed results")[0].strip() + "\n\n"
+    text += (f"Settings: Adam lr {LR:g} for weights and prior alike, no weight decay, cosine schedule, batch 64; "
+             "tau = the complexity term's weight per training set (the paper: 5e-3 with N = 60,000). 'soft test %' "
+             "is the float model under the prior before snapping.\n\n")
+    text += table(["model", "fp32 bytes", "dense model", "SWS epochs", "control steps", "dense test %",
+                   "control test %"], dense_rows)
+    text += "\n" + table(["model", "tau", "file B", "compression", "nonzero %", "soft test %", "val %", "val gap",
+                          "test %", "control test %", "test gap (mean ± se)", "worst seed", "decode exact"], rows)
+    text += "\n### Per seed (kept % / shared values per layer)\n\n" + table(
+        ["model", "seed", "tau", "file B", "compression", "val %", "test %", "layers"], seed_rows)
+    write_results("soft_sharing", text)
+
+
+if __name__ == "__main__":
+    main()
