@@ -38,7 +38,8 @@ KERNELS = ["_xnor", "_int8_rows"]
 setup(
     ext_modules=[Extension(f"nncompress.runtime.{name}", [f"src/nncompress/runtime/{name}.c"],
                            define_macros=[("NNC_SOURCE_HASH", native.hash_define(name))],
-                           extra_compile_args=native.COMPILE_FLAGS, extra_link_args=["-pthread"], optional=True)
+                           extra_compile_args=native.flags(name), extra_link_args=["-pthread", *native.KERNEL_FLAGS.get(name, [])],
+                           optional=True)
                  for name in KERNELS],
     cmdclass={"build_ext": OptionalBuildExt},
 )

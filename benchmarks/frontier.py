@@ -17,8 +17,8 @@ Every file is written, read back and decoded; the file on disk is checked to be 
 Variants (cached under their own tag, see variant_tag): --bits (candidate grid), --rows (run only one of
 the two auto rows), --sensitivity-retrain-images (each layer's damage measured after a short
 retraining, flows/allocate.py step 6), --distill-alpha / --distill-temperature (knowledge
-distillation from the dense model, flows/distill.py), --auto-codebook-epochs and --bias-bits (biases
-as integer codes, after all training); a variant whose tag is not `sr<n>` / `bb<n>` alone (see
+distillation from the dense model, flows/distill.py), --auto-codebook-epochs, --bias-bits (biases
+as integer codes, after all training) and --density-ratio (a finer or coarser density grid); a variant whose tag is not `sr<n>` / `bb<n>` alone (see
 retraining_differs) trains its own same-budget control per seed (same
 phases and steps, same distillation; for --bits / --rows / --sensitivity-retrain-images the phases
 are the hand setting's, and the control reproduces honest.py's exactly).
@@ -86,7 +86,18 @@ def variant_tag(variant: dict) -> str:
         tag += f"-sr{variant['sensitivity_retrain_images']}"
     if variant.get("bias_bits"):
         tag += f"-bb{variant['bias_bits']}"
+    if variant.get("_density_ratio"):
+        tag += f"-dr{variant['_density_ratio']:g}"
     return tag
+
+
+def density_grid(ratio: float, smallest: float = 0.008) -> tuple[float, ...]:
+    """Candidate densities 1, 1/ratio, 1/ratio^2, ... down to `smallest` (the allocator's default grid
+    steps by about 1.4; a finer one lets freed bytes reach the next density)."""
+    if not ratio > 1.0:
+        raise SystemExit(f"--density-ratio {ratio} must be above 1")
+    count = int(math.floor(math.log(1.0 / smallest) / math.log(ratio) + 1e-9)) + 1
+    return tuple(round(ratio ** -k, 4) for k in range(count))
 
 
 def retraining_differs(variant: dict) -> bool:
@@ -282,6 +293,8 @@ def main() -> None:
                         "after a short retraining over this many training images (flows/allocate.py step 6)")
     parser.add_argument("--bias-bits", type=int, help="auto rows: biases stored as integer codes of this many bits "
                         "(flows/allocate.py bias_bits; applied after all training, so the control is the hand setting's)")
+    parser.add_argument("--density-ratio", type=float, help="candidate densities 1, 1/r, 1/r^2, ... down to 0.008 "
+                        "(default: the allocator's grid, r about 1.4)")
     parser.add_argument("--name", default="frontier", help="results file (benchmarks/results/NAME.md and NAME.png)")
     parser.add_argument("--rows", choices=("both", "hand", "frontier"), default="both",
                         help="auto rows to run: at the hand setting's ratio, at the issue's target, or both")
@@ -296,13 +309,15 @@ def main() -> None:
     args.variant_of = {k: ["-" + t.lstrip("-") for t in v.split(",")]
                        for k, v in (item.split("=", 1) for item in args.variant_of)}
     budget = {"pretrain": args.pretrain_epochs, "finetune_epochs": args.finetune_epochs, "codebook": args.codebook_epochs}
-    grid = {"sensitivity_images": args.sensitivity_images, **({"bits": tuple(args.bits)} if args.bits else {})}
+    grid = {"sensitivity_images": args.sensitivity_images, **({"bits": tuple(args.bits)} if args.bits else {}),
+            **({"densities": density_grid(args.density_ratio)} if args.density_ratio else {})}
     variant = {k: v for k, v in {"distill_alpha": args.distill_alpha,
                                  "distill_temperature": args.distill_temperature if args.distill_alpha else None,
                                  "codebook_epochs": args.auto_codebook_epochs,
                                  "sensitivity_retrain_images": args.sensitivity_retrain_images,
                                  "bias_bits": args.bias_bits,
                                  "_bits": tuple(args.bits) if args.bits else None,
+                                 "_density_ratio": args.density_ratio,
                                  "_rows": None if args.rows == "both" else args.rows}.items() if v is not None}
     torch.set_num_threads(args.threads)
     test = load_dataset("mnist-10k", MNIST_DIR)

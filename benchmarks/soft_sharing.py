@@ -16,7 +16,8 @@ split; the 2,000-image test split is evaluated once, never used to choose):
            and the accuracy is the decoded file's;
   control  the dense model trained through exactly the same phase (same config, loader seed and
            steps: flows/control.py) with nothing compressed.
-compression = fp32 parameter bytes / file bytes. Per-seed results are cached in runs/soft_sharing/.
+compression = fp32 parameter bytes / file bytes. Per-seed results are cached in runs/soft_sharing/
+(keyed on model, seed, epochs and threads: delete the folder after changing the method or LR).
 """
 from __future__ import annotations
 
@@ -160,7 +161,7 @@ def main() -> None:
     parser.add_argument("--epochs", nargs="+", default=["lenet300=30", "lenet5=30"], help="SWS epochs per model")
     parser.add_argument("--note", default="")
     args = parser.parse_args()
-    epochs = {k: int(v) for k, v in (e.split("=") for e in args.epochs)}
+    epochs = {arch: 30 for arch in args.models} | {k: int(v) for k, v in (e.split("=") for e in args.epochs)}
     torch.set_num_threads(args.threads)
     test = load_dataset("mnist-10k", MNIST_DIR)
     val = test.with_validation(1000)
@@ -185,7 +186,7 @@ def main() -> None:
              "is the float model under the prior before snapping.\n\n")
     text += table(["model", "fp32 bytes", "dense model", "SWS epochs", "control steps", "dense test %",
                    "control test %"], dense_rows)
-    text += "\n" + table(["model", "tau", "file B", "compression", "nonzero %", "soft test %", "val %", "val gap",
+    text += "\n" + table(["model", "tau", "file B", "compression", "nonzero % of parameters", "soft test %", "val %", "val gap",
                           "test %", "control test %", "test gap (mean ± se)", "worst seed", "decode exact"], rows)
     text += "\n### Per seed (kept % / shared values per layer)\n\n" + table(
         ["model", "seed", "tau", "file B", "compression", "val %", "test %", "layers"], seed_rows)

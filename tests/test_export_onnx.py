@@ -175,7 +175,7 @@ def test_matches_integer_engine_within_one_step():
 
 @pytest.mark.parametrize("fmt", ["qdq", "qoperator"])
 @pytest.mark.parametrize("channels", [1, 3])
-def test_an_image_stem_is_padded_to_four_channels_exactly(fmt, channels, monkeypatch):
+def test_an_image_stem_is_padded_to_four_channels_exactly(fmt, channels, monkeypatch, tmp_path):
     """ONNX Runtime's fast int8 conv needs input channels in multiples of 4: a 1- or 3-channel stem
     goes out with its codes padded by the zero point and zero weight columns, and the outputs equal
     the unpadded export's bit for bit; no node is left without a reader."""
@@ -198,3 +198,29 @@ def test_an_image_stem_is_padded_to_four_channels_exactly(fmt, channels, monkeyp
     assert np.array_equal(run_ort(padded, x), run_ort(plain, x))
     read = {i for n in padded.model.graph.node for i in n.input} | {o.name for o in padded.model.graph.output}
     assert all(o in read for n in padded.model.graph.node for o in n.output)
+    optimized = tmp_path / "optimized.onnx"
+    ort_session(padded.model, 1, True, str(optimized))  # ONNX Runtime still fuses both convs into QLinearConv
+    assert [n.op_type for n in onnx.load(str(optimized)).graph.node].count("QLinearConv") == 2
+
+
+@pytest.mark.parametrize("fmt", ["qdq", "qoperator"])
+def test_a_signed_input_grid_stem_runs_in_onnx_runtime(fmt):
+    """LSQ calibrates a signed (int8) grid on normalized images: the stem is not padded (ORT would run
+    a padded int8 stem as a float Conv), and a QLinearConv whose output grid has another type (uint8
+    after the ReLU) goes out as DequantizeLinear + float Conv, which ORT loads (int8 -> uint8
+    QLinearConv has no kernel there)."""
+    from nncompress.quant.lsq import LSQ
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
+    nc.apply_(net, LSQ(weight_bits=8, act_bits=8, granularity="channel"), data=[torch.randn(32, 3, 16, 16)])
+    nc.convert_(net)
+    x = torch.randn(8, 3, 16, 16)
+    result = export_onnx(net, x[:2], format=fmt, weight_range="full")
+    assert not any(n.op_type == "Pad" for n in result.model.graph.node)
+    with torch.no_grad():
+        ref = net(x).numpy()
+    last = net[6]
+    step = float(last.input_quantizer.scale) * float(last.weight.abs().sum(1).max())
+    assert np.abs(run_ort(result, x) - ref).max() <= step

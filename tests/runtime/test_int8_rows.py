@@ -143,3 +143,27 @@ def test_a_float64_default_dtype_or_a_double_layer_keeps_the_outputs_right():
         assert layer.bias_or_zero.dtype == torch.float32 and layer._native_fits(x)
         layer.double()
         assert not layer._native_fits(x)
+
+
+@pytest.mark.parametrize("per_token", [True, False])
+def test_rows_split_over_threads_give_the_same_results(per_token):
+    """Large inputs run their rows on torch's OpenMP threads (one runtime shared with torch): codes,
+    scales, the epilogue and the first non-finite row are the same at one and at two threads."""
+    torch.manual_seed(5)
+    x = torch.randn(300, 384) * torch.rand(300, 1) * 10
+    bad = x.clone()
+    bad[250, 0], bad[17, 5] = float("inf"), float("nan")
+    acc = torch.randint(-2 ** 20, 2 ** 20, (300, 384), dtype=torch.int32)
+    vectors = [torch.rand(384), torch.randn(384), torch.randn(384)]
+    before, found = torch.get_num_threads(), {}
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            codes, row_scale, row_term = int8_rows.quantize_rows(x, per_token, (0, 255), 128, torch.int8)
+            found[threads] = (codes, row_scale, row_term, int8_rows.quantize_rows(bad, per_token, (0, 255), 128,
+                                                                                  torch.int8),
+                              int8_rows.dequantize_rows(acc, row_scale, row_term, *vectors))
+    finally:
+        torch.set_num_threads(before)
+    assert found[1][3] == found[2][3] == 17
+    assert all(torch.equal(a, b) for a, b in zip(found[1][:3] + found[1][4:], found[2][:3] + found[2][4:]))

@@ -39,7 +39,7 @@ def test_a_build_of_another_source_is_refused_and_rebuilt(fresh_loader, monkeypa
     version) is never loaded: the cache entry of the current source is compiled instead."""
     stale = fresh_loader / "_int8_rows.so"
     compiler = shutil.which("cc") or shutil.which("gcc")
-    subprocess.run([compiler, *native.COMPILE_FLAGS, '-DNNC_SOURCE_HASH="0123456789abcdef"', "-shared", "-fPIC",
+    subprocess.run([compiler, *native.flags(int8_rows.NAME), '-DNNC_SOURCE_HASH="0123456789abcdef"', "-shared", "-fPIC",
                     str(native.source(int8_rows.NAME)), "-o", str(stale)], check=True)
     monkeypatch.setattr(native, "_built_library", lambda name: stale)
     assert native.load(int8_rows.NAME, int8_rows._declare) is not None

@@ -12,9 +12,10 @@
  *   y_ij = (acc_ij S_W,j) S_i + (S_i (c - Z_i) (S_W,j sum_k q_W,jk) + b_j).
  * One call per step instead of ~15 torch ops: on BERT-sized inputs the elementwise work, on small
  * ones the per-op dispatch, is what made per-token int8 slower than per-tensor.
- * Built for baseline x86-64; the loops are cloned for AVX2 / AVX-512 and picked at load time. One
- * thread: splitting rows over POSIX threads was slower at 2 threads (torch's OpenMP workers still spin
- * after the GEMM and take the cores; measured BERT-style batch 8: 1.13x instead of 1.73x). */
+ * Built for baseline x86-64; the loops are cloned for AVX2 / AVX-512 and picked at load time. Rows go
+ * to OpenMP threads (torch's own team, see PARALLEL_MIN_ELEMENTS): POSIX threads of our own were
+ * slower at 2 threads, because torch's OpenMP workers still spin after the GEMM and take the cores
+ * (measured BERT-style batch 8: 1.13x instead of 1.73x). */
 #include <float.h>
 #include <math.h>
 #include <stdint.h>
@@ -66,10 +67,9 @@ static void rescale_row(const float *scaled, int64_t cols, float s, float term, 
 typedef float floats16 __attribute__((vector_size(64)));
 typedef int32_t ints16 __attribute__((vector_size(64)));
 
-/* Lanes of `a` where `take` is set, else lanes of `b` (a vector `take ? a : b`). */
-static inline floats16 select16(ints16 take, floats16 a, floats16 b) {
-    return (floats16)(((ints16)a & take) | ((ints16)b & ~take));
-}
+/* Lanes of `a` where `take` is set, else lanes of `b` (a vector `take ? a : b`; a macro, since a
+ * function passing 64-byte vectors has an ISA-dependent ABI). */
+#define SELECT16(take, a, b) ((floats16)(((ints16)(a) & (take)) | ((ints16)(b) & ~(take))))
 
 /* The range [min, max] of x[0..cols); returns 1 when x holds a NaN or an infinity (v * 0 is NaN
  * exactly for those, and a NaN is never taken as a min or a max, so it is caught apart). Sixteen
@@ -83,8 +83,8 @@ static int row_range(const float *restrict x, int64_t cols, float *r_min, float 
     for (; k + 16 <= cols; k += 16) {
         floats16 v;
         memcpy(&v, x + k, sizeof v);
-        mn = select16(v < mn, v, mn);
-        mx = select16(v > mx, v, mx);
+        mn = SELECT16(v < mn, v, mn);
+        mx = SELECT16(v > mx, v, mx);
         probe += v * 0.0f;
     }
     for (; k < cols; k++) {
@@ -103,6 +103,12 @@ static int row_range(const float *restrict x, int64_t cols, float *r_min, float 
     return not_finite;
 }
 
+/* Rows are independent, so the loops below split them over OpenMP threads when the work is large
+ * enough: built with -fopenmp, the library shares the OpenMP runtime torch loaded (the same soname,
+ * libgomp.so.1), so it runs on torch's thread team at torch.get_num_threads() threads, the threads
+ * that just ran the GEMM. Every row's result is the same whatever the thread count. */
+#define PARALLEL_MIN_ELEMENTS 65536
+
 /* x: rows x cols float32, quantized with one range per row (per_row, per token) or one range of the
  * whole tensor, both found here (min / max are exact, so they equal torch's amin / amax; a NaN
  * anywhere in a range makes it not finite, as torch's propagation does). Writes the shifted codes
@@ -111,32 +117,39 @@ static int row_range(const float *restrict x, int64_t cols, float *r_min, float 
  * or 0. */
 int64_t nnc_quantize_rows(const float *x, int64_t rows, int64_t cols, int per_row, int q_min, int q_max, int shift,
                           uint8_t *codes, float *row_scale, float *row_term) {
-    float t_min = 0.0f, t_max = 0.0f;
-    int64_t first_bad = 0;
-    for (int64_t i = 0; !per_row && i < rows; i++) {
-        float r_min, r_max;
-        if (!first_bad && row_range(x + i * cols, cols, &r_min, &r_max)) first_bad = i + 1;
-        t_min = i == 0 || r_min < t_min ? r_min : t_min;
-        t_max = i == 0 || r_max > t_max ? r_max : t_max;
+    float t_min = INFINITY, t_max = -INFINITY;
+    int64_t first_bad = rows;
+    int parallel = rows * cols >= PARALLEL_MIN_ELEMENTS;
+    if (!per_row) {
+#pragma omp parallel for schedule(static) reduction(min : t_min, first_bad) reduction(max : t_max) if (parallel)
+        for (int64_t i = 0; i < rows; i++) {
+            float r_min, r_max;
+            if (row_range(x + i * cols, cols, &r_min, &r_max)) first_bad = i < first_bad ? i : first_bad;
+            t_min = r_min < t_min ? r_min : t_min;
+            t_max = r_max > t_max ? r_max : t_max;
+        }
+        if (first_bad < rows) return first_bad + 1;
     }
-    if (first_bad) return first_bad;
+#pragma omp parallel for schedule(static) reduction(min : first_bad) if (parallel)
     for (int64_t i = 0; i < rows; i++) {
         float s, z, r_min = t_min, r_max = t_max;
-        if (per_row && (row_range(x + i * cols, cols, &r_min, &r_max) ||
-                        qparams(r_min, r_max, q_min, q_max, &s, &z))) return i + 1;
-        if (!per_row && qparams(r_min, r_max, q_min, q_max, &s, &z)) return 1;
+        if ((per_row && row_range(x + i * cols, cols, &r_min, &r_max)) || qparams(r_min, r_max, q_min, q_max, &s, &z)) {
+            first_bad = i < first_bad ? i : first_bad;
+            continue;
+        }
         row_scale[i] = s;
         row_term[i] = s * ((float)shift - z);
         quantize_row(x + i * cols, cols, s, z - (float)shift, (float)(q_min - shift), (float)(q_max - shift),
                      codes + i * cols);
     }
-    return 0;
+    return first_bad < rows ? first_bad + 1 : 0;
 }
 
 /* y = (acc S_W) S_i + (term_i colsum_W + b): acc rows x cols int32, per-column S_W, S_W sum q_W, b. */
 void nnc_dequantize_rows(const int32_t *acc, int64_t rows, int64_t cols, const float *row_scale,
                          const float *row_term, const float *col_scale, const float *col_sum, const float *bias,
                          float *out) {
+#pragma omp parallel for schedule(static) if (rows * cols >= PARALLEL_MIN_ELEMENTS)
     for (int64_t i = 0; i < rows; i++)
         dequantize_row(acc + i * cols, cols, row_scale[i], row_term[i], col_scale, col_sum, bias, out + i * cols);
 }
@@ -145,6 +158,7 @@ void nnc_dequantize_rows(const int32_t *acc, int64_t rows, int64_t cols, const f
  * is allowed (out == scaled). */
 void nnc_rescale_rows(const float *scaled, int64_t rows, int64_t cols, const float *row_scale, const float *row_term,
                       const float *col_sum, const float *bias, float *out) {
+#pragma omp parallel for schedule(static) if (rows * cols >= PARALLEL_MIN_ELEMENTS)
     for (int64_t i = 0; i < rows; i++)
         rescale_row(scaled + i * cols, cols, row_scale[i], row_term[i], col_sum, bias, out + i * cols);
 }

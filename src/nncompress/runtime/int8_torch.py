@@ -176,7 +176,7 @@ class Int8DynamicLinear(nn.Module):
         self.use_native = int8_rows.available() and not quantizer.spec.symmetric
         codes8 = codes.to(torch.int8)
         self.kernel = kernel if kernel != "auto" else _faster_kernel(codes8)
-        self.per_token, self.q_range, self._vectors_fit = quantizer.per == "token", (q_min, q_max), None
+        self.per_token, self.q_range = quantizer.per == "token", (q_min, q_max)
         self.code_dtype = torch.int8 if self.kernel == "int_mm" else torch.uint8  # the GEMM's input type
         if self.kernel == "int_mm":
             self.shift = 0 if -128 <= q_min and q_max <= 127 else q_min + 128  # q - shift fits in int8
@@ -239,16 +239,12 @@ class Int8DynamicLinear(nn.Module):
 
     def _native_fits(self, rows: torch.Tensor) -> bool:
         """The C kernel reads float32 CPU memory: the input and this layer's vectors (a `.half()` /
-        `.double()` / `.cuda()` model takes the torch path; the vectors are checked once per move)."""
-        if self._vectors_fit is None:
-            self._vectors_fit = self.use_native and all(
-                v.dtype == torch.float32 and v.device.type == "cpu" and v.is_contiguous()
-                for v in (self.weight_scale, self.colsum_scaled, self.bias_or_zero))
-        return self._vectors_fit and rows.dtype == torch.float32 and rows.device.type == "cpu"
-
-    def _apply(self, fn, *args, **kwargs):  # .to() / .half() / .cuda() move the vectors: check them again
-        self._vectors_fit = None
-        return super()._apply(fn, *args, **kwargs)
+        `.double()` / `.cuda()` model, or vectors replaced by assignment, take the torch path).
+        Checked on every call: buffers can change without `_apply` (load_state_dict(assign=True))."""
+        if not (self.use_native and rows.dtype == torch.float32 and rows.device.type == "cpu"):
+            return False
+        return all(v.dtype == torch.float32 and v.device.type == "cpu" and v.is_contiguous()
+                   for v in (self.weight_scale, self.colsum_scaled, self.bias_or_zero))
 
     def _native_forward(self, rows: torch.Tensor) -> torch.Tensor:
         """The same function with the range, the quantization and the epilogue in one C call each

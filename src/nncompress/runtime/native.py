@@ -23,6 +23,8 @@ from typing import Callable
 
 HERE = Path(__file__).parent
 COMPILE_FLAGS = ["-O3", "-std=gnu11", "-ffp-contract=off", "-pthread"]  # no FMA contraction: same floats on every ISA
+#: Flags one kernel adds (compile and link): the row kernel's loops run on torch's OpenMP team.
+KERNEL_FLAGS = {"_int8_rows": ["-fopenmp"]}
 _libraries: dict[str, ctypes.CDLL | None] = {}
 _status: dict[str, dict[str, str]] = {}
 
@@ -32,10 +34,15 @@ def source(name: str) -> Path:
     return HERE / f"{name}.c"
 
 
+def flags(name: str) -> list[str]:
+    """Kernel `name`'s compile (and link) flags."""
+    return COMPILE_FLAGS + KERNEL_FLAGS.get(name, [])
+
+
 def digest(name: str) -> str:
     """Hash of kernel `name`'s source and compile flags: what its builds must carry."""
     src = source(name)
-    text = (src.read_bytes() if src.is_file() else b"missing") + " ".join(COMPILE_FLAGS).encode()
+    text = (src.read_bytes() if src.is_file() else b"missing") + " ".join(flags(name)).encode()
     return hashlib.sha256(text).hexdigest()[:16]
 
 
@@ -64,7 +71,7 @@ def _compile(src: Path, target: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         out = Path(tmp) / target.name
-        cmd = [compiler, *COMPILE_FLAGS, f"-DNNC_SOURCE_HASH={hash_define(src.stem)}", "-shared", "-fPIC", str(src),
+        cmd = [compiler, *flags(src.stem), f"-DNNC_SOURCE_HASH={hash_define(src.stem)}", "-shared", "-fPIC", str(src),
                "-o", str(out)]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         if done.returncode != 0:
