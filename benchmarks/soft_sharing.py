@@ -154,12 +154,13 @@ def per_seed(arch: str, runs: list[dict], taus: list[float]) -> list[list[object
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads, pinned (default 1: honest.py's caches)")
     parser.add_argument("--models", nargs="+", default=["lenet300", "lenet5"])
-    parser.add_argument("--taus", nargs="+", type=float, default=[5e-3, 2e-2])
-    parser.add_argument("--epochs", nargs="+", default=["lenet300=30", "lenet5=30"], help="SWS epochs per model")
-    parser.add_argument("--note", default="")
+    parser.add_argument("--taus", nargs="+", type=float, default=[5e-3, 2e-2],
+                        help="complexity weights per training set (default 5e-3, the paper's, and 2e-2)")
+    parser.add_argument("--epochs", nargs="+", default=["lenet300=30", "lenet5=30"], help="SWS epochs per model (default 30 each)")
+    parser.add_argument("--note", default="", help="a sentence under the results header")
     args = parser.parse_args()
     epochs = {arch: 30 for arch in args.models} | {k: int(v) for k, v in (e.split("=") for e in args.epochs)}
     torch.set_num_threads(args.threads)

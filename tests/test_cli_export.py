@@ -28,7 +28,7 @@ def test_bench_table_and_json(main, tmp_path):
     assert code in (0, None), err
     rows = {r["backend"]: r for r in json.loads(report.read_text())["rows"]}
     expected = {"float32 torch", "int8 torch (quantize_dynamic)", "float32 ORT", "int8 ORT (nncompress export)"}
-    ours = "int8 torch (nncompress to_int8_, exact=False)"  # absent only where the CPU's int8 kernels are not exact
+    ours = "int8 torch (nncompress to_int8_)"  # absent only where the CPU's int8 kernels are not exact
     assert set(rows) - {ours} == expected
     assert ours in rows or any("no int8 torch row" in note for note in json.loads(report.read_text())["notes"])
     assert all(r["ms"] > 0 for r in rows.values()) and "vs float32 ORT" in out
@@ -37,3 +37,16 @@ def test_bench_table_and_json(main, tmp_path):
 def test_export_bad_format_is_one_line_error(main, tmp_path):
     code, _, err = main("export", "lenet5", "--onnx", str(tmp_path / "x.onnx"), "--format", "tflite")
     assert code == 2 and "format" in err and "Traceback" not in err
+
+
+def test_bench_an_already_quantized_file_times_its_float_weights(main, tmp_path):
+    """A saved quantized model is benchmarked against a float32 copy of the weights it computes with
+    (no fake quantization), and torch's quantize_dynamic runs on that copy's plain Linears."""
+    saved, report = tmp_path / "q.safetensors", tmp_path / "bench.json"
+    code, _, err = main("quantize", "lenet300", "--weight-bits", "8", "--act-bits", "8", "--out", str(saved))
+    assert code in (0, None), err
+    code, out, err = main("bench", str(saved), "--batch", "4", "--threads", "1", "--repeats", "2",
+                          "--calib-images", "32", "--json", str(report))
+    assert code in (0, None), err
+    rows = {r["backend"] for r in json.loads(report.read_text())["rows"]}
+    assert {"float32 torch", "int8 torch (quantize_dynamic)", "int8 ORT (nncompress export)"} <= rows

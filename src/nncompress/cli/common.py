@@ -27,7 +27,7 @@ app = typer.Typer(help="Prune and quantize PyTorch models, and measure what it b
 console = Console(stderr=True)
 out = Console(width=None if sys.stdout.isatty() else 120)  # wide tables in logs and pipes too
 
-ModelArg = Annotated[str, typer.Argument(help=f"zoo model ({', '.join(MODELS)}) or a saved .safetensors file")]
+ModelArg = Annotated[str, typer.Argument(help=f"zoo model ({', '.join(MODELS)}) or a saved .safetensors / .nnc file")]
 DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help=f"one of: {', '.join(DATASETS)}")]
 DataDirOpt = Annotated[Optional[str], typer.Option("--data-dir", help="folder holding (or receiving) the dataset files")]
 DownloadOpt = Annotated[bool, typer.Option("--download", help="download missing dataset files (needs a network)")]

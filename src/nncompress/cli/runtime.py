@@ -20,7 +20,10 @@ def _export_inputs(model: str, dataset: str, data_dir: Optional[str], download: 
 
     check_choice("--quantize", quantize, QUANTIZE_CHOICES)
     data = load_dataset(dataset, data_dir, download=download)
-    net, arch, _ = api.resolve_model(model, data, seed=seed)
+    net, arch, trained = api.resolve_model(model, data, seed=seed)
+    if not trained:
+        out.print(f"note: {model!r} is a fresh zoo model with random weights: pass a trained .safetensors / .nnc file "
+                  "(e.g. from `nncompress train`) to export or time a useful model")
     calib, seen = [], 0
     for x, _ in data.train_loader(min(calib_images, 128), seed=seed):
         calib.append(x)
@@ -88,10 +91,11 @@ def bench(model: ModelArg,
     Linear models), float32 ONNX Runtime and the int8 ONNX export, timed interleaved in one process."""
     import torch
 
-    from ..export.bench import bench_backends, torch_dynamic_int8
+    from ..export.bench import bench_backends, float_baseline, torch_dynamic_int8
     from ..quant.fold import fold_batchnorm_
 
-    float_net, net, data, arch, calib = _export_inputs(model, dataset, data_dir, download, calib_images, quantize, seed)
+    loaded, net, data, arch, calib = _export_inputs(model, dataset, data_dir, download, calib_images, quantize, seed)
+    float_net = float_baseline(loaded)
     fold_batchnorm_(float_net)
     x = torch.randn(batch, *data.in_shape, generator=torch.Generator().manual_seed(seed))
     result = bench_backends(float_net, net, x, threads=threads, repeats=repeats, calib=calib,

@@ -5,6 +5,7 @@ on data, and time float32 / int8 in PyTorch and ONNX Runtime interleaved (shared
 from __future__ import annotations
 
 import copy
+import os
 import statistics
 import time
 import warnings
@@ -15,11 +16,11 @@ import torch
 from torch import nn
 
 from ..config import Context, run_method
-from ..parametrize import transforms
+from ..parametrize import squash_, transforms
 from ..quant.convert import convert_
 from ..quant.fold import fold_batchnorm_
 from ..quant.ptq import DynamicQuant, LinearQuant
-from ..quant.activation import input_quantizer
+from ..quant.activation import detach_input_quantizer, input_quantizer
 from .graph import ort_session
 
 QUANTIZE_CHOICES = ("static", "dynamic", "none")
@@ -28,6 +29,16 @@ QUANTIZE_CHOICES = ("static", "dynamic", "none")
 def is_quantized(model: nn.Module) -> bool:
     """True when some layer carries a weight transform or an activation quantizer."""
     return any(input_quantizer(m) is not None or transforms(m, "weight") for m in model.modules())
+
+
+def float_baseline(model: nn.Module) -> nn.Module:
+    """A float32 copy of `model` to time against: the weights it computes with, as plain tensors, and
+    no activation quantizers (an already quantized model's fake-quantized float run is not the float
+    baseline)."""
+    net = squash_(copy.deepcopy(model).eval())
+    for module in net.modules():
+        detach_input_quantizer(module)
+    return net
 
 
 def quantize_for_export(model: nn.Module, how: str, calib: list[torch.Tensor]) -> nn.Module:
@@ -121,6 +132,10 @@ def bench_backends(float_model: nn.Module, int8_model: nn.Module, x: torch.Tenso
     s_float, s_int8 = ort_session(float_onnx.model, threads), ort_session(int8_onnx.model, threads)
     feed = {"input": x.numpy()}
     notes = list(int8_onnx.notes)
+    if os.getloadavg()[0] >= threads:
+        notes.append(f"load average {os.getloadavg()[0]:.1f} with {threads} thread(s) per backend: other processes "
+                     "share the cores, so these timings are noisy (PyTorch's OpenMP threads suffer most); use fewer "
+                     "--threads or a quiet machine")
     try:
         ours_torch = to_int8_(copy.deepcopy(int8_model), exact=False)
     except UnsupportedModelError as error:
@@ -133,7 +148,7 @@ def bench_backends(float_model: nn.Module, int8_model: nn.Module, x: torch.Tenso
     with torch.inference_mode():
         fns["float32 torch"] = lambda: float_model(x)
         if ours_torch is not None:
-            fns["int8 torch (nncompress to_int8_, exact=False)"] = lambda: ours_torch(x)
+            fns["int8 torch (nncompress to_int8_)"] = lambda: ours_torch(x)
         if torch_int8 is not None:
             fns["int8 torch (quantize_dynamic)"] = lambda: torch_int8(x)
         fns["float32 ORT"] = lambda: s_float.run(None, feed)
