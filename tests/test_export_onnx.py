@@ -224,3 +224,11 @@ def test_a_signed_input_grid_stem_runs_in_onnx_runtime(fmt):
     last = net[6]
     step = float(last.input_quantizer.scale) * float(last.weight.abs().sum(1).max())
     assert np.abs(run_ort(result, x) - ref).max() <= step
+
+
+def test_export_onnx_is_a_top_level_name():
+    from nncompress.export import onnx as onnx_export
+
+    assert nc.export_onnx is onnx_export.export_onnx
+    with pytest.raises(AttributeError, match="no attribute 'export_onxx'"):
+        nc.export_onxx

@@ -57,3 +57,12 @@ __all__ = ["METHODS", "BNN", "BWN", "BinaryConnect", "ChannelPrune", "ColumnPrun
            "fold_batchnorm_", "load_model", "method_from_dict", "prune_", "quantize_", "remove_quantization_",
            "run_method", "save_model", "shrink_", "squash_", "to_int8_", "unfuse_attention_", "use_sparse_kernels_",
            "with_forward"]
+
+
+def __getattr__(name: str):
+    """`nc.export_onnx` (nncompress.export.onnx.export_onnx), imported on first use: it needs the
+    optional `onnx` extra, which `import nncompress` does not."""
+    if name == "export_onnx":
+        from .export.onnx import export_onnx
+        return export_onnx
+    raise AttributeError(f"module 'nncompress' has no attribute {name!r}")
