@@ -153,6 +153,8 @@ def test_weight_range_probe_and_auto_note():
     net = w8a8(nn.Sequential(nn.Linear(8, 4)), [torch.randn(8, 8)])
     result = export_onnx(net, torch.randn(2, 8))
     assert result.weight_range in ("full", "reduce") and "weight_range=" in result.notes[0]
+    plain = export_onnx(nn.Sequential(nn.Linear(4, 3)).eval(), torch.randn(1, 4))  # float weights: nothing to say
+    assert not any("weight_range=" in note for note in plain.notes)
 
 
 def test_matches_integer_engine_within_one_step():

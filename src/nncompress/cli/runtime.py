@@ -42,11 +42,18 @@ def export(model: ModelArg, onnx_path: Annotated[Path, typer.Option("--onnx", he
            calib_images: Annotated[int, typer.Option(min=1, help="training images for calibration")] = 256,
            check_images: Annotated[int, typer.Option(min=0, help="test images to compare ONNX Runtime with PyTorch")] = 500,
            seed: Annotated[int, typer.Option(help="random seed (zoo models)")] = 0,
+           threads: Annotated[Optional[int], typer.Option(min=1, help="threads for PyTorch and the ONNX Runtime check "
+                                                          "(default: torch's)")] = None,
            json_path: JsonOpt = None) -> None:
     """Export a (quantized) model to ONNX (QDQ or QOperator) and check it in ONNX Runtime."""
+    import torch
+
     from ..export.onnx import export_onnx
     from ..export.graph import ort_session
     from ..export.bench import compare_on_data
+
+    if threads is not None:
+        torch.set_num_threads(threads)
 
     _, net, data, arch, calib = _export_inputs(model, dataset, data_dir, download, calib_images, quantize, seed)
     example = calib[0][:1]

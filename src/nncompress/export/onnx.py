@@ -360,10 +360,10 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path | None
 
     check_choice("format", format, FORMATS)
     check_choice("weight_range", weight_range, ("auto", *WEIGHT_RANGES))
-    notes = []
+    notes, auto_note = [], None
     if weight_range == "auto":
         weight_range, why = default_weight_range()
-        notes.append(f"weight_range={weight_range}: {why}")
+        auto_note = f"weight_range={weight_range}: {why}"
     if torch.is_tensor(example):
         exporter = Exporter(model, example, format, weight_range, calibration)
         proto, layers, extra_grids, inputs = exporter.run(), exporter.layers, exporter.extra_grids, ["input"]
@@ -377,6 +377,8 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path | None
     else:
         raise UserError(f"export example: a tensor, a dict of tensors (model(**example)) or a tuple of tensors, "
                         f"got {type(example).__name__}")
+    if auto_note and any("written" in info["weight"] for info in layers.values()):
+        notes.insert(0, auto_note)  # only where some weight goes out as int8 codes
     if check:
         onnx.checker.check_model(proto, full_check=True)
     if extra_grids:
