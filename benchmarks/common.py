@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import datetime
+import json
 import platform
 import shlex
 import statistics
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -121,3 +123,38 @@ def trained_float(arch: str, data, seed: int, epochs: int):
         state = {k: v.contiguous() for k, v in model.state_dict().items()}
         atomic_write(path, lambda tmp: save_file(state, tmp, metadata={"config": repr(config)}))
         return model.eval(), time.perf_counter() - began
+
+
+def accuracies(model, val, test) -> dict:
+    """{"val": accuracy on the validation split, "test": on the test split} (val and test: Datasets)."""
+    from nncompress.train import evaluate
+
+    return {"val": evaluate(model, val.test_loader())["accuracy"], "test": evaluate(model, test.test_loader())["accuracy"]}
+
+
+def mean_se(values: list[float]) -> tuple[float, float]:
+    """Mean and standard error of the mean (NaN for one value)."""
+    se = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else float("nan")
+    return statistics.mean(values), se
+
+
+def cached_sweep(path: Path, values: list[float], run: Callable[[list[float]], dict]) -> dict:
+    """One seed's results of a sweep, cached as JSON in `path`: its "rows" are keyed by each swept
+    value ("{v:g}"); `run(missing)` computes the seed's result for the values the cache lacks, and
+    its rows are merged into the cached ones."""
+    done = json.loads(path.read_text()) if path.is_file() else None
+    missing = [v for v in values if not done or f"{v:g}" not in done["rows"]]
+    if missing:
+        result = run(missing)
+        if done:
+            result["rows"] = {**done["rows"], **result["rows"]}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=1))
+        done = result
+    return done
+
+
+def gap_cells(gaps: list[float]) -> list[str]:
+    """The table cells of per-seed accuracy gaps (points): "**mean** ± se" and the worst seed."""
+    mean, se = mean_se(gaps)
+    return [f"**{mean:+.2f}**" + ("" if se != se else f" ± {se:.2f}"), f"{min(gaps):+.2f}"]

@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import math
 import statistics
 import tempfile
 from pathlib import Path
 
 import torch
 
-from common import MNIST_DIR, header, table, write_results
+from common import MNIST_DIR, accuracies, cached_sweep, gap_cells, header, table, write_results
 from nncompress.analysis.metrics import count_params
 from nncompress.encode.container import read_nnc, write_nnc
 from nncompress.encode.deep_compression import round_biases_fp16_
@@ -37,16 +35,13 @@ from nncompress.flows.control import TrainingPhase, same_budget_control
 from nncompress.flows.prune import dense_model
 from nncompress.quant.entropy_penalized import EntropyPenalized, model_rate_bits
 from nncompress.api import apply_
-from nncompress.train import TrainConfig, evaluate
+from nncompress.train import TrainConfig
 from nncompress.zoo import load_dataset
 
 CACHE = Path(__file__).resolve().parents[1] / "runs" / "entropy_coding"
 LR = 1e-3
 INIT_BITS = 6
 
-
-def accuracies(model, val, test) -> dict:
-    return {"val": evaluate(model, val.test_loader())["accuracy"], "test": evaluate(model, test.test_loader())["accuracy"]}
 
 
 def phase(epochs: int, seed: int) -> TrainingPhase:
@@ -88,21 +83,8 @@ def run_seed(arch: str, val, test, seed: int, lambdas: list[float], epochs: int)
 
 
 def cached_seed(arch, val, test, seed, lambdas, epochs, threads) -> dict:
-    path = CACHE / f"{arch}-seed{seed}-e{epochs}-threads{threads}.json"
-    done = json.loads(path.read_text()) if path.is_file() else None
-    if done is None or any(f"{lam:g}" not in done["rows"] for lam in lambdas):
-        result = run_seed(arch, val, test, seed, [l for l in lambdas if not done or f"{l:g}" not in done["rows"]], epochs)
-        if done:
-            result["rows"] = {**done["rows"], **result["rows"]}
-        CACHE.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=1))
-        done = result
-    return done
-
-
-def _mean_se(values: list[float]) -> tuple[float, float]:
-    se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
-    return statistics.mean(values), se
+    return cached_sweep(CACHE / f"{arch}-seed{seed}-e{epochs}-threads{threads}.json", lambdas,
+                        lambda missing: run_seed(arch, val, test, seed, missing, epochs))
 
 
 def summary(arch: str, runs: list[dict], lambdas: list[float]) -> list[list[object]]:
@@ -112,7 +94,6 @@ def summary(arch: str, runs: list[dict], lambdas: list[float]) -> list[list[obje
         gap = [100 * (x["test"] - r["control"]["test"]) for x, r in zip(rows, runs)]
         val_gap = [100 * (x["val"] - r["control"]["val"]) for x, r in zip(rows, runs)]
         ratio = [r["fp32_bytes"] / x["bytes"] for x, r in zip(rows, runs)]
-        mean, se = _mean_se(gap)
         out.append([arch, f"{lam:g}", f"{statistics.mean(x['bytes'] for x in rows):,.0f}",
                     f"{statistics.mean(ratio):.1f}x", f"{statistics.mean(x['rate_bits'] for x in rows) / 8:,.0f}",
                     f"{statistics.mean(x['coded_bytes'] for x in rows):,.0f}",
@@ -120,7 +101,7 @@ def summary(arch: str, runs: list[dict], lambdas: list[float]) -> list[list[obje
                     f"{100 * statistics.mean(x['val'] for x in rows):.2f}", f"{statistics.mean(val_gap):+.2f}",
                     f"{100 * statistics.mean(x['test'] for x in rows):.2f}",
                     f"{100 * statistics.mean(r['control']['test'] for r in runs):.2f}",
-                    f"**{mean:+.2f}**" + ("" if math.isnan(se) else f" ± {se:.2f}"), f"{min(gap):+.2f}",
+                    *gap_cells(gap),
                     "yes" if all(x["exact"] for x in rows) else "NO"])
     return out
 

@@ -23,15 +23,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import math
 import statistics
 import tempfile
 from pathlib import Path
 
 import torch
 
-from common import MNIST_DIR, header, table, write_results
+from common import MNIST_DIR, accuracies, cached_sweep, gap_cells, header, table, write_results
 from nncompress.analysis.metrics import count_params
 from nncompress.api import apply_, resolve_model
 from nncompress.encode.container import read_nnc, write_nnc
@@ -40,16 +38,13 @@ from nncompress.encode.model import decode_model, encode_model
 from nncompress.flows.control import TrainingPhase, same_budget_control
 from nncompress.flows.prune import dense_model
 from nncompress.quant.soft_sharing import SoftWeightSharing, snap_to_mixture_
-from nncompress.train import TrainConfig, evaluate
+from nncompress.train import TrainConfig
 from nncompress.zoo import load_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE, HONEST_CACHE = ROOT / "runs" / "soft_sharing", ROOT / "runs" / "honest"
 LR = 5e-4  # the paper's weight learning rate (Adam)
 
-
-def accuracies(model, val, test) -> dict:
-    return {"val": evaluate(model, val.test_loader())["accuracy"], "test": evaluate(model, test.test_loader())["accuracy"]}
 
 
 def phase(epochs: int, seed: int) -> TrainingPhase:
@@ -105,22 +100,8 @@ def run_seed(arch: str, val, test, seed: int, taus: list[float], epochs: int, th
 
 
 def cached_seed(arch, val, test, seed, taus, epochs, threads) -> dict:
-    path = CACHE / f"{arch}-seed{seed}-e{epochs}-threads{threads}.json"
-    done = json.loads(path.read_text()) if path.is_file() else None
-    missing = [t for t in taus if not done or f"{t:g}" not in done["rows"]]
-    if missing:
-        result = run_seed(arch, val, test, seed, missing, epochs, threads)
-        if done:
-            result["rows"] = {**done["rows"], **result["rows"]}
-        CACHE.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=1))
-        done = result
-    return done
-
-
-def mean_se(values: list[float]) -> tuple[float, float]:
-    se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
-    return statistics.mean(values), se
+    return cached_sweep(CACHE / f"{arch}-seed{seed}-e{epochs}-threads{threads}.json", taus,
+                        lambda missing: run_seed(arch, val, test, seed, missing, epochs, threads))
 
 
 def summary(arch: str, runs: list[dict], taus: list[float]) -> list[list[object]]:
@@ -130,7 +111,6 @@ def summary(arch: str, runs: list[dict], taus: list[float]) -> list[list[object]
         gap = [100 * (x["test"] - r["control"]["test"]) for x, r in zip(rows, runs)]
         val_gap = [100 * (x["val"] - r["control"]["val"]) for x, r in zip(rows, runs)]
         ratio = [r["fp32_bytes"] / x["bytes"] for x, r in zip(rows, runs)]
-        mean, se = mean_se(gap)
         out.append([arch, f"{tau:g}", f"{statistics.mean(x['bytes'] for x in rows):,.0f}",
                     f"{statistics.mean(ratio):.1f}x",
                     f"{100 * statistics.mean(x['nonzero'] / (r['fp32_bytes'] / 4) for x, r in zip(rows, runs)):.2f}",
@@ -138,7 +118,7 @@ def summary(arch: str, runs: list[dict], taus: list[float]) -> list[list[object]
                     f"{100 * statistics.mean(x['val'] for x in rows):.2f}", f"{statistics.mean(val_gap):+.2f}",
                     f"{100 * statistics.mean(x['test'] for x in rows):.2f}",
                     f"{100 * statistics.mean(r['control']['test'] for r in runs):.2f}",
-                    f"**{mean:+.2f}**" + ("" if math.isnan(se) else f" ± {se:.2f}"), f"{min(gap):+.2f}",
+                    *gap_cells(gap),
                     "yes" if all(x["exact"] for x in rows) else "NO"])
     return out
 
