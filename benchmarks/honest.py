@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from common import MNIST_DIR, header, table, write_results
+from common import MNIST_DIR, accuracies, header, table, write_results
 from pruning import SETTINGS
 from nncompress.analysis.metrics import count_params
 from nncompress.flows.control import (StepCounter, codebook_phase, pretrain_phase, pruning_phases,
@@ -38,16 +38,13 @@ from nncompress.flows.ptq import quantize_copy
 from nncompress.methods import method_from_dict
 from nncompress.quant.ptq import LinearQuant
 from nncompress.api import resolve_model, training_config
-from nncompress.train import evaluate, fit
+from nncompress.train import fit
 from nncompress.zoo import load_dataset
 
 CACHE = Path(__file__).resolve().parents[1] / "runs" / "honest"
 DC_BITS = [("DC paper bits (conv 8 / fc 5)", {"conv": 8, "fc": 5}), ("DC fewest bits (conv 4 / fc 2)", {"conv": 4, "fc": 2})]
 CODEBOOK = dict(codebook_epochs=3, codebook_lr=1e-3)
 
-
-def accuracies(model, val, test) -> dict:
-    return {"val": evaluate(model, val.test_loader())["accuracy"], "test": evaluate(model, test.test_loader())["accuracy"]}
 
 
 def settings(arch: str, budget: dict) -> dict:
