@@ -88,6 +88,8 @@ def variant_tag(variant: dict) -> str:
         tag += f"-bb{variant['bias_bits']}"
     if variant.get("_density_ratio"):
         tag += f"-dr{variant['_density_ratio']:g}"
+    if variant.get("mask_coding", "relative") != "relative":
+        tag += f"-m{variant['mask_coding']}"
     return tag
 
 
@@ -105,7 +107,8 @@ def retraining_differs(variant: dict) -> bool:
     sensitivity's short retraining, which trains throwaway copies only, and the biases' integer codes,
     applied after all training (the model that is written goes through exactly the hand setting's
     phases, so honest.py's control is its control)."""
-    return bool(variant_tag({k: v for k, v in variant.items() if k not in ("sensitivity_retrain_images", "bias_bits")}))
+    return bool(variant_tag({k: v for k, v in variant.items()
+                             if k not in ("sensitivity_retrain_images", "bias_bits", "mask_coding")}))
 
 
 def run_seed(arch: str, val, test, seed: int, threads: int, budget: dict, grid: dict, variant: dict | None = None) -> dict:
@@ -293,6 +296,9 @@ def main() -> None:
                         "after a short retraining over this many training images (flows/allocate.py step 6)")
     parser.add_argument("--bias-bits", type=int, help="auto rows: biases stored as integer codes of this many bits "
                         "(flows/allocate.py bias_bits; applied after all training, so the control is the hand setting's)")
+    parser.add_argument("--mask-coding", choices=("relative", "context"), help="auto rows: keep masks may use the "
+                        "context codec (flows/allocate.py mask_coding; a storage choice, so the control is the hand "
+                        "setting's)")
     parser.add_argument("--density-ratio", type=float, help="candidate densities 1, 1/r, 1/r^2, ... down to 0.008 "
                         "(default: the allocator's grid, r about 1.4)")
     parser.add_argument("--name", default="frontier", help="results file (benchmarks/results/NAME.md and NAME.png)")
@@ -316,6 +322,7 @@ def main() -> None:
                                  "codebook_epochs": args.auto_codebook_epochs,
                                  "sensitivity_retrain_images": args.sensitivity_retrain_images,
                                  "bias_bits": args.bias_bits,
+                                 "mask_coding": args.mask_coding,
                                  "_bits": tuple(args.bits) if args.bits else None,
                                  "_density_ratio": args.density_ratio,
                                  "_rows": None if args.rows == "both" else args.rows}.items() if v is not None}

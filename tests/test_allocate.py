@@ -55,27 +55,28 @@ def test_impossible_budget_is_a_user_error():
         solve(TABLE, fixed=100, budget=200)
 
 
-@pytest.mark.parametrize("bias_bits", [None, 8])
-def test_planned_bytes_are_the_written_file_bytes(bias_bits):
+@pytest.mark.parametrize("bias_bits, mask_coding", [(None, "relative"), (8, "relative"), (8, "context")])
+def test_planned_bytes_are_the_written_file_bytes(bias_bits, mask_coding):
     """A plan's exact bytes equal the file that pruning + k-means to the same candidates writes
-    (biases as float16 or as 8-bit codes); per-layer costs measured alone are an upper bound (each
-    header entry compressed on its own)."""
+    (biases as float16 or as 8-bit codes; masks as relative indices or context-coded); per-layer
+    costs measured alone are an upper bound (each header entry compressed on its own)."""
     from nncompress.encode.deep_compression import quantize_biases_, round_biases_fp16_, round_codebooks_fp16_
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 40), torch.nn.ReLU(), torch.nn.Linear(40, 10))
     densities, bits = {"1": 0.2, "3": 0.6}, {"1": 3, "3": 5}
     choice = {n: Candidate(densities[n], bits[n], 0, 0.0, 0.0) for n in ("1", "3")}
-    planned = exact_plan_bytes(model, choice, {"arch": "mlp"}, bias_bits=bias_bits)
+    planned = exact_plan_bytes(model, choice, {"arch": "mlp"}, bias_bits=bias_bits, mask_coding=mask_coding)
     alone = fixed_bytes(model, {"arch": "mlp"}, bias_bits=bias_bits) + sum(
-        chain_bytes(f"{n}.weight", candidate(model[int(n)].weight, densities[n], bits[n])[1]) for n in ("1", "3"))
+        chain_bytes(f"{n}.weight", candidate(model[int(n)].weight, densities[n], bits[n])[1], mask_coding)
+        for n in ("1", "3"))
     nc.apply_(model, nc.MagnitudePrune(sparsity=0.5, layer_sparsity={k: 1 - d for k, d in densities.items()}))
     nc.apply_(model, nc.KMeansQuant(layer_bits=bits))
     round_biases_fp16_(model)
     round_codebooks_fp16_(model)
     if bias_bits:
         quantize_biases_(model, bias_bits)
-    written = len(serialize(encode_model(model, {"arch": "mlp"})))
+    written = len(serialize(encode_model(model, {"arch": "mlp"}, mask_coding=mask_coding)))
     assert planned == written
     assert written <= alone <= written + 2 * 150
 
@@ -197,10 +198,10 @@ def test_the_probe_predicts_the_written_file(digits, tmp_path):
     model, arch, _ = dense_model("lenet300", digits, seed=0)
     nc.apply_(model, nc.MagnitudePrune(sparsity=0.8))
     bits = {"fc1": 2, "fc2": 3, "fc3": 4}
-    for bias_bits in (None, 8):
-        probe = probe_file_bytes(model, arch, digits, bits, seed=0, bias_bits=bias_bits)
+    for bias_bits, masks in ((None, "relative"), (8, "relative"), (8, "context")):
+        probe = probe_file_bytes(model, arch, digits, bits, seed=0, bias_bits=bias_bits, mask_coding=masks)
         for epochs in (0, 1):
-            config = DeepCompressionConfig(bits=bits, codebook_epochs=epochs, bias_bits=bias_bits)
+            config = DeepCompressionConfig(bits=bits, codebook_epochs=epochs, bias_bits=bias_bits, mask_coding=masks)
             _, result = share_and_encode(copy.deepcopy(model), arch, digits, config, seed=0,
                                          out=tmp_path / f"{epochs}.nnc")
             if epochs == 0:
@@ -217,7 +218,7 @@ def test_probing_lowers_bits_until_the_probe_fits(monkeypatch):
     table = {"a": [Candidate(0.5, b, 1000 * b, 1.0 / b, 0.0) for b in (2, 3, 4)],
              "b": [Candidate(0.5, b, 1000 * b, 5.0 / b, 0.0) for b in (2, 3, 4)]}
     allocation = A.Allocation({"a": table["a"][2], "b": table["b"][2]}, 0, 7000, table)
-    monkeypatch.setattr(B, "probe_file_bytes", lambda model, arch, data, bits, seed, bias_bits: 1000 * sum(bits.values()))
+    monkeypatch.setattr(B, "probe_file_bytes", lambda model, arch, data, bits, seed, *storage: 1000 * sum(bits.values()))
     bits, densities, probes = B.fit_by_probing(None, "mlp", None, allocation, 0, slack=0.0)
     assert [p["probe_bytes"] for p in probes] == [8000, 7000]
     assert bits == {"a": 3, "b": 4} and densities == {"a": 0.5, "b": 0.5}  # "a" costs less loss per byte

@@ -117,3 +117,29 @@ def test_deep_compress_with_bias_bits_stores_bias_codes(tmp_path):
     assert r["exact_roundtrip"] and r["file_bytes"] == nnc.stat().st_size
     assert [row["layer"] for row in r["layers"] if row["layer"].endswith(".bias")] == ["fc1.bias", "fc2.bias", "fc3.bias"]
     assert all(row["weight_bits_pq"] == 8 for row in r["layers"] if row["layer"].endswith(".bias"))
+
+
+def test_deep_compress_unknown_mask_coding_fails_before_training(main):
+    code, stdout, stderr = main("deep-compress", "lenet300", "--mask-coding", "arithmetic")
+    assert code == 2 and "mask_coding" in stderr and "relative" in stderr and "epoch" not in stdout + stderr
+
+
+@pytest.mark.slow
+def test_deep_compress_with_context_masks_writes_a_smaller_3_2_file(tmp_path):
+    """The same run (same seed, so the same pruned and shared model) written with both mask codings:
+    the context-coded file is smaller, version 3.2, and decodes to the same accuracy."""
+    from nncompress.encode.container import read_nnc
+
+    results = {}
+    for coding in ("relative", "context"):
+        nnc, report = tmp_path / f"{coding}.nnc", tmp_path / f"{coding}.json"
+        done = run_cli("deep-compress", "lenet300", "--prune-sparsity", "0.95", "--rounds", "1", "--finetune-epochs", "1",
+                       "--codebook-epochs", "1", "--bits", "fc=3", "--mask-coding", coding, "-o", str(nnc),
+                       "--json", str(report))
+        assert done.returncode == 0, done.stderr
+        results[coding] = json.loads(report.read_text())
+        assert results[coding]["exact_roundtrip"] and results[coding]["file_bytes"] == nnc.stat().st_size
+    stored = read_nnc(tmp_path / "context.nnc")
+    assert stored.version == (3, 2) and stored.storage["fc1.weight"][0]["keep"]["codec"]["name"] == "context"
+    assert results["context"]["file_bytes"] < results["relative"]["file_bytes"]
+    assert results["context"]["compressed_accuracy"] == results["relative"]["compressed_accuracy"]

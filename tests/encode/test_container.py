@@ -71,7 +71,7 @@ def test_wrong_version_and_magic():
         parse(DATA[:4] + struct.pack("<H", 4) + DATA[6:])
     with pytest.raises(NncFormatError, match="magic"):
         parse(b"PK\x03\x04" + DATA[4:])
-    assert parse(DATA[:6] + struct.pack("<H", 7) + DATA[8:]).version == (3, 0)  # a newer minor reads
+    assert parse(DATA[:6] + struct.pack("<H", 7) + DATA[8:]).version == (3, 7)  # a newer minor reads (and says so)
 
 
 def test_missing_file():

@@ -163,3 +163,21 @@ def test_ptq_convert_export_recipe_resumes_after_convert(tmp_path, digits):
     run_recipe(recipe, digits, tmp_path / "b", stop_after=3, **QUIET)
     resumed = run_recipe(recipe, digits, tmp_path / "b", resume=True, **QUIET)
     assert resumed["resumed_after_stage"] == 3 and resumed["stages"] == full["stages"]
+
+
+def test_an_encode_stage_may_ask_for_context_coded_masks(tmp_path, digits):
+    """The same recipe with `encode: {mask_coding: context}` writes a smaller 3.2 file that decodes to
+    the same accuracy; an unknown coding is refused when the recipe is read."""
+    from nncompress.encode.container import read_nnc
+
+    text = ("name: masks\nmodel: lenet300\ndataset: digits\nseed: 2\nstages:\n  - train: {epochs: 1}\n"
+            "  - prune: {method: magnitude, sparsity: 0.95, schedule: oneshot, finetune_epochs: 0}\n"
+            "  - quantize: {method: kmeans, bits: 2}\n  - encode: ENCODE\n  - evaluate: {}\n")
+    runs = {coding: run_recipe(recipe_from_text(text.replace("ENCODE", f"{{mask_coding: {coding}}}")), digits,
+                               tmp_path / coding, **QUIET) for coding in ("relative", "context")}
+    encoded = {coding: next(s for s in r["stages"] if s["stage"] == "encode") for coding, r in runs.items()}
+    assert encoded["context"]["file_bytes"] < encoded["relative"]["file_bytes"]
+    assert encoded["context"]["test_accuracy"] == encoded["relative"]["test_accuracy"]
+    assert read_nnc(tmp_path / "context" / "masks.nnc").version == (3, 2)
+    with pytest.raises(ValueError, match="mask_coding"):
+        recipe_from_text(text.replace("ENCODE", "{mask_coding: arithmetic}"))

@@ -20,6 +20,12 @@ array's dtype and keeps the smallest; the header records the codec and its param
   sum -log2 p(q) bits + about 4 bytes: below one bit per symbol where Huffman cannot go. Tried only
   for arrays a transform marks as entropy-coded (`meta["entropy_coded"]`, e.g. the integer latents
   of entropy-penalized reparameterization), so every other array is stored as before.
+- context: a boolean array of 2 or more dimensions (a keep mask) as a rows x cols matrix (rows =
+  the first dimension), each bit range-coded with a probability learned from the bits before it:
+  alive rows and columns first, then a product of row and column densities (`context_mask.py`).
+  `by` = "columns" codes the transpose. Masks after pruning have dead rows and columns and
+  columns of very different rates, which relative indices (about the i.i.d. entropy) cannot use.
+  Tried for bool arrays when the writer is asked for context-coded masks (`mask_coding`).
 
 Every decoder checks its parameters against the payload length before allocating anything and
 raises ValueError naming what is wrong (the container adds where).
@@ -33,6 +39,7 @@ import zlib
 import numpy as np
 import torch
 
+from . import context_mask
 from .huffman import HuffmanStream, huffman_decode, huffman_encode_sorted
 from .rans import (MAX_ALPHABET, MAX_PROB_BITS, MAX_SYMBOLS_PER_BYTE, fits_symbol_budget, ideal_bits, quantize_freqs,
                    rans_decode, rans_encode)
@@ -47,6 +54,8 @@ DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 FLOATS = tuple(name for name, t in DTYPES.items() if t.is_floating_point)
 #: same-width integer views, for little-endian bytes of any dtype
 _WORD = {1: (torch.uint8, "u1"), 2: (torch.int16, "<i2"), 4: (torch.int32, "<i4"), 8: (torch.int64, "<i8")}
+MASK_CODINGS = ("relative", "context")  # a writer's choice for keep masks: Deep Compression's codecs, or also context
+CODECS = ("raw", "packed", "huffman", "relative", "rans", "context")
 PACKED_BITS = range(0, 17)  # 0 bits: every element equals `min`
 INDEX_BIT_CHOICES = range(2, 13)
 MAX_CODE_LENGTH = 31  # longest canonical Huffman code bitarray decodes
@@ -190,9 +199,25 @@ def _rans_candidate(q: np.ndarray, lo: int, hi: int) -> tuple[int, dict, bytes] 
     return (estimate, codec, payload) if fits_symbol_budget(q.size, len(payload)) else None
 
 
+def _context_candidate(keep: torch.Tensor) -> tuple[int, dict, bytes] | None:
+    """The context codec of a bool array of 2+ dimensions in its better orientation; None where it
+    does not apply or its stream would exceed the decoder's symbols-per-byte bound."""
+    shape = context_mask.matrix_shape(tuple(keep.shape))
+    if shape is None:
+        return None
+    matrix = keep.reshape(shape).numpy()
+    by, _ = context_mask.best_orientation(matrix)
+    payload = context_mask.encode_mask(matrix, by)
+    if not context_mask.fits(*shape, len(payload)):
+        return None
+    return len(payload), {"name": "context", "rows": shape[0], "cols": shape[1], "by": by}, payload
+
+
 def candidates(values: torch.Tensor, entropy: bool = False) -> list[tuple[int, dict, bytes]]:
-    """(estimated bytes, codec, payload) of every codec that applies to the flat array `values`
-    (`entropy`: also the rANS codec, for arrays a transform marks as entropy-coded)."""
+    """(estimated bytes, codec, payload) of every codec that applies to the array `values`, stored
+    flat (`entropy`: also the adaptive coders: rANS for integer arrays a transform marks as
+    entropy-coded, the context codec for keep masks of 2+ dimensions, which uses their shape)."""
+    shaped, values = values, values.flatten()
     dtype = DTYPE_NAMES[values.dtype]
     if values.is_floating_point():
         stored = narrowest_float(values)
@@ -212,6 +237,8 @@ def candidates(values: torch.Tensor, entropy: bool = False) -> list[tuple[int, d
             stream = huffman_encode_sorted(relative_symbols(q, index_bits))
             codec = {"name": "relative", **_huffman_params(stream, index_bits=index_bits)}
             out.append((len(stream.payload) + _table_bytes(codec), codec, stream.payload))
+        if entropy and hi > lo and (context := _context_candidate(shaped)) is not None:
+            out.append(context)
     elif hi - lo < 1 << 16:
         stream = huffman_encode_sorted(q - lo)
         codec = {"name": "huffman", **_huffman_params(stream, min=lo)}
@@ -223,7 +250,7 @@ def candidates(values: torch.Tensor, entropy: bool = False) -> list[tuple[int, d
 
 def encode(values: torch.Tensor, entropy: bool = False) -> tuple[dict, bytes]:
     """The smallest (codec, payload) for a flat array (ties: the simpler codec, listed first)."""
-    _, codec, payload = min(candidates(values.detach().cpu().flatten(), entropy), key=lambda c: c[0])
+    _, codec, payload = min(candidates(values.detach().cpu(), entropy), key=lambda c: c[0])
     return codec, payload
 
 
@@ -264,8 +291,8 @@ def check(codec: dict, dtype: str, payload_len: int, numel: int, sparse: bool = 
     """Validate a codec entry against its payload length, before anything is allocated; returns
     the number of elements it decodes to: `numel` for a dense array, at most `numel` for a sparse
     one (its kept elements)."""
-    if not isinstance(codec, dict) or codec.get("name") not in ("raw", "packed", "huffman", "relative", "rans"):
-        raise ValueError(f"unknown codec {str(codec)[:80]} (raw, packed, huffman, relative, rans)")
+    if not isinstance(codec, dict) or codec.get("name") not in CODECS:
+        raise ValueError(f"unknown codec {str(codec)[:80]} ({', '.join(CODECS)})")
     name, floating = codec["name"], dtype in FLOATS
     if name == "raw":
         stored = codec.get("as", dtype)
@@ -274,7 +301,7 @@ def check(codec: dict, dtype: str, payload_len: int, numel: int, sparse: bool = 
         if payload_len % itemsize(stored):
             raise ValueError(f"{payload_len} bytes are not a whole number of {stored}")
         n = payload_len // itemsize(stored)
-    elif floating or (name == "relative" and dtype != "bool") or (name in ("huffman", "rans") and dtype == "bool"):
+    elif floating or (name in ("relative", "context") and dtype != "bool") or (name in ("huffman", "rans") and dtype == "bool"):
         raise ValueError(f"codec {name!r} does not apply to {dtype} arrays")
     elif name == "packed":
         bits = _int(codec, "bits", PACKED_BITS.start, PACKED_BITS.stop - 1)
@@ -285,6 +312,8 @@ def check(codec: dict, dtype: str, payload_len: int, numel: int, sparse: bool = 
             raise ValueError(f"{payload_len} bytes do not hold exactly {n} codes of {bits} bits")
     elif name == "rans":
         n = _check_rans(codec, dtype, payload_len, numel)
+    elif name == "context":
+        n = _check_context(codec, payload_len, numel, sparse)
     elif name == "huffman":
         lo, hi = int_range(dtype)
         low = _int(codec, "min", lo, hi)
@@ -324,6 +353,21 @@ def _check_rans(codec: dict, dtype: str, payload_len: int, numel: int) -> int:
     return length
 
 
+def _check_context(codec: dict, payload_len: int, numel: int, sparse: bool) -> int:
+    """Check a context entry: rows x cols is the array, the orientation is known, the stream holds
+    the state and stays within the symbols-per-byte bound (`context_mask.fits`). Returns the count."""
+    rows = _int(codec, "rows", 1, numel)
+    cols = _int(codec, "cols", 0, numel)
+    if sparse or rows * cols != numel:
+        raise ValueError(f"codec 'context': {rows} x {cols} is not the {numel}-element dense array")
+    if codec.get("by") not in context_mask.ORIENTATIONS:
+        raise ValueError(f"codec 'context': by={codec.get('by')!r} is not one of {context_mask.ORIENTATIONS}")
+    if payload_len < 4 or not context_mask.fits(rows, cols, payload_len):
+        raise ValueError(f"codec 'context': a {rows} x {cols} mask from {payload_len} bytes (a stream holds a 4-byte "
+                         f"state and at most {MAX_SYMBOLS_PER_BYTE} symbols per byte)")
+    return numel
+
+
 def _stream(codec: dict, payload: bytes) -> np.ndarray:
     symbols = from_deltas(codec["count"], codec["deltas"])
     return huffman_decode(HuffmanStream(codec["count"], symbols, codec["length"], codec["n_bits"], payload))
@@ -339,6 +383,8 @@ def decode(codec: dict, payload: bytes, dtype: str, count: int) -> torch.Tensor:
         if symbols.size and symbols.max() >= 1 << codec["index_bits"]:
             raise ValueError(f"codec 'relative': a distance exceeds {codec['index_bits']} bits")
         return torch.from_numpy(relative_positions(symbols, codec["index_bits"], count))
+    if name == "context":
+        return torch.from_numpy(context_mask.decode_mask(payload, codec["rows"], codec["cols"], codec["by"]).ravel())
     if name == "rans":
         q = rans_decode(payload, codec["freq"], codec["prob_bits"], count)
     else:

@@ -1,9 +1,9 @@
-"""Writer and reader of the `.nnc` container, format 3.0 (byte layout and rules: docs/format.md).
+"""Writer and reader of the `.nnc` container, format 3.x (byte layout and rules: docs/format.md).
 
 A file stores, per tensor of a model, either its chain of transform encodings (each stage's
 `Encoded`: kind, JSON meta and named tensors, innermost first, decoded through
 `TRANSFORM_KINDS[kind].decode`) or its plain value. Each named tensor is one section whose byte
-codec (raw, packed, huffman, relative; `codecs.py`) the writer picks as the smallest. After a mask
+codec (raw, packed, huffman, relative, rans, context; `codecs.py`) the writer picks as the smallest. After a mask
 stage, a per-element tensor whose pruned entries all hold one value is stored at the kept
 positions only ("sparse"), and non-final stages keep only their integer / bool tensors (their
 float values are what the final stage decodes to anyway).
@@ -33,7 +33,9 @@ from .layout import (MAGIC, PREAMBLE, VERSION, NncFormatError, NncModel, byte_sh
 from .layout import OVERHEAD, StoredLayer  # noqa: F401  (re-exported)
 from .legacy import parse_legacy
 
-RANS_VERSION = (3, 1)  # files using the rans codec (docs/format.md); every other file stays 3.0
+#: the minor version a codec needs (docs/format.md); a file takes the highest its arrays need, so a file
+#: with neither codec stays 3.0
+CODEC_MINOR = {"rans": 1, "context": 2}
 
 
 # --- writing -------------------------------------------------------------------------------------
@@ -58,8 +60,9 @@ def _array(values: torch.Tensor, blobs: list[bytes], sparse: dict | None = None,
     return {**entry, "sparse": sparse} if sparse else entry
 
 
-def _stage_entries(chain: list[Encoded], blobs: list[bytes]) -> list[dict]:
-    """Header entries of a chain's stages (see the module doc for what is left out)."""
+def _stage_entries(chain: list[Encoded], blobs: list[bytes], context_masks: bool = False) -> list[dict]:
+    """Header entries of a chain's stages (see the module doc for what is left out); `context_masks`:
+    bool arrays may use the context codec."""
     stages, mask = [], None
     for i, encoded in enumerate(chain):
         arrays, entropy = {}, set(encoded.meta.get("entropy_coded", ()))
@@ -69,7 +72,7 @@ def _stage_entries(chain: list[Encoded], blobs: list[bytes]) -> list[dict]:
                 continue
             fill = _sparse_fill(tensor, mask[2]) if mask else None
             if fill is None:
-                arrays[name] = _array(tensor, blobs, entropy=name in entropy)
+                arrays[name] = _array(tensor, blobs, entropy=name in entropy or (context_masks and tensor.dtype == torch.bool))
             else:
                 sparse = {"mask": [mask[0], mask[1]], "fill": fill}
                 arrays[name] = {**_array(tensor[mask[2]], blobs, sparse, name in entropy), "shape": list(tensor.shape)}
@@ -79,16 +82,19 @@ def _stage_entries(chain: list[Encoded], blobs: list[bytes]) -> list[dict]:
     return stages
 
 
-def _uses_rans(entries: list[dict]) -> bool:
+def _version(entries: list[dict]) -> tuple[int, int]:
     arrays = [a for e in entries for a in ([e["value"]] if "value" in e else
                                             [a for s in e["chain"] for a in s["tensors"].values()])]
-    return any(a["codec"]["name"] == "rans" for a in arrays)
+    return VERSION[0], max([VERSION[1]] + [CODEC_MINOR.get(a["codec"]["name"], 0) for a in arrays])
 
 
 def serialize(nnc: NncModel) -> bytes:
     """The bytes of a .nnc 3.0 file."""
     blobs: list[bytes] = []
-    entries = [{"name": name, "shape": list(decoded_shape(chain)), "chain": _stage_entries(chain, blobs)}
+    if nnc.mask_coding not in codecs.MASK_CODINGS:
+        raise ValueError(f"mask_coding={nnc.mask_coding!r} is not one of {codecs.MASK_CODINGS}")
+    context = nnc.mask_coding == "context"
+    entries = [{"name": name, "shape": list(decoded_shape(chain)), "chain": _stage_entries(chain, blobs, context)}
                for name, chain in nnc.chains.items()]
     entries += [{"name": name, "value": _array(t.detach().cpu(), blobs)} for name, t in nnc.tensors.items()]
     sections, offset = [], 0
@@ -100,8 +106,7 @@ def serialize(nnc: NncModel) -> bytes:
     except (TypeError, ValueError) as err:
         raise ValueError(f"the model description, meta or a transform's meta is not JSON: {err}") from err
     header = zlib.compress(text.encode(), 9)
-    version = RANS_VERSION if _uses_rans(entries) else VERSION
-    return PREAMBLE.pack(MAGIC, *version, len(header), zlib.crc32(header)) + header + b"".join(blobs)
+    return PREAMBLE.pack(MAGIC, *_version(entries), len(header), zlib.crc32(header)) + header + b"".join(blobs)
 
 
 def write_nnc(path: str | os.PathLike, nnc: NncModel) -> int:
@@ -237,7 +242,7 @@ def _parse(data: bytes) -> NncModel:
         return parse_legacy(data, header, major)
     blobs = section_blobs(data, header)
     entries = _check_entries(header, blobs, len(data))
-    nnc = NncModel(header["model"], meta=header.get("meta", {}), version=(major, 0))
+    nnc = NncModel(header["model"], meta=header.get("meta", {}), version=(major, PREAMBLE.unpack_from(data)[2]))
     for entry in entries:
         value, storage = _decode_entry(entry, blobs)
         if isinstance(value, torch.Tensor):

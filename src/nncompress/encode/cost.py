@@ -46,10 +46,10 @@ def candidate(weight: torch.Tensor, density: float, bits: int,
     return value, [mask_stage, shared.encode(value)]
 
 
-def chain_bytes(name: str, chain: list[Encoded]) -> int:
+def chain_bytes(name: str, chain: list[Encoded], mask_coding: str = "relative") -> int:
     """Bytes the chain adds to a `.nnc` file (sections + its header entry, compressed)."""
     empty = len(serialize(NncModel(dict(_EMPTY_DESC))))
-    return len(serialize(NncModel(dict(_EMPTY_DESC), chains={name: chain}))) - empty
+    return len(serialize(NncModel(dict(_EMPTY_DESC), chains={name: chain}, mask_coding=mask_coding))) - empty
 
 
 def tensors_bytes(model_desc: dict, tensors: dict[str, torch.Tensor], meta: dict | None = None) -> int:
@@ -59,9 +59,10 @@ def tensors_bytes(model_desc: dict, tensors: dict[str, torch.Tensor], meta: dict
 
 
 def plan_bytes(model_desc: dict, chains: dict[str, list[Encoded]], tensors: dict[str, torch.Tensor],
-               meta: dict | None = None) -> int:
+               meta: dict | None = None, mask_coding: str = "relative") -> int:
     """Exact bytes of the `.nnc` file holding these chains and plain tensors."""
-    return len(serialize(NncModel(dict(model_desc), chains=dict(chains), tensors=dict(tensors), meta=dict(meta or {}))))
+    return len(serialize(NncModel(dict(model_desc), chains=dict(chains), tensors=dict(tensors), meta=dict(meta or {}),
+                                  mask_coding=mask_coding)))
 
 
 class LayerCosts:
@@ -71,8 +72,8 @@ class LayerCosts:
     codec names and a Huffman table). `bytes(d, b)` is exact for the sections and within a few
     bytes for the header; plans are checked with `plan_bytes`."""
 
-    def __init__(self, name: str, weight: torch.Tensor):
-        self.name, self.weight = name, weight.detach().float().cpu()
+    def __init__(self, name: str, weight: torch.Tensor, mask_coding: str = "relative"):
+        self.name, self.weight, self.mask_coding = name, weight.detach().float().cpu(), mask_coding
         self._order = torch.argsort(self.weight.abs().flatten(), stable=True)  # as prune.masks.lowest_k_mask
         self._masks: dict[float, tuple[torch.Tensor, int]] = {}
         self._header: int | None = None
@@ -83,7 +84,8 @@ class LayerCosts:
             n = self.weight.numel()
             keep = torch.ones(n, dtype=torch.bool)
             keep[self._order[: min(prune_count(n, 1.0 - density), n - 1)]] = False
-            self._masks[density] = (keep.view_as(self.weight), len(codecs.encode(keep)[1]))
+            keep = keep.view_as(self.weight)
+            self._masks[density] = (keep, len(codecs.encode(keep, self.mask_coding == "context")[1]))
         return self._masks[density]
 
     def evaluate(self, density: float, bits: int) -> tuple[torch.Tensor, int]:
@@ -94,5 +96,5 @@ class LayerCosts:
         sections = (mask_bytes + len(codecs.encode(indices[keep])[1])
                     + len(codecs.encode(codebook.flatten())[1]))
         if self._header is None:
-            self._header = chain_bytes(self.name, chain) - sections
+            self._header = chain_bytes(self.name, chain, self.mask_coding) - sections
         return value, sections + self._header

@@ -67,6 +67,8 @@ class NncModel:
     storage: dict[str, list[dict[str, dict]]] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)
     version: tuple[int, int] = VERSION
+    #: writer option, not stored: "context" also tries the context codec for keep masks (codecs.py)
+    mask_coding: str = "relative"
 
     @property
     def layers(self) -> list[StoredLayer]:

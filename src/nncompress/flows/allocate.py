@@ -76,7 +76,8 @@ class AllocationConfig:
     `sensitivity_retrain_images`: > 0 measures the damage after a short retraining (module step 6);
     `distill_alpha` / `distill_temperature`: knowledge distillation from the dense model during all
     retraining (`flows/distill.py`; alpha 0 = off), which the same-budget control then gets too;
-    `bias_bits`: biases stored as integer codes (None: float16), counted in the fixed bytes."""
+    `bias_bits`: biases stored as integer codes (None: float16), counted in the fixed bytes;
+    `mask_coding`: "context" lets keep masks use the context codec (planned with it too)."""
 
     @property
     def distill(self) -> DistillConfig:
@@ -99,10 +100,11 @@ class AllocationConfig:
     distill_alpha: float = 0.0
     distill_temperature: float = 4.0
     bias_bits: int | None = None
+    mask_coding: str = "relative"
 
     def __post_init__(self) -> None:
         DistillConfig(self.distill_alpha, self.distill_temperature)  # checks both
-        DeepCompressionConfig(bias_bits=self.bias_bits)  # checks bias_bits
+        DeepCompressionConfig(bias_bits=self.bias_bits, mask_coding=self.mask_coding)  # checks both
         given = [v is not None for v in (self.target_bytes, self.target_ratio, self.max_accuracy_drop)]
         if sum(given) != 1:
             raise UserError("give exactly one budget: target_bytes, target_ratio or max_accuracy_drop")
@@ -176,13 +178,13 @@ def fixed_bytes(model: nn.Module, model_desc: dict, meta: dict | None = None, bi
 
 
 def exact_plan_bytes(model: nn.Module, choice: dict[str, Candidate], model_desc: dict, meta: dict | None = None,
-                     bias_bits: int | None = None) -> int:
+                     bias_bits: int | None = None, mask_coding: str = "relative") -> int:
     """Bytes of the file the plan gives before retraining: every chosen chain serialized together."""
     layers = weight_layers(model)
     chains = {f"{name}.weight": candidate(layers[name].weight, c.density, c.bits)[1] for name, c in choice.items()}
     chains.update(_other_chains(model, bias_bits))
     in_file_order = {k: chains[k] for k in plain_state(model) if k in chains}  # the header's order, as encode_model's
-    return plan_bytes(model_desc, in_file_order, other_tensors(model, bias_bits), meta)
+    return plan_bytes(model_desc, in_file_order, other_tensors(model, bias_bits), meta, mask_coding)
 
 
 def knapsack(table: dict[str, list[Candidate]], capacity: int, objective: str = "loss") -> tuple[np.ndarray, list]:
@@ -249,12 +251,13 @@ def allocate(model: nn.Module, dataset: Dataset, config: AllocationConfig, model
     budget = config.budget_bytes(model)
     if budget is None:
         choice = solve(table, fixed=fixed, max_accuracy_drop=config.max_accuracy_drop)
-        return Allocation(choice, fixed, None, table, exact_plan_bytes(model, choice, model_desc, meta, config.bias_bits))
+        return Allocation(choice, fixed, None, table,
+                          exact_plan_bytes(model, choice, model_desc, meta, config.bias_bits, config.mask_coding))
     target = int(budget * (1 - config.margin))
     best, solve_budget = None, target
     for _ in range(5):
         choice = solve(table, fixed=fixed, budget=solve_budget)
-        exact = exact_plan_bytes(model, choice, model_desc, meta, config.bias_bits)
+        exact = exact_plan_bytes(model, choice, model_desc, meta, config.bias_bits, config.mask_coding)
         if exact <= target:
             best = (choice, exact)
         step = target - exact
@@ -290,10 +293,10 @@ def compress_to_budget(model: nn.Module, arch: str, dataset: Dataset, base: Trai
     prune_and_retrain(model, method, dataset, base, schedule=config.schedule, rounds=config.rounds,
                       finetune_epochs=config.finetune_epochs, lr_factor=config.lr_factor, fit_kwargs=fit_kwargs)
     pruned_accuracy = evaluate(model, dataset.test_loader())["accuracy"]
-    bits, densities, probes = fit_by_probing(model, arch, dataset, allocation, seed, config.bias_bits,
+    bits, densities, probes = fit_by_probing(model, arch, dataset, allocation, seed, config.bias_bits, config.mask_coding,
                                               slack=min(PROBE_SLACK, config.margin))
     dc = DeepCompressionConfig(codebook_epochs=config.codebook_epochs, codebook_lr=config.codebook_lr,
-                               bias_bits=config.bias_bits)
+                               bias_bits=config.bias_bits, mask_coding=config.mask_coding)
     tries = []
     while True:
         decoded, result = share_and_encode(copy.deepcopy(model), arch, dataset, replace(dc, bits=bits), seed=seed,

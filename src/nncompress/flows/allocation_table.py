@@ -46,16 +46,17 @@ Retrain = Callable[[nn.Module, str, torch.Tensor], None]
 
 
 def candidate_table(model: nn.Module, batches, densities, bits,
-                    retrain: Retrain | None = None) -> dict[str, list[Candidate]]:
+                    retrain: Retrain | None = None, mask_coding: str = "relative") -> dict[str, list[Candidate]]:
     """Every layer's candidates with exact bytes and measured damage (one layer at a time; the model
     is restored after each). With `retrain(model, layer name, keep mask)`, each (layer, density) is
     pruned and retrained on a copy first and the bits are applied to the retrained weights (module
-    docstring, step 6); the bytes stay those of the dense weights' candidates."""
+    docstring, step 6); the bytes stay those of the dense weights' candidates, masks coded as
+    `mask_coding` says (`encode/cost.py`)."""
     model = copy.deepcopy(model).eval()
     base = evaluate(model, batches)
     table: dict[str, list[Candidate]] = {}
     for name, layer in weight_layers(model).items():
-        costs = LayerCosts(f"{name}.weight", layer.weight.detach().clone())
+        costs = LayerCosts(f"{name}.weight", layer.weight.detach().clone(), mask_coding)
         table[name] = [row for density in densities
                        for row in _density_rows(model, name, costs, density, bits, batches, base, retrain)]
     return table
@@ -121,6 +122,6 @@ def measure_table(model: nn.Module, dataset: Dataset, config: AllocationConfig,
     if config.sensitivity_retrain_images:
         retrain = short_retrain(dataset, config, base)
     return candidate_table(model, _sensitivity_batches(dataset, config.sensitivity_images), config.densities,
-                           config.bits, retrain)
+                           config.bits, retrain, config.mask_coding)
 
 

@@ -20,14 +20,14 @@ from torch import nn
 from ..analysis.metrics import count_params
 from ..api import apply_
 from ..config import Method
-from ..encode.codecs import relative_symbols
+from ..encode.codecs import MASK_CODINGS, relative_symbols
 from ..encode.container import OVERHEAD, NncModel, StoredLayer, read_nnc, serialize, write_nnc
 from ..encode.deep_compression import quantize_biases_, round_biases_fp16_, round_codebooks_fp16_
 from ..encode.huffman import entropy_bits
 from ..encode.model import decode_model, encode_model
 from ..quant.kmeans import KMeansQuant
 from ..train import TrainConfig, evaluate, fit
-from ..validate import check_int_range
+from ..validate import check_choice, check_int_range
 from ..zoo import Dataset
 from .prune import dense_model, prune_and_retrain
 
@@ -39,7 +39,9 @@ LAYER_KINDS = {"conv": "type:Conv1d|Conv2d|Conv3d", "fc": "type:Linear"}
 class DeepCompressionConfig:
     """The recipe: pruning (method + schedule), bits per layer kind ("conv", "fc") or layer pattern
     (a name, "re:<regex>", "type:<Class>"), codebook fine-tuning; `bias_bits`: biases stored as
-    integer codes of that many bits (None: float16)."""
+    integer codes of that many bits (None: float16); `mask_coding`: "relative" (Deep Compression's
+    relative indices, the paper's scheme) or "context" (also the context codec, where smaller:
+    `encode/context_mask.py`, format 3.2)."""
 
     prune: Method | None = None
     schedule: str = "iterative"
@@ -50,10 +52,12 @@ class DeepCompressionConfig:
     codebook_epochs: int = 3
     codebook_lr: float = 1e-3
     bias_bits: int | None = None
+    mask_coding: str = "relative"
 
     def __post_init__(self) -> None:
         if self.bias_bits is not None:
             check_int_range("bias_bits", self.bias_bits, 2, 16)
+        check_choice("mask_coding", self.mask_coding, MASK_CODINGS)
 
 
 def layer_bits(bits: dict[str, int]) -> dict[str, int]:
@@ -130,7 +134,7 @@ def fine_tune_codebooks(model: nn.Module, dataset: Dataset, config: DeepCompress
 
 
 def _encoded(model: nn.Module, arch: str, dataset: Dataset, bits: dict[str, int], seed: int,
-             bias_bits: int | None = None) -> NncModel:
+             bias_bits: int | None = None, mask_coding: str = "relative") -> NncModel:
     """The container of a shared (k-means) model: biases and codebooks rounded to float16 first,
     biases then quantized to `bias_bits` if given."""
     round_biases_fp16_(model)
@@ -139,11 +143,11 @@ def _encoded(model: nn.Module, arch: str, dataset: Dataset, bits: dict[str, int]
         quantize_biases_(model, bias_bits)
     meta = {"dataset": dataset.name, "bits": dict(bits), "seed": seed, **({"bias_bits": bias_bits} if bias_bits else {})}
     return encode_model(model, {"arch": arch, "in_shape": list(dataset.in_shape), "num_classes": dataset.num_classes},
-                        meta)
+                        meta, mask_coding)
 
 
 def probe_file_bytes(model: nn.Module, arch: str, dataset: Dataset, bits: dict[str, int], seed: int = 0,
-                     bias_bits: int | None = None) -> int:
+                     bias_bits: int | None = None, mask_coding: str = "relative") -> int:
     """Bytes of the file `share_and_encode` would write with `bits`, without its codebook fine-tuning
     (on a copy; seconds instead of epochs). The fine-tuning keeps the cluster indices and the masks,
     so the position and index streams code exactly the same; it moves the centroids, biases (and
@@ -151,7 +155,7 @@ def probe_file_bytes(model: nn.Module, arch: str, dataset: Dataset, bits: dict[s
     by a few bytes (tests/test_allocate.py measures it)."""
     probe = copy.deepcopy(model)
     apply_(probe, KMeansQuant(layer_bits=layer_bits(bits)))
-    return len(serialize(_encoded(probe, arch, dataset, bits, seed, bias_bits)))
+    return len(serialize(_encoded(probe, arch, dataset, bits, seed, bias_bits, mask_coding)))
 
 
 def share_and_encode(model: nn.Module, arch: str, dataset: Dataset, config: DeepCompressionConfig, *, seed: int = 0,
@@ -164,7 +168,7 @@ def share_and_encode(model: nn.Module, arch: str, dataset: Dataset, config: Deep
     result: dict = {"bits": dict(config.bits), "clustered_accuracy": accuracy(model)}
     fine_tune_codebooks(model, dataset, config, seed, fit_kwargs)
     model.eval()
-    nnc = _encoded(model, arch, dataset, config.bits, seed, config.bias_bits)
+    nnc = _encoded(model, arch, dataset, config.bits, seed, config.bias_bits, config.mask_coding)
     result["simulated_accuracy"] = accuracy(model)
     path = Path(out) if out else Path(tempfile.mkdtemp()) / f"{arch}.nnc"
     result["file_bytes"] = write_nnc(path, nnc)

@@ -163,11 +163,13 @@ class ConvertStage(Stage):
 
 class EncodeStage(Stage):
     """Write the model as a .nnc file (Deep Compression: float16 biases and codebooks, Huffman codes),
-    decode the file and go on with the decoded model (checked equal to the encoded one)."""
+    decode the file and go on with the decoded model (checked equal to the encoded one).
+    `mask_coding: context` lets keep masks use the context codec where smaller (.nnc 3.2)."""
 
     kind: ClassVar[str] = "encode"
     format: Literal["nnc"] = "nnc"
     file: str | None = Field(None, min_length=1, max_length=4096)
+    mask_coding: Literal["relative", "context"] = "relative"
 
 
 class ExportStage(Stage):

@@ -123,7 +123,7 @@ def run_convert(stage: ConvertStage, run: Run) -> dict:
 
 
 def run_encode(stage: EncodeStage, run: Run) -> dict:
-    """Deep Compression's storage: float16 biases and codebooks, the .nnc 3.0 file, decoded again;
+    """Deep Compression's storage: float16 biases and codebooks, the .nnc file, decoded again;
     the run goes on with the decoded model (equal outputs checked on 256 test images)."""
     round_biases_fp16_(run.model)
     round_codebooks_fp16_(run.model)
@@ -131,7 +131,8 @@ def run_encode(stage: EncodeStage, run: Run) -> dict:
     simulated = run.accuracy()
     path = Path(stage.file) if stage.file else run.out / f"{run.name}.nnc"
     desc = {"arch": run.arch, "in_shape": list(run.dataset.in_shape), "num_classes": run.dataset.num_classes}
-    nnc = encode_model(run.model, desc, {"dataset": run.dataset.name, "recipe": run.name, "seed": run.seed})
+    nnc = encode_model(run.model, desc, {"dataset": run.dataset.name, "recipe": run.name, "seed": run.seed},
+                       stage.mask_coding)
     file_bytes = write_nnc(path, nnc)
     stored = read_nnc(path)
     decoded = decode_model(stored).eval()
