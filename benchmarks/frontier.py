@@ -33,7 +33,6 @@ import json
 import math
 import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -43,6 +42,8 @@ from common import MNIST_DIR, RESULTS, header, table, write_results
 from honest import CACHE as HONEST_CACHE
 from honest import budget_tag, settings, train_dense
 from nncompress.analysis.metrics import count_params
+from nncompress.encode.container import read_nnc, write_nnc
+from nncompress.encode.model import decode_model
 from nncompress.flows.allocate import AllocationConfig, compress_to_budget, compression_phases
 from nncompress.flows.allocation_table import measure_table
 from nncompress.flows.control import same_budget_control
@@ -88,6 +89,8 @@ def variant_tag(variant: dict) -> str:
         tag += f"-bb{variant['bias_bits']}"
     if variant.get("_density_ratio"):
         tag += f"-dr{variant['_density_ratio']:g}"
+    if variant.get("joint_rounds"):
+        tag += f"-j{variant['joint_rounds']}"
     if variant.get("mask_coding", "relative") != "relative":
         tag += f"-m{variant['mask_coding']}"
     return tag
@@ -108,7 +111,13 @@ def retraining_differs(variant: dict) -> bool:
     applied after all training (the model that is written goes through exactly the hand setting's
     phases, so honest.py's control is its control)."""
     return bool(variant_tag({k: v for k, v in variant.items()
-                             if k not in ("sensitivity_retrain_images", "bias_bits", "mask_coding")}))
+                             if k not in ("sensitivity_retrain_images", "bias_bits", "mask_coding", "joint_rounds")}))
+
+
+def nnc_path(cache: Path, label: str) -> Path:
+    """Where a cached row keeps its written file: beside the seed's JSON, e.g.
+    runs/frontier/lenet5-seed0-threads1-b234568-frontier-bb8--auto-170x.nnc."""
+    return cache.with_name(f"{cache.stem}--{label.replace(' @ ', '-').replace(' ', '')}.nnc")
 
 
 def run_seed(arch: str, val, test, seed: int, threads: int, budget: dict, grid: dict, variant: dict | None = None) -> dict:
@@ -139,7 +148,8 @@ def run_seed(arch: str, val, test, seed: int, threads: int, budget: dict, grid: 
     wanted = {"both": (0, 1), "hand": (0,), "frontier": (1,)}[variant.get("_rows") or "both"]
     for label, ratio in [targets[i] for i in wanted]:
         config = AllocationConfig(target_ratio=ratio, **common)
-        path = Path(tempfile.mkdtemp()) / f"{arch}.nnc"
+        path = nnc_path(seed_cache(arch, seed, threads, budget, variant), label)
+        path.parent.mkdir(parents=True, exist_ok=True)
         decoded, r = compress_to_budget(copy.deepcopy(dense), arch, val, base, config, seed=seed, out=path,
                                         table=grid_table)
         assert r["exact_roundtrip"] and os.path.getsize(path) == r["file_bytes"] <= r["budget_bytes"], r["tries"]
@@ -154,13 +164,46 @@ def run_seed(arch: str, val, test, seed: int, threads: int, budget: dict, grid: 
     return {"arch": arch, "seed": seed, "rows": rows, "variant": variant}
 
 
+def seed_cache(arch: str, seed: int, threads: int, budget: dict, variant: dict) -> Path:
+    return CACHE / f"{arch}-seed{seed}-threads{threads}{budget_tag(budget)}{variant_tag(variant)}.json"
+
+
 def cached_seed(arch: str, val, test, seed: int, threads: int, budget: dict, grid: dict, variant: dict) -> dict:
-    path = CACHE / f"{arch}-seed{seed}-threads{threads}{budget_tag(budget)}{variant_tag(variant)}.json"
+    path = seed_cache(arch, seed, threads, budget, variant)
     if path.is_file():
         return json.loads(path.read_text())
     result = run_seed(arch, val, test, seed, threads, budget, grid, variant)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def recode_seed(arch: str, val, test, seed: int, threads: int, budget: dict, variant: dict) -> dict:
+    """A cached seed's written files with their keep masks re-encoded by the context codec (the same
+    chains; a lossless change of codec, `mask_coding="context"`), cached under the variant's tag +
+    '-recoded'. Each re-encoded file is decoded and evaluated again: its tensors equal the original
+    file's and its val / test accuracy is the cached one (checked)."""
+    source = seed_cache(arch, seed, threads, budget, variant)
+    target = source.with_name(f"{source.stem}-recoded.json")
+    if target.is_file():
+        return json.loads(target.read_text())
+    data, rows = json.loads(source.read_text()), {}
+    for label, row in data["rows"].items():
+        original = read_nnc(nnc_path(source, label))
+        if nnc_path(source, label).stat().st_size != row["file_bytes"]:
+            raise SystemExit(f"{nnc_path(source, label)} is not the file of {source.name} {label!r}")
+        before = decode_model(original).state_dict()
+        original.mask_coding = "context"
+        size = write_nnc(nnc_path(target, label), original)
+        decoded = decode_model(read_nnc(nnc_path(target, label)))
+        assert all(torch.equal(before[k], v) for k, v in decoded.state_dict().items()), label
+        accuracy = {s: evaluate(decoded, d.test_loader())["accuracy"] for s, d in (("val", val), ("test", test))}
+        assert accuracy == {s: row[s] for s in accuracy}, (label, accuracy)
+        rows[label] = {**row, "file_bytes": size, "compression": row["compression"] * row["file_bytes"] / size,
+                       "recoded_from_bytes": row["file_bytes"]}
+        print(arch, seed, label, row["file_bytes"], "->", size, flush=True)
+    result = {**data, "rows": rows, "variant": {**data["variant"], "_recoded": "context"}}
+    target.write_text(json.dumps(result, indent=1))
     return result
 
 
@@ -299,6 +342,11 @@ def main() -> None:
     parser.add_argument("--mask-coding", choices=("relative", "context"), help="auto rows: keep masks may use the "
                         "context codec (flows/allocate.py mask_coding; a storage choice, so the control is the hand "
                         "setting's)")
+    parser.add_argument("--joint-rounds", type=int, help="auto rows: flows/allocate.py step 8 (re-measure in the "
+                        "plan's context, keep the plan of least joint damage); planning only, so the control is the "
+                        "hand setting's")
+    parser.add_argument("--recode", action="store_true", help="instead of running: re-encode the variant's "
+                        "cached files with context-coded masks (recode_seed; cached as <tag>-recoded)")
     parser.add_argument("--density-ratio", type=float, help="candidate densities 1, 1/r, 1/r^2, ... down to 0.008 "
                         "(default: the allocator's grid, r about 1.4)")
     parser.add_argument("--name", default="frontier", help="results file (benchmarks/results/NAME.md and NAME.png)")
@@ -323,6 +371,7 @@ def main() -> None:
                                  "sensitivity_retrain_images": args.sensitivity_retrain_images,
                                  "bias_bits": args.bias_bits,
                                  "mask_coding": args.mask_coding,
+                                 "joint_rounds": args.joint_rounds,
                                  "_bits": tuple(args.bits) if args.bits else None,
                                  "_density_ratio": args.density_ratio,
                                  "_rows": None if args.rows == "both" else args.rows}.items() if v is not None}
@@ -337,6 +386,9 @@ def main() -> None:
                               for s in range(args.seeds_of.get(arch, args.seeds))]
             runs = report_runs(load, args.variant_of.get(arch, []), args.seeds_of.get(arch, args.seeds),
                                lambda s: (CACHE / f"{arch}-seed{s}-threads{args.threads}{tag}.json").is_file())
+        elif args.recode:
+            runs = [recode_seed(arch, val, test, seed, args.threads, budget, variant)
+                    for seed in range(args.start_seed, args.seeds)]
         else:
             runs = [cached_seed(arch, val, test, seed, args.threads, budget, grid, variant)
                     for seed in range(args.start_seed, args.seeds)]

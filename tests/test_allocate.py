@@ -227,3 +227,51 @@ def test_probing_lowers_bits_until_the_probe_fits(monkeypatch):
     far = A.Allocation({"a": table["a"][2], "b": table["b"][2]}, 0, 4500, table)
     bits, _, probes = B.fit_by_probing(None, "mlp", None, far, 0, slack=0.0)  # 3.5 kB over: 4 bits in one step
     assert [p["probe_bytes"] for p in probes] == [8000, 4000] and bits == {"a": 2, "b": 2}
+
+
+def test_joint_damage_and_the_plan_context_table(digits):
+    """Step 8: `joint_loss` is the loss with every layer at its candidate at once; a context-table row
+    is that layer's candidate against the plan without it (its dense weights)."""
+    from nncompress.flows.allocation_table import PlanContext, measure_table, sensitivity_batches
+    from nncompress.train import TrainConfig, fit
+
+    model = _small_mlp()
+    fit(model, digits.train_loader(64, seed=0), TrainConfig(epochs=4, lr=0.05), progress=False, log=lambda _: None)
+    config = AllocationConfig(target_ratio=1.0, densities=(1.0, 0.3, 0.1), bits=(2, 4), sensitivity_images=512)
+    table = measure_table(model, digits, config, TrainConfig(lr=0.05))
+    batches = sensitivity_batches(digits, config)
+    context = PlanContext(model, batches)
+    choice = {name: rows[-1] for name, rows in table.items()}  # every layer at 10% / 4 bits
+    replaced = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, c in choice.items():
+            replaced[int(name)].weight.copy_(candidate(model[int(name)].weight, c.density, c.bits)[0])
+    assert context.joint_loss(choice) == pytest.approx(evaluate(replaced, batches)["loss"], abs=1e-6)
+    refined = context.context_table(table, choice)
+    first = next(iter(table))
+    without = {n: c for n, c in choice.items() if n != first}
+    for c, r in zip(table[first], refined[first]):
+        assert (r.density, r.bits, r.bytes) == (c.density, c.bits, c.bytes)
+        with torch.no_grad():
+            replaced[int(first)].weight.copy_(candidate(model[int(first)].weight, c.density, c.bits)[0])
+        expected = evaluate(replaced, batches)["loss"] - (context.joint_loss(without) if without else 0)
+        assert r.loss == pytest.approx(expected, abs=1e-6)
+    assert any(abs(r.loss - c.loss) > 1e-3 for c, r in zip(table[first], refined[first]))  # interactions exist
+
+
+def test_joint_rounds_keep_the_plan_of_least_joint_damage(digits):
+    from nncompress.flows.allocate import allocate
+    from nncompress.flows.allocation_table import PlanContext, sensitivity_batches
+    from nncompress.train import TrainConfig, fit
+
+    model = _small_mlp()
+    fit(model, digits.train_loader(64, seed=0), TrainConfig(epochs=4, lr=0.05), progress=False, log=lambda _: None)
+    grid = dict(target_ratio=6.0, densities=(1.0, 0.5, 0.3, 0.2, 0.1, 0.05), bits=(2, 3, 4), sensitivity_images=512)
+    base = TrainConfig(lr=0.05)
+    plain = allocate(model, digits, AllocationConfig(**grid), {"arch": "mlp"}, base=base)
+    joint = allocate(model, digits, AllocationConfig(**grid, joint_rounds=2), {"arch": "mlp"}, base=base)
+    context = PlanContext(model, sensitivity_batches(digits, AllocationConfig(**grid)))
+    assert context.joint_loss(joint.choice) <= context.joint_loss(plain.choice)
+    assert joint.planned_bytes <= int(joint.budget * (1 - 0.02))
+    with pytest.raises(UserError, match="joint_rounds=11"):
+        AllocationConfig(target_ratio=2.0, joint_rounds=11)

@@ -219,6 +219,7 @@ def deep_compress_cmd(model: ModelArg = "lenet300", dataset: DatasetOpt = "digit
                       target_bytes: Annotated[Optional[int], typer.Option(help="as --target-ratio, for a file of at most this many bytes")] = None,
                       distill_alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="with --target-ratio / --target-bytes: weight of knowledge distillation from the dense model in all retraining (0 = off; flows/distill.py)")] = 0.0,
                       distill_temperature: Annotated[float, typer.Option(min=0.01, help="distillation softmax temperature")] = 4.0,
+                      joint_rounds: Annotated[int, typer.Option(min=0, max=10, help="with --target-ratio / --target-bytes: re-measure each layer's damage with the other layers at the plan and re-solve this many times, keeping the plan of least joint damage (flows/allocate.py step 8)")] = 0,
                       seed: Annotated[int, typer.Option(help="random seed")] = 0,
                       out_path: Annotated[Path, typer.Option("--out", "-o", help="the .nnc file to write")] = Path("model.nnc"),
                       json_path: JsonOpt = None) -> None:
@@ -244,7 +245,7 @@ def deep_compress_cmd(model: ModelArg = "lenet300", dataset: DatasetOpt = "digit
         return allocated_deep_compress_cmd(model, dataset, data_dir, download, target_ratio, target_bytes, schedule,
                                            rounds, finetune_epochs, lr_factor, codebook_epochs, seed, out_path, json_path,
                                            distill_alpha=distill_alpha, distill_temperature=distill_temperature,
-                                           bias_bits=bias_bits, mask_coding=mask_coding)
+                                           bias_bits=bias_bits, mask_coding=mask_coding, joint_rounds=joint_rounds)
     check_fraction("--prune-sparsity", prune_sparsity)
     check_out_path(out_path, "--out")
     prune_method = (MagnitudePrune(sparsity=prune_sparsity, scope=scope, layer_sparsity=spec.get("layer_sparsity", {}))

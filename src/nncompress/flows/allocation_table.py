@@ -1,4 +1,4 @@
-"""The candidate table of the allocator (`flows/allocate.py`, its steps 1-3 and 6): for every
+"""The candidate table of the allocator (`flows/allocate.py`, its steps 1-3, 6 and 8): for every
 Conv / Linear layer and every (density d, bits b) of a grid, the exact bytes the candidate adds to a
 `.nnc` file (`encode/cost.py`) and the damage it does alone: the change of cross-entropy and accuracy
 on held-in training images when only that layer is pruned to d and k-means-shared with 2^b
@@ -37,8 +37,9 @@ class Candidate:
     accuracy: float  # change of accuracy (negative: a drop), this layer alone compressed
 
 
-def _sensitivity_batches(dataset: Dataset, n_images: int) -> TensorLoader:
-    n = min(n_images, len(dataset.train_x))
+def sensitivity_batches(dataset: Dataset, config: AllocationConfig) -> TensorLoader:
+    """The held-in images every damage is measured on (the first `sensitivity_images` training images)."""
+    n = min(config.sensitivity_images, len(dataset.train_x))
     return TensorLoader(dataset.train_x[:n], dataset.train_y[:n], 256)
 
 
@@ -121,7 +122,50 @@ def measure_table(model: nn.Module, dataset: Dataset, config: AllocationConfig,
     retrain = None
     if config.sensitivity_retrain_images:
         retrain = short_retrain(dataset, config, base)
-    return candidate_table(model, _sensitivity_batches(dataset, config.sensitivity_images), config.densities,
+    return candidate_table(model, sensitivity_batches(dataset, config), config.densities,
                            config.bits, retrain, config.mask_coding)
 
 
+
+
+class PlanContext:
+    """The candidates' weights of a model (k-means once per candidate, then cached) and the damage of
+    whole plans on held-in images (module step 8): `joint_loss(choice)` is the loss with *every* layer
+    replaced by its chosen candidate at once, and `context_table(table, choice)` re-measures every
+    layer's candidates with the other layers at `choice`, the interactions the additive table leaves out."""
+
+    def __init__(self, model: nn.Module, batches):
+        self.model, self.batches = copy.deepcopy(model).eval(), batches
+        self.layers = weight_layers(self.model)
+        self.dense = {name: layer.weight.detach().clone() for name, layer in self.layers.items()}
+        self._values: dict[tuple[str, float, int], torch.Tensor] = {}
+
+    def value(self, name: str, c: Candidate) -> torch.Tensor:
+        key = (name, c.density, c.bits)
+        if key not in self._values:
+            self._values[key] = candidate(self.dense[name], c.density, c.bits)[0]
+        return self._values[key]
+
+    @torch.no_grad()
+    def _evaluate(self, weights: dict[str, torch.Tensor]) -> dict:
+        for name, layer in self.layers.items():
+            layer.weight.copy_(weights.get(name, self.dense[name]))
+        return evaluate(self.model, self.batches)
+
+    def joint_loss(self, choice: dict[str, Candidate]) -> float:
+        return self._evaluate({name: self.value(name, c) for name, c in choice.items()})["loss"]
+
+    def context_table(self, table: dict[str, list[Candidate]],
+                      choice: dict[str, Candidate]) -> dict[str, list[Candidate]]:
+        """Each layer's rows with the damage measured against the plan without that layer (its dense
+        weights), the other layers at their chosen candidates; bytes unchanged."""
+        out = {}
+        for name, rows in table.items():
+            others = {n: self.value(n, c) for n, c in choice.items() if n != name}
+            base = self._evaluate(others)
+            out[name] = []
+            for c in rows:
+                measured = self._evaluate({**others, name: self.value(name, c)})
+                out[name].append(replace(c, loss=measured["loss"] - base["loss"],
+                                         accuracy=measured["accuracy"] - base["accuracy"]))
+        return out
