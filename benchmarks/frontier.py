@@ -189,6 +189,9 @@ def recode_seed(arch: str, val, test, seed: int, threads: int, budget: dict, var
         return json.loads(target.read_text())
     data, rows = json.loads(source.read_text()), {}
     for label, row in data["rows"].items():
+        if not nnc_path(source, label).is_file():
+            raise SystemExit(f"{nnc_path(source, label)} is missing: {source.name} was cached before its files were "
+                             "kept (run the variant again, or adopt the file it wrote)")
         original = read_nnc(nnc_path(source, label))
         if nnc_path(source, label).stat().st_size != row["file_bytes"]:
             raise SystemExit(f"{nnc_path(source, label)} is not the file of {source.name} {label!r}")

@@ -143,3 +143,8 @@ def test_deep_compress_with_context_masks_writes_a_smaller_3_2_file(tmp_path):
     assert stored.version == (3, 2) and stored.storage["fc1.weight"][0]["keep"]["codec"]["name"] == "context"
     assert results["context"]["file_bytes"] < results["relative"]["file_bytes"]
     assert results["context"]["compressed_accuracy"] == results["relative"]["compressed_accuracy"]
+
+
+def test_joint_rounds_without_a_budget_fail_before_training(main):
+    code, stdout, stderr = main("deep-compress", "lenet300", "--joint-rounds", "2")
+    assert code == 2 and "--target-ratio" in stderr and "epoch" not in stdout + stderr

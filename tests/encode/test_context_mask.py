@@ -30,6 +30,10 @@ def test_hand_example_probabilities():
 def test_random_masks_round_trip_exactly(shape, density, by):
     mask = np.random.default_rng(sum(shape)).random(shape) < density
     payload = cm.encode_mask(mask, by)
+    if not cm.fits(*shape, len(payload)):  # a constant mask in a few bytes: over the work bound (the
+        with pytest.raises(ValueError, match="symbols per byte"):  # writer stores those bit-packed)
+            cm.decode_mask(payload, *shape, by)
+        return
     assert np.array_equal(cm.decode_mask(payload, *shape, by), mask)
     assert len(payload) <= cm.ideal_bytes(mask if by == "rows" else mask.T) + 5  # the coder adds ~4 bytes
 
@@ -111,3 +115,23 @@ def test_corrupt_and_short_streams_are_refused():
         assert decoded.shape == mask.shape
     with pytest.raises(ValueError, match="symbols per byte"):
         cm.decode_mask(bytes(8), 10_000, 10_000)
+
+
+def test_the_work_bound_charges_every_row_and_the_other_orientation_is_tried():
+    """A tall one-column mask of ones codes in a few bytes but costs the decoder a loop per row: the
+    bound charges each row and column 64 symbols more, so a padded hostile stream of that shape is
+    refused before decoding; where one orientation is over the bound the other is tried."""
+    tall = np.ones((200_000, 1), dtype=bool)
+    payload = cm.encode_mask(tall)
+    assert not cm.fits(*tall.shape, len(payload))
+    with pytest.raises(ValueError, match="symbols per byte"):
+        cm.decode_mask(payload + bytes(500), *tall.shape)
+    assert cm.work(3, 4) == 12 + 65 * 7
+    one_column = np.zeros((50, 60), dtype=bool)
+    one_column[:, 7] = True
+    sizes = dict(cm.orientations(one_column))
+    chosen = codecs._context_candidate(torch.from_numpy(one_column))
+    fitting = [by for by in cm.ORIENTATIONS if cm.fits(50, 60, len(cm.encode_mask(one_column, by)))]
+    assert (chosen is None) == (not fitting)
+    if chosen is not None:
+        assert chosen[1]["by"] in fitting and sizes

@@ -240,6 +240,8 @@ def deep_compress_cmd(model: ModelArg = "lenet300", dataset: DatasetOpt = "digit
     rounds = rounds or (recommended.rounds if recommended else 3)
     finetune_epochs = (recommended.finetune_epochs if recommended else 5) if finetune_epochs is None else finetune_epochs
     lr_factor = (recommended.lr_factor if recommended else 0.1) if lr_factor is None else lr_factor
+    if joint_rounds and target_ratio is None and target_bytes is None:
+        raise UserError("--joint-rounds chooses among allocations: give --target-ratio or --target-bytes")
     if target_ratio is not None or target_bytes is not None:  # issue 16: automatic allocation
         from .frontier import allocated_deep_compress_cmd
         return allocated_deep_compress_cmd(model, dataset, data_dir, download, target_ratio, target_bytes, schedule,

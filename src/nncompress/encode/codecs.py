@@ -200,17 +200,20 @@ def _rans_candidate(q: np.ndarray, lo: int, hi: int) -> tuple[int, dict, bytes] 
 
 
 def _context_candidate(keep: torch.Tensor) -> tuple[int, dict, bytes] | None:
-    """The context codec of a bool array of 2+ dimensions in its better orientation; None where it
-    does not apply or its stream would exceed the decoder's symbols-per-byte bound."""
+    """The context codec of a bool array of 2+ dimensions in its better orientation that fits the
+    decoder's work bound (estimate: the stream plus its header entry's values, compressed); None where
+    it does not apply or neither orientation fits."""
     shape = context_mask.matrix_shape(tuple(keep.shape))
     if shape is None:
         return None
     matrix = keep.reshape(shape).numpy()
-    by, _ = context_mask.best_orientation(matrix)
-    payload = context_mask.encode_mask(matrix, by)
-    if not context_mask.fits(*shape, len(payload)):
-        return None
-    return len(payload), {"name": "context", "rows": shape[0], "cols": shape[1], "by": by}, payload
+    for by, _ in context_mask.orientations(matrix):
+        payload = context_mask.encode_mask(matrix, by)
+        if context_mask.fits(*shape, len(payload)):
+            codec = {"name": "context", "rows": shape[0], "cols": shape[1], "by": by}
+            entry = json.dumps([shape[0], shape[1], by], separators=(",", ":")).encode()
+            return len(payload) + max(len(zlib.compress(entry, 9)) - 8, 0), codec, payload
+    return None
 
 
 def candidates(values: torch.Tensor, entropy: bool = False) -> list[tuple[int, dict, bytes]]:

@@ -28,7 +28,8 @@ computes the same probabilities (P = probability of a 1, out of M = 2^15, clampe
 The cost per cell, -log2 p(bit), is computed for a whole row at once on the writer's side (the row's
 bits are known: `o` and `e` are prefix sums); the reader must decode bit by bit (pure Python, about
 1 us per cell of the alive block). Its work is bounded like the `rans` codec's: at most
-MAX_SYMBOLS_PER_BYTE symbols (rows + cols + rows x cols) per payload byte, checked first.
+MAX_SYMBOLS_PER_BYTE symbols per payload byte, counting every cell, every alive bit and 64 more per
+row and column (`work`), checked first; the decoder holds at most CHUNK column rates as Python ints.
 """
 from __future__ import annotations
 
@@ -46,12 +47,19 @@ PRIOR_WEIGHT = 4  # W
 SCALE_MAX = 1 << 24  # R: the largest row / global scale (256 in real terms)
 SHIFT = 2 * FIXED - PROB_BITS
 MAX_COLS = 1 << 24  # longest coded row (keeps every product below 2^63)
+ROW_COST = 64  # symbols a row or column is charged for its own work (numpy calls per row) in the bound
+CHUNK = 4096  # cells whose column rates the decoder holds as Python ints at once
 ORIENTATIONS = ("rows", "columns")
+
+
+def work(rows: int, cols: int) -> int:
+    """The decoder's work in symbols: every cell, the alive bits, and ROW_COST per row and column."""
+    return rows * cols + (1 + ROW_COST) * (rows + cols)
 
 
 def fits(rows: int, cols: int, payload_len: int) -> bool:
     """Whether a `rows` x `cols` mask may be decoded from `payload_len` bytes (the work bound)."""
-    return max(rows, cols) <= MAX_COLS and rows + cols + rows * cols <= MAX_SYMBOLS_PER_BYTE * payload_len
+    return max(rows, cols) <= MAX_COLS and work(rows, cols) <= MAX_SYMBOLS_PER_BYTE * payload_len
 
 
 def _clamp(p: np.ndarray) -> np.ndarray:
@@ -107,9 +115,14 @@ def _oriented(mask: np.ndarray, by: str) -> np.ndarray:
     return mask if by == "rows" else mask.T
 
 
+def orientations(mask: np.ndarray) -> list[tuple[str, float]]:
+    """("rows" / "columns", coded size in bytes) for both orientations, the smaller first."""
+    return sorted(((by, ideal_bytes(_oriented(mask, by))) for by in ORIENTATIONS), key=lambda c: c[1])
+
+
 def best_orientation(mask: np.ndarray) -> tuple[str, float]:
-    """The orientation ("rows" or "columns") whose coded size is smaller, and that size in bytes."""
-    return min(((by, ideal_bytes(_oriented(mask, by))) for by in ORIENTATIONS), key=lambda c: c[1])
+    """The orientation whose coded size is smaller, and that size in bytes."""
+    return orientations(mask)[0]
 
 
 def encode_mask(mask: np.ndarray, by: str = "rows") -> bytes:
@@ -171,18 +184,18 @@ def _decode_body(reader: _BitReader, rows: int, cols: int) -> np.ndarray:
     ones_total, expected_total = 0, 0
     bit, weight_s = reader.bit, PRIOR_WEIGHT * S
     for t in range(rows):
-        q_row = (S * (counts + 1) // (t + 2)).tolist()
+        q_row = S * (counts + 1) // (t + 2)
         g = min(S * S * (ones_total + 1) // (expected_total + S), SCALE_MAX)
-        o, e, prior, hits = 0, 0, PRIOR_WEIGHT * g, []
-        for j, q in enumerate(q_row):
-            rho = min(S * (o * S + prior) // (e + weight_s), SCALE_MAX)
-            p = (rho * q) >> SHIFT
-            if bit(1 if p < 1 else (M - 1 if p >= M else p)):
-                o += 1
-                hits.append(j)
-            e += q
-        block[t, hits] = True
-        counts[hits] += 1
+        o, e, prior, row = 0, 0, PRIOR_WEIGHT * g, block[t]
+        for start in range(0, cols, CHUNK):
+            for j, q in enumerate(q_row[start : start + CHUNK].tolist(), start):
+                rho = min(S * (o * S + prior) // (e + weight_s), SCALE_MAX)
+                p = (rho * q) >> SHIFT
+                if bit(1 if p < 1 else (M - 1 if p >= M else p)):
+                    o += 1
+                    row[j] = True
+                e += q
+        counts += row
         ones_total += o
         expected_total += e
     return block
@@ -211,4 +224,5 @@ def matrix_shape(shape: tuple[int, ...]) -> tuple[int, int] | None:
     return shape[0], math.prod(shape[1:])
 
 
-__all__ = ["ORIENTATIONS", "best_orientation", "decode_mask", "encode_mask", "fits", "ideal_bytes", "matrix_shape"]
+__all__ = ["ORIENTATIONS", "best_orientation", "decode_mask", "encode_mask", "fits", "ideal_bytes", "matrix_shape",
+           "orientations", "work"]
