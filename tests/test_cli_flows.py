@@ -52,7 +52,7 @@ def test_inspect_nnc_lists_the_layers_of_the_file(compressed, tmp_path):
     done = run_cli("inspect", str(nnc), "--json", str(tmp_path / "i.json"))
     assert done.returncode == 0, done.stderr
     i = json.loads((tmp_path / "i.json").read_text())
-    assert i["file_bytes"] == r["file_bytes"] and i["model"]["arch"] == "lenet300"
+    assert i["file_bytes"] == r["file_bytes"] and i["model"]["arch"] == "lenet300" and i["version"] == "3.0"
     assert [(row["layer"], row["weights"], row["kept"]) for row in i["layers"]] == \
         [(row["layer"], row["weights"], row["kept"]) for row in r["layers"]]
     assert all(name in done.stdout for name in ("fc1", "fc2", "fc3"))

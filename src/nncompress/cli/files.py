@@ -46,8 +46,9 @@ def inspect_nnc(path: Path, json_path: Optional[Path]) -> None:
     nnc = read_nnc(path)
     decoded_state(nnc)  # every chain decodes (a bad file is refused here, not summarised)
     rows, overhead = [_layer_row(layer_row, layer, path) for layer in nnc.layers], overhead_row(nnc)
-    out.print(deep_compression_table(rows, f"{path} ({path.stat().st_size:,} B): {nnc.model}", overhead))
-    emit_json(json_path, {"file": str(path), "file_bytes": path.stat().st_size, "model": nnc.model,
+    version = ".".join(map(str, nnc.version))
+    out.print(deep_compression_table(rows, f"{path} ({path.stat().st_size:,} B, .nnc {version}): {nnc.model}", overhead))
+    emit_json(json_path, {"file": str(path), "file_bytes": path.stat().st_size, "version": version, "model": nnc.model,
                            "layers": rows, "overhead": overhead,
                            "tensors": {k: list(v.shape) for k, v in nnc.tensors.items()}})
 
