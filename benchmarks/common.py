@@ -158,3 +158,20 @@ def gap_cells(gaps: list[float]) -> list[str]:
     """The table cells of per-seed accuracy gaps (points): "**mean** ± se" and the worst seed."""
     mean, se = mean_se(gaps)
     return [f"**{mean:+.2f}**" + ("" if se != se else f" ± {se:.2f}"), f"{min(gaps):+.2f}"]
+
+
+def sweep_cells(runs: list[dict], key: str) -> tuple[list[dict], list[str], list[str]]:
+    """One swept value's rows across seeds (each seed's `rows[key]`, with the seed's "control",
+    "fp32_bytes" beside them) and the table cells every sweep shares: before the method's own columns
+    the mean file bytes and compression; after them val %, val gap, test %, control test %, the gap
+    cells and whether every decode was exact."""
+    rows = [r["rows"][key] for r in runs]
+    gap = [100 * (x["test"] - r["control"]["test"]) for x, r in zip(rows, runs)]
+    val_gap = [100 * (x["val"] - r["control"]["val"]) for x, r in zip(rows, runs)]
+    ratio = [r["fp32_bytes"] / x["bytes"] for x, r in zip(rows, runs)]
+    head = [f"{statistics.mean(x['bytes'] for x in rows):,.0f}", f"{statistics.mean(ratio):.1f}x"]
+    tail = [f"{100 * statistics.mean(x['val'] for x in rows):.2f}", f"{statistics.mean(val_gap):+.2f}",
+            f"{100 * statistics.mean(x['test'] for x in rows):.2f}",
+            f"{100 * statistics.mean(r['control']['test'] for r in runs):.2f}",
+            *gap_cells(gap), "yes" if all(x["exact"] for x in rows) else "NO"]
+    return rows, head, tail

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from common import MNIST_DIR, accuracies, cached_sweep, gap_cells, header, table, write_results
+from common import MNIST_DIR, accuracies, cached_sweep, header, sweep_cells, table, write_results
 from nncompress.analysis.metrics import count_params
 from nncompress.encode.container import read_nnc, write_nnc
 from nncompress.encode.deep_compression import round_biases_fp16_
@@ -90,19 +90,11 @@ def cached_seed(arch, val, test, seed, lambdas, epochs, threads) -> dict:
 def summary(arch: str, runs: list[dict], lambdas: list[float]) -> list[list[object]]:
     out = []
     for lam in lambdas:
-        rows = [r["rows"][f"{lam:g}"] for r in runs]
-        gap = [100 * (x["test"] - r["control"]["test"]) for x, r in zip(rows, runs)]
-        val_gap = [100 * (x["val"] - r["control"]["val"]) for x, r in zip(rows, runs)]
-        ratio = [r["fp32_bytes"] / x["bytes"] for x, r in zip(rows, runs)]
-        out.append([arch, f"{lam:g}", f"{statistics.mean(x['bytes'] for x in rows):,.0f}",
-                    f"{statistics.mean(ratio):.1f}x", f"{statistics.mean(x['rate_bits'] for x in rows) / 8:,.0f}",
+        rows, head, tail = sweep_cells(runs, f"{lam:g}")
+        out.append([arch, f"{lam:g}", *head, f"{statistics.mean(x['rate_bits'] for x in rows) / 8:,.0f}",
                     f"{statistics.mean(x['coded_bytes'] for x in rows):,.0f}",
                     f"{100 * statistics.mean(x['nonzero'] / (r['fp32_bytes'] / 4) for x, r in zip(rows, runs)):.1f}",
-                    f"{100 * statistics.mean(x['val'] for x in rows):.2f}", f"{statistics.mean(val_gap):+.2f}",
-                    f"{100 * statistics.mean(x['test'] for x in rows):.2f}",
-                    f"{100 * statistics.mean(r['control']['test'] for r in runs):.2f}",
-                    *gap_cells(gap),
-                    "yes" if all(x["exact"] for x in rows) else "NO"])
+                    *tail])
     return out
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from common import MNIST_DIR, accuracies, cached_sweep, gap_cells, header, table, write_results
+from common import MNIST_DIR, accuracies, cached_sweep, header, sweep_cells, table, write_results
 from nncompress.analysis.metrics import count_params
 from nncompress.api import apply_, resolve_model
 from nncompress.encode.container import read_nnc, write_nnc
@@ -107,19 +107,10 @@ def cached_seed(arch, val, test, seed, taus, epochs, threads) -> dict:
 def summary(arch: str, runs: list[dict], taus: list[float]) -> list[list[object]]:
     out = []
     for tau in taus:
-        rows = [r["rows"][f"{tau:g}"] for r in runs]
-        gap = [100 * (x["test"] - r["control"]["test"]) for x, r in zip(rows, runs)]
-        val_gap = [100 * (x["val"] - r["control"]["val"]) for x, r in zip(rows, runs)]
-        ratio = [r["fp32_bytes"] / x["bytes"] for x, r in zip(rows, runs)]
-        out.append([arch, f"{tau:g}", f"{statistics.mean(x['bytes'] for x in rows):,.0f}",
-                    f"{statistics.mean(ratio):.1f}x",
+        rows, head, tail = sweep_cells(runs, f"{tau:g}")
+        out.append([arch, f"{tau:g}", *head,
                     f"{100 * statistics.mean(x['nonzero'] / (r['fp32_bytes'] / 4) for x, r in zip(rows, runs)):.2f}",
-                    f"{100 * statistics.mean(x['soft']['test'] for x in rows):.2f}",
-                    f"{100 * statistics.mean(x['val'] for x in rows):.2f}", f"{statistics.mean(val_gap):+.2f}",
-                    f"{100 * statistics.mean(x['test'] for x in rows):.2f}",
-                    f"{100 * statistics.mean(r['control']['test'] for r in runs):.2f}",
-                    *gap_cells(gap),
-                    "yes" if all(x["exact"] for x in rows) else "NO"])
+                    f"{100 * statistics.mean(x['soft']['test'] for x in rows):.2f}", *tail])
     return out
 
 
