@@ -259,19 +259,51 @@ def test_joint_damage_and_the_plan_context_table(digits):
     assert any(abs(r.loss - c.loss) > 1e-3 for c, r in zip(table[first], refined[first]))  # interactions exist
 
 
-def test_joint_rounds_keep_the_plan_of_least_joint_damage(digits):
-    from nncompress.flows.allocate import allocate
-    from nncompress.flows.allocation_table import PlanContext, sensitivity_batches
-    from nncompress.train import TrainConfig, fit
+def test_joint_rounds_keep_the_plan_of_least_joint_damage_within_the_budget(digits, monkeypatch):
+    """Step 8's choice among plans: a context table that makes every layer's cheapest candidate free
+    gives a second plan (all cheapest); of the two, the one with the smaller joint loss is kept, with
+    its table, unless its exact bytes are over the target while the other plan fits."""
+    from dataclasses import replace
+
+    from nncompress.flows import allocate as A
+    from nncompress.train import TrainConfig
 
     model = _small_mlp()
-    fit(model, digits.train_loader(64, seed=0), TrainConfig(epochs=4, lr=0.05), progress=False, log=lambda _: None)
-    grid = dict(target_ratio=6.0, densities=(1.0, 0.5, 0.3, 0.2, 0.1, 0.05), bits=(2, 3, 4), sensitivity_images=512)
+    grid = dict(target_ratio=6.0, densities=(1.0, 0.5, 0.3, 0.2, 0.1, 0.05), bits=(2, 3, 4), sensitivity_images=256)
     base = TrainConfig(lr=0.05)
-    plain = allocate(model, digits, AllocationConfig(**grid), {"arch": "mlp"}, base=base)
-    joint = allocate(model, digits, AllocationConfig(**grid, joint_rounds=2), {"arch": "mlp"}, base=base)
-    context = PlanContext(model, sensitivity_batches(digits, AllocationConfig(**grid)))
-    assert context.joint_loss(joint.choice) <= context.joint_loss(plain.choice)
-    assert joint.planned_bytes <= int(joint.budget * (1 - 0.02))
+    table = A.measure_table(model, digits, A.AllocationConfig(**grid), base)
+    plain = A.allocate(model, digits, A.AllocationConfig(**grid), {"arch": "mlp"}, table=table, base=base)
+    cheapest = {n: min(rows, key=lambda c: c.bytes) for n, rows in table.items()}
+    assert {n: (c.density, c.bits) for n, c in plain.choice.items()} != {n: (c.density, c.bits) for n, c in cheapest.items()}
+    is_cheapest = lambda choice: all((c.density, c.bits) == (cheapest[n].density, cheapest[n].bits)  # noqa: E731
+                                     for n, c in choice.items())
+
+    def fake_context(prefer_cheapest: bool):
+        class Context:
+            def __init__(self, model, batches):
+                pass
+
+            def context_table(self, table, choice):
+                return {n: [replace(c, loss=0.0 if c is cheapest[n] else 1.0) for c in rows] for n, rows in table.items()}
+
+            def joint_loss(self, choice):
+                return 0.0 if is_cheapest(choice) == prefer_cheapest else 1.0
+        return Context
+
+    joint = lambda: A.allocate(model, digits, A.AllocationConfig(**grid, joint_rounds=1), {"arch": "mlp"}, table=table,  # noqa: E731
+                               base=base)
+    monkeypatch.setattr(A, "PlanContext", fake_context(prefer_cheapest=True))
+    chosen = joint()
+    assert is_cheapest(chosen.choice) and all(c.loss == 0.0 for c in chosen.choice.values())  # the refined table kept
+    monkeypatch.setattr(A, "PlanContext", fake_context(prefer_cheapest=False))
+    assert joint().choice == plain.choice
+    real = A.exact_plan_bytes
+    target = int(A.AllocationConfig(**grid).budget_bytes(model) * (1 - 0.02))  # the default margin
+    monkeypatch.setattr(A, "exact_plan_bytes", lambda model, choice, *args: target + 1 if is_cheapest(choice) else
+                        real(model, choice, *args))  # the preferred plan "over the budget": the other one is kept
+    monkeypatch.setattr(A, "PlanContext", fake_context(prefer_cheapest=True))
+    assert joint().choice == plain.choice
     with pytest.raises(UserError, match="joint_rounds=11"):
         AllocationConfig(target_ratio=2.0, joint_rounds=11)
+    with pytest.raises(UserError, match="size budgets"):
+        AllocationConfig(max_accuracy_drop=0.01, joint_rounds=1)

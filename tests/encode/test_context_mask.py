@@ -117,21 +117,25 @@ def test_corrupt_and_short_streams_are_refused():
         cm.decode_mask(bytes(8), 10_000, 10_000)
 
 
-def test_the_work_bound_charges_every_row_and_the_other_orientation_is_tried():
+def test_the_work_bound_charges_every_row_and_column():
     """A tall one-column mask of ones codes in a few bytes but costs the decoder a loop per row: the
     bound charges each row and column 64 symbols more, so a padded hostile stream of that shape is
-    refused before decoding; where one orientation is over the bound the other is tried."""
+    refused before decoding."""
     tall = np.ones((200_000, 1), dtype=bool)
     payload = cm.encode_mask(tall)
     assert not cm.fits(*tall.shape, len(payload))
     with pytest.raises(ValueError, match="symbols per byte"):
         cm.decode_mask(payload + bytes(500), *tall.shape)
     assert cm.work(3, 4) == 12 + 65 * 7
-    one_column = np.zeros((50, 60), dtype=bool)
-    one_column[:, 7] = True
-    sizes = dict(cm.orientations(one_column))
-    chosen = codecs._context_candidate(torch.from_numpy(one_column))
-    fitting = [by for by in cm.ORIENTATIONS if cm.fits(50, 60, len(cm.encode_mask(one_column, by)))]
-    assert (chosen is None) == (not fitting)
-    if chosen is not None:
-        assert chosen[1]["by"] in fitting and sizes
+
+
+def test_the_writer_falls_back_to_the_other_orientation_within_the_bound(monkeypatch):
+    """Where the smaller orientation's stream is too short for the bound, the other is written."""
+    mask = structured_mask()[:60, :200]
+    (small, _), (large, _) = cm.orientations(mask)
+    lengths = {by: len(cm.encode_mask(mask, by)) for by in cm.ORIENTATIONS}
+    assert lengths[small] < lengths[large]
+    monkeypatch.setattr(cm, "fits", lambda rows, cols, n: n >= lengths[large])
+    assert codecs._context_candidate(torch.from_numpy(mask))[1]["by"] == large
+    monkeypatch.setattr(cm, "fits", lambda rows, cols, n: n > lengths[large])
+    assert codecs._context_candidate(torch.from_numpy(mask)) is None
