@@ -72,3 +72,17 @@ def test_ticket_keeps_masks_and_control_gets_fresh_weights(digits):
     assert torch.equal(keep_mask_of(control.fc1), keep_mask_of(result.ticket.fc1))
     assert not torch.equal(control.fc1.weight, result.ticket.fc1.weight)
     assert (control.fc1.weight[~keep_mask_of(control.fc1)] == 0).all()
+
+
+def test_schedules_refuse_what_they_cannot_ramp_with_a_user_error():
+    """A method without a sparsity target and a zero AGP frequency are the user's errors, named."""
+    import pytest
+
+    from nncompress.prune.schedules import at_sparsity
+    from nncompress.validate import UserError
+
+    model = nn.Sequential(nn.Linear(4, 3))
+    with pytest.raises(UserError, match="frequency=0 must be >= 1"):
+        GradualPruning(model, nc.MagnitudePrune(sparsity=0.5), Context(), begin=0, end=10, frequency=0)
+    with pytest.raises(UserError, match="KMeansQuant has no sparsity target"):
+        at_sparsity(nc.KMeansQuant(bits=2), lambda s: s)

@@ -15,6 +15,7 @@ from torch import nn
 from ..analysis.metrics import weight_layers
 from ..config import Context, Method, run_method
 from ..train import TrainConfig
+from ..validate import UserError
 from .mask import keep_mask_of
 from .unstructured import SparsityPrune
 from .masks import agp_sparsity, density, iterative_sparsities, sqrt_dropout_rate
