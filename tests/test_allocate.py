@@ -9,7 +9,7 @@ import torch
 
 import nncompress as nc
 
-from nncompress.encode.container import read_nnc
+from nncompress.encode.container import Coding, read_nnc
 from nncompress.encode.cost import candidate, chain_bytes
 from nncompress.encode.model import decode_model, encode_model
 from nncompress.encode.container import serialize
@@ -55,20 +55,22 @@ def test_impossible_budget_is_a_user_error():
         solve(TABLE, fixed=100, budget=200)
 
 
-@pytest.mark.parametrize("bias_bits, mask_coding", [(None, "relative"), (8, "relative"), (8, "context")])
-def test_planned_bytes_are_the_written_file_bytes(bias_bits, mask_coding):
+@pytest.mark.parametrize("bias_bits, coding", [(None, Coding()), (8, Coding()), (8, Coding("context")),
+                                               (None, Coding(header="compact")), (8, Coding("context", "compact"))])
+def test_planned_bytes_are_the_written_file_bytes(bias_bits, coding):
     """A plan's exact bytes equal the file that pruning + k-means to the same candidates writes
-    (biases as float16 or as 8-bit codes; masks as relative indices or context-coded); per-layer
-    costs measured alone are an upper bound (each header entry compressed on its own)."""
+    (biases as float16 or as 8-bit codes; masks as relative indices or context-coded; the 3.0 or the
+    compact header); per-layer costs measured alone are an upper bound (each header entry
+    compressed on its own)."""
     from nncompress.encode.deep_compression import quantize_biases_, round_biases_fp16_, round_codebooks_fp16_
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 40), torch.nn.ReLU(), torch.nn.Linear(40, 10))
     densities, bits = {"1": 0.2, "3": 0.6}, {"1": 3, "3": 5}
     choice = {n: Candidate(densities[n], bits[n], 0, 0.0, 0.0) for n in ("1", "3")}
-    planned = exact_plan_bytes(model, choice, {"arch": "mlp"}, bias_bits=bias_bits, mask_coding=mask_coding)
-    alone = fixed_bytes(model, {"arch": "mlp"}, bias_bits=bias_bits) + sum(
-        chain_bytes(f"{n}.weight", candidate(model[int(n)].weight, densities[n], bits[n])[1], mask_coding)
+    planned = exact_plan_bytes(model, choice, {"arch": "mlp"}, bias_bits=bias_bits, coding=coding)
+    alone = fixed_bytes(model, {"arch": "mlp"}, bias_bits=bias_bits, coding=coding) + sum(
+        chain_bytes(f"{n}.weight", candidate(model[int(n)].weight, densities[n], bits[n])[1], coding)
         for n in ("1", "3"))
     nc.apply_(model, nc.MagnitudePrune(sparsity=0.5, layer_sparsity={k: 1 - d for k, d in densities.items()}))
     nc.apply_(model, nc.KMeansQuant(layer_bits=bits))
@@ -76,7 +78,7 @@ def test_planned_bytes_are_the_written_file_bytes(bias_bits, mask_coding):
     round_codebooks_fp16_(model)
     if bias_bits:
         quantize_biases_(model, bias_bits)
-    written = len(serialize(encode_model(model, {"arch": "mlp"}, mask_coding=mask_coding)))
+    written = len(serialize(encode_model(model, {"arch": "mlp"}, coding=coding)))
     assert planned == written
     assert written <= alone <= written + 2 * 150
 
@@ -198,10 +200,12 @@ def test_the_probe_predicts_the_written_file(digits, tmp_path):
     model, arch, _ = dense_model("lenet300", digits, seed=0)
     nc.apply_(model, nc.MagnitudePrune(sparsity=0.8))
     bits = {"fc1": 2, "fc2": 3, "fc3": 4}
-    for bias_bits, masks in ((None, "relative"), (8, "relative"), (8, "context")):
-        probe = probe_file_bytes(model, arch, digits, bits, seed=0, bias_bits=bias_bits, mask_coding=masks)
+    for bias_bits, masks, header in ((None, "relative", "zlib"), (8, "relative", "zlib"), (8, "context", "zlib"),
+                                     (8, "context", "compact")):
+        probe = probe_file_bytes(model, arch, digits, bits, seed=0, bias_bits=bias_bits, coding=Coding(masks, header))
         for epochs in (0, 1):
-            config = DeepCompressionConfig(bits=bits, codebook_epochs=epochs, bias_bits=bias_bits, mask_coding=masks)
+            config = DeepCompressionConfig(bits=bits, codebook_epochs=epochs, bias_bits=bias_bits, mask_coding=masks,
+                                           header_coding=header)
             _, result = share_and_encode(copy.deepcopy(model), arch, digits, config, seed=0,
                                          out=tmp_path / f"{epochs}.nnc")
             if epochs == 0:

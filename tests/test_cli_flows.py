@@ -126,16 +126,17 @@ def test_deep_compress_unknown_mask_coding_fails_before_training(main):
 
 @pytest.mark.slow
 def test_deep_compress_with_context_masks_writes_a_smaller_3_2_file(tmp_path):
-    """The same run (same seed, so the same pruned and shared model) written with both mask codings:
-    the context-coded file is smaller, version 3.2, and decodes to the same accuracy."""
+    """The same run (same seed, so the same pruned and shared model) written with both mask codings
+    and with the compact header: the context-coded file is smaller, version 3.2; with the compact
+    header smaller again, 3.3; all decode to the same accuracy."""
     from nncompress.encode.container import read_nnc
 
     results = {}
-    for coding in ("relative", "context"):
+    for coding in ("relative", "context", "compact"):
         nnc, report = tmp_path / f"{coding}.nnc", tmp_path / f"{coding}.json"
+        options = ["--mask-coding", "context", "--header-coding", "compact"] if coding == "compact" else ["--mask-coding", coding]
         done = run_cli("deep-compress", "lenet300", "--prune-sparsity", "0.95", "--rounds", "1", "--finetune-epochs", "1",
-                       "--codebook-epochs", "1", "--bits", "fc=3", "--mask-coding", coding, "-o", str(nnc),
-                       "--json", str(report))
+                       "--codebook-epochs", "1", "--bits", "fc=3", *options, "-o", str(nnc), "--json", str(report))
         assert done.returncode == 0, done.stderr
         results[coding] = json.loads(report.read_text())
         assert results[coding]["exact_roundtrip"] and results[coding]["file_bytes"] == nnc.stat().st_size
@@ -143,6 +144,9 @@ def test_deep_compress_with_context_masks_writes_a_smaller_3_2_file(tmp_path):
     assert stored.version == (3, 2) and stored.storage["fc1.weight"][0]["keep"]["codec"]["name"] == "context"
     assert results["context"]["file_bytes"] < results["relative"]["file_bytes"]
     assert results["context"]["compressed_accuracy"] == results["relative"]["compressed_accuracy"]
+    assert read_nnc(tmp_path / "compact.nnc").version == (3, 3)
+    assert results["compact"]["file_bytes"] < results["context"]["file_bytes"] - 300
+    assert results["compact"]["compressed_accuracy"] == results["context"]["compressed_accuracy"]
 
 
 def test_joint_rounds_without_a_budget_fail_before_training(main):

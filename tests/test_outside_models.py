@@ -176,7 +176,7 @@ def test_bert_keep_masks_context_coded_decode_exactly_and_smaller():
     """`mask_coding="context"` on a pruned BertModel: rows of very different scale (as trained layers
     have) leave masks with dead and dense rows, which the context codec writes smaller (.nnc 3.2);
     the decoded model equals the pruned one bit for bit."""
-    from nncompress.encode.container import parse, serialize
+    from nncompress.encode.container import Coding, parse, serialize
     from nncompress.encode.model import decode_model, encode_model
     torch.manual_seed(0)
     bert = small_bert()
@@ -186,7 +186,7 @@ def test_bert_keep_masks_context_coded_decode_exactly_and_smaller():
                 m.weight.mul_(torch.rand(m.weight.shape[0], 1) ** 3)
     nc.apply_(bert, nc.MagnitudePrune(sparsity=0.9, scope="layer"))
     plain = serialize(encode_model(bert, {"arch": "hf-bert"}))
-    nnc = parse(serialize(encode_model(bert, {"arch": "hf-bert"}, mask_coding="context")))
+    nnc = parse(serialize(encode_model(bert, {"arch": "hf-bert"}, coding=Coding("context"))))
     coded = [a for stages in nnc.storage.values() for s in stages for a in s.values() if a["codec"]["name"] == "context"]
     assert nnc.version == (3, 2) and len(coded) >= 12 and sum(nnc.sizes.values()) < len(plain) - 300
     back = decode_model(nnc, model=transformers.BertModel(bert.config).eval())

@@ -7,7 +7,7 @@ import torch
 
 from nncompress.encode import codecs
 from nncompress.encode import context_mask as cm
-from nncompress.encode.container import NncModel, parse, serialize
+from nncompress.encode.container import Coding, NncModel, parse, serialize
 from nncompress.parametrize import Encoded
 
 
@@ -63,14 +63,14 @@ def test_the_writer_uses_the_codec_only_when_asked_and_the_file_is_3_2():
     stage = Encoded("mask", {"keep": keep, "values": torch.ones(int(keep.sum()))},
                     {"shape": list(keep.shape), "int_ranges": {"keep": [0, 1]}})
     plain = serialize(NncModel({"arch": "x"}, chains={"fc.weight": [stage]}))
-    data = serialize(NncModel({"arch": "x"}, chains={"fc.weight": [stage]}, mask_coding="context"))
+    data = serialize(NncModel({"arch": "x"}, chains={"fc.weight": [stage]}, coding=Coding("context")))
     assert plain[4:8] == bytes([3, 0, 0, 0]) and data[4:8] == bytes([3, 0, 2, 0])  # major 3, minor 0 / 2
     assert len(plain) - len(data) > 1000  # the mask: 5.2 kB instead of 6.3 kB
     stored = parse(data)
     assert stored.storage["fc.weight"][0]["keep"]["codec"]["name"] == "context"
     assert torch.equal(stored.chains["fc.weight"][0].tensors["keep"], keep)
     with pytest.raises(ValueError, match="mask_coding"):
-        serialize(NncModel({"arch": "x"}, chains={"fc.weight": [stage]}, mask_coding="arithmetic"))
+        serialize(NncModel({"arch": "x"}, chains={"fc.weight": [stage]}, coding=Coding("arithmetic")))
 
 
 def test_one_dimensional_and_constant_masks_keep_their_codecs():

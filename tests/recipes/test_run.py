@@ -167,17 +167,25 @@ def test_ptq_convert_export_recipe_resumes_after_convert(tmp_path, digits):
 
 def test_an_encode_stage_may_ask_for_context_coded_masks(tmp_path, digits):
     """The same recipe with `encode: {mask_coding: context}` writes a smaller 3.2 file that decodes to
-    the same accuracy; an unknown coding is refused when the recipe is read."""
+    the same accuracy, and with `header_coding: compact` too a smaller 3.3 file; an unknown coding is
+    refused when the recipe is read."""
     from nncompress.encode.container import read_nnc
 
     text = ("name: masks\nmodel: lenet300\ndataset: digits\nseed: 2\nstages:\n  - train: {epochs: 1}\n"
             "  - prune: {method: magnitude, sparsity: 0.95, schedule: oneshot, finetune_epochs: 0}\n"
             "  - quantize: {method: kmeans, bits: 2}\n  - encode: ENCODE\n  - evaluate: {}\n")
-    runs = {coding: run_recipe(recipe_from_text(text.replace("ENCODE", f"{{mask_coding: {coding}}}")), digits,
-                               tmp_path / coding, **QUIET) for coding in ("relative", "context")}
+    stages = {"relative": "{mask_coding: relative}", "context": "{mask_coding: context}",
+              "compact": "{mask_coding: context, header_coding: compact}"}
+    runs = {coding: run_recipe(recipe_from_text(text.replace("ENCODE", stage)), digits, tmp_path / coding, **QUIET)
+            for coding, stage in stages.items()}
     encoded = {coding: next(s for s in r["stages"] if s["stage"] == "encode") for coding, r in runs.items()}
     assert encoded["context"]["file_bytes"] < encoded["relative"]["file_bytes"]
     assert encoded["context"]["test_accuracy"] == encoded["relative"]["test_accuracy"]
     assert read_nnc(tmp_path / "context" / "masks.nnc").version == (3, 2)
+    assert read_nnc(tmp_path / "compact" / "masks.nnc").version == (3, 3)
+    assert encoded["compact"]["file_bytes"] < encoded["context"]["file_bytes"]
+    assert encoded["compact"]["test_accuracy"] == encoded["context"]["test_accuracy"]
     with pytest.raises(ValueError, match="mask_coding"):
         recipe_from_text(text.replace("ENCODE", "{mask_coding: arithmetic}"))
+    with pytest.raises(ValueError, match="header_coding"):
+        recipe_from_text(text.replace("ENCODE", "{header_coding: brotli}"))

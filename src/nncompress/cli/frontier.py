@@ -15,7 +15,8 @@ def allocated_deep_compress_cmd(model: str, dataset: str, data_dir, download: bo
                                 lr_factor: float, codebook_epochs: int, seed: int, out_path: Path,
                                 json_path: Path | None, *, distill_alpha: float = 0.0,
                                 distill_temperature: float = 4.0, bias_bits: int | None = None,
-                                mask_coding: str = "relative", joint_rounds: int = 0) -> None:
+                                mask_coding: str = "relative", header_coding: str = "zlib",
+                                joint_rounds: int = 0) -> None:
     """Allocate, prune, share, fine-tune and write `out_path` within the budget; print the plan and
     the per-layer bytes of the written file."""
     from ..flows.allocate import AllocationConfig, allocated_deep_compress
@@ -23,7 +24,7 @@ def allocated_deep_compress_cmd(model: str, dataset: str, data_dir, download: bo
     config = AllocationConfig(target_ratio=target_ratio, target_bytes=target_bytes, schedule=schedule, rounds=rounds,
                               finetune_epochs=finetune_epochs, lr_factor=lr_factor, codebook_epochs=codebook_epochs,
                               distill_alpha=distill_alpha, distill_temperature=distill_temperature, bias_bits=bias_bits,
-                              mask_coding=mask_coding, joint_rounds=joint_rounds)
+                              mask_coding=mask_coding, header_coding=header_coding, joint_rounds=joint_rounds)
     check_out_path(out_path, "--out")
     data = load_dataset(dataset, data_dir, download=download)
     _, result = allocated_deep_compress(model, data, config, seed=seed, out=out_path)

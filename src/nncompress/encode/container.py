@@ -1,4 +1,4 @@
-"""Writer and reader of the `.nnc` container, format 3.x (byte layout and rules: docs/format.md).
+"""Writer and reader of the `.nnc` container, format 3.x (byte layout and rules: docs/format.md; 3.3: the compact header).
 
 A file stores, per tensor of a model, either its chain of transform encodings (each stage's
 `Encoded`: kind, JSON meta and named tensors, innermost first, decoded through
@@ -27,10 +27,11 @@ from ..fileio import atomic_write_bytes
 from ..parametrize import TRANSFORM_KINDS, Encoded
 from . import codecs
 from .codecs import DTYPE_NAMES, DTYPES
-from .layout import (MAGIC, PREAMBLE, VERSION, NncFormatError, NncModel, byte_shares, check_decoded_bytes,
+from .header_dictionary import DICTIONARY
+from .layout import (COMPACT_MINOR, HEADER_CODINGS, MAGIC, PREAMBLE, VERSION, NncFormatError, NncModel, byte_shares, check_decoded_bytes,
                      check_element_count, check_natural, check_shape, compact_json, decoded_shape, fail, parse_preamble,
                      section_blobs)
-from .layout import OVERHEAD, StoredLayer  # noqa: F401  (re-exported)
+from .layout import OVERHEAD, Coding, StoredLayer  # noqa: F401  (re-exported)
 from .legacy import parse_legacy
 
 #: the minor version a codec needs (docs/format.md); a file takes the highest its arrays need, so a file
@@ -82,31 +83,63 @@ def _stage_entries(chain: list[Encoded], blobs: list[bytes], context_masks: bool
     return stages
 
 
-def _version(entries: list[dict]) -> tuple[int, int]:
+def _version(entries: list[dict], header_coding: str) -> tuple[int, int]:
     arrays = [a for e in entries for a in ([e["value"]] if "value" in e else
                                             [a for s in e["chain"] for a in s["tensors"].values()])]
-    return VERSION[0], max([VERSION[1]] + [CODEC_MINOR.get(a["codec"]["name"], 0) for a in arrays])
+    return VERSION[0], max([VERSION[1], COMPACT_MINOR if header_coding == "compact" else 0]
+                           + [CODEC_MINOR.get(a["codec"]["name"], 0) for a in arrays])
 
 
-def serialize(nnc: NncModel) -> bytes:
-    """The bytes of a .nnc 3.0 file."""
+def _layout(nnc: NncModel) -> tuple[dict, list[bytes]]:
+    """The header object (before compression) and the sections' bytes of `nnc`."""
     blobs: list[bytes] = []
-    if nnc.mask_coding not in codecs.MASK_CODINGS:
-        raise ValueError(f"mask_coding={nnc.mask_coding!r} is not one of {codecs.MASK_CODINGS}")
-    context = nnc.mask_coding == "context"
+    coding = nnc.coding
+    if coding.masks not in codecs.MASK_CODINGS:
+        raise ValueError(f"mask_coding={coding.masks!r} is not one of {codecs.MASK_CODINGS}")
+    if coding.header not in HEADER_CODINGS:
+        raise ValueError(f"header_coding={coding.header!r} is not one of {HEADER_CODINGS}")
+    context = coding.masks == "context"
     entries = [{"name": name, "shape": list(decoded_shape(chain)), "chain": _stage_entries(chain, blobs, context)}
                for name, chain in nnc.chains.items()]
     entries += [{"name": name, "value": _array(t.detach().cpu(), blobs)} for name, t in nnc.tensors.items()]
+    header = {"model": nnc.model, "meta": nnc.meta, "sections": _section_table(blobs, coding.header),
+              "tensors": entries}
+    if coding.header == "compact":
+        header["crc32"] = zlib.crc32(b"".join(blobs))
+    return header, blobs
+
+
+def _section_table(blobs: list[bytes], header_coding: str) -> list:
+    """3.0: offset, length and CRC-32 of each section; compact (3.3): the lengths only (the sections
+    follow each other in order, and one CRC-32 covers the data area)."""
+    if header_coding == "compact":
+        return [len(blob) for blob in blobs]
     sections, offset = [], 0
     for blob in blobs:
         sections.append({"offset": offset, "length": len(blob), "crc32": zlib.crc32(blob)})
         offset += len(blob)
+    return sections
+
+
+def serialize_header(nnc: NncModel) -> dict:
+    """The header object `serialize` writes for `nnc` (before compression)."""
+    return _layout(nnc)[0]
+
+
+def serialize(nnc: NncModel) -> bytes:
+    """The bytes of a .nnc 3.x file (3.0 unless a codec or the compact header needs a later minor)."""
+    header, blobs = _layout(nnc)
     try:
-        text = compact_json({"model": nnc.model, "meta": nnc.meta, "sections": sections, "tensors": entries})
+        text = compact_json(header).encode()
     except (TypeError, ValueError) as err:
         raise ValueError(f"the model description, meta or a transform's meta is not JSON: {err}") from err
-    header = zlib.compress(text.encode(), 9)
-    return PREAMBLE.pack(MAGIC, *_version(entries), len(header), zlib.crc32(header)) + header + b"".join(blobs)
+    if nnc.coding.header == "compact":
+        compressor = zlib.compressobj(9, zdict=DICTIONARY)
+        stored = compressor.compress(text) + compressor.flush()
+    else:
+        stored = zlib.compress(text, 9)
+    version = _version(header["tensors"], nnc.coding.header)
+    return PREAMBLE.pack(MAGIC, *version, len(stored), zlib.crc32(stored)) + stored + b"".join(blobs)
 
 
 def write_nnc(path: str | os.PathLike, nnc: NncModel) -> int:

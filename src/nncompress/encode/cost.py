@@ -19,7 +19,7 @@ from ..parametrize import Encoded
 from ..prune.masks import lowest_k_mask, prune_count
 from ..quant.kmeans import SharedWeights
 from . import codecs
-from .container import NncModel, serialize
+from .container import Coding, NncModel, serialize
 
 _EMPTY_DESC = {"arch": "candidate"}
 
@@ -46,23 +46,24 @@ def candidate(weight: torch.Tensor, density: float, bits: int,
     return value, [mask_stage, shared.encode(value)]
 
 
-def chain_bytes(name: str, chain: list[Encoded], mask_coding: str = "relative") -> int:
+def chain_bytes(name: str, chain: list[Encoded], coding: Coding = Coding()) -> int:
     """Bytes the chain adds to a `.nnc` file (sections + its header entry, compressed)."""
-    empty = len(serialize(NncModel(dict(_EMPTY_DESC))))
-    return len(serialize(NncModel(dict(_EMPTY_DESC), chains={name: chain}, mask_coding=mask_coding))) - empty
+    empty = len(serialize(NncModel(dict(_EMPTY_DESC), coding=coding)))
+    return len(serialize(NncModel(dict(_EMPTY_DESC), chains={name: chain}, coding=coding))) - empty
 
 
-def tensors_bytes(model_desc: dict, tensors: dict[str, torch.Tensor], meta: dict | None = None) -> int:
+def tensors_bytes(model_desc: dict, tensors: dict[str, torch.Tensor], meta: dict | None = None,
+                  coding: Coding = Coding()) -> int:
     """Bytes of a `.nnc` file holding only plain `tensors` (biases, BatchNorm statistics) and the
     description: what a file costs besides its transformed tensors."""
-    return len(serialize(NncModel(dict(model_desc), tensors=dict(tensors), meta=dict(meta or {}))))
+    return len(serialize(NncModel(dict(model_desc), tensors=dict(tensors), meta=dict(meta or {}), coding=coding)))
 
 
 def plan_bytes(model_desc: dict, chains: dict[str, list[Encoded]], tensors: dict[str, torch.Tensor],
-               meta: dict | None = None, mask_coding: str = "relative") -> int:
+               meta: dict | None = None, coding: Coding = Coding()) -> int:
     """Exact bytes of the `.nnc` file holding these chains and plain tensors."""
     return len(serialize(NncModel(dict(model_desc), chains=dict(chains), tensors=dict(tensors), meta=dict(meta or {}),
-                                  mask_coding=mask_coding)))
+                                  coding=coding)))
 
 
 class LayerCosts:
@@ -72,8 +73,8 @@ class LayerCosts:
     codec names and a Huffman table). `bytes(d, b)` is exact for the sections and within a few
     bytes for the header; plans are checked with `plan_bytes`."""
 
-    def __init__(self, name: str, weight: torch.Tensor, mask_coding: str = "relative"):
-        self.name, self.weight, self.mask_coding = name, weight.detach().float().cpu(), mask_coding
+    def __init__(self, name: str, weight: torch.Tensor, coding: Coding = Coding()):
+        self.name, self.weight, self.coding = name, weight.detach().float().cpu(), coding
         self._order = torch.argsort(self.weight.abs().flatten(), stable=True)  # as prune.masks.lowest_k_mask
         self._masks: dict[float, tuple[torch.Tensor, int]] = {}
         self._header: int | None = None
@@ -85,7 +86,7 @@ class LayerCosts:
             keep = torch.ones(n, dtype=torch.bool)
             keep[self._order[: min(prune_count(n, 1.0 - density), n - 1)]] = False
             keep = keep.view_as(self.weight)
-            self._masks[density] = (keep, len(codecs.encode(keep, self.mask_coding == "context")[1]))
+            self._masks[density] = (keep, len(codecs.encode(keep, self.coding.masks == "context")[1]))
         return self._masks[density]
 
     def evaluate(self, density: float, bits: int) -> tuple[torch.Tensor, int]:
@@ -96,5 +97,5 @@ class LayerCosts:
         sections = (mask_bytes + len(codecs.encode(indices[keep])[1])
                     + len(codecs.encode(codebook.flatten())[1]))
         if self._header is None:
-            self._header = chain_bytes(self.name, chain, self.mask_coding) - sections
+            self._header = chain_bytes(self.name, chain, self.coding) - sections
         return value, sections + self._header

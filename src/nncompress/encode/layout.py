@@ -5,6 +5,7 @@ top of it, `legacy.py` reads 1.x / 2.x.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import struct
@@ -17,6 +18,7 @@ import torch
 from ..fileio import loads_bounded
 from ..parametrize import TRANSFORM_KINDS, Encoded
 from ..validate import UserError
+from .header_dictionary import DICTIONARY
 
 MAGIC = b"NNC\x01"
 VERSION = (3, 0)
@@ -29,7 +31,21 @@ MAX_ELEMENTS = 1 << 30  # elements a reader allocates for one file, all tensors 
 #: constant (0-bit packed) or fully pruned tensor and make the reader allocate gigabytes
 DECODE_FIXED_BYTES = 64 << 20
 DECODE_EXPANSION = 256  # int64 k-means indices from ~5-bit codes, masks from relative indices, float outputs
+#: how a writer stores the header: "zlib" (3.0) or "compact" (3.3: a zlib stream from the format's
+#: preset dictionary, `header_dictionary.py`, and a section table of lengths under one CRC-32)
+HEADER_CODINGS = ("zlib", "compact")
+COMPACT_MINOR = 3
 OVERHEAD = "(header)"  # key of `NncModel.sizes`: the preamble and the header's shared part
+
+
+@dataclass(frozen=True)
+class Coding:
+    """How a writer stores a model (the decoded model is the same under every choice): `masks`
+    "relative" (Deep Compression's relative indices) or "context" (also the context codec where
+    smaller, 3.2; `codecs.MASK_CODINGS`); `header` "zlib" (3.0) or "compact" (3.3, `HEADER_CODINGS`)."""
+
+    masks: str = "relative"
+    header: str = "zlib"
 
 
 class NncFormatError(UserError):
@@ -67,8 +83,8 @@ class NncModel:
     storage: dict[str, list[dict[str, dict]]] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)
     version: tuple[int, int] = VERSION
-    #: writer option, not stored: "context" also tries the context codec for keep masks (codecs.py)
-    mask_coding: str = "relative"
+    #: writer options (`Coding`), not stored
+    coding: Coding = field(default_factory=Coding)
 
     @property
     def layers(self) -> list[StoredLayer]:
@@ -104,7 +120,7 @@ def parse_preamble(data: bytes) -> tuple[dict, int]:
     raw = data[PREAMBLE.size : PREAMBLE.size + header_len]
     if zlib.crc32(raw) != header_crc:
         raise fail("header checksum mismatch (the file is corrupt)")
-    text = _inflate(raw) if major >= 2 else raw
+    text = _inflate(raw, DICTIONARY if major >= 3 else None) if major >= 2 else raw
     header = loads_bounded(text, "not a valid .nnc file: header", NncFormatError)  # items / depth bounded
     if not isinstance(header, dict):
         raise fail("header is not a JSON object")
@@ -112,9 +128,11 @@ def parse_preamble(data: bytes) -> tuple[dict, int]:
     return header, major
 
 
-def _inflate(raw: bytes) -> bytes:
-    """zlib-decompress a header, refusing more than MAX_HEADER bytes (no decompression bombs)."""
-    inflater = zlib.decompressobj()
+def _inflate(raw: bytes, dictionary: bytes | None = None) -> bytes:
+    """zlib-decompress a header (from the preset `dictionary` if its stream asks for one: RFC 1950
+    FDICT; zlib checks the stream's DICTID against the dictionary's Adler-32), refusing more than
+    MAX_HEADER bytes (no decompression bombs)."""
+    inflater = zlib.decompressobj(zdict=dictionary) if dictionary else zlib.decompressobj()
     try:
         text = inflater.decompress(raw, MAX_HEADER)
     except zlib.error as err:
@@ -127,9 +145,11 @@ def _inflate(raw: bytes) -> bytes:
 def section_blobs(data: bytes, header: dict, named: bool = False) -> list[bytes]:
     """Each section's bytes, after checking bounds, CRCs, overlaps and that they fill the data area."""
     start, size = header["_data_start"], len(data) - header["_data_start"]
-    spans, out = [], []
     if not isinstance(header.get("sections"), list):
         raise fail("header lacks a sections list")
+    if header["sections"] and all(isinstance(s, int) for s in header["sections"]):
+        return _compact_blobs(data[start:], header)
+    spans, out = [], []
     for i, s in enumerate(header["sections"]):
         try:
             name = str(s["name"]) if named else str(i)
@@ -150,6 +170,23 @@ def section_blobs(data: bytes, header: dict, named: bool = False) -> list[bytes]
     if sum(e - b for b, e, _ in spans) != size:
         raise fail("the data area holds bytes that no section names (or is truncated)")
     return out
+
+
+def _compact_blobs(area: bytes, header: dict) -> list[bytes]:
+    """A compact (3.3) section table: the lengths of sections that follow each other from the start
+    of the data area and fill it; one CRC-32 (`crc32`) covers the whole area."""
+    lengths = [check_natural(n, f"section {i} length", len(area)) for i, n in enumerate(header["sections"])]
+    if sum(lengths) != len(area):
+        raise fail(f"the sections' lengths add up to {sum(lengths)} bytes, the data area holds {len(area)} (truncated?)")
+    if zlib.crc32(area) != check_natural(header.get("crc32"), "data area crc32", 0xFFFFFFFF):
+        raise fail("data area checksum mismatch (the file is corrupt)")
+    offsets = [0, *itertools.accumulate(lengths)]
+    return [area[a:b] for a, b in zip(offsets, offsets[1:])]
+
+
+def section_length(entry: Any) -> int:
+    """A section's length from either form of the table (3.0 object, 3.3 integer)."""
+    return entry if isinstance(entry, int) else entry["length"]
 
 
 def check_natural(value: Any, what: str, limit: int = 1 << 62) -> int:
@@ -179,7 +216,7 @@ def byte_shares(header: dict, file_len: int, owners: dict[str, tuple[Any, list[i
     sizes = {}
     for name, (entry, section_ids) in owners.items():
         weight = len(compact_json(entry)) + sum(len(compact_json(header["sections"][i])) + 1 for i in section_ids)
-        sizes[name] = sum(header["sections"][i]["length"] for i in section_ids) + header_len * weight // total_json
+        sizes[name] = sum(section_length(header["sections"][i]) for i in section_ids) + header_len * weight // total_json
     sizes[OVERHEAD] = file_len - sum(sizes.values())
     return sizes
 

@@ -17,7 +17,7 @@ from torch.nn.utils import parametrize
 from ..parametrize import TRANSFORM_KINDS, Encoded, encode_chain, plain_state
 from ..validate import UserError
 from ..zoo import MODELS, build_model
-from .container import NncFormatError, NncModel
+from .container import Coding, NncFormatError, NncModel
 
 
 def parametrized_tensors(model: nn.Module) -> dict[str, tuple[nn.Module, str]]:
@@ -30,16 +30,16 @@ def parametrized_tensors(model: nn.Module) -> dict[str, tuple[nn.Module, str]]:
     return found
 
 
-def encode_model(model: nn.Module, model_desc: dict, meta: dict | None = None, mask_coding: str = "relative") -> NncModel:
+def encode_model(model: nn.Module, model_desc: dict, meta: dict | None = None, coding: Coding = Coding()) -> NncModel:
     """Every tensor of `model`: transform chains for parametrized ones, plain values otherwise.
 
     `model_desc`: JSON describing the model, e.g. {"arch": "lenet300", "in_shape": [1, 28, 28],
     "num_classes": 10} for a zoo model (then `decode_model(nnc)` rebuilds it), or anything else
-    for your own module (decode with `decode_model(nnc, model=YourNet())`). `mask_coding`: "context"
-    lets the writer code keep masks with the context codec where it is smaller (format 3.2).
+    for your own module (decode with `decode_model(nnc, model=YourNet())`). `coding`: the writer's
+    storage choices (`Coding`: context-coded keep masks, format 3.2; the compact header, 3.3).
     """
     chained = parametrized_tensors(model)
-    nnc = NncModel(dict(model_desc), meta=dict(meta or {}), mask_coding=mask_coding)
+    nnc = NncModel(dict(model_desc), meta=dict(meta or {}), coding=coding)
     for name, value in plain_state(model).items():
         if name in chained:
             nnc.chains[name] = encode_chain(*chained[name])

@@ -59,6 +59,7 @@ from torch import nn
 
 from ..analysis.metrics import count_params, weight_layers
 from ..encode.cost import candidate, plan_bytes
+from ..encode.layout import Coding
 from ..encode.deep_compression import bias_chains, round_biases_fp16_
 from ..parametrize import plain_state
 from ..prune.unstructured import MagnitudePrune
@@ -87,12 +88,16 @@ class AllocationConfig:
     `distill_alpha` / `distill_temperature`: knowledge distillation from the dense model during all
     retraining (`flows/distill.py`; alpha 0 = off), which the same-budget control then gets too;
     `bias_bits`: biases stored as integer codes (None: float16), counted in the fixed bytes;
-    `mask_coding`: "context" lets keep masks use the context codec (planned with it too);
+    `mask_coding` / `header_coding`: the file's storage (`DeepCompressionConfig`; planned with it too);
     `joint_rounds`: module step 8 (0 = the additive plan as is)."""
 
     @property
     def distill(self) -> DistillConfig:
         return DistillConfig(self.distill_alpha, self.distill_temperature)
+
+    @property
+    def coding(self) -> Coding:
+        return Coding(self.mask_coding, self.header_coding)
 
     target_bytes: int | None = None
     target_ratio: float | None = None
@@ -112,11 +117,13 @@ class AllocationConfig:
     distill_temperature: float = 4.0
     bias_bits: int | None = None
     mask_coding: str = "relative"
+    header_coding: str = "zlib"
     joint_rounds: int = 0  # step 8: re-measure in the plan's context and re-solve this many times
 
     def __post_init__(self) -> None:
         DistillConfig(self.distill_alpha, self.distill_temperature)  # checks both
-        DeepCompressionConfig(bias_bits=self.bias_bits, mask_coding=self.mask_coding)  # checks both
+        DeepCompressionConfig(bias_bits=self.bias_bits, mask_coding=self.mask_coding,
+                              header_coding=self.header_coding)  # checks them
         given = [v is not None for v in (self.target_bytes, self.target_ratio, self.max_accuracy_drop)]
         if sum(given) != 1:
             raise UserError("give exactly one budget: target_bytes, target_ratio or max_accuracy_drop")
@@ -188,19 +195,20 @@ def _other_chains(model: nn.Module, bias_bits: int | None) -> dict[str, list]:
     return bias_chains(rounded, bias_bits)
 
 
-def fixed_bytes(model: nn.Module, model_desc: dict, meta: dict | None = None, bias_bits: int | None = None) -> int:
+def fixed_bytes(model: nn.Module, model_desc: dict, meta: dict | None = None, bias_bits: int | None = None,
+                coding: Coding = Coding()) -> int:
     """Bytes of the file besides the weight chains: header, description, the other tensors and chains."""
-    return plan_bytes(model_desc, _other_chains(model, bias_bits), other_tensors(model, bias_bits), meta)
+    return plan_bytes(model_desc, _other_chains(model, bias_bits), other_tensors(model, bias_bits), meta, coding)
 
 
 def exact_plan_bytes(model: nn.Module, choice: dict[str, Candidate], model_desc: dict, meta: dict | None = None,
-                     bias_bits: int | None = None, mask_coding: str = "relative") -> int:
+                     bias_bits: int | None = None, coding: Coding = Coding()) -> int:
     """Bytes of the file the plan gives before retraining: every chosen chain serialized together."""
     layers = weight_layers(model)
     chains = {f"{name}.weight": candidate(layers[name].weight, c.density, c.bits)[1] for name, c in choice.items()}
     chains.update(_other_chains(model, bias_bits))
     in_file_order = {k: chains[k] for k in plain_state(model) if k in chains}  # the header's order, as encode_model's
-    return plan_bytes(model_desc, in_file_order, other_tensors(model, bias_bits), meta, mask_coding)
+    return plan_bytes(model_desc, in_file_order, other_tensors(model, bias_bits), meta, coding)
 
 
 def knapsack(table: dict[str, list[Candidate]], capacity: int, objective: str = "loss") -> tuple[np.ndarray, list]:
@@ -264,15 +272,15 @@ def allocate(model: nn.Module, dataset: Dataset, config: AllocationConfig, model
     measured before on the same model (`measure_table`) is reused. With `config.joint_rounds`, the
     plans of module step 8 are compared by their joint damage, and the best one's table is kept."""
     table = table if table is not None else measure_table(model, dataset, config, base)
-    fixed = fixed_bytes(model, model_desc, meta, config.bias_bits)
+    fixed = fixed_bytes(model, model_desc, meta, config.bias_bits, config.coding)
     budget = config.budget_bytes(model)
     if budget is None:
         choice = solve(table, fixed=fixed, max_accuracy_drop=config.max_accuracy_drop)
         return Allocation(choice, fixed, None, table,
-                          exact_plan_bytes(model, choice, model_desc, meta, config.bias_bits, config.mask_coding))
+                          exact_plan_bytes(model, choice, model_desc, meta, config.bias_bits, config.coding))
     target = int(budget * (1 - config.margin))
     exact_bytes = lambda choice: exact_plan_bytes(model, choice, model_desc, meta, config.bias_bits,  # noqa: E731
-                                                  config.mask_coding)
+                                                  config.coding)
     plans = [(table, *_solve_exactly(table, fixed, target, exact_bytes))]
     if config.joint_rounds:
         context = PlanContext(model, sensitivity_batches(dataset, config))
@@ -326,10 +334,11 @@ def compress_to_budget(model: nn.Module, arch: str, dataset: Dataset, base: Trai
     prune_and_retrain(model, method, dataset, base, schedule=config.schedule, rounds=config.rounds,
                       finetune_epochs=config.finetune_epochs, lr_factor=config.lr_factor, fit_kwargs=fit_kwargs)
     pruned_accuracy = evaluate(model, dataset.test_loader())["accuracy"]
-    bits, densities, probes = fit_by_probing(model, arch, dataset, allocation, seed, config.bias_bits, config.mask_coding,
+    bits, densities, probes = fit_by_probing(model, arch, dataset, allocation, seed, config.bias_bits, config.coding,
                                               slack=min(PROBE_SLACK, config.margin))
     dc = DeepCompressionConfig(codebook_epochs=config.codebook_epochs, codebook_lr=config.codebook_lr,
-                               bias_bits=config.bias_bits, mask_coding=config.mask_coding)
+                               bias_bits=config.bias_bits, mask_coding=config.mask_coding,
+                               header_coding=config.header_coding)
     tries = []
     while True:
         decoded, result = share_and_encode(copy.deepcopy(model), arch, dataset, replace(dc, bits=bits), seed=seed,

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..analysis.metrics import weight_layers
 from ..encode.cost import LayerCosts, candidate
+from ..encode.layout import Coding
 from ..parametrize import detach
 from ..prune.mask import Mask, attach_mask
 from ..train import TrainConfig, evaluate, fit
@@ -47,17 +48,17 @@ Retrain = Callable[[nn.Module, str, torch.Tensor], None]
 
 
 def candidate_table(model: nn.Module, batches, densities, bits,
-                    retrain: Retrain | None = None, mask_coding: str = "relative") -> dict[str, list[Candidate]]:
+                    retrain: Retrain | None = None, coding: Coding = Coding()) -> dict[str, list[Candidate]]:
     """Every layer's candidates with exact bytes and measured damage (one layer at a time; the model
     is restored after each). With `retrain(model, layer name, keep mask)`, each (layer, density) is
     pruned and retrained on a copy first and the bits are applied to the retrained weights (module
-    docstring, step 6); the bytes stay those of the dense weights' candidates, masks coded as
-    `mask_coding` says (`encode/cost.py`)."""
+    docstring, step 6); the bytes stay those of the dense weights' candidates, stored as `coding`
+    says (`encode/cost.py`)."""
     model = copy.deepcopy(model).eval()
     base = evaluate(model, batches)
     table: dict[str, list[Candidate]] = {}
     for name, layer in weight_layers(model).items():
-        costs = LayerCosts(f"{name}.weight", layer.weight.detach().clone(), mask_coding)
+        costs = LayerCosts(f"{name}.weight", layer.weight.detach().clone(), coding)
         table[name] = [row for density in densities
                        for row in _density_rows(model, name, costs, density, bits, batches, base, retrain)]
     return table
@@ -123,7 +124,7 @@ def measure_table(model: nn.Module, dataset: Dataset, config: AllocationConfig,
     if config.sensitivity_retrain_images:
         retrain = short_retrain(dataset, config, base)
     return candidate_table(model, sensitivity_batches(dataset, config), config.densities,
-                           config.bits, retrain, config.mask_coding)
+                           config.bits, retrain, config.coding)
 
 
 

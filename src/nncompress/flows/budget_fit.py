@@ -22,6 +22,7 @@ from ..config import Context, run_method
 from ..prune.unstructured import MagnitudePrune
 from ..validate import UserError
 from ..zoo import Dataset
+from ..encode.layout import Coding
 from .deep_compression import probe_file_bytes
 from .prune import calibration_batches
 
@@ -85,7 +86,7 @@ def check_tries(tries: int, file_bytes: int, budget: int, limit: int = MAX_TRIES
 
 
 def fit_by_probing(model: nn.Module, arch: str, dataset: Dataset, allocation: Allocation, seed: int,
-                    bias_bits: int | None = None, mask_coding: str = "relative",
+                    bias_bits: int | None = None, coding: Coding = Coding(),
                     slack: float = PROBE_SLACK) -> tuple[dict[str, int], dict[str, float], list[dict]]:
     """The allocation's bits and densities, stepped down (`step_down`) until the probe of the file
     (`probe_file_bytes`: sharing without the codebook fine-tuning) fits the budget with `slack` (a
@@ -94,7 +95,7 @@ def fit_by_probing(model: nn.Module, arch: str, dataset: Dataset, allocation: Al
     if allocation.budget is None:
         return bits, densities, probes
     while True:
-        size = probe_file_bytes(model, arch, dataset, bits, seed, bias_bits, mask_coding)
+        size = probe_file_bytes(model, arch, dataset, bits, seed, bias_bits, coding)
         probes.append({"bits": dict(bits), "densities": dict(densities), "probe_bytes": size})
         target = allocation.budget * (1 - slack)
         if size <= target:

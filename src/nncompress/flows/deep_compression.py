@@ -21,7 +21,8 @@ from ..analysis.metrics import count_params
 from ..api import apply_
 from ..config import Method
 from ..encode.codecs import MASK_CODINGS, relative_symbols
-from ..encode.container import OVERHEAD, NncModel, StoredLayer, read_nnc, serialize, write_nnc
+from ..encode.container import OVERHEAD, Coding, NncModel, StoredLayer, read_nnc, serialize, write_nnc
+from ..encode.layout import HEADER_CODINGS
 from ..encode.deep_compression import quantize_biases_, round_biases_fp16_, round_codebooks_fp16_
 from ..encode.huffman import entropy_bits
 from ..encode.model import decode_model, encode_model
@@ -41,7 +42,8 @@ class DeepCompressionConfig:
     (a name, "re:<regex>", "type:<Class>"), codebook fine-tuning; `bias_bits`: biases stored as
     integer codes of that many bits (None: float16); `mask_coding`: "relative" (Deep Compression's
     relative indices, the paper's scheme) or "context" (also the context codec, where smaller:
-    `encode/context_mask.py`, format 3.2)."""
+    `encode/context_mask.py`, format 3.2); `header_coding`: "zlib" (3.0) or "compact" (3.3: the
+    header compressed from the format's preset dictionary, `encode/header_dictionary.py`)."""
 
     prune: Method | None = None
     schedule: str = "iterative"
@@ -53,11 +55,17 @@ class DeepCompressionConfig:
     codebook_lr: float = 1e-3
     bias_bits: int | None = None
     mask_coding: str = "relative"
+    header_coding: str = "zlib"
 
     def __post_init__(self) -> None:
         if self.bias_bits is not None:
             check_int_range("bias_bits", self.bias_bits, 2, 16)
         check_choice("mask_coding", self.mask_coding, MASK_CODINGS)
+        check_choice("header_coding", self.header_coding, HEADER_CODINGS)
+
+    @property
+    def coding(self) -> Coding:
+        return Coding(self.mask_coding, self.header_coding)
 
 
 def layer_bits(bits: dict[str, int]) -> dict[str, int]:
@@ -134,7 +142,7 @@ def fine_tune_codebooks(model: nn.Module, dataset: Dataset, config: DeepCompress
 
 
 def _encoded(model: nn.Module, arch: str, dataset: Dataset, bits: dict[str, int], seed: int,
-             bias_bits: int | None = None, mask_coding: str = "relative") -> NncModel:
+             bias_bits: int | None = None, coding: Coding = Coding()) -> NncModel:
     """The container of a shared (k-means) model: biases and codebooks rounded to float16 first,
     biases then quantized to `bias_bits` if given."""
     round_biases_fp16_(model)
@@ -143,11 +151,11 @@ def _encoded(model: nn.Module, arch: str, dataset: Dataset, bits: dict[str, int]
         quantize_biases_(model, bias_bits)
     meta = {"dataset": dataset.name, "bits": dict(bits), "seed": seed, **({"bias_bits": bias_bits} if bias_bits else {})}
     return encode_model(model, {"arch": arch, "in_shape": list(dataset.in_shape), "num_classes": dataset.num_classes},
-                        meta, mask_coding)
+                        meta, coding)
 
 
 def probe_file_bytes(model: nn.Module, arch: str, dataset: Dataset, bits: dict[str, int], seed: int = 0,
-                     bias_bits: int | None = None, mask_coding: str = "relative") -> int:
+                     bias_bits: int | None = None, coding: Coding = Coding()) -> int:
     """Bytes of the file `share_and_encode` would write with `bits`, without its codebook fine-tuning
     (on a copy; seconds instead of epochs). The fine-tuning keeps the cluster indices and the masks,
     so the position and index streams code exactly the same; it moves the centroids, biases (and
@@ -155,7 +163,7 @@ def probe_file_bytes(model: nn.Module, arch: str, dataset: Dataset, bits: dict[s
     by a few bytes (tests/test_allocate.py measures it)."""
     probe = copy.deepcopy(model)
     apply_(probe, KMeansQuant(layer_bits=layer_bits(bits)))
-    return len(serialize(_encoded(probe, arch, dataset, bits, seed, bias_bits, mask_coding)))
+    return len(serialize(_encoded(probe, arch, dataset, bits, seed, bias_bits, coding)))
 
 
 def share_and_encode(model: nn.Module, arch: str, dataset: Dataset, config: DeepCompressionConfig, *, seed: int = 0,
@@ -168,7 +176,7 @@ def share_and_encode(model: nn.Module, arch: str, dataset: Dataset, config: Deep
     result: dict = {"bits": dict(config.bits), "clustered_accuracy": accuracy(model)}
     fine_tune_codebooks(model, dataset, config, seed, fit_kwargs)
     model.eval()
-    nnc = _encoded(model, arch, dataset, config.bits, seed, config.bias_bits, config.mask_coding)
+    nnc = _encoded(model, arch, dataset, config.bits, seed, config.bias_bits, config.coding)
     result["simulated_accuracy"] = accuracy(model)
     path = Path(out) if out else Path(tempfile.mkdtemp()) / f"{arch}.nnc"
     result["file_bytes"] = write_nnc(path, nnc)

@@ -164,12 +164,14 @@ class ConvertStage(Stage):
 class EncodeStage(Stage):
     """Write the model as a .nnc file (Deep Compression: float16 biases and codebooks, Huffman codes),
     decode the file and go on with the decoded model (checked equal to the encoded one).
-    `mask_coding: context` lets keep masks use the context codec where smaller (.nnc 3.2)."""
+    `mask_coding: context` lets keep masks use the context codec where smaller (.nnc 3.2);
+    `header_coding: compact` compresses the header from the format's preset dictionary (.nnc 3.3)."""
 
     kind: ClassVar[str] = "encode"
     format: Literal["nnc"] = "nnc"
     file: str | None = Field(None, min_length=1, max_length=4096)
     mask_coding: Literal["relative", "context"] = "relative"
+    header_coding: Literal["zlib", "compact"] = "zlib"
 
 
 class ExportStage(Stage):

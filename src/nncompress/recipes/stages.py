@@ -20,7 +20,7 @@ from torch import nn
 from ..analysis.metrics import weight_densities, weight_layers
 from ..api import apply_, count_nonzero_weights, training_config
 from ..config import Method
-from ..encode.container import read_nnc, write_nnc
+from ..encode.container import Coding, read_nnc, write_nnc
 from ..encode.deep_compression import round_biases_fp16_, round_codebooks_fp16_
 from ..encode.model import decode_model, encode_model
 from ..flows.control import TrainingPhase, pretrain_phase, pruning_phases, same_budget_control
@@ -132,7 +132,7 @@ def run_encode(stage: EncodeStage, run: Run) -> dict:
     path = Path(stage.file) if stage.file else run.out / f"{run.name}.nnc"
     desc = {"arch": run.arch, "in_shape": list(run.dataset.in_shape), "num_classes": run.dataset.num_classes}
     nnc = encode_model(run.model, desc, {"dataset": run.dataset.name, "recipe": run.name, "seed": run.seed},
-                       stage.mask_coding)
+                       Coding(stage.mask_coding, stage.header_coding))
     file_bytes = write_nnc(path, nnc)
     stored = read_nnc(path)
     decoded = decode_model(stored).eval()

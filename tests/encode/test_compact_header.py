@@ -1,0 +1,113 @@
+"""The compact header (.nnc 3.3, docs/format.md "Compact header"): a zlib stream from the format's
+preset dictionary and a section table of lengths under one CRC-32. Exact round trips, the bytes it
+saves on a LeNet-5 file, the dictionary's identity, byte shares that add up, and the checks a
+damaged or hostile file meets."""
+import json
+import struct
+import zlib
+
+import pytest
+import torch
+
+from nncompress.api import apply_
+from nncompress.encode import header_dictionary
+from nncompress.encode.container import Coding, NncModel, parse, serialize
+from nncompress.encode.layout import NncFormatError
+from nncompress.encode.model import decode_model, encode_model
+from nncompress.prune.unstructured import MagnitudePrune
+from nncompress.quant.kmeans import KMeansQuant
+from nncompress.zoo import build_model
+
+#: the dictionary's Adler-32, as docs/format.md states it (a changed dictionary is a new format)
+SPEC_ADLER32 = 0x3E7A3B22
+
+
+def lenet5_file(coding: Coding) -> tuple[torch.nn.Module, bytes]:
+    torch.manual_seed(0)
+    model = build_model("lenet5", (1, 28, 28), 10)
+    apply_(model, MagnitudePrune(sparsity=0.98, layer_sparsity={"conv1": 0.3, "fc2": 0.6}))
+    apply_(model, KMeansQuant(bits=2, layer_bits={"conv1": 4}))
+    desc = {"arch": "lenet5", "in_shape": [1, 28, 28], "num_classes": 10}
+    return model, serialize(encode_model(model, desc, {"dataset": "mnist-10k", "seed": 0}, coding))
+
+
+def split(data: bytes) -> tuple[int, int, dict, bytes]:
+    """(major, minor, header object, data area) of a 3.x file."""
+    _, major, minor, length, _ = struct.unpack_from("<4sHHII", data)
+    inflater = zlib.decompressobj(zdict=header_dictionary.DICTIONARY)
+    return major, minor, json.loads(inflater.decompress(data[16:16 + length])), data[16 + length:]
+
+
+def rebuilt(header: dict, area: bytes, minor: int = 3, dictionary: bytes | None = header_dictionary.DICTIONARY) -> bytes:
+    compressor = zlib.compressobj(9, zdict=dictionary) if dictionary else zlib.compressobj(9)
+    raw = compressor.compress(json.dumps(header).encode()) + compressor.flush()
+    return struct.pack("<4sHHII", b"NNC\x01", 3, minor, len(raw), zlib.crc32(raw)) + raw + area
+
+
+def test_the_dictionary_is_the_spec_s_and_is_made_again_exactly():
+    assert header_dictionary.DICTIONARY_ADLER32 == SPEC_ADLER32 == zlib.adler32(header_dictionary.DICTIONARY)
+    assert header_dictionary.build_dictionary() == header_dictionary.DICTIONARY
+
+
+@pytest.mark.parametrize("masks", ["relative", "context"])
+def test_compact_files_decode_bit_for_bit_and_are_smaller(masks):
+    model, plain = lenet5_file(Coding(masks))
+    _, compact = lenet5_file(Coding(masks, "compact"))
+    header_bytes = lambda data: struct.unpack_from("<I", data, 8)[0]  # noqa: E731
+    assert len(plain) - len(compact) == header_bytes(plain) - header_bytes(compact) >= 400
+    assert header_bytes(compact) < 0.55 * header_bytes(plain)  # here 845 -> 416 B with relative masks
+    _, _, plain_header, plain_area = split(plain)
+    major, minor, header, area = split(compact)
+    assert (major, minor) == (3, 3) and area == plain_area  # the same sections, in the same order
+    assert header["sections"] == [s["length"] for s in plain_header["sections"]] and header["crc32"] == zlib.crc32(area)
+    decoded = decode_model(parse(compact)).state_dict()
+    assert all(torch.equal(decoded[k], v) for k, v in decode_model(parse(plain)).state_dict().items())
+    x = torch.randn(8, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(decode_model(parse(compact))(x), model.eval()(x))
+
+
+def test_byte_shares_add_up_to_the_file():
+    _, data = lenet5_file(Coding("context", "compact"))
+    sizes = parse(data).sizes
+    assert sum(sizes.values()) == len(data) and all(v > 0 for v in sizes.values())
+
+
+def test_the_default_writer_is_unchanged():
+    """Without the option a file is 3.0 with the 3.0 section table (every recorded figure holds)."""
+    _, data = lenet5_file(Coding())
+    major, minor, header, _ = split(data)
+    assert (major, minor) == (3, 0) and all(set(s) == {"offset", "length", "crc32"} for s in header["sections"])
+    assert zlib.decompress(data[16:16 + struct.unpack_from("<I", data, 8)[0]])  # no dictionary needed
+
+
+def test_an_empty_model_round_trips():
+    data = serialize(NncModel({"arch": "x"}, coding=Coding(header="compact")))
+    assert parse(data).chains == {} and split(data)[2]["sections"] == []
+
+
+def test_damage_and_hostile_tables_are_refused():
+    _, data = lenet5_file(Coding(header="compact"))
+    _, _, header, area = split(data)
+    with pytest.raises(NncFormatError, match="data area checksum mismatch"):
+        parse(data[:-1] + bytes([data[-1] ^ 1]))
+    with pytest.raises(NncFormatError, match="add up to .* the data area holds"):
+        parse(rebuilt(header, area[:-1]))
+    with pytest.raises(NncFormatError, match="data area crc32"):
+        parse(rebuilt({k: v for k, v in header.items() if k != "crc32"}, area))
+    mixed = {**header, "sections": [header["sections"][0], {"offset": 0, "length": 1, "crc32": 0}]}
+    with pytest.raises(NncFormatError, match="malformed section entry"):
+        parse(rebuilt(mixed, area))
+    huge = {**header, "sections": [len(area) + 1, -1]}
+    with pytest.raises(NncFormatError, match="section 0 length"):
+        parse(rebuilt(huge, area))
+    with pytest.raises(NncFormatError, match="does not decompress"):  # another dictionary
+        parse(rebuilt(header, area, dictionary=b"some other dictionary"))
+
+
+def test_a_reader_without_the_dictionary_refuses_the_header():
+    """A 3.0-3.2 reader inflates without a dictionary: zlib stops at the stream's DICTID (a clean
+    refusal, never a misread)."""
+    _, data = lenet5_file(Coding(header="compact"))
+    with pytest.raises(zlib.error):
+        zlib.decompress(data[16:16 + struct.unpack_from("<I", data, 8)[0]])
