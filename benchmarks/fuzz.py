@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import os
 import random
@@ -116,34 +117,52 @@ def mutate_json(obj, rng: random.Random):
 # --- .nnc ---------------------------------------------------------------------------------------
 
 def nnc_split(data: bytes):
+    """(major, header, sections' bytes, compact) of a .nnc file (3.3 compact headers too)."""
+    from nncompress.encode.header_dictionary import DICTIONARY
+
     header_len = struct.unpack_from("<I", data, 8)[0]
     major = struct.unpack_from("<H", data, 4)[0]
     raw = data[16 : 16 + header_len]
-    text = zlib.decompress(raw) if major >= 2 else raw
+    text = zlib.decompressobj(zdict=DICTIONARY).decompress(raw) if major >= 2 else raw
     header = json.loads(text)
     start = 16 + header_len
-    blobs = [data[start + s["offset"] : start + s["offset"] + s["length"]] for s in header["sections"]]
-    return major, header, blobs
+    compact = bool(header["sections"]) and all(isinstance(s, int) for s in header["sections"])
+    spans = (itertools.pairwise([0, *itertools.accumulate(header["sections"])]) if compact
+             else ((s["offset"], s["offset"] + s["length"]) for s in header["sections"]))
+    return major, header, [data[start + a : start + b] for a, b in spans], compact
 
 
-def nnc_assemble(major: int, header_text: bytes, blobs: list[bytes]) -> bytes:
-    raw = zlib.compress(header_text) if major >= 2 else header_text
-    return struct.pack("<4sHHII", b"NNC\x01", major, 0, len(raw), zlib.crc32(raw)) + raw + b"".join(blobs)
+def nnc_assemble(major: int, header_text: bytes, blobs: list[bytes], compact: bool = False) -> bytes:
+    """A file from its parts; a compact header is compressed from the format's dictionary (3.3)."""
+    from nncompress.encode.header_dictionary import DICTIONARY
+
+    if compact:
+        compressor = zlib.compressobj(9, zdict=DICTIONARY)
+        raw = compressor.compress(header_text) + compressor.flush()
+    else:
+        raw = zlib.compress(header_text) if major >= 2 else header_text
+    minor = 3 if compact else 0
+    return struct.pack("<4sHHII", b"NNC\x01", major, minor, len(raw), zlib.crc32(raw)) + raw + b"".join(blobs)
 
 
 def fix_sections(header: dict, blobs: list[bytes]) -> None:
+    """Make the section table (either form) and its CRCs match `blobs` again."""
     offset = 0
-    for section, blob in zip(header.get("sections", []), blobs):
+    for i, (section, blob) in enumerate(zip(header.get("sections", []), blobs)):
         if isinstance(section, dict):
             section.update(offset=offset, length=len(blob), crc32=zlib.crc32(blob))
+        elif isinstance(section, int) and not isinstance(section, bool):
+            header["sections"][i] = len(blob)
         offset += len(blob)
+    if "crc32" in header:
+        header["crc32"] = zlib.crc32(b"".join(blobs))
 
 
 def mutate_nnc(seed: bytes, rng: random.Random) -> bytes:
     if rng.random() < 0.2:
         return mutate_bytes(seed, rng)  # raw: mostly caught by CRCs and bounds
     try:
-        major, header, blobs = nnc_split(seed)
+        major, header, blobs, compact = nnc_split(seed)
     except (ValueError, KeyError, TypeError, IndexError, zlib.error, struct.error, RecursionError):
         return mutate_bytes(seed, rng)  # a corpus entry that is no longer well formed
     blobs = list(blobs)
@@ -157,14 +176,14 @@ def mutate_nnc(seed: bytes, rng: random.Random) -> bytes:
     text = json.dumps(header).encode()
     if rng.random() < 0.25:
         text = mutate_bytes(text, rng)
-    return nnc_assemble(major, text, blobs)
+    return nnc_assemble(major, text, blobs, compact)
 
 
 def nnc_seeds() -> list[bytes]:
     import torch
 
     import nncompress as nc
-    from nncompress.encode.container import serialize
+    from nncompress.encode.container import Coding, serialize
     from nncompress.encode.model import encode_model
     from nncompress.zoo import build_model
 
@@ -175,7 +194,9 @@ def nnc_seeds() -> list[bytes]:
     golden = REPO / "tests" / "encode" / "golden"
     quant = build_model("lenet300", (1, 4, 4), 10).eval()
     nc.quantize_(quant, nc.LinearQuant(weight_bits=4, act_bits=None, granularity="group", group_size=8))
-    return [serialize(encode_model(model, {"arch": "lenet300", "in_shape": [1, 8, 8], "num_classes": 10})),
+    desc = {"arch": "lenet300", "in_shape": [1, 8, 8], "num_classes": 10}
+    return [serialize(encode_model(model, desc)),
+            serialize(encode_model(model, desc, coding=Coding("context", "compact"))),
             serialize(encode_model(quant, {"arch": "lenet300", "in_shape": [1, 4, 4], "num_classes": 10})),
             *(p.read_bytes() for p in sorted(golden.glob("*.nnc")))]
 
