@@ -42,7 +42,7 @@ from common import MNIST_DIR, RESULTS, header, table, write_results
 from honest import CACHE as HONEST_CACHE
 from honest import budget_tag, settings, train_dense
 from nncompress.analysis.metrics import count_params
-from nncompress.encode.container import read_nnc, write_nnc
+from nncompress.encode.container import Coding, read_nnc, write_nnc
 from nncompress.encode.model import decode_model
 from nncompress.flows.allocate import AllocationConfig, compress_to_budget, compression_phases
 from nncompress.flows.allocation_table import measure_table
@@ -93,6 +93,8 @@ def variant_tag(variant: dict) -> str:
         tag += f"-j{variant['joint_rounds']}"
     if variant.get("mask_coding", "relative") != "relative":
         tag += f"-m{variant['mask_coding']}"
+    if variant.get("header_coding", "zlib") != "zlib":
+        tag += f"-h{variant['header_coding']}"
     return tag
 
 
@@ -111,7 +113,8 @@ def retraining_differs(variant: dict) -> bool:
     applied after all training (the model that is written goes through exactly the hand setting's
     phases, so honest.py's control is its control)."""
     return bool(variant_tag({k: v for k, v in variant.items()
-                             if k not in ("sensitivity_retrain_images", "bias_bits", "mask_coding", "joint_rounds")}))
+                             if k not in ("sensitivity_retrain_images", "bias_bits", "mask_coding", "header_coding",
+                                          "joint_rounds")}))
 
 
 def nnc_path(cache: Path, label: str) -> Path:
@@ -178,13 +181,16 @@ def cached_seed(arch: str, val, test, seed: int, threads: int, budget: dict, gri
     return result
 
 
-def recode_seed(arch: str, val, test, seed: int, threads: int, budget: dict, variant: dict) -> dict:
+def recode_seed(arch: str, val, test, seed: int, threads: int, budget: dict, variant: dict,
+                header_coding: str = "zlib") -> dict:
     """A cached seed's written files with their keep masks re-encoded by the context codec (the same
-    chains; a lossless change of codec, `mask_coding="context"`), cached under the variant's tag +
-    '-recoded'. Each re-encoded file is decoded and evaluated again: its tensors equal the original
-    file's and its val / test accuracy is the cached one (checked)."""
+    chains; a lossless change of codec, `mask_coding="context"`) and, with `header_coding="compact"`,
+    the 3.3 header, cached under the variant's tag + '-recoded' (+ '-hcompact'). Each re-encoded file
+    is decoded and evaluated again: its tensors equal the original file's and its val / test accuracy
+    is the cached one (checked)."""
     source = seed_cache(arch, seed, threads, budget, variant)
-    target = source.with_name(f"{source.stem}-recoded.json")
+    suffix = "-recoded" + ("" if header_coding == "zlib" else f"-h{header_coding}")
+    target = source.with_name(f"{source.stem}{suffix}.json")
     if target.is_file():
         return json.loads(target.read_text())
     data, rows = json.loads(source.read_text()), {}
@@ -196,7 +202,7 @@ def recode_seed(arch: str, val, test, seed: int, threads: int, budget: dict, var
         if nnc_path(source, label).stat().st_size != row["file_bytes"]:
             raise SystemExit(f"{nnc_path(source, label)} is not the file of {source.name} {label!r}")
         before = decode_model(original).state_dict()
-        original.mask_coding = "context"
+        original.coding = Coding("context", header_coding)
         size = write_nnc(nnc_path(target, label), original)
         decoded = decode_model(read_nnc(nnc_path(target, label)))
         assert all(torch.equal(before[k], v) for k, v in decoded.state_dict().items()), label
@@ -205,7 +211,7 @@ def recode_seed(arch: str, val, test, seed: int, threads: int, budget: dict, var
         rows[label] = {**row, "file_bytes": size, "compression": row["compression"] * row["file_bytes"] / size,
                        "recoded_from_bytes": row["file_bytes"]}
         print(arch, seed, label, row["file_bytes"], "->", size, flush=True)
-    result = {**data, "rows": rows, "variant": {**data["variant"], "_recoded": "context"}}
+    result = {**data, "rows": rows, "variant": {**data["variant"], "_recoded": suffix.removeprefix("-recoded-") or "context"}}
     target.write_text(json.dumps(result, indent=1))
     return result
 
@@ -328,9 +334,9 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["lenet300", "lenet5"])
     parser.add_argument("--no-report", action="store_true", help="only fill the per-seed cache")
     parser.add_argument("--report-only", action="store_true", help="only assemble the cached seeds")
-    parser.add_argument("--pretrain-epochs", type=int, help="reduced budget (as honest.py)")
-    parser.add_argument("--finetune-epochs", type=int, help="reduced budget (as honest.py)")
-    parser.add_argument("--codebook-epochs", type=int, help="reduced budget (as honest.py)")
+    parser.add_argument("--pretrain-epochs", type=int, help="overridden budget (as honest.py; cached under its tag, e.g. -f12)")
+    parser.add_argument("--finetune-epochs", type=int, help="overridden budget (as honest.py; cached under its tag, e.g. -f12)")
+    parser.add_argument("--codebook-epochs", type=int, help="overridden budget (as honest.py; cached under its tag, e.g. -f12)")
     parser.add_argument("--sensitivity-images", type=int, default=1024)
     parser.add_argument("--bits", type=int, nargs="+", help="candidate bits (default 1..8)")
     parser.add_argument("--distill-alpha", type=float, help="auto rows: knowledge distillation from the dense model "
@@ -345,6 +351,9 @@ def main() -> None:
     parser.add_argument("--mask-coding", choices=("relative", "context"), help="auto rows: keep masks may use the "
                         "context codec (flows/allocate.py mask_coding; a storage choice, so the control is the hand "
                         "setting's)")
+    parser.add_argument("--header-coding", choices=("zlib", "compact"), help="auto rows: the .nnc 3.3 compact header "
+                        "(flows/allocate.py header_coding; a storage choice, so the control is the hand setting's); "
+                        "with --recode: re-encode the files with it too")
     parser.add_argument("--joint-rounds", type=int, help="auto rows: flows/allocate.py step 8 (re-measure in the "
                         "plan's context, keep the plan of least joint damage); planning only, so the control is the "
                         "hand setting's")
@@ -358,7 +367,7 @@ def main() -> None:
     parser.add_argument("--variant-of", nargs="*", default=[], help="report: per model, the variant tags "
                         "(comma-separated) of its auto rows' caches (see variant_tag), e.g. "
                         "lenet300=frontier-kd0.5T4,b2345678-sr2048 lenet5=b234568-frontier")
-    parser.add_argument("--reduced", nargs="*", default=[], help="report: models whose runs used the reduced budget")
+    parser.add_argument("--reduced", nargs="*", default=[], help="report: models whose runs used the overridden budget (--pretrain-epochs / --finetune-epochs / --codebook-epochs)")
     parser.add_argument("--note", default="", help="a sentence under the header (reduced budgets, what is missing)")
     parser.add_argument("--seeds-of", nargs="*", default=[], help="report: seeds per model, e.g. lenet5=1")
     args = parser.parse_args()
@@ -374,6 +383,7 @@ def main() -> None:
                                  "sensitivity_retrain_images": args.sensitivity_retrain_images,
                                  "bias_bits": args.bias_bits,
                                  "mask_coding": args.mask_coding,
+                                 "header_coding": None if args.recode else args.header_coding,
                                  "joint_rounds": args.joint_rounds,
                                  "_bits": tuple(args.bits) if args.bits else None,
                                  "_density_ratio": args.density_ratio,
@@ -390,7 +400,7 @@ def main() -> None:
             runs = report_runs(load, args.variant_of.get(arch, []), args.seeds_of.get(arch, args.seeds),
                                lambda s: (CACHE / f"{arch}-seed{s}-threads{args.threads}{tag}.json").is_file())
         elif args.recode:
-            runs = [recode_seed(arch, val, test, seed, args.threads, budget, variant)
+            runs = [recode_seed(arch, val, test, seed, args.threads, budget, variant, args.header_coding or "zlib")
                     for seed in range(args.start_seed, args.seeds)]
         else:
             runs = [cached_seed(arch, val, test, seed, args.threads, budget, grid, variant)

@@ -190,9 +190,8 @@ def main() -> None:
         print(arch, "budget steps", runs[0]["budget_steps"], flush=True)
     text = header(f"Honest baselines: compression vs the same-budget dense control, mean over {args.seeds} seeds") + "\n"
     if budget_tag(budget):
-        text += (f"**Reduced budget** (the shared 2-core machine, loaded by other jobs, could not fit the recipe's "
-                 f"epochs in the time available): epochs overridden {budget} (None = the recipe's); the settings "
-                 "text below names the recipe's epochs, read them with these overrides.\n\n")
+        text += (f"**Budget overridden**: epochs {budget} (None = the recipe's); the settings text below names the "
+                 "recipe's epochs, read them with these overrides.\n\n")
     if args.note:
         text += f"**Note:** {args.note}\n\n"
     text += ("Training: mnist-10k's first 7,000 images; **val** = the last 1,000 of the 8,000 training images "

@@ -29,7 +29,7 @@ def _synthetic_headers() -> list[dict]:
     import torch
     from torch import nn
 
-    from ..api import apply_
+    from ..config import Context, run_method
     from ..prune.unstructured import MagnitudePrune
     from ..quant.kmeans import KMeansQuant
     from ..quant.ptq import LinearQuant
@@ -39,13 +39,13 @@ def _synthetic_headers() -> list[dict]:
 
     torch.manual_seed(0)
     ptq = nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 4 * 4, 7))
-    apply_(ptq, LinearQuant(weight_bits=8, act_bits=None, granularity="channel"))
+    run_method(ptq, LinearQuant(weight_bits=8, act_bits=None, granularity="channel"), Context())
     cnn = nn.Sequential(nn.Conv2d(2, 12, 3), nn.BatchNorm2d(12), nn.ReLU(), nn.Flatten(), nn.Linear(12 * 6 * 6, 24),
                         nn.ReLU(), nn.Linear(24, 7))
     mlp = nn.Sequential(nn.Linear(96, 48), nn.ReLU(), nn.Linear(48, 24), nn.ReLU(), nn.Linear(24, 7))
     for model, bias_bits in ((cnn, 8), (mlp, None)):
-        apply_(model, MagnitudePrune(sparsity=0.9))
-        apply_(model, KMeansQuant(bits=3))
+        run_method(model, MagnitudePrune(sparsity=0.9), Context())
+        run_method(model, KMeansQuant(bits=3), Context())
         round_biases_fp16_(model)
         round_codebooks_fp16_(model)
         if bias_bits:
