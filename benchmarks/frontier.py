@@ -211,7 +211,8 @@ def recode_seed(arch: str, val, test, seed: int, threads: int, budget: dict, var
         rows[label] = {**row, "file_bytes": size, "compression": row["compression"] * row["file_bytes"] / size,
                        "recoded_from_bytes": row["file_bytes"]}
         print(arch, seed, label, row["file_bytes"], "->", size, flush=True)
-    result = {**data, "rows": rows, "variant": {**data["variant"], "_recoded": suffix.removeprefix("-recoded-") or "context"}}
+    recoded = "context" + ("" if header_coding == "zlib" else f"+{header_coding}")
+    result = {**data, "rows": rows, "variant": {**data["variant"], "_recoded": recoded}}
     target.write_text(json.dumps(result, indent=1))
     return result
 

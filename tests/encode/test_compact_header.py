@@ -67,10 +67,19 @@ def test_compact_files_decode_bit_for_bit_and_are_smaller(masks):
         assert torch.equal(decode_model(parse(compact))(x), model.eval()(x))
 
 
-def test_byte_shares_add_up_to_the_file():
+def test_byte_shares_are_each_tensor_s_sections_plus_a_share_of_the_header():
+    """Each tensor's share is its sections' bytes (the same as in the 3.0 file) plus a part of the
+    header; the parts are smaller than with the 3.0 header, and the shares add up to the file."""
+    _, plain = lenet5_file(Coding("context"))
     _, data = lenet5_file(Coding("context", "compact"))
-    sizes = parse(data).sizes
-    assert sum(sizes.values()) == len(data) and all(v > 0 for v in sizes.values())
+    compact_shares, plain_shares = parse(data).sizes, parse(plain).sizes
+    _, _, header, _ = split(data)
+    for entry in header["tensors"]:
+        arrays = [entry["value"]] if "value" in entry else [a for s in entry["chain"] for a in s["tensors"].values()]
+        sections = sum(header["sections"][a["section"]] for a in arrays)
+        name = entry["name"]
+        assert sections < compact_shares[name] < plain_shares[name], name
+    assert sum(compact_shares.values()) == len(data)
 
 
 def test_the_default_writer_is_unchanged():
@@ -89,25 +98,75 @@ def test_an_empty_model_round_trips():
 def test_damage_and_hostile_tables_are_refused():
     _, data = lenet5_file(Coding(header="compact"))
     _, _, header, area = split(data)
+    assert parse(rebuilt(header, area)).chains  # the helpers rebuild a valid file
     with pytest.raises(NncFormatError, match="data area checksum mismatch"):
         parse(data[:-1] + bytes([data[-1] ^ 1]))
     with pytest.raises(NncFormatError, match="add up to .* the data area holds"):
         parse(rebuilt(header, area[:-1]))
     with pytest.raises(NncFormatError, match="data area crc32"):
-        parse(rebuilt({k: v for k, v in header.items() if k != "crc32"}, area))
+        parse(rebuilt({**header, "crc32": "0"}, area))
     mixed = {**header, "sections": [header["sections"][0], {"offset": 0, "length": 1, "crc32": 0}]}
-    with pytest.raises(NncFormatError, match="malformed section entry"):
+    with pytest.raises(NncFormatError, match="section 1 length .a compact table lists lengths"):
         parse(rebuilt(mixed, area))
-    huge = {**header, "sections": [len(area) + 1, -1]}
     with pytest.raises(NncFormatError, match="section 0 length"):
-        parse(rebuilt(huge, area))
+        parse(rebuilt({**header, "sections": [len(area) + 1, -1]}, area))
     with pytest.raises(NncFormatError, match="does not decompress"):  # another dictionary
         parse(rebuilt(header, area, dictionary=b"some other dictionary"))
 
 
+def test_a_compact_table_needs_3_3_and_names_itself():
+    """The top-level crc32 names the compact table: refused below 3.3 (with or without the
+    dictionary), and a table of lengths without it is refused by name, as is a 3.0 table of
+    objects next to a crc32."""
+    _, data = lenet5_file(Coding(header="compact"))
+    _, _, header, area = split(data)
+    for dictionary in (None, header_dictionary.DICTIONARY):
+        with pytest.raises(NncFormatError, match="needs format 3.3|does not decompress"):
+            parse(rebuilt(header, area, minor=2, dictionary=dictionary))
+    with pytest.raises(NncFormatError, match="section entry 0 = .* is not an object"):
+        parse(rebuilt({k: v for k, v in header.items() if k != "crc32"}, area))
+    _, plain = lenet5_file(Coding())
+    _, _, plain_header, plain_area = split(plain)
+    with pytest.raises(NncFormatError, match="section 0 length"):
+        parse(rebuilt({**plain_header, "crc32": zlib.crc32(plain_area)}, plain_area))
+
+
+def test_a_short_header_cannot_declare_millions_of_sections():
+    """Zero-length sections compress to almost nothing: a compact table may list at most one section
+    per array the header names, so a few kB cannot make the reader build millions of slices."""
+    _, data = lenet5_file(Coding(header="compact"))
+    _, _, header, area = split(data)
+    bomb = {**header, "sections": header["sections"] + [0] * 1_000_000}
+    with pytest.raises(NncFormatError, match="1000016 sections, more than the 16 arrays the header names"):
+        parse(rebuilt(bomb, area))
+
+
+def test_two_arrays_cannot_share_a_section():
+    """Each section belongs to one array (else the byte shares would count it twice), either form."""
+    for coding in (Coding(), Coding(header="compact")):
+        _, data = lenet5_file(coding)
+        _, _, header, area = split(data)
+        entry = next(e for e in header["tensors"] if "chain" in e)
+        stage = entry["chain"][-1]["tensors"]
+        stage["codebook"]["section"] = entry["chain"][0]["tensors"]["keep"]["section"]
+        with pytest.raises(NncFormatError, match="already holds another array"):
+            compact = coding.header == "compact"
+            parse(rebuilt(header, area, minor=3 if compact else 0,
+                          dictionary=header_dictionary.DICTIONARY if compact else None))
+
+
 def test_a_reader_without_the_dictionary_refuses_the_header():
-    """A 3.0-3.2 reader inflates without a dictionary: zlib stops at the stream's DICTID (a clean
-    refusal, never a misread)."""
+    """A 3.0-3.2 reader inflates without a dictionary (as this reader does for a file that says 3.2):
+    zlib stops at the stream's DICTID, a clean refusal, never a misread."""
     _, data = lenet5_file(Coding(header="compact"))
     with pytest.raises(zlib.error):
         zlib.decompress(data[16:16 + struct.unpack_from("<I", data, 8)[0]])
+    with pytest.raises(NncFormatError, match="does not decompress"):
+        parse(data[:6] + struct.pack("<H", 2) + data[8:])
+
+
+def test_a_coding_is_checked_when_made():
+    with pytest.raises(ValueError, match="header_coding='brotli'"):
+        Coding(header="brotli")
+    with pytest.raises(TypeError, match="must be a Coding"):
+        NncModel({"arch": "x"}, coding="context")

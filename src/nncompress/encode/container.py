@@ -28,7 +28,7 @@ from ..parametrize import TRANSFORM_KINDS, Encoded
 from . import codecs
 from .codecs import DTYPE_NAMES, DTYPES
 from .header_dictionary import DICTIONARY
-from .layout import (COMPACT_MINOR, HEADER_CODINGS, MAGIC, PREAMBLE, VERSION, NncFormatError, NncModel, byte_shares, check_decoded_bytes,
+from .layout import (COMPACT_MINOR, MAGIC, PREAMBLE, VERSION, NncFormatError, NncModel, byte_shares, check_decoded_bytes,
                      check_element_count, check_natural, check_shape, compact_json, decoded_shape, fail, parse_preamble,
                      section_blobs)
 from .layout import OVERHEAD, Coding, StoredLayer  # noqa: F401  (re-exported)
@@ -93,11 +93,7 @@ def _version(entries: list[dict], header_coding: str) -> tuple[int, int]:
 def _layout(nnc: NncModel) -> tuple[dict, list[bytes]]:
     """The header object (before compression) and the sections' bytes of `nnc`."""
     blobs: list[bytes] = []
-    coding = nnc.coding
-    if coding.masks not in codecs.MASK_CODINGS:
-        raise ValueError(f"mask_coding={coding.masks!r} is not one of {codecs.MASK_CODINGS}")
-    if coding.header not in HEADER_CODINGS:
-        raise ValueError(f"header_coding={coding.header!r} is not one of {HEADER_CODINGS}")
+    coding = nnc.coding  # a Coding: its values are checked when it is made
     context = coding.masks == "context"
     entries = [{"name": name, "shape": list(decoded_shape(chain)), "chain": _stage_entries(chain, blobs, context)}
                for name, chain in nnc.chains.items()]
@@ -151,13 +147,17 @@ def write_nnc(path: str | os.PathLike, nnc: NncModel) -> int:
 
 # --- reading 3.0 ---------------------------------------------------------------------------------
 
-def _check_array(a: Any, where: str, blobs: list[bytes], stages: list[dict]) -> int:
+def _check_array(a: Any, where: str, blobs: list[bytes], stages: list[dict], used: set[int]) -> int:
     """Check one stored array's entry (dtype, shape, section, sparse reference, codec vs payload
-    length) without decoding it; returns its element count."""
+    length) without decoding it; returns its element count. `used`: the sections named so far (each
+    section belongs to one array, so the byte shares stay the file's bytes)."""
     if not isinstance(a, dict) or a.get("dtype") not in DTYPES:
         raise fail(f"{where}: dtype {a.get('dtype') if isinstance(a, dict) else a!r} is not one of {sorted(DTYPES)}")
     numel = math.prod(check_shape(a.get("shape"), where))
     section = check_natural(a.get("section"), f"{where}: section", len(blobs) - 1)
+    if section in used:
+        raise fail(f"{where}: section {section} already holds another array")
+    used.add(section)
     sparse = a.get("sparse")
     if sparse is not None:
         _check_sparse(sparse, a, where, stages)
@@ -184,7 +184,7 @@ def _check_sparse(sparse: Any, a: dict, where: str, stages: list[dict]) -> None:
 def _check_entries(header: dict, blobs: list[bytes], file_len: int) -> list[dict]:
     """Check every tensor entry before anything is allocated (MAX_ELEMENTS over the whole file and
     the decode budget `check_decoded_bytes`)."""
-    entries, total, names, decoded = header.get("tensors"), 0, set(), 0
+    entries, total, names, decoded, used = header.get("tensors"), 0, set(), 0, set()
     if not isinstance(entries, list) or not isinstance(header.get("model"), dict):
         raise fail("header lacks a model object or a tensors list")
     for entry in entries:
@@ -193,7 +193,7 @@ def _check_entries(header: dict, blobs: list[bytes], file_len: int) -> list[dict
             raise fail(f"tensor entry {str(entry)[:80]!r}: needs a new name and one of chain / value")
         names.add(name)
         if "value" in entry:
-            numel = _check_array(entry["value"], name, blobs, [])
+            numel = _check_array(entry["value"], name, blobs, [], used)
             total, decoded = total + numel, decoded + numel * codecs.itemsize(entry["value"]["dtype"])
             continue
         decoded += 4 * math.prod(check_shape(entry.get("shape"), name))  # the chain's float output
@@ -205,7 +205,8 @@ def _check_entries(header: dict, blobs: list[bytes], file_len: int) -> list[dict
                     and isinstance(stage.get("tensors"), dict)):
                 raise fail(f"{name}: stage {i} needs kind (string), meta and tensors (objects)")
             for t_name, a in stage["tensors"].items():
-                numel = _check_array(a, f"{name}: stage {i} ({stage['kind']}) tensor {t_name!r}", blobs, chain[:i])
+                numel = _check_array(a, f"{name}: stage {i} ({stage['kind']}) tensor {t_name!r}", blobs, chain[:i],
+                                     used)
                 total, decoded = total + numel, decoded + numel * codecs.itemsize(a["dtype"])
         check_element_count(total)
         check_decoded_bytes(decoded, file_len)

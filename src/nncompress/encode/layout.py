@@ -18,6 +18,7 @@ import torch
 from ..fileio import loads_bounded
 from ..parametrize import TRANSFORM_KINDS, Encoded
 from ..validate import UserError
+from .codecs import MASK_CODINGS
 from .header_dictionary import DICTIONARY
 
 MAGIC = b"NNC\x01"
@@ -46,6 +47,12 @@ class Coding:
 
     masks: str = "relative"
     header: str = "zlib"
+
+    def __post_init__(self) -> None:
+        if self.masks not in MASK_CODINGS:
+            raise ValueError(f"mask_coding={self.masks!r} is not one of {MASK_CODINGS}")
+        if self.header not in HEADER_CODINGS:
+            raise ValueError(f"header_coding={self.header!r} is not one of {HEADER_CODINGS}")
 
 
 class NncFormatError(UserError):
@@ -86,6 +93,10 @@ class NncModel:
     #: writer options (`Coding`), not stored
     coding: Coding = field(default_factory=Coding)
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.coding, Coding):
+            raise TypeError(f"coding must be a Coding (e.g. Coding('context', 'compact')), not {self.coding!r}")
+
     @property
     def layers(self) -> list[StoredLayer]:
         """The transformed tensors with their storage (after `parse`), in file order."""
@@ -120,11 +131,14 @@ def parse_preamble(data: bytes) -> tuple[dict, int]:
     raw = data[PREAMBLE.size : PREAMBLE.size + header_len]
     if zlib.crc32(raw) != header_crc:
         raise fail("header checksum mismatch (the file is corrupt)")
-    text = _inflate(raw, DICTIONARY if major >= 3 else None) if major >= 2 else raw
+    compact = (major, minor) >= (3, COMPACT_MINOR)
+    text = _inflate(raw, DICTIONARY if compact else None) if major >= 2 else raw
     header = loads_bounded(text, "not a valid .nnc file: header", NncFormatError)  # items / depth bounded
     if not isinstance(header, dict):
         raise fail("header is not a JSON object")
-    header["_data_start"] = PREAMBLE.size + header_len
+    # "_arrays": an upper bound on the arrays the header can name (each has one "section" key), which
+    # bounds a compact table's length before it is expanded
+    header.update(_data_start=PREAMBLE.size + header_len, _compact_allowed=compact, _arrays=text.count(b'"section":'))
     return header, major
 
 
@@ -147,10 +161,13 @@ def section_blobs(data: bytes, header: dict, named: bool = False) -> list[bytes]
     start, size = header["_data_start"], len(data) - header["_data_start"]
     if not isinstance(header.get("sections"), list):
         raise fail("header lacks a sections list")
-    if header["sections"] and all(isinstance(s, int) for s in header["sections"]):
+    if "crc32" in header:
         return _compact_blobs(data[start:], header)
     spans, out = [], []
     for i, s in enumerate(header["sections"]):
+        if not isinstance(s, dict):
+            raise fail(f"section entry {i} = {str(s)[:40]!r} is not an object (a table of lengths needs the compact "
+                       "header's top-level crc32)")
         try:
             name = str(s["name"]) if named else str(i)
             offset, length, crc = (check_natural(s[k], f"section {name} {k}") for k in ("offset", "length", "crc32"))
@@ -173,9 +190,15 @@ def section_blobs(data: bytes, header: dict, named: bool = False) -> list[bytes]
 
 
 def _compact_blobs(area: bytes, header: dict) -> list[bytes]:
-    """A compact (3.3) section table: the lengths of sections that follow each other from the start
-    of the data area and fill it; one CRC-32 (`crc32`) covers the whole area."""
-    lengths = [check_natural(n, f"section {i} length", len(area)) for i, n in enumerate(header["sections"])]
+    """A compact (3.3) section table, named by the header's top-level `crc32`: the lengths of
+    sections that follow each other from the start of the data area and fill it; that one CRC-32
+    covers the whole area. At most one section per array the header can name."""
+    if not header.get("_compact_allowed"):
+        raise fail("a compact section table (top-level crc32) needs format 3.3 or later")
+    if len(header["sections"]) > header["_arrays"]:
+        raise fail(f"{len(header['sections'])} sections, more than the {header['_arrays']} arrays the header names")
+    lengths = [check_natural(n, f"section {i} length (a compact table lists lengths)", len(area))
+               for i, n in enumerate(header["sections"])]
     if sum(lengths) != len(area):
         raise fail(f"the sections' lengths add up to {sum(lengths)} bytes, the data area holds {len(area)} (truncated?)")
     if zlib.crc32(area) != check_natural(header.get("crc32"), "data area crc32", 0xFFFFFFFF):
