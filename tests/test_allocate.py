@@ -311,3 +311,27 @@ def test_joint_rounds_keep_the_plan_of_least_joint_damage_within_the_budget(digi
         AllocationConfig(target_ratio=2.0, joint_rounds=11)
     with pytest.raises(UserError, match="size budgets"):
         AllocationConfig(max_accuracy_drop=0.01, joint_rounds=1)
+
+
+def test_uniform_plans_are_the_settings_every_layer_has_that_fit():
+    """Step 8's floor: only (density, bits) pairs every layer has, and only where fixed + the table's
+    bytes fit the target (TABLE: (1.0, 8) is the one pair all layers share: 100 + 1,600 bytes)."""
+    from nncompress.flows.allocate import uniform_plans
+
+    assert uniform_plans(TABLE, fixed=100, target=1_699) == []
+    plans = uniform_plans(TABLE, fixed=100, target=1_700)
+    assert [{n: (c.density, c.bits) for n, c in p.items()} for p in plans] == [{n: (1.0, 8) for n in TABLE}]
+
+
+def test_plan_allocation_refuses_what_it_cannot_measure():
+    """Any model, any batches: the short retraining needs a Dataset, an accuracy budget needs labels."""
+    model = torch.nn.Sequential(torch.nn.Linear(6, 4))
+    unlabelled = [torch.randn(8, 6)]
+    mse = lambda out, target: out.pow(2).mean()  # noqa: E731 (no targets: a loss of the output alone)
+    with pytest.raises(UserError, match="sensitivity_retrain_images needs a Dataset"):
+        nc.plan_allocation(model, unlabelled, AllocationConfig(target_ratio=2.0, sensitivity_retrain_images=64),
+                           loss_fn=mse)
+    with pytest.raises(UserError, match="max_accuracy_drop needs batches with class targets"):
+        nc.plan_allocation(model, unlabelled, AllocationConfig(max_accuracy_drop=0.01), loss_fn=mse)
+    plan = nc.plan_allocation(model, unlabelled, AllocationConfig(target_bytes=600, bits=(4, 8)), loss_fn=mse)
+    assert plan.planned_bytes <= plan.budget and set(plan.choice) == {"0"}

@@ -193,3 +193,52 @@ def test_bert_keep_masks_context_coded_decode_exactly_and_smaller():
     batch = padded_batch(6)
     with torch.no_grad():
         assert torch.equal(back(**batch).last_hidden_state, bert(**batch).last_hidden_state)
+
+
+def test_the_allocator_plans_a_bert_classifier_fed_batch_encodings(tmp_path):
+    """`nc.plan_allocation` on a `transformers` classifier (dict batches with labels, no zoo Dataset):
+    every Linear gets a (density, bits); carrying the plan out (`Allocation.methods()`, float16 biases
+    and codebooks as Deep Compression stores them) writes a file of exactly the planned bytes, within
+    the budget; and with a joint round the plan damages the model no more than the best uniform plan
+    (one density and bits for every layer) that fits the same budget (here the additive plan alone
+    is far worse: flows/allocate.py step 8)."""
+    from nncompress.encode.deep_compression import round_biases_fp16_, round_codebooks_fp16_
+    from nncompress.flows.allocate import fixed_bytes
+    from nncompress.flows.allocation_table import PlanContext
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
+                                     vocab_size=100, max_position_embeddings=32, num_labels=2)
+    model = transformers.BertForSequenceClassification(config)
+    batches = []
+    for seed in range(10):  # label: does token 7 occur in the unpadded part?
+        batch = padded_batch(seed, n=16)
+        batch["input_ids"][::2, 1] = 7
+        batch["labels"] = (batch["input_ids"] == 7).any(1).long()
+        batches.append(batch)
+    nc.fit(model, batches[:8], nc.TrainConfig(epochs=10, lr=3e-3, optimizer="adam", weight_decay=0.0),
+           progress=False, log=lambda m: None)
+    model.eval()
+    desc = {"arch": "hf-bert-classifier"}
+    plan_config = nc.AllocationConfig(target_ratio=4.0, densities=(1.0, 0.5, 0.25, 0.1), bits=(2, 4, 8), joint_rounds=1)
+    plan = nc.plan_allocation(model, (b for b in batches[8:]), plan_config, model_desc=desc)  # a generator is fine
+    linears = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert set(plan.choice) == linears and plan.planned_bytes <= plan.budget
+
+    context = PlanContext(model, batches[8:])
+    fixed = fixed_bytes(model, desc, coding=plan_config.coding)
+    uniform = [{n: c for n in plan.table for c in plan.table[n] if (c.density, c.bits) == key}
+               for key in {(c.density, c.bits) for c in next(iter(plan.table.values()))}]
+    fitting = [u for u in uniform if fixed + sum(c.bytes for c in u.values()) <= plan.budget]
+    assert fitting and context.joint_loss(plan.choice) <= min(context.joint_loss(u) for u in fitting)
+
+    prune, share = plan.methods()
+    nc.apply_(model, prune)
+    nc.apply_(model, share)
+    round_biases_fp16_(model)
+    round_codebooks_fp16_(model)
+    path = tmp_path / "bert.nnc"
+    assert nc.write_nnc(path, nc.encode_model(model, desc, coding=plan_config.coding)) == plan.planned_bytes
+    back = nc.decode_model(nc.read_nnc(path), model=transformers.BertForSequenceClassification(config).eval())
+    with torch.no_grad():
+        assert torch.equal(back(**padded_batch(3)).logits, model(**padded_batch(3)).logits)

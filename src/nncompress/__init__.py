@@ -59,10 +59,16 @@ __all__ = ["METHODS", "BNN", "BWN", "BinaryConnect", "ChannelPrune", "ColumnPrun
            "with_forward"]
 
 
+#: names imported on first use: `export_onnx` needs the optional `onnx` extra; the allocator and the
+#: container pull in the flows and codecs, which `import nncompress` does not need
+_LAZY = {"export_onnx": "export.onnx", "plan_allocation": "flows.allocate", "AllocationConfig": "flows.allocate",
+         "Coding": "encode.layout", "encode_model": "encode.model", "decode_model": "encode.model",
+         "write_nnc": "encode.container", "read_nnc": "encode.container"}
+
+
 def __getattr__(name: str):
-    """`nc.export_onnx` (nncompress.export.onnx.export_onnx), imported on first use: it needs the
-    optional `onnx` extra, which `import nncompress` does not."""
-    if name == "export_onnx":
-        from .export.onnx import export_onnx
-        return export_onnx
+    """The `_LAZY` names (e.g. `nc.export_onnx`, `nc.plan_allocation`), imported on first use."""
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'nncompress' has no attribute {name!r}")

@@ -38,19 +38,25 @@ fig. 6, ICLR 2016 table 2). Here the choice is made by a program:
 8. Optionally (`joint_rounds` > 0, size budgets) the additive assumption of step 4 is checked against
    the plan itself: every layer's candidates are re-measured with the other layers at their planned
    candidates (`allocation_table.PlanContext`), the knapsack is solved again on that table, and so
-   on for `joint_rounds` rounds; of all the plans found (within the budget, where any is), the one
-   whose *joint* damage (every layer replaced at once, no retraining) is smallest is kept, with its
-   table (the reported `predicted_loss` is then that table's sum: damages against the plan).
+   on for `joint_rounds` rounds; of all the plans found (within the budget, where any is) and every
+   uniform plan (one density and bits for all layers, `uniform_plans`) that fits, the one whose
+   *joint* damage (every layer replaced at once, no retraining) is smallest is kept, with its table
+   (the reported `predicted_loss` is then that table's sum: damages against the plan).
    Damages measured one layer at a time miss how pruning one layer makes the next more fragile: on
    LeNet-5 at 170x with context-coded masks (seed 0), the additive plan conv2 6.5% / fc1 1.6% has a
    joint loss of 0.79, the plan after 3 rounds, conv2 13% / fc1 1.1%, 0.51, and its decoded file
    tested 0.75 points better after the same retraining (benchmarks/results/frontier_context_masks.md).
+   The uniform floor matters where the additive model fails outright: on a small trained BERT
+   classifier (tests/test_outside_models.py), whose held-in loss is near zero, the additive plan
+   pruned the MLPs to 1-2% for a joint loss of 0.38, three rounds reached 0.013, and every layer
+   dense at 4 bits has 0.0014.
 """
 from __future__ import annotations
 
 import copy
 import math
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -62,14 +68,16 @@ from ..encode.cost import candidate, plan_bytes
 from ..encode.layout import Coding
 from ..encode.deep_compression import bias_chains, round_biases_fp16_
 from ..parametrize import plain_state
+from ..batches import ForwardFn
 from ..prune.unstructured import MagnitudePrune
-from ..train import TrainConfig, evaluate
+from ..quant.kmeans import KMeansQuant
+from ..train import LossFn, TrainConfig, evaluate
 from ..validate import UserError, check_fraction, check_positive
 from ..zoo import Dataset
 from .control import TrainingPhase, codebook_phase, pruning_phases
 from .deep_compression import DeepCompressionConfig, share_and_encode
 from .distill import DistillConfig, distillation_kwargs
-from .allocation_table import Candidate, PlanContext, measure_table, sensitivity_batches
+from .allocation_table import Candidate, HeldIn, PlanContext, candidate_table, measure_table, sensitivity_batches
 from .budget_fit import PROBE_SLACK, check_tries, fit_by_probing, step_down
 from .prune import dense_model, prune_and_retrain
 
@@ -172,6 +180,13 @@ class Allocation:
     def bits(self) -> dict[str, int]:
         return {name: c.bits for name, c in self.choice.items()}
 
+    def methods(self) -> tuple[MagnitudePrune, KMeansQuant]:
+        """The plan as the two Methods that carry it out: magnitude pruning to each layer's density,
+        then weight sharing with each layer's bits (apply them in this order; retrain in between)."""
+        sparsity = {name: 1.0 - d for name, d in self.densities.items()}
+        return (MagnitudePrune(sparsity=float(np.mean(list(sparsity.values()))), layer_sparsity=sparsity),
+                KMeansQuant(layer_bits=self.bits))
+
 
 def other_tensors(model: nn.Module, bias_bits: int | None = None) -> dict[str, torch.Tensor]:
     """The plain tensors of the file besides the weight chains: biases rounded to float16 as the Deep
@@ -272,6 +287,32 @@ def allocate(model: nn.Module, dataset: Dataset, config: AllocationConfig, model
     measured before on the same model (`measure_table`) is reused. With `config.joint_rounds`, the
     plans of module step 8 are compared by their joint damage, and the best one's table is kept."""
     table = table if table is not None else measure_table(model, dataset, config, base)
+    return _plan(model, HeldIn(sensitivity_batches(dataset, config)), config, model_desc, meta, table)
+
+
+def plan_allocation(model: nn.Module, batches: Iterable, config: AllocationConfig, *, model_desc: dict | None = None,
+                    forward_fn: ForwardFn | None = None, loss_fn: LossFn | None = None) -> Allocation:
+    """Steps 1-4 (and 8) for any model: each Conv / Linear layer's (density, bits) candidates, their
+    exact bytes in the `.nnc` file and their damage on `batches` (any batches `train.evaluate`
+    takes: dicts with "labels" for a `transformers` classifier, or your `forward_fn` / `loss_fn`),
+    solved for `config`'s budget. Nothing is trained: carry the plan out with `Allocation.methods()`
+    (prune, retrain, share, fine-tune) and write with `encode_model(..., coding=config.coding)`.
+    `model_desc`: the file's model description (default: the class name). An accuracy budget needs
+    class targets; the short retraining of step 6 needs a zoo `Dataset` (`allocate`)."""
+    if config.sensitivity_retrain_images:
+        raise UserError("sensitivity_retrain_images needs a Dataset to retrain on: use flows.allocate.allocate")
+    data = HeldIn(batches, forward_fn, loss_fn)
+    if config.max_accuracy_drop is not None and "accuracy" not in data.evaluate(model):
+        raise UserError("max_accuracy_drop needs batches with class targets; give a size budget "
+                        "(target_bytes / target_ratio) instead")
+    desc = model_desc if model_desc is not None else {"arch": type(model).__name__}
+    table = candidate_table(model, data, config.densities, config.bits, None, config.coding)
+    return _plan(model, data, config, desc, None, table)
+
+
+def _plan(model: nn.Module, data: HeldIn, config: AllocationConfig, model_desc: dict, meta: dict | None,
+          table: dict[str, list[Candidate]]) -> Allocation:
+    """Steps 4 and 8 on a measured table: the knapsack, corrected by the exact bytes of the planned file."""
     fixed = fixed_bytes(model, model_desc, meta, config.bias_bits, config.coding)
     budget = config.budget_bytes(model)
     if budget is None:
@@ -283,14 +324,34 @@ def allocate(model: nn.Module, dataset: Dataset, config: AllocationConfig, model
                                                   config.coding)
     plans = [(table, *_solve_exactly(table, fixed, target, exact_bytes))]
     if config.joint_rounds:
-        context = PlanContext(model, sensitivity_batches(dataset, config))
+        context = PlanContext(model, data)
         for _ in range(config.joint_rounds):
             refined = context.context_table(table, plans[-1][1])
             plans.append((refined, *_solve_exactly(refined, fixed, target, exact_bytes)))
         fitting = [plan for plan in plans if plan[2] <= target] or plans  # a plan over the target only if none fits
-        plans = [min(fitting, key=lambda plan: context.joint_loss(plan[1]))]
+        uniform = [(table, choice, None) for choice in uniform_plans(table, fixed, target)]
+        for plan in sorted(fitting + uniform, key=lambda plan: context.joint_loss(plan[1])):
+            if plan[2] is None:  # a uniform plan: its exact bytes, measured only when it would win
+                plan = (table, plan[1], exact_bytes(plan[1]))
+                if plan[2] > target:
+                    continue
+            plans = [plan]
+            break
     table, choice, exact = plans[0]
     return Allocation(choice, fixed, budget, table, exact)
+
+
+def uniform_plans(table: dict[str, list[Candidate]], fixed: int, target: int) -> list[dict[str, Candidate]]:
+    """Every plan that gives all layers one (density, bits) and fits `target` by the table's bytes
+    (each layer's measured alone, an upper bound of its share of the file): step 8's floor, so that
+    the kept plan is never jointly worse than the best uniform setting."""
+    keys = set.intersection(*({(c.density, c.bits) for c in rows} for rows in table.values())) if table else set()
+    plans = []
+    for key in sorted(keys):
+        choice = {name: next(c for c in rows if (c.density, c.bits) == key) for name, rows in table.items()}
+        if fixed + sum(c.bytes for c in choice.values()) <= target:
+            plans.append(choice)
+    return plans
 
 
 def _solve_exactly(table: dict[str, list[Candidate]], fixed: int, target: int,
@@ -329,8 +390,7 @@ def compress_to_budget(model: nn.Module, arch: str, dataset: Dataset, base: Trai
     desc = {"arch": arch, "in_shape": list(dataset.in_shape), "num_classes": dataset.num_classes}
     allocation = allocate(model, dataset, config, desc, table=table, base=base)
     fit_kwargs = distillation_kwargs(model, config.distill)  # the teacher: the dense model, before pruning
-    sparsity = {name: 1.0 - d for name, d in allocation.densities.items()}
-    method = MagnitudePrune(sparsity=float(np.mean(list(sparsity.values()))), layer_sparsity=sparsity)
+    method, _ = allocation.methods()
     prune_and_retrain(model, method, dataset, base, schedule=config.schedule, rounds=config.rounds,
                       finetune_epochs=config.finetune_epochs, lr_factor=config.lr_factor, fit_kwargs=fit_kwargs)
     pruned_accuracy = evaluate(model, dataset.test_loader())["accuracy"]

@@ -7,7 +7,7 @@ centroids, measured on the model as is, or after a short retraining of the prune
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -19,7 +19,8 @@ from ..encode.cost import LayerCosts, candidate
 from ..encode.layout import Coding
 from ..parametrize import detach
 from ..prune.mask import Mask, attach_mask
-from ..train import TrainConfig, evaluate, fit
+from ..batches import ForwardFn
+from ..train import LossFn, TrainConfig, evaluate, fit
 from ..validate import UserError
 from ..zoo import Dataset, TensorLoader
 
@@ -34,8 +35,37 @@ class Candidate:
     density: float
     bits: int
     bytes: int
-    loss: float  # increase of the cross-entropy, this layer alone compressed
-    accuracy: float  # change of accuracy (negative: a drop), this layer alone compressed
+    loss: float  # increase of the loss (cross-entropy by default), this layer alone compressed
+    accuracy: float  # change of accuracy (negative: a drop; 0 without class targets), this layer alone compressed
+
+
+@dataclass(frozen=True)
+class HeldIn:
+    """The data every damage is measured on: batches of any shape `batches.py` feeds (tensors,
+    (x, y) pairs, dicts / BatchEncodings with "labels"), read once per measurement (so a list or a
+    loader, not a generator), with `train.evaluate`'s `forward_fn` / `loss_fn` (default: the
+    cross-entropy of the logits). Without class targets only the loss is measured."""
+
+    batches: Iterable
+    forward_fn: ForwardFn | None = None
+    loss_fn: LossFn | None = None
+
+    def __post_init__(self) -> None:
+        if iter(self.batches) is self.batches:  # a generator would be empty after the first pass
+            object.__setattr__(self, "batches", list(self.batches))
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        """`train.evaluate` on these batches: "loss", and "accuracy" when they hold class targets."""
+        return evaluate(model, self.batches, forward_fn=self.forward_fn, loss_fn=self.loss_fn)
+
+    def measure(self, model: nn.Module) -> dict[str, float]:
+        """{"loss", "accuracy"} of `model` (accuracy 0.0 when the batches hold no class targets)."""
+        measured = self.evaluate(model)
+        return {"loss": measured["loss"], "accuracy": measured.get("accuracy", 0.0)}
+
+
+def held_in(batches: Iterable | HeldIn) -> HeldIn:
+    return batches if isinstance(batches, HeldIn) else HeldIn(batches)
 
 
 def sensitivity_batches(dataset: Dataset, config: AllocationConfig) -> TensorLoader:
@@ -54,8 +84,8 @@ def candidate_table(model: nn.Module, batches, densities, bits,
     pruned and retrained on a copy first and the bits are applied to the retrained weights (module
     docstring, step 6); the bytes stay those of the dense weights' candidates, stored as `coding`
     says (`encode/cost.py`)."""
-    model = copy.deepcopy(model).eval()
-    base = evaluate(model, batches)
+    model, batches = copy.deepcopy(model).eval(), held_in(batches)
+    base = batches.measure(model)
     table: dict[str, list[Candidate]] = {}
     for name, layer in weight_layers(model).items():
         costs = LayerCosts(f"{name}.weight", layer.weight.detach().clone(), coding)
@@ -84,7 +114,7 @@ def _density_rows(model: nn.Module, name: str, costs: LayerCosts, density: float
         if retrain is not None:
             value = candidate(original, density, b, costs.keep(density)[0])[0]
         layer.weight.copy_(value)
-        measured = evaluate(net, batches)
+        measured = batches.measure(net)
         rows.append(Candidate(density, b, nbytes, measured["loss"] - base["loss"],
                               measured["accuracy"] - base["accuracy"]))
     layer.weight.copy_(original)
@@ -136,7 +166,7 @@ class PlanContext:
     layer's candidates with the other layers at `choice`, the interactions the additive table leaves out."""
 
     def __init__(self, model: nn.Module, batches):
-        self.model, self.batches = copy.deepcopy(model).eval(), batches
+        self.model, self.batches = copy.deepcopy(model).eval(), held_in(batches)
         self.layers = weight_layers(self.model)
         self.dense = {name: layer.weight.detach().clone() for name, layer in self.layers.items()}
         self._values: dict[tuple[str, float, int], torch.Tensor] = {}
@@ -151,7 +181,7 @@ class PlanContext:
     def _evaluate(self, weights: dict[str, torch.Tensor]) -> dict:
         for name, layer in self.layers.items():
             layer.weight.copy_(weights.get(name, self.dense[name]))
-        return evaluate(self.model, self.batches)
+        return self.batches.measure(self.model)
 
     def joint_loss(self, choice: dict[str, Candidate]) -> float:
         return self._evaluate({name: self.value(name, c) for name, c in choice.items()})["loss"]
