@@ -2,6 +2,7 @@
 preset dictionary and a section table of lengths under one CRC-32. Exact round trips, the bytes it
 saves on a LeNet-5 file, the dictionary's identity, byte shares that add up, and the checks a
 damaged or hostile file meets."""
+import hashlib
 import json
 import struct
 import zlib
@@ -20,6 +21,7 @@ from nncompress.zoo import build_model
 
 #: the dictionary's Adler-32, as docs/format.md states it (a changed dictionary is a new format)
 SPEC_ADLER32 = 0x3E7A3B22
+SPEC_SHA256 = "7b6e6184c8bac7aa39d837921a78dce341fa71e12bf05153ccaf8b7cde6f6359"
 
 
 def lenet5_file(coding: Coding) -> tuple[torch.nn.Module, bytes]:
@@ -44,9 +46,48 @@ def rebuilt(header: dict, area: bytes, minor: int = 3, dictionary: bytes | None 
     return struct.pack("<4sHHII", b"NNC\x01", 3, minor, len(raw), zlib.crc32(raw)) + raw + area
 
 
+def _synthetic_headers() -> list[dict]:
+    """Headers of three small synthetic models, least common chains first: int8 PTQ, Deep Compression
+    with context masks and 8-bit bias codes, Deep Compression with relative masks and float16 biases."""
+    from torch import nn
+
+    from nncompress.config import Context, run_method
+    from nncompress.encode.container import serialize_header
+    from nncompress.encode.deep_compression import quantize_biases_, round_biases_fp16_, round_codebooks_fp16_
+    from nncompress.quant.ptq import LinearQuant
+
+    torch.manual_seed(0)
+    ptq = nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 4 * 4, 7))
+    run_method(ptq, LinearQuant(weight_bits=8, act_bits=None, granularity="channel"), Context())
+    cnn = nn.Sequential(nn.Conv2d(2, 12, 3), nn.BatchNorm2d(12), nn.ReLU(), nn.Flatten(), nn.Linear(12 * 6 * 6, 24),
+                        nn.ReLU(), nn.Linear(24, 7))
+    mlp = nn.Sequential(nn.Linear(96, 48), nn.ReLU(), nn.Linear(48, 24), nn.ReLU(), nn.Linear(24, 7))
+    for model, bias_bits in ((cnn, 8), (mlp, None)):
+        run_method(model, MagnitudePrune(sparsity=0.9), Context())
+        run_method(model, KMeansQuant(bits=3), Context())
+        round_biases_fp16_(model)
+        round_codebooks_fp16_(model)
+        if bias_bits:
+            quantize_biases_(model, bias_bits)
+    desc = {"arch": "net", "in_shape": [1, 8, 8], "num_classes": 7}
+    meta = {"dataset": "data", "bits": {"conv": 3, "fc": 3}, "seed": 0}
+    return [serialize_header(encode_model(ptq, desc, meta)),
+            serialize_header(encode_model(cnn, desc, {**meta, "bias_bits": 8}, Coding("context"))),
+            serialize_header(encode_model(mlp, desc, meta))]
+
+
+def build_dictionary() -> bytes:
+    """How encode/header.dict was made: each synthetic header's compact JSON without its `sections`
+    (their lengths and CRCs are noise to any other file), concatenated."""
+    from nncompress.encode.layout import compact_json
+
+    return b"".join(compact_json({k: v for k, v in h.items() if k != "sections"}).encode() for h in _synthetic_headers())
+
+
 def test_the_dictionary_is_the_spec_s_and_is_made_again_exactly():
     assert header_dictionary.DICTIONARY_ADLER32 == SPEC_ADLER32 == zlib.adler32(header_dictionary.DICTIONARY)
-    assert header_dictionary.build_dictionary() == header_dictionary.DICTIONARY
+    assert build_dictionary() == header_dictionary.DICTIONARY
+    assert hashlib.sha256(header_dictionary.DICTIONARY).hexdigest() == SPEC_SHA256
 
 
 @pytest.mark.parametrize("masks", ["relative", "context"])

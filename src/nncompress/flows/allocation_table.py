@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -23,20 +22,8 @@ from ..batches import ForwardFn
 from ..train import LossFn, TrainConfig, evaluate, fit
 from ..validate import UserError
 from ..zoo import Dataset, TensorLoader
+from .allocation_plan import AllocationConfig, Candidate
 
-if TYPE_CHECKING:
-    from .allocate import AllocationConfig
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One (density, bits) choice for one layer: its exact byte cost and its measured damage."""
-
-    density: float
-    bits: int
-    bytes: int
-    loss: float  # increase of the loss (cross-entropy by default), this layer alone compressed
-    accuracy: float  # change of accuracy (negative: a drop; 0 without class targets), this layer alone compressed
 
 
 @dataclass(frozen=True)

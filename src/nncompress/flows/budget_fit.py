@@ -12,7 +12,6 @@ on written files should one still be over.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import numpy as np
 from torch import nn
@@ -23,11 +22,9 @@ from ..prune.unstructured import MagnitudePrune
 from ..validate import UserError
 from ..zoo import Dataset
 from ..encode.layout import Coding
+from .allocation_plan import Allocation
 from .deep_compression import probe_file_bytes
 from .prune import calibration_batches
-
-if TYPE_CHECKING:
-    from .allocate import Allocation
 
 MAX_TRIES = 40  # written files (each after a codebook fine-tuning) before giving up on a budget
 MAX_PROBES = 400  # probes (seconds each) before giving up
