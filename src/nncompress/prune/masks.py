@@ -108,3 +108,36 @@ def density(mask: torch.Tensor) -> float:
 def sqrt_dropout_rate(rate: float, kept_fraction: float) -> float:
     """Han 2015 eq. 2: D_r = D_o * sqrt(C_r / C_o) for the retraining dropout rate."""
     return rate * math.sqrt(kept_fraction)
+
+
+def nm_matrix(weight: torch.Tensor) -> torch.Tensor:
+    """The weight as the matrix whose rows are split into groups of M (N:M sparsity, `prune/nm.py`):
+    Linear [out, in] as is; a conv weight [K, C, *kernel] as [prod(kernel) * K, C]."""
+    if weight.dim() <= 2:
+        return weight.reshape(-1, weight.shape[-1]) if weight.dim() == 2 else weight.reshape(1, -1)
+    order = (*range(2, weight.dim()), 0, 1)
+    return weight.permute(order).reshape(-1, weight.shape[1])
+
+
+def nm_unmatrix(matrix: torch.Tensor, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
+    """Inverse of `nm_matrix` for a weight of `shape`."""
+    shape = tuple(shape)
+    if len(shape) <= 2:
+        return matrix.reshape(shape)
+    kernel = shape[2:]
+    back = (len(kernel), len(kernel) + 1, *range(len(kernel)))
+    return matrix.reshape(*kernel, shape[0], shape[1]).permute(back).contiguous()
+
+
+def nm_keep_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Keep mask (shape of `scores`) keeping the N largest scores of every group of M along the
+    input dimension. Ties: among equal scores the lower index is pruned first (as `prune.masks`)."""
+    matrix = nm_matrix(scores.detach().float())
+    rows, k = matrix.shape
+    if k % m:
+        raise ValueError(f"input dimension {k} is not a multiple of m={m}")
+    groups = matrix.reshape(rows, k // m, m)
+    order = torch.argsort(groups, dim=-1, stable=True)
+    keep = torch.ones_like(groups, dtype=torch.bool)
+    keep.scatter_(-1, order[..., : m - n], False)
+    return nm_unmatrix(keep.reshape(rows, k), scores.shape)
