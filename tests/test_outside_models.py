@@ -32,6 +32,18 @@ def padded_batch(seed: int, n: int = 8, length: int = 12) -> transformers.BatchE
                                        "attention_mask": mask})
 
 
+def labelled_batches(count: int) -> list[transformers.BatchEncoding]:
+    """`count` padded batches of 16 with a label: does token 7 occur in the unpadded part (half the rows
+    get it at position 1)?"""
+    batches = []
+    for seed in range(count):
+        batch = padded_batch(seed, n=16)
+        batch["input_ids"][::2, 1] = 7
+        batch["labels"] = (batch["input_ids"] == 7).any(1).long()
+        batches.append(batch)
+    return batches
+
+
 @pytest.fixture(scope="module")
 def bert_w8a8():
     torch.manual_seed(0)
@@ -84,12 +96,7 @@ def test_bert_classifier_fine_tunes_and_evaluates_on_batch_encodings_with_labels
     config = transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                                      vocab_size=100, max_position_embeddings=32, num_labels=2)
     model = transformers.BertForSequenceClassification(config)
-    batches = []
-    for seed in range(8):  # label: does token 7 occur in the unpadded part?
-        batch = padded_batch(seed, n=16)
-        batch["input_ids"][::2, 1] = 7
-        batch["labels"] = (batch["input_ids"] == 7).any(1).long()
-        batches.append(batch)
+    batches = labelled_batches(8)
     before = nc.evaluate(model, batches)
     history = nc.fit(model, batches, nc.TrainConfig(epochs=15, lr=3e-3, optimizer="adam", weight_decay=0.0),
                      progress=False, log=lambda m: None)
@@ -198,7 +205,8 @@ def test_bert_keep_masks_context_coded_decode_exactly_and_smaller():
 def test_the_allocator_plans_a_bert_classifier_fed_batch_encodings(tmp_path):
     """`nc.plan_allocation` on a `transformers` classifier (dict batches with labels, no zoo Dataset):
     every Linear gets a (density, bits); carrying the plan out (`Allocation.methods()`, float16 biases
-    and codebooks as Deep Compression stores them) writes a file of exactly the planned bytes, within
+    and codebooks as Deep Compression stores them) writes a .nnc 3.3 file (context-coded masks, compact
+    header) of exactly the planned bytes, within
     the budget; and with a joint round the plan damages the model no more than the best uniform plan
     (one density and bits for every layer) that fits the same budget (here the additive plan alone
     is far worse: flows/allocate.py step 8)."""
@@ -210,17 +218,13 @@ def test_the_allocator_plans_a_bert_classifier_fed_batch_encodings(tmp_path):
     config = transformers.BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
                                      vocab_size=100, max_position_embeddings=32, num_labels=2)
     model = transformers.BertForSequenceClassification(config)
-    batches = []
-    for seed in range(10):  # label: does token 7 occur in the unpadded part?
-        batch = padded_batch(seed, n=16)
-        batch["input_ids"][::2, 1] = 7
-        batch["labels"] = (batch["input_ids"] == 7).any(1).long()
-        batches.append(batch)
+    batches = labelled_batches(10)
     nc.fit(model, batches[:8], nc.TrainConfig(epochs=10, lr=3e-3, optimizer="adam", weight_decay=0.0),
            progress=False, log=lambda m: None)
     model.eval()
     desc = {"arch": "hf-bert-classifier"}
-    plan_config = nc.AllocationConfig(target_ratio=4.0, densities=(1.0, 0.5, 0.25, 0.1), bits=(2, 4, 8), joint_rounds=1)
+    plan_config = nc.AllocationConfig(target_ratio=4.0, densities=(1.0, 0.5, 0.25, 0.1), bits=(2, 4, 8), joint_rounds=1,
+                                      mask_coding="context", header_coding="compact")
     plan = nc.plan_allocation(model, (b for b in batches[8:]), plan_config, model_desc=desc)  # a generator is fine
     linears = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
     assert set(plan.choice) == linears and plan.planned_bytes <= plan.budget
@@ -239,6 +243,7 @@ def test_the_allocator_plans_a_bert_classifier_fed_batch_encodings(tmp_path):
     round_codebooks_fp16_(model)
     path = tmp_path / "bert.nnc"
     assert nc.write_nnc(path, nc.encode_model(model, desc, coding=plan_config.coding)) == plan.planned_bytes
+    assert nc.read_nnc(path).version == (3, 3)  # planned and written with context masks and the compact header
     back = nc.decode_model(nc.read_nnc(path), model=transformers.BertForSequenceClassification(config).eval())
     with torch.no_grad():
         assert torch.equal(back(**padded_batch(3)).logits, model(**padded_batch(3)).logits)

@@ -52,13 +52,6 @@ def chain_bytes(name: str, chain: list[Encoded], coding: Coding = Coding()) -> i
     return len(serialize(NncModel(dict(_EMPTY_DESC), chains={name: chain}, coding=coding))) - empty
 
 
-def tensors_bytes(model_desc: dict, tensors: dict[str, torch.Tensor], meta: dict | None = None,
-                  coding: Coding = Coding()) -> int:
-    """Bytes of a `.nnc` file holding only plain `tensors` (biases, BatchNorm statistics) and the
-    description: what a file costs besides its transformed tensors."""
-    return len(serialize(NncModel(dict(model_desc), tensors=dict(tensors), meta=dict(meta or {}), coding=coding)))
-
-
 def plan_bytes(model_desc: dict, chains: dict[str, list[Encoded]], tensors: dict[str, torch.Tensor],
                meta: dict | None = None, coding: Coding = Coding()) -> int:
     """Exact bytes of the `.nnc` file holding these chains and plain tensors."""
