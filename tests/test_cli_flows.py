@@ -152,3 +152,24 @@ def test_deep_compress_with_context_masks_writes_a_smaller_3_2_file(tmp_path):
 def test_joint_rounds_without_a_budget_fail_before_training(main):
     code, stdout, stderr = main("deep-compress", "lenet300", "--joint-rounds", "2")
     assert code == 2 and "--target-ratio" in stderr and "epoch" not in stdout + stderr
+
+
+def test_miracle_writes_a_file_within_the_budget_that_decodes_exactly(main, tmp_path):
+    """issue 16: `nncompress miracle` trains, MIRACLE-codes and writes the file; the figures are the
+    decoded file's (a short schedule on the digits: well above chance, below the dense model)."""
+    code, stdout, _ = main("miracle", "lenet300", "--target-bytes", "10000", "--variational-epochs", "2",
+                           "--balance-epochs", "1", "--rounds", "2", "--block-bits", "8",
+                           "-o", str(tmp_path / "m.nnc"), "--json", str(tmp_path / "m.json"))
+    report = json.loads((tmp_path / "m.json").read_text())
+    assert code == 0 and "exact round trip: True" in stdout
+    assert report["file_bytes"] == (tmp_path / "m.nnc").stat().st_size <= 10000
+    assert report["index_bits"] == 8 * sum(report["blocks"].values())
+    assert 0.5 < report["accuracy"] <= report["dense_accuracy"] + 0.02
+
+
+@pytest.mark.parametrize("args, message", [((), "exactly one of"), (("--target-ratio", "10", "--target-bytes", "9"),
+                                                                    "exactly one of"),
+                                           (("--target-ratio", "0.5"), "must be above 1")])
+def test_miracle_refuses_a_missing_or_impossible_budget_before_training(main, args, message):
+    code, stdout, stderr = main("miracle", "lenet300", *args)
+    assert code == 2 and message in stderr and "epoch" not in stdout + stderr

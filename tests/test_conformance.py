@@ -27,6 +27,7 @@ from nncompress.registry import METHODS
 METHOD_EXAMPLES = [
     SoftWeightSharing(components=5, zero_mixing=0.9, init_std=0.1),
     nc.EntropyPenalized(rate_weight=1e-3, init_bits=5, filters=(3,)),  # issue 16: entropy-coded training
+    nc.MinimalRandomCode(total_bits=2000, block_bits=6, train_size=100),  # issue 16: MIRACLE
     nc.MagnitudePrune(sparsity=0.6),
     nc.MagnitudePrune(sparsity=0.7, scope="global", targets=nc.Select(exclude=("0",))),
     nc.RandomPrune(sparsity=0.5, seed=1),

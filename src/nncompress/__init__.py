@@ -28,6 +28,7 @@ from .quant.fold import fold_batchnorm_
 from .quant.fp8_training import FP8Training
 from .quant.granularity import PerChannel, PerGroup, PerTensor
 from .quant.entropy_penalized import EntropyPenalized
+from .quant.minimal_random_code import MinimalRandomCode
 from .quant.kmeans import KMeansQuant
 from .quant.lqnet import LQNet
 from .quant.lsq import LSQ
@@ -49,7 +50,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
 
 __all__ = ["METHODS", "BNN", "BWN", "BinaryConnect", "ChannelPrune", "ColumnPrune", "CompositionError", "Context",
-           "DiffQ", "DynamicQuant", "EntropyPenalized", "FP8Training", "FormatQuant", "GroupLassoPrune", "InputChannelPrune",
+           "DiffQ", "DynamicQuant", "EntropyPenalized", "MinimalRandomCode", "FP8Training", "FormatQuant", "GroupLassoPrune", "InputChannelPrune",
            "KMeansQuant", "LQNet", "LSQ", "LinearQuant", "MagnitudePrune", "Method", "NIPQ", "NMPrune",
            "NetworkSlimming", "PACT", "PerChannel", "PerGroup", "PerTensor", "RandomPrune", "STEQuant", "Select",
            "SmoothQuant", "SoftWeightSharing", "SparsityPrune", "SplitAttention", "TTQ", "TWN", "ThresholdPrune",
@@ -63,7 +64,8 @@ __all__ = ["METHODS", "BNN", "BWN", "BinaryConnect", "ChannelPrune", "ColumnPrun
 #: container pull in the flows and codecs, which `import nncompress` does not need
 _LAZY = {"export_onnx": "export.onnx", "plan_allocation": "flows.allocate", "AllocationConfig": "flows.allocate",
          "Coding": "encode.layout", "encode_model": "encode.model", "decode_model": "encode.model",
-         "write_nnc": "encode.container", "read_nnc": "encode.container"}
+         "write_nnc": "encode.container", "read_nnc": "encode.container",
+         "compress_miracle": "flows.minimal_random_code", "MiracleConfig": "flows.minimal_random_code"}
 
 
 def __getattr__(name: str):

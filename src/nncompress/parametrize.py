@@ -15,6 +15,8 @@ quantizer (prune first, then quantize, as in Deep Compression). Breaking a rule 
 """
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
@@ -231,3 +233,18 @@ def plain_state(model: nn.Module) -> dict[str, torch.Tensor]:
             key = f"{head}.{tensor_name}"
         state[key] = value
     return state
+
+
+@contextlib.contextmanager
+def switched(objects: Iterable[object], attribute: str, value: object) -> Iterator[None]:
+    """Within the block, `attribute` = `value` on each of `objects` (e.g. a training-only switch of
+    some transforms); each one's previous value is restored afterwards."""
+    objects = list(objects)
+    before = [getattr(o, attribute) for o in objects]
+    for o in objects:
+        setattr(o, attribute, value)
+    try:
+        yield
+    finally:
+        for o, old in zip(objects, before, strict=True):
+            setattr(o, attribute, old)

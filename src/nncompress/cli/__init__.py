@@ -20,6 +20,7 @@ from . import hardware  # noqa: F401, I001  (issue 12 part B: nncompress zeroski
 from . import binary  # noqa: F401, I001  (issue 14: nncompress binarize)
 from . import qat  # noqa: F401, I001  (issue 13 part A: nncompress qat)
 from . import mixed  # noqa: F401, I001  (issue 13 part B: nncompress mixed-precision, fp8-train)
+from . import miracle  # noqa: F401, I001  (issue 16: nncompress miracle)
 from .common import app, console
 
 __all__ = ["app", "main"]

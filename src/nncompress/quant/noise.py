@@ -27,7 +27,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from ..parametrize import Encoded, WeightTransform, transform_kind, transforms
+from ..parametrize import Encoded, WeightTransform, switched, transform_kind, transforms
 from ..validate import UserError
 from .primitives import round_ste
 
@@ -179,12 +179,5 @@ def bit_step_(model: nn.Module, lr: float) -> None:
 def pseudo_noise(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module]:
     """Within the block, NoiseQuant layers in training mode add pseudo-quantization noise instead of
     rounding (DiffQ / NIPQ training); the previous setting is restored afterwards."""
-    quantizers = noise_quantizers(model).values()
-    before = [q.noise for q in quantizers]
-    for q in quantizers:
-        q.noise = enabled
-    try:
+    with switched(noise_quantizers(model).values(), "noise", enabled):
         yield model
-    finally:
-        for q, value in zip(quantizers, before, strict=True):
-            q.noise = value

@@ -1,0 +1,396 @@
+"""Minimal random code learning (MIRACLE: Havasi, Peharz & Hernandez-Lobato, "Minimal Random Code
+Learning: Getting Bits Back from Compressed Model Parameters", ICLR 2019): train a Gaussian
+posterior over every weight against a coding goal in bits, then store one *random sample* of it in
+about KL(q || p) bits with a code both sides can regenerate.
+
+Per weight (paper sec. 3): variational posterior q(w) = N(mu, sigma^2), prior p(w) = N(0, sigma_p^2)
+with one learned sigma_p per layer, and
+
+    KL(q || p) = log(sigma_p / sigma) + (sigma^2 + mu^2) / (2 sigma_p^2) - 1/2       (nats)
+    loss = task loss + (1/N) sum_b beta_b KL(q_b || p_b)                              (N training images)
+
+where the weights of a layer are split at random into blocks b, each with a coding goal of C bits,
+and beta_b is raised while KL(q_b || p_b) > C ln 2 and lowered otherwise (paper alg. 2, "the
+penalty of each block is annealed toward its coding goal"); before the blocks exist one beta holds
+the whole model at its total goal.
+
+Coding one block (paper alg. 1, minimal random coding; Chatterjee & Diaconis 2018): draw K = 2^C
+candidates w_1..w_K from p with a generator the decoder can replay, pick k with probability
+proportional to q(w_k) / p(w_k), store k in C bits; when KL(q_b || p_b) is about C bits the picked
+sample is distributed close to q_b (paper thm 3.2). Blocks are coded in rounds; between rounds the
+uncoded blocks are retrained with the coded ones fixed (the paper retrains after every block; a
+round of many blocks is the same idea at a CPU's pace).
+
+The shared generator is integer arithmetic only, so the decoder is bit-exact on every machine and
+version: candidate k, position j of block b is z = Irwin-Hall(4) of the splitmix64 hash (Steele,
+Lea & Flood 2014) of the counter (b K + k) W + j (W the layer's widest block) under the layer's
+seed, standardized (four 16-bit uniforms summed, minus their mean, over their standard deviation,
+exact in float64, then rounded to float32), and the weight is sigma_p * z in float32. The prior is
+thus Irwin-Hall rather than exactly Gaussian (|z| <= 3.46); training and the importance weights use
+the Gaussian density, which only changes which candidate is picked, never what is decoded.
+Blocks: the layer's weights ordered by the splitmix64 hash of their index under the seed, split into
+`blocks` contiguous runs of nearly equal size.
+
+Storage (`encode`): the picked indices (int64, declared in [0, 2^C - 1] so the container packs them
+in C bits) and sigma_p (float32); meta: shape, seed, C.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import Context, Method
+from ..parametrize import Encoded, WeightTransform, attach, original, switched, transform_kind, transforms
+from ..prune.masks import check_weight
+from ..registry import register
+from ..validate import UserError, check_int_range, check_positive
+from .ptq import quantizable_layers
+
+MAX_BLOCK_BITS = 20  # 2^20 candidates per block: the encoder's work, K x W samples per block
+MAX_WIDTH = 1 << 12  # weights in one block (the decoder's work per stored index)
+_MASK64 = (1 << 64) - 1
+_IRWIN_HALL_MEAN = 4 * 65535 / 2
+_IRWIN_HALL_INV_STD = 1.0 / math.sqrt(4 * (65536 ** 2 - 1) / 12)
+_CHUNK = 1 << 22  # candidate samples generated at once by the encoder
+
+
+def splitmix64(x: np.ndarray) -> np.ndarray:
+    """The splitmix64 finalizer of each uint64 (wrapping arithmetic)."""
+    z = x.astype(np.uint64, copy=True)
+    z ^= z >> np.uint64(30)
+    z *= np.uint64(0xBF58476D1CE4E5B9)
+    z ^= z >> np.uint64(27)
+    z *= np.uint64(0x94D049BB133111EB)
+    z ^= z >> np.uint64(31)
+    return z
+
+
+def _keyed(seed: int, counters: np.ndarray) -> np.ndarray:
+    """splitmix64 of seed-offset counters: the state seed + (counter + 1) x the golden gamma."""
+    gamma, base = np.uint64(0x9E3779B97F4A7C15), np.uint64(seed & _MASK64)
+    with np.errstate(over="ignore"):
+        return splitmix64(base + (counters.astype(np.uint64) + np.uint64(1)) * gamma)
+
+
+def standard_samples(seed: int, counters: np.ndarray) -> np.ndarray:
+    """The shared generator's draw for each counter: Irwin-Hall(4) of 16-bit uniforms, standardized,
+    float32 (mean 0, variance 1, |z| <= 3.46)."""
+    h = _keyed(seed, counters)
+    low = np.uint64(0xFFFF)
+    total = (h & low) + ((h >> np.uint64(16)) & low) + ((h >> np.uint64(32)) & low) + (h >> np.uint64(48))
+    return ((total.astype(np.float64) - _IRWIN_HALL_MEAN) * _IRWIN_HALL_INV_STD).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    """A layer's random split into blocks: `order` (flat weight positions, block by block) and
+    `starts` (block b holds order[starts[b]:starts[b + 1]])."""
+
+    order: np.ndarray
+    starts: np.ndarray
+
+    @classmethod
+    def of(cls, seed: int, numel: int, blocks: int) -> BlockLayout:
+        keys = _keyed(seed ^ 0x5DEECE66D, np.arange(numel, dtype=np.uint64))
+        order = np.argsort(keys, kind="stable")
+        starts = (np.arange(blocks + 1, dtype=np.int64) * numel) // blocks
+        return cls(order, starts)
+
+    @property
+    def width(self) -> int:
+        """The widest block (the counter stride W)."""
+        return int(np.diff(self.starts).max()) if len(self.starts) > 1 else 0
+
+    def block_of(self) -> np.ndarray:
+        """The block of every flat weight position."""
+        blocks = np.repeat(np.arange(len(self.starts) - 1), np.diff(self.starts))
+        out = np.empty(len(self.order), dtype=np.int64)
+        out[self.order] = blocks
+        return out
+
+
+def block_values(seed: int, layout: BlockLayout, candidates: int, indices: np.ndarray, prior_std: torch.Tensor,
+                 blocks: np.ndarray | None = None) -> tuple[np.ndarray, torch.Tensor]:
+    """(flat positions, float32 values) of candidate indices[i] of each block (all blocks, or
+    `blocks`): what the decoder regenerates and the encoder fixes, bit for bit."""
+    blocks = np.arange(len(layout.starts) - 1) if blocks is None else blocks
+    sizes = layout.starts[blocks + 1] - layout.starts[blocks]
+    offsets = np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    owner = np.repeat(blocks, sizes)
+    counters = (owner.astype(np.uint64) * np.uint64(candidates) + np.repeat(indices, sizes).astype(np.uint64)) \
+        * np.uint64(layout.width) + offsets.astype(np.uint64)
+    z = torch.from_numpy(standard_samples(seed, counters))
+    return layout.order[layout.starts[owner] + offsets], prior_std.float() * z
+
+
+def gaussian_kl(mu: torch.Tensor, sigma: torch.Tensor, prior_std: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, sigma^2) || N(0, prior_std^2)) per element, in nats."""
+    return torch.log(prior_std / sigma) + (sigma.square() + mu.square()) / (2 * prior_std.square()) - 0.5
+
+
+@transform_kind("minimal_random_code")
+class RandomCodeWeight(WeightTransform):
+    """w = mu + sigma * eps in training within `posterior_sampling` (mu: the trained tensor), mu
+    otherwise; once blocks are coded, their weights are the picked prior samples (`coded_value`),
+    fixed."""
+
+    def __init__(self, weight: torch.Tensor, init_sigma: float, seed: int):
+        super().__init__()
+        std = float(weight.detach().std()) if weight.numel() > 1 else 0.0
+        std = std if std > 0 else 1.0
+        self.log_sigma = nn.Parameter(torch.full_like(weight.detach().float(), math.log(init_sigma * std)))
+        self.log_prior_std = nn.Parameter(torch.tensor(math.log(std)))
+        self.register_buffer("coded", torch.zeros_like(weight, dtype=torch.bool))
+        self.register_buffer("coded_value", torch.zeros_like(weight.detach().float()))
+        self.register_buffer("indices", torch.zeros(0, dtype=torch.int64))
+        self.register_buffer("block_ids", torch.zeros(0, dtype=torch.int64))
+        self.register_buffer("frozen_prior_std", torch.tensor(0.0))
+        self.register_buffer("beta", torch.ones(1))
+        self.register_buffer("block_bits", torch.tensor(0))
+        self.seed = int(seed)
+        self.sampling = False  # set by `posterior_sampling`; acts in training mode only
+
+    @property
+    def bits(self) -> int:
+        """C, bits per block (0 until the blocks are laid out)."""
+        return int(self.block_bits)
+
+    # -- the posterior and the prior ---------------------------------------------------------------
+    def sigma(self) -> torch.Tensor:
+        return self.log_sigma.exp()
+
+    def prior_std(self) -> torch.Tensor:
+        """sigma_p: learned until the blocks are laid out, then frozen (the coded samples scale by it)."""
+        return self.frozen_prior_std if self.bits else self.log_prior_std.exp()
+
+    def kl_nats(self, mu: torch.Tensor) -> torch.Tensor:
+        """Per-weight KL(q || p) of the uncoded weights (0 for coded ones)."""
+        return torch.where(self.coded, 0.0, gaussian_kl(mu, self.sigma(), self.prior_std()))
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        value = w + self.sigma() * torch.randn_like(w) if self.training and self.sampling else w
+        return torch.where(self.coded, self.coded_value, value)
+
+    # -- blocks and coding -------------------------------------------------------------------------
+    @property
+    def blocks(self) -> int:
+        return int(self.indices.numel())
+
+    def layout(self) -> BlockLayout:
+        return BlockLayout.of(self.seed, self.coded.numel(), self.blocks)
+
+    def set_blocks(self, blocks: int, bits: int) -> None:
+        """Split the weights into `blocks` random blocks coded with `bits` each; freezes sigma_p."""
+        numel = self.coded.numel()
+        if not 1 <= blocks <= numel or numel > blocks * MAX_WIDTH:
+            raise UserError(f"blocks={blocks} must be in [{math.ceil(numel / MAX_WIDTH)}, {numel}] for {numel} weights "
+                            f"(at most {MAX_WIDTH} weights per block)")
+        check_int_range("block bits", bits, 1, MAX_BLOCK_BITS)
+        self.block_bits = torch.tensor(bits)
+        self.frozen_prior_std = self.log_prior_std.detach().exp().float().clone()
+        self.log_prior_std.requires_grad_(False)
+        self.indices = torch.full((blocks,), -1, dtype=torch.int64)
+        self.block_ids = torch.from_numpy(self.layout().block_of()).reshape(self.coded.shape)
+        self.beta = torch.full((blocks,), float(self.beta.mean()))
+
+    def block_kl_nats(self, mu: torch.Tensor) -> torch.Tensor:
+        """KL per block (before the layout: one value for the whole layer)."""
+        kl = self.kl_nats(mu).flatten()
+        if not self.blocks:
+            return kl.sum().reshape(1)
+        return torch.zeros(self.blocks, dtype=kl.dtype, device=kl.device).index_add(0, self.block_ids.flatten(), kl)
+
+    def code(self, mu: torch.Tensor, blocks: np.ndarray, generator: torch.Generator) -> None:
+        """Code `blocks` (paper alg. 1): candidates from the shared generator, one picked per block with
+        probability proportional to q / p, its sample fixed as the weights' value."""
+        layout, k = self.layout(), 1 << self.bits
+        width, prior = layout.width, self.prior_std()
+        mu, sigma = mu.detach().flatten().float(), self.sigma().detach().flatten().float()
+        per_chunk = max(1, _CHUNK // (k * width))
+        for first in range(0, len(blocks), per_chunk):
+            chunk = blocks[first:first + per_chunk]
+            picks = _pick(self.seed, layout, chunk, k, mu, sigma, prior, generator)
+            positions, values = block_values(self.seed, layout, k, picks, prior, chunk)
+            self.coded_value.view(-1)[torch.from_numpy(positions)] = values
+            self.coded.view(-1)[torch.from_numpy(positions)] = True
+            self.indices[torch.from_numpy(chunk)] = torch.from_numpy(picks)
+
+    # -- storage -------------------------------------------------------------------------------------
+    def encode(self, w: torch.Tensor) -> Encoded:
+        """The picked indices once every block is coded; before that the weights as they compute
+        (float32: the posterior mean and any coded blocks), so a model in training saves too."""
+        if not self.blocks or bool((self.indices < 0).any()):
+            with torch.no_grad():
+                value = torch.where(self.coded, self.coded_value, w.detach().float())
+            return Encoded(self.kind, {"value": value}, {"shape": list(w.shape)})
+        return Encoded(self.kind, {"indices": self.indices.clone(), "prior_std": self.frozen_prior_std.clone()},
+                       {"shape": list(w.shape), "seed": self.seed, "bits": self.bits,
+                        "int_ranges": {"indices": [0, (1 << self.bits) - 1]}})
+
+    @classmethod
+    def decode(cls, encoded: Encoded) -> torch.Tensor:
+        if "value" in encoded.tensors:  # not coded yet: the weights as they were
+            return encoded.tensors["value"].float()
+        shape, seed, bits = encoded.meta.get("shape"), encoded.meta.get("seed"), encoded.meta.get("bits")
+        indices, prior = encoded.tensors["indices"], encoded.tensors["prior_std"]
+        if not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+            raise ValueError(f"minimal_random_code: shape {str(shape)[:80]} is not a list of sizes")
+        if not (isinstance(bits, int) and not isinstance(bits, bool) and 1 <= bits <= MAX_BLOCK_BITS):
+            raise ValueError(f"minimal_random_code: bits={str(bits)[:40]} must be an integer in [1, {MAX_BLOCK_BITS}]")
+        if not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= _MASK64):
+            raise ValueError(f"minimal_random_code: seed={str(seed)[:40]} must be an integer in [0, 2^64)")
+        numel, blocks = math.prod(shape), indices.numel()
+        if indices.dim() != 1 or prior.numel() != 1 or not 1 <= blocks <= numel or numel > blocks * MAX_WIDTH:
+            raise ValueError(f"minimal_random_code: {blocks} indices cannot code {numel} weights "
+                             f"(1 to {MAX_WIDTH} weights per block, one index each)")
+        if indices.device.type == "meta":
+            return torch.empty(shape, device="meta")
+        codes = indices.long().numpy()
+        if codes.min() < 0 or codes.max() >= 1 << bits:
+            raise ValueError(f"minimal_random_code: an index is outside [0, {(1 << bits) - 1}]")
+        layout = BlockLayout.of(seed, numel, blocks)
+        positions, values = block_values(seed, layout, 1 << bits, codes, prior.reshape(()))
+        out = torch.empty(numel, dtype=torch.float32)
+        out[torch.from_numpy(positions)] = values
+        return out.reshape(shape)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object) -> None:
+        """Adopt the stored block count (it is chosen from the trained model's KL)."""
+        for name in ("indices", "beta", "block_ids"):
+            incoming = state_dict.get(prefix + name)
+            if isinstance(incoming, torch.Tensor) and incoming.shape != getattr(self, name).shape:
+                setattr(self, name, torch.empty_like(incoming))
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+    def extra_repr(self) -> str:
+        return f"blocks={self.blocks}, bits={self.bits}, coded={float(self.coded.float().mean()):.0%}"
+
+
+def _pick(seed: int, layout: BlockLayout, blocks: np.ndarray, k: int, mu: torch.Tensor, sigma: torch.Tensor,
+          prior: torch.Tensor, generator: torch.Generator) -> np.ndarray:
+    """One candidate per block, drawn with probability proportional to q(w_k) / p(w_k) (Gumbel-max
+    over the log importance weights; the terms that do not depend on k are left out)."""
+    width = layout.width
+    sizes = layout.starts[blocks + 1] - layout.starts[blocks]
+    offsets = np.arange(width)
+    valid = torch.from_numpy(offsets[None, :] < sizes[:, None])  # (blocks, width)
+    positions = layout.order[np.minimum(layout.starts[blocks][:, None] + offsets[None, :], len(layout.order) - 1)]
+    counters = ((blocks.astype(np.uint64)[:, None, None] * np.uint64(k) + np.arange(k, dtype=np.uint64)[None, :, None])
+                * np.uint64(width) + offsets.astype(np.uint64)[None, None, :])
+    x = prior.float() * torch.from_numpy(standard_samples(seed, counters))  # (blocks, k, width)
+    m, s = mu[torch.from_numpy(positions)][:, None, :], sigma[torch.from_numpy(positions)][:, None, :]
+    log_ratio = -(x - m).square() / (2 * s.square()) + x.square() / (2 * prior.float().square())
+    log_weight = torch.where(valid[:, None, :], log_ratio, 0.0).sum(-1)  # (blocks, k)
+    gumbel = -torch.log(-torch.log(torch.rand(log_weight.shape, generator=generator).clamp_min(1e-20)))
+    return (log_weight + gumbel).argmax(-1).numpy().astype(np.int64)
+
+
+def random_code_layers(model: nn.Module) -> dict[str, tuple[nn.Module, RandomCodeWeight]]:
+    """Every layer with a RandomCodeWeight: name -> (layer, transform)."""
+    found = {}
+    for name, layer in model.named_modules():
+        for t in transforms(layer):
+            if isinstance(t, RandomCodeWeight):
+                found[name] = (layer, t)
+    return found
+
+
+@contextlib.contextmanager
+def posterior_sampling(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module]:
+    """Within the block, random-code layers in training mode compute with a fresh sample
+    w = mu + sigma * eps per step (the reparameterization of the variational training); the previous
+    setting is restored afterwards."""
+    with switched((t for _, t in random_code_layers(model).values()), "sampling", enabled):
+        yield model
+
+
+def posterior_mean(layer: nn.Module) -> torch.Tensor:
+    """mu: the tensor the layer's RandomCodeWeight receives (the trained weight through any mask)."""
+    value = original(layer)
+    for t in transforms(layer):
+        if isinstance(t, RandomCodeWeight):
+            return value
+        value = t(value)
+    raise UserError("internal: the layer has no RandomCodeWeight")
+
+
+@register("miracle")
+@dataclass(frozen=True, kw_only=True)
+class MinimalRandomCode(Method):
+    """MIRACLE (Havasi et al. 2019): Gaussian posteriors trained toward a coding goal, each block of
+    weights stored as the index of a shared random sample (see the module doc).
+
+    Args:
+        total_bits: the coding goal C_total for all targeted weights together (file bits of the
+            indices; the flow derives it from a byte budget).
+        block_bits: C, bits per block (2^C candidates; the encoder draws 2^C x block-width samples).
+        init_sigma: initial posterior std, as a fraction of each layer's weight std (1: the prior's,
+            so the KL starts near the goal instead of far above it).
+        beta_step: how fast each penalty moves toward its coding goal (per step, in log beta).
+        train_size: N, the training images (the KL is per image, as in the ELBO).
+        seed: the layers' generator seeds derive from it (stored in the file).
+    Example:
+        >>> import nncompress as nc, torch
+        >>> net = torch.nn.Sequential(torch.nn.Linear(8, 4))
+        >>> _ = nc.apply_(net, nc.MinimalRandomCode(total_bits=64, train_size=100))
+        >>> float(net[0].weight.std()) > 0
+        True
+    """
+
+    total_bits: int
+    block_bits: int = 12
+    init_sigma: float = 1.0
+    beta_step: float = 0.02
+    train_size: int = 60000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_int_range("total_bits", self.total_bits, 1, 1 << 40)
+        check_int_range("block_bits", self.block_bits, 1, MAX_BLOCK_BITS)
+        check_positive("init_sigma", self.init_sigma)
+        check_positive("beta_step", self.beta_step)
+        check_int_range("train_size", self.train_size, 1, 1 << 40)
+
+    def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
+        layers = quantizable_layers(self, model, activations=False)
+        for name, layer in layers.items():
+            check_weight(layer.weight, name, "MinimalRandomCode")
+        for index, (name, layer) in enumerate(layers.items()):
+            seed = int(_keyed(self.seed, np.array([index], dtype=np.uint64))[0] >> np.uint64(2))  # JSON-safe, < 2^62
+            attach(layer, RandomCodeWeight(layer.weight, self.init_sigma, seed), layer_name=name)
+        ctx.record(self, total_bits=self.total_bits, block_bits=self.block_bits, layers=list(layers))
+        return model
+
+    def regularizers(self, model: nn.Module) -> list[Callable[[nn.Module], torch.Tensor]]:
+        """(1/N) sum_b beta_b KL_b. After every call in training each beta moves toward its goal,
+        log beta += beta_step * clip(KL / goal - 1, -1, 1) (a proportional form of the paper's
+        multiplicative rule, which oscillated over a few thousand steps), within [1e-6, 1e6]; the
+        goal is C ln 2 nats per block once laid out, before that total_bits ln 2 for the model."""
+        goal_block, goal_total = self.block_bits * math.log(2), self.total_bits * math.log(2)
+
+        def move(beta: torch.Tensor, ratio: torch.Tensor) -> None:
+            beta.mul_(torch.exp(self.beta_step * (ratio - 1).clamp(-1.0, 1.0))).clamp_(1e-6, 1e6)
+
+        def penalty(net: nn.Module) -> torch.Tensor:
+            found = random_code_layers(net)
+            if not found:
+                raise UserError("MinimalRandomCode: the model has no random-code layer (apply the method first)")
+            kls = {n: t.block_kl_nats(posterior_mean(layer)) for n, (layer, t) in found.items()}
+            if net.training:
+                with torch.no_grad():
+                    if all(t.blocks for _, t in found.values()):
+                        for name, (_, t) in found.items():
+                            move(t.beta, kls[name].detach() / goal_block)
+                    else:
+                        total = sum(k.detach().sum() for k in kls.values())
+                        for _, t in found.values():
+                            move(t.beta, total / goal_total)
+            return sum((t.beta * kls[n]).sum() for n, (_, t) in found.items()) / self.train_size
+
+        return [penalty]

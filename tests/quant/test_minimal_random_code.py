@@ -1,0 +1,202 @@
+"""MIRACLE (Havasi et al. 2019): the shared generator is pinned to the splitmix64 reference, the KL
+is the closed form, minimal random coding picks samples distributed like the posterior, and the
+file decodes bit for bit to the coded model in exactly blocks x C bits of indices."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import nncompress as nc
+from nncompress.encode.container import parse, serialize
+from nncompress.encode.layout import NncFormatError
+from nncompress.encode.model import decode_model, encode_model
+from nncompress.parametrize import Encoded, find_transform
+from nncompress.quant.minimal_random_code import (MAX_WIDTH, BlockLayout, RandomCodeWeight, _keyed, gaussian_kl,
+                                                  posterior_sampling, random_code_layers, standard_samples)
+from reliability.reliability_util import assemble, split, tensor_entry
+
+
+def test_generator_is_the_splitmix64_reference():
+    # splitmix64 seeded with 0 (Steele et al. 2014; Vigna's reference C): 0xe220a8397b1dcdaf, 0x6e789e6aa1b965f4
+    out = _keyed(0, np.array([0, 1], dtype=np.uint64))
+    assert [int(x) for x in out] == [0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4]
+
+
+def test_samples_are_pinned_and_standardized():
+    # pinned: any change to the generator changes what every stored index decodes to
+    first = standard_samples(12345, np.arange(4, dtype=np.uint64))
+    assert first.dtype == np.float32
+    assert first.tolist() == pytest.approx([-1.0834832, 1.7410631, -1.0192343, -1.98495], abs=1e-6)
+    z = standard_samples(7, np.arange(1_000_000, dtype=np.uint64))
+    assert abs(float(z.mean())) < 0.005 and abs(float(z.var()) - 1) < 0.005
+    assert float(np.abs(z).max()) <= math.sqrt(12) + 1e-6  # Irwin-Hall(4), standardized: |z| <= 2 sqrt(3)
+
+
+def test_kl_is_the_closed_form():
+    mu, sigma, prior = torch.tensor([0.3, -1.0, 0.0]), torch.tensor([0.5, 0.1, 2.0]), torch.tensor(1.5)
+    expected = torch.distributions.kl_divergence(torch.distributions.Normal(mu, sigma),
+                                                 torch.distributions.Normal(torch.zeros(3), prior))
+    assert torch.allclose(gaussian_kl(mu, sigma, prior), expected, atol=1e-6)
+    # by hand, the first: log(1.5 / 0.5) + (0.25 + 0.09) / 4.5 - 0.5 = 1.098612 + 0.075556 - 0.5
+    assert float(gaussian_kl(mu, sigma, prior)[0]) == pytest.approx(0.674168, abs=1e-5)
+
+
+def test_layout_is_a_random_partition_into_near_equal_blocks():
+    layout = BlockLayout.of(seed=3, numel=1000, blocks=7)
+    assert sorted(layout.order.tolist()) == list(range(1000))
+    assert layout.order.tolist() != list(range(1000))
+    sizes = np.diff(layout.starts)
+    assert sizes.sum() == 1000 and sizes.max() - sizes.min() <= 1 and layout.width == 143
+    owner = layout.block_of()
+    for b in range(7):
+        assert set(np.flatnonzero(owner == b)) == set(layout.order[layout.starts[b]:layout.starts[b + 1]].tolist())
+
+
+def coded_layer(mu: torch.Tensor, sigma: float, prior: float, blocks: int, bits: int) -> RandomCodeWeight:
+    t = RandomCodeWeight(mu, init_sigma=1.0, seed=11)
+    with torch.no_grad():
+        t.log_sigma.fill_(math.log(sigma))
+        t.log_prior_std.fill_(math.log(prior))
+    t.set_blocks(blocks, bits)
+    t.code(mu, np.arange(blocks), torch.Generator().manual_seed(0))
+    return t
+
+
+def test_minimal_random_coding_draws_from_the_posterior():
+    # q = N(mu, 0.3^2) against p = N(0, 1): KL per weight = log(1/0.3) + (0.09 + mu^2)/2 - 0.5, about
+    # 0.77 nats + mu^2 / 2; blocks of 4 weights hold about 3.5-5 bits, and 2^10 candidates are plenty,
+    # so the picked samples are distributed about as q (paper thm 3.2): mean mu, spread 0.3.
+    torch.manual_seed(0)
+    mu = torch.rand(8000) - 0.5
+    t = coded_layer(mu, 0.3, 1.0, blocks=2000, bits=10)
+    error = t.coded_value - mu
+    assert bool(t.coded.all()) and int(t.indices.min()) >= 0 and int(t.indices.max()) < 1024
+    assert abs(float(error.mean())) < 0.02
+    assert float(error.std()) == pytest.approx(0.3, abs=0.03)
+    # with a single candidate there is no choice: the error is the prior's spread around mu instead
+    blind = coded_layer(mu, 0.3, 1.0, blocks=2000, bits=1)
+    assert float((blind.coded_value - mu).std()) > 0.6
+
+
+def small_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 4))
+
+
+def coded_model(bits: int = 8) -> nn.Module:
+    model = small_model()
+    nc.apply_(model, nc.MinimalRandomCode(total_bits=400, block_bits=bits, train_size=100, seed=5))
+    for layer, t in random_code_layers(model).values():
+        t.set_blocks(max(1, layer.weight.numel() // 10), bits)
+        t.code(layer.parametrizations.weight.original, np.arange(t.blocks), torch.Generator().manual_seed(1))
+    return model.eval()
+
+
+def test_file_decodes_bit_for_bit_in_blocks_times_c_bits():
+    model = coded_model(bits=8)
+    nnc = encode_model(model, {"arch": "mlp"})
+    data = serialize(nnc)
+    stored = parse(data)
+    for name in ("0.weight", "2.weight"):
+        section = stored.storage[name][-1]["indices"]
+        assert section["bytes"] == math.ceil(find_transform(model[int(name[0])], RandomCodeWeight).blocks * 8 / 8)
+    fresh = decode_model(stored, small_model())
+    for i in (0, 2):
+        assert torch.equal(fresh[i].weight, model[i].weight)
+        assert fresh[i].weight.dtype == torch.float32
+    x = torch.randn(5, 20)
+    assert torch.equal(fresh(x), model(x))
+
+
+def test_a_model_before_coding_saves_its_weights_as_they_compute():
+    model = small_model()
+    nc.apply_(model, nc.MinimalRandomCode(total_bits=400, train_size=100))
+    t = find_transform(model[0], RandomCodeWeight)
+    t.set_blocks(10, 8)
+    t.code(model[0].parametrizations.weight.original, np.arange(4), torch.Generator().manual_seed(0))  # 4 of 10
+    fresh = decode_model(parse(serialize(encode_model(model.eval(), {"arch": "mlp"}))), small_model())
+    assert torch.equal(fresh[0].weight, model[0].weight) and torch.equal(fresh[2].weight, model[2].weight)
+    assert 0 < float(t.coded.float().mean()) < 1
+
+
+def test_training_samples_only_within_posterior_sampling():
+    fresh = small_model()
+    nc.apply_(fresh, nc.MinimalRandomCode(total_bits=400, train_size=100))
+    fresh.train()
+    x = torch.randn(3, 20)
+    assert torch.equal(fresh(x), fresh(x))  # no sampling outside the context: the posterior mean
+    with posterior_sampling(fresh):
+        assert not torch.equal(fresh(x), fresh(x))
+        fresh.eval()
+        assert torch.equal(fresh(x), fresh(x))  # evaluation never samples
+    assert not any(t.sampling for _, t in random_code_layers(fresh).values())
+
+
+def encoded(**changes) -> Encoded:
+    meta = {"shape": [16, 20], "seed": 3, "bits": 8, "int_ranges": {"indices": [0, 255]}}
+    tensors = {"indices": torch.arange(32) % 256, "prior_std": torch.tensor(0.1)}
+    for key, value in changes.items():
+        (tensors if key in tensors else meta)[key] = value
+    return Encoded("minimal_random_code", tensors, meta)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"bits": 0}, "bits=0"), ({"bits": 21}, "bits=21"), ({"bits": True}, "bits=True"),
+    ({"seed": -1}, "seed=-1"), ({"shape": "16x20"}, "shape"),
+    ({"shape": [MAX_WIDTH * 32 + 1]}, "cannot code"), ({"indices": torch.arange(321)}, "cannot code"),
+    ({"indices": torch.full((32,), 256)}, "outside"), ({"indices": torch.full((32,), -1)}, "outside"),
+])
+def test_decode_refuses_hostile_meta(changes, message):
+    with pytest.raises(ValueError, match=message):
+        RandomCodeWeight.decode(encoded(**changes))
+
+
+def test_a_hostile_file_is_a_format_error_before_any_allocation():
+    # a valid file whose layer claims 2^28 weights for its 32 indices (and the header's declared shape too)
+    header, blobs = split(serialize(encode_model(coded_model(), {"arch": "mlp"})))
+    entry = tensor_entry(header, "0.weight")
+    entry["shape"] = [1 << 28]
+    json_text = json.dumps(header).replace('"shape": [16, 20]', f'"shape": [{1 << 28}]')
+    with pytest.raises(NncFormatError):
+        decode_model(parse(assemble(json_text.encode(), blobs)), small_model())
+    with pytest.raises(ValueError, match="cannot code"):  # the writer refuses such a chain too
+        nnc = encode_model(coded_model(), {"arch": "mlp"})
+        nnc.chains["0.weight"][-1].meta["shape"] = [1 << 28]
+        serialize(nnc)
+
+
+def test_penalty_moves_each_beta_toward_its_goal():
+    model = small_model()
+    method = nc.MinimalRandomCode(total_bits=10_000_000, block_bits=4, beta_step=0.1, train_size=100)
+    nc.apply_(model, method)
+    penalty = method.regularizers(model)[0]
+    model.train()
+    penalty(model)  # KL far below a 10M-bit goal: every beta falls by exp(-0.1 x min(1, 1 - KL/goal))
+    betas = [float(t.beta) for _, t in random_code_layers(model).values()]
+    assert betas[0] == pytest.approx(math.exp(-0.1), rel=1e-3) and betas[0] == betas[1]
+    model.eval()
+    value = penalty(model)
+    assert [float(t.beta) for _, t in random_code_layers(model).values()] == betas  # evaluation leaves beta
+    layers = random_code_layers(model)
+    kl = sum(float(t.kl_nats(layer.parametrizations.weight.original).detach().sum()) for layer, t in layers.values())
+    assert float(value.detach()) == pytest.approx(betas[0] * kl / 100, rel=1e-5)
+    for layer, t in layers.values():  # laid out: one beta per block, each toward C ln 2 = 2.77 nats
+        t.set_blocks(4, 4)
+    model.train()
+    penalty(model)
+    for layer, t in layers.values():
+        block_kl = t.block_kl_nats(layer.parametrizations.weight.original).detach()
+        ratio = (block_kl / (4 * math.log(2)) - 1).clamp(-1, 1)
+        assert torch.allclose(t.beta, betas[0] * torch.exp(0.1 * ratio), rtol=1e-5)
+
+
+def test_reload_adopts_the_block_count():
+    model = coded_model()
+    state = model.state_dict()
+    fresh = small_model()
+    nc.apply_(fresh, nc.MinimalRandomCode(total_bits=400, block_bits=8, train_size=100, seed=5))
+    fresh.load_state_dict(state)
+    assert find_transform(fresh[0], RandomCodeWeight).blocks == find_transform(model[0], RandomCodeWeight).blocks
