@@ -195,10 +195,28 @@ def nnc_seeds() -> list[bytes]:
     quant = build_model("lenet300", (1, 4, 4), 10).eval()
     nc.quantize_(quant, nc.LinearQuant(weight_bits=4, act_bits=None, granularity="group", group_size=8))
     desc = {"arch": "lenet300", "in_shape": [1, 8, 8], "num_classes": 10}
-    return [serialize(encode_model(model, desc)),
+    return [serialize(encode_model(model, desc)), serialize(encode_model(miracle_coded(), desc)),
             serialize(encode_model(model, desc, coding=Coding("context", "compact"))),
             serialize(encode_model(quant, {"arch": "lenet300", "in_shape": [1, 4, 4], "num_classes": 10})),
             *(p.read_bytes() for p in sorted(golden.glob("*.nnc")))]
+
+
+def miracle_coded():
+    """lenet300 on 8x8 inputs with every weight MIRACLE-coded (minimal_random_code chains, 8-bit blocks)."""
+    import numpy as np
+    import torch
+
+    import nncompress as nc
+    from nncompress.quant.minimal_random_code import random_code_layers
+    from nncompress.zoo import build_model
+
+    torch.manual_seed(1)
+    model = build_model("lenet300", (1, 8, 8), 10).eval()
+    nc.apply_(model, nc.MinimalRandomCode(total_bits=8000, block_bits=8, train_size=100))
+    for layer, t in random_code_layers(model).values():
+        t.set_blocks(max(1, layer.weight.numel() // 64), 8)
+        t.code(layer.parametrizations.weight.original, np.arange(t.blocks), torch.Generator().manual_seed(0))
+    return model
 
 
 def run_nnc(data: bytes, _tmp: Path):

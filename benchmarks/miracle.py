@@ -12,9 +12,9 @@ split; the 2,000-image test split is evaluated once, never used to choose):
   MIRACLE  `flows/minimal_random_code.compress_miracle` at budget = fp32 bytes / ratio: variational
            training (V epochs, one penalty toward the total coding goal), blocks laid out by each
            layer's KL, B epochs with one penalty per block, R rounds of coding 1/R of every layer's
-           blocks with one retraining epoch between rounds, all one Adam phase under one cosine
-           schedule; biases float16; written to .nnc (C-bit indices) and the accuracy is the
-           decoded file's;
+           blocks with one retraining epoch between rounds (Adam: the variational and balance
+           epochs under one cosine schedule, the rounds at a constant 0.1 x the rate); biases
+           float16; written to .nnc (C-bit indices) and the accuracy is the decoded file's;
   control  the dense model trained through exactly the same phase (flows/control.py: the same
            config, loader seed and steps) with nothing compressed; the gap vs dense (the model
            both start from, with less training) is given too, and the weaker of the two gaps counts.
@@ -115,7 +115,7 @@ def main() -> None:
     if args.note:
         text += f"**Note:** {args.note}\n\n"
     text += __doc__.split("\n\n", 2)[2].split("Per-seed results")[0].strip() + "\n\n"
-    text += (f"Settings: Adam lr {MiracleConfig().lr:g}, one cosine schedule over the whole phase, batch 64, posterior std initialised "
+    text += (f"Settings: Adam lr {MiracleConfig().lr:g}, cosine over the variational and balance epochs, then constant at 0.1x for the coding rounds, batch 64, posterior std initialised "
              f"at the layer's weight std, penalty step {MiracleConfig().beta_step:g} in log beta; not tuned on test.\n\n")
     text += table(["model", "fp32 bytes", "variational epochs", "balance epochs", "coding rounds", "C (bits/block)",
                    "control steps", "dense test %", "control test %"], settings)

@@ -1,6 +1,7 @@
 """MIRACLE (Havasi et al. 2019): the shared generator is pinned to the splitmix64 reference, the KL
 is the closed form, minimal random coding picks samples distributed like the posterior, and the
 file decodes bit for bit to the coded model in exactly blocks x C bits of indices."""
+import hashlib
 import json
 import math
 
@@ -13,10 +14,13 @@ import nncompress as nc
 from nncompress.encode.container import parse, serialize
 from nncompress.encode.layout import NncFormatError
 from nncompress.encode.model import decode_model, encode_model
-from nncompress.parametrize import Encoded, find_transform
+from nncompress.parametrize import CompositionError, Encoded, find_transform, transforms
 from nncompress.quant.minimal_random_code import (MAX_WIDTH, BlockLayout, RandomCodeWeight, _keyed, gaussian_kl,
                                                   posterior_sampling, random_code_layers, standard_samples)
+from nncompress.validate import UserError
 from reliability.reliability_util import assemble, split, tensor_entry
+
+PINNED_DECODE = "f4ad052dccc19609ce89960cb59487c5e2934950637d7de2297f1ce5aac3b42c"
 
 
 def test_generator_is_the_splitmix64_reference():
@@ -26,13 +30,24 @@ def test_generator_is_the_splitmix64_reference():
 
 
 def test_samples_are_pinned_and_standardized():
-    # pinned: any change to the generator changes what every stored index decodes to
+    # pinned bit for bit: any change to the generator changes what every stored index decodes to
     first = standard_samples(12345, np.arange(4, dtype=np.uint64))
     assert first.dtype == np.float32
-    assert first.tolist() == pytest.approx([-1.0834832, 1.7410631, -1.0192343, -1.98495], abs=1e-6)
+    assert first.view(np.uint32).tolist() == [3193294848, 1052669440, 3222129536, 1048298496]
     z = standard_samples(7, np.arange(1_000_000, dtype=np.uint64))
     assert abs(float(z.mean())) < 0.005 and abs(float(z.var()) - 1) < 0.005
-    assert float(np.abs(z).max()) <= math.sqrt(12) + 1e-6  # Irwin-Hall(4), standardized: |z| <= 2 sqrt(3)
+    assert float(np.abs(z).max()) <= 6.0  # Irwin-Hall(12), standardized: |z| <= 6
+    assert float(np.abs(z).max()) > 4.0  # but the tails reach past Irwin-Hall(4)'s 3.46
+
+
+def test_a_coded_stage_decodes_to_pinned_bytes():
+    """The whole decoder (layout, counters, draws, scaling) against a fixed stage: SHA-256 of the
+    float32 bytes, so a change to the format's generator cannot pass unnoticed."""
+    stage = Encoded("minimal_random_code", {"indices": torch.tensor([0, 5, 4095, 17, 1000]),
+                                            "prior_std": torch.tensor(0.05)}, {"shape": [7, 9], "seed": 99, "bits": 12})
+    value = RandomCodeWeight.decode(stage)
+    assert value.dtype == torch.float32 and value.shape == (7, 9)
+    assert hashlib.sha256(value.numpy().tobytes()).hexdigest() == PINNED_DECODE
 
 
 def test_kl_is_the_closed_form():
@@ -148,24 +163,69 @@ def encoded(**changes) -> Encoded:
     ({"seed": -1}, "seed=-1"), ({"shape": "16x20"}, "shape"),
     ({"shape": [MAX_WIDTH * 32 + 1]}, "cannot code"), ({"indices": torch.arange(321)}, "cannot code"),
     ({"indices": torch.full((32,), 256)}, "outside"), ({"indices": torch.full((32,), -1)}, "outside"),
+    ({"indices": torch.zeros(32)}, "integers"), ({"indices": torch.zeros(32, dtype=torch.bool)}, "integers"),
+    ({"indices": torch.tensor(3)}, "1-D"), ({"prior_std": torch.ones(2)}, "one float"),
+    ({"prior_std": torch.tensor(1)}, "one float"), ({"prior_std": torch.tensor(-0.1)}, "positive"),
+    ({"prior_std": torch.tensor(float("nan"))}, "positive"), ({"shape": [1 << 23]}, "MAX_CODED"),
 ])
 def test_decode_refuses_hostile_meta(changes, message):
     with pytest.raises(ValueError, match=message):
         RandomCodeWeight.decode(encoded(**changes))
 
 
+def test_decode_refuses_a_stage_without_its_arrays():
+    stage = encoded()
+    del stage.tensors["prior_std"]
+    with pytest.raises(ValueError, match="lacks"):
+        RandomCodeWeight.decode(stage)
+
+
 def test_a_hostile_file_is_a_format_error_before_any_allocation():
-    # a valid file whose layer claims 2^28 weights for its 32 indices (and the header's declared shape too)
+    # a valid file whose first layer claims one weight more than its 32 indices can code (and the header's
+    # declared shape agrees, so only the kind's own check can refuse it)
     header, blobs = split(serialize(encode_model(coded_model(), {"arch": "mlp"})))
-    entry = tensor_entry(header, "0.weight")
-    entry["shape"] = [1 << 28]
-    json_text = json.dumps(header).replace('"shape": [16, 20]', f'"shape": [{1 << 28}]')
-    with pytest.raises(NncFormatError):
+    too_many = 32 * MAX_WIDTH + 1
+    tensor_entry(header, "0.weight")["shape"] = [too_many]
+    json_text = json.dumps(header).replace('"shape": [16, 20]', f'"shape": [{too_many}]')
+    with pytest.raises(NncFormatError, match="cannot code"):
         decode_model(parse(assemble(json_text.encode(), blobs)), small_model())
     with pytest.raises(ValueError, match="cannot code"):  # the writer refuses such a chain too
         nnc = encode_model(coded_model(), {"arch": "mlp"})
-        nnc.chains["0.weight"][-1].meta["shape"] = [1 << 28]
+        nnc.chains["0.weight"][-1].meta["shape"] = [too_many]
         serialize(nnc)
+
+
+def test_sixteen_bit_blocks_pack_at_sixteen_bits_and_more_are_refused():
+    model = small_model()
+    nc.apply_(model, nc.MinimalRandomCode(total_bits=400, block_bits=16, train_size=100))
+    t = find_transform(model[2], RandomCodeWeight)
+    t.set_blocks(3, 16)
+    t.code(model[2].parametrizations.weight.original, np.arange(3), torch.Generator().manual_seed(0))
+    with pytest.raises(UserError, match="block bits"):
+        find_transform(model[0], RandomCodeWeight).set_blocks(4, 17)
+    nnc = encode_model(model.eval(), {"arch": "mlp"})
+    nnc.chains.pop("0.weight")  # layer 0 is not coded
+    assert parse(serialize(nnc)).storage["2.weight"][-1]["indices"]["bytes"] == 6
+    with pytest.raises(UserError, match="block_bits"):
+        nc.MinimalRandomCode(total_bits=400, block_bits=17)
+
+
+def test_a_reloaded_model_writes_the_file_of_the_original_whatever_its_seed():
+    model = coded_model()  # seed 5
+    fresh = small_model()
+    nc.apply_(fresh, nc.MinimalRandomCode(total_bits=400, block_bits=8, train_size=100, seed=0))
+    fresh.load_state_dict(model.state_dict())
+    fresh.eval()
+    decoded = decode_model(parse(serialize(encode_model(fresh, {"arch": "mlp"}))), small_model())
+    assert torch.equal(decoded[0].weight, model[0].weight) and torch.equal(decoded[2].weight, model[2].weight)
+
+
+def test_it_refuses_to_follow_a_pruning_mask():
+    model = small_model()
+    nc.prune_(model, nc.MagnitudePrune(sparsity=0.5))
+    with pytest.raises(CompositionError, match="mask"):
+        nc.apply_(model, nc.MinimalRandomCode(total_bits=400, train_size=100))
+    assert all(type(t).__name__ != "RandomCodeWeight" for m in model for t in transforms(m))
 
 
 def test_penalty_moves_each_beta_toward_its_goal():

@@ -23,7 +23,7 @@ def miracle(model: ModelArg = "lenet5", dataset: DatasetOpt = "digits", data_dir
             variational_epochs: Annotated[int, typer.Option(min=0, help="epochs with one penalty toward the total goal")] = 20,
             balance_epochs: Annotated[int, typer.Option(min=0, help="epochs with one penalty per block")] = 10,
             rounds: Annotated[int, typer.Option(min=1, max=1000, help="coding rounds (one retraining epoch between rounds)")] = 8,
-            block_bits: Annotated[int, typer.Option(min=1, max=20, help="bits per block: 2^C candidates drawn for each")] = 12,
+            block_bits: Annotated[int, typer.Option(min=1, max=16, help="bits per block: 2^C candidates drawn for each")] = 12,
             seed: Annotated[int, typer.Option(help="random seed")] = 0,
             out_path: Annotated[Path, typer.Option("--out", "-o", help="the .nnc file to write")] = Path("miracle.nnc"),
             json_path: JsonOpt = None) -> None:
@@ -38,6 +38,8 @@ def miracle(model: ModelArg = "lenet5", dataset: DatasetOpt = "digits", data_dir
         raise UserError("give exactly one of --target-ratio and --target-bytes")
     if target_ratio is not None and not target_ratio > 1:
         raise UserError(f"--target-ratio {target_ratio} must be above 1")
+    if target_bytes is not None and target_bytes < 1:
+        raise UserError(f"--target-bytes {target_bytes} must be a positive number of bytes")
     check_out_path(out_path, "--out")
     data = load_dataset(dataset, data_dir, download=download)
     net, arch, _ = dense_model(model, data, seed)

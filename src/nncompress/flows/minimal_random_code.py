@@ -166,9 +166,10 @@ def _largest_remainder(count: int, weights: dict[str, float]) -> dict[str, int]:
 
 
 def budget_blocks(model: nn.Module, model_desc: dict, budget: int, bits: int, coding: Coding) -> int:
-    """The most blocks (split by weight count) whose file fits `budget` bytes, less `MARGIN`."""
+    """The most blocks (split by weight count, at most one per weight) whose file fits `budget` bytes,
+    less `MARGIN`."""
     numels = {n: layer.weight.numel() for n, (layer, _) in random_code_layers(model).items()}
-    total = max(1, (budget * 8) // bits)
+    total = min(max(1, (budget * 8) // bits), sum(numels.values()))
     for _ in range(64):
         size = file_bytes(model, model_desc, split_blocks(total, numels, numels), bits, coding)
         if size + MARGIN <= budget:
@@ -184,10 +185,14 @@ def lay_out_blocks_(model: nn.Module, total: int, bits: int, fits: Callable[[dic
     found = random_code_layers(model)
     with torch.no_grad():
         kl = {n: float(t.kl_nats(posterior_mean(layer)).sum()) for n, (layer, t) in found.items()}
-    blocks = split_blocks(total, kl, {n: layer.weight.numel() for n, (layer, _) in found.items()})
+    numels = {n: layer.weight.numel() for n, (layer, _) in found.items()}
+    blocks = split_blocks(total, kl, numels)
     while fits is not None and (excess := fits(blocks)) > 0:
-        largest = max(blocks, key=blocks.get)
-        blocks[largest] -= max(1, math.ceil(excess * 8 / bits))
+        spare = {n: b - math.ceil(numels[n] / MAX_WIDTH) for n, b in blocks.items()}
+        largest = max(spare, key=spare.get)
+        if spare[largest] <= 0:
+            raise UserError(f"the budget cannot hold even one block per {MAX_WIDTH} weights ({excess} bytes over)")
+        blocks[largest] -= min(spare[largest], max(1, math.ceil(excess * 8 / bits)))
     for name, (_, t) in found.items():
         t.set_blocks(blocks[name], bits)
     return blocks

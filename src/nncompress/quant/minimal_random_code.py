@@ -22,17 +22,21 @@ uncoded blocks are retrained with the coded ones fixed (the paper retrains after
 round of many blocks is the same idea at a CPU's pace).
 
 The shared generator is integer arithmetic only, so the decoder is bit-exact on every machine and
-version: candidate k, position j of block b is z = Irwin-Hall(4) of the splitmix64 hash (Steele,
-Lea & Flood 2014) of the counter (b K + k) W + j (W the layer's widest block) under the layer's
-seed, standardized (four 16-bit uniforms summed, minus their mean, over their standard deviation,
-exact in float64, then rounded to float32), and the weight is sigma_p * z in float32. The prior is
-thus Irwin-Hall rather than exactly Gaussian (|z| <= 3.46); training and the importance weights use
-the Gaussian density, which only changes which candidate is picked, never what is decoded.
+version: candidate k, position j of block b has the counter c = (b K + k) W + j (W the layer's
+widest block); its draw sums the twelve 16-bit fields of the splitmix64 hashes (Steele, Lea & Flood
+2014) of 3c, 3c + 1 and 3c + 2 under the layer's seed (Irwin-Hall(12): mean 393210, variance
+65536^2 - 1), standardized exactly in float64 and rounded to float32, and the weight is
+sigma_p * z in float32. The draws are thus Irwin-Hall rather than exactly Gaussian, with |z| <= 6;
+training and the importance weights use the Gaussian density, from which Irwin-Hall(12) differs by
+under 1 % in density for |z| < 2.5 and lies below it further out (a slight bias of the picks toward
+the centre at 4-6 sigma_p; Irwin-Hall(4), |z| <= 3.46, clipped the largest weights of a layer).
 Blocks: the layer's weights ordered by the splitmix64 hash of their index under the seed, split into
 `blocks` contiguous runs of nearly equal size.
 
 Storage (`encode`): the picked indices (int64, declared in [0, 2^C - 1] so the container packs them
-in C bits) and sigma_p (float32); meta: shape, seed, C.
+in C bits) and sigma_p (float32); meta: shape, seed, C. A tensor coded this way holds at most
+MAX_CODED weights (the encoder's work is 2^C samples per weight; the decoder's memory about 24
+bytes per weight for the layout).
 """
 from __future__ import annotations
 
@@ -46,18 +50,19 @@ import torch
 from torch import nn
 
 from ..config import Context, Method
-from ..parametrize import Encoded, WeightTransform, attach, original, switched, transform_kind, transforms
+from ..parametrize import CompositionError, Encoded, WeightTransform, attach, original, switched, transform_kind, transforms
 from ..prune.masks import check_weight
 from ..registry import register
 from ..validate import UserError, check_int_range, check_positive
 from .ptq import quantizable_layers
 
-MAX_BLOCK_BITS = 20  # 2^20 candidates per block: the encoder's work, K x W samples per block
+MAX_BLOCK_BITS = 16  # 2^16 candidates per block (the container packs integers of up to 16 bits)
 MAX_WIDTH = 1 << 12  # weights in one block (the decoder's work per stored index)
+MAX_CODED = 1 << 22  # weights of one coded tensor
 _MASK64 = (1 << 64) - 1
-_IRWIN_HALL_MEAN = 4 * 65535 / 2
-_IRWIN_HALL_INV_STD = 1.0 / math.sqrt(4 * (65536 ** 2 - 1) / 12)
-_CHUNK = 1 << 22  # candidate samples generated at once by the encoder
+_IRWIN_HALL_MEAN = 12 * 65535 / 2
+_IRWIN_HALL_INV_STD = 1.0 / math.sqrt(65536 ** 2 - 1)
+_CHUNK = 1 << 20  # samples generated at once (encoder and decoder)
 
 
 def splitmix64(x: np.ndarray) -> np.ndarray:
@@ -78,12 +83,19 @@ def _keyed(seed: int, counters: np.ndarray) -> np.ndarray:
         return splitmix64(base + (counters.astype(np.uint64) + np.uint64(1)) * gamma)
 
 
-def standard_samples(seed: int, counters: np.ndarray) -> np.ndarray:
-    """The shared generator's draw for each counter: Irwin-Hall(4) of 16-bit uniforms, standardized,
-    float32 (mean 0, variance 1, |z| <= 3.46)."""
-    h = _keyed(seed, counters)
+def _fields16(h: np.ndarray) -> np.ndarray:
+    """The sum of the four 16-bit fields of each uint64."""
     low = np.uint64(0xFFFF)
-    total = (h & low) + ((h >> np.uint64(16)) & low) + ((h >> np.uint64(32)) & low) + (h >> np.uint64(48))
+    return (h & low) + ((h >> np.uint64(16)) & low) + ((h >> np.uint64(32)) & low) + (h >> np.uint64(48))
+
+
+def standard_samples(seed: int, counters: np.ndarray) -> np.ndarray:
+    """The shared generator's draw for each counter c: Irwin-Hall(12) of the 16-bit fields of the
+    hashes of 3c, 3c + 1, 3c + 2, standardized, float32 (mean 0, variance 1, |z| <= 6)."""
+    c = counters.astype(np.uint64) * np.uint64(3)
+    with np.errstate(over="ignore"):
+        total = _fields16(_keyed(seed, c)) + _fields16(_keyed(seed, c + np.uint64(1))) \
+            + _fields16(_keyed(seed, c + np.uint64(2)))
     return ((total.astype(np.float64) - _IRWIN_HALL_MEAN) * _IRWIN_HALL_INV_STD).astype(np.float32)
 
 
@@ -129,6 +141,19 @@ def block_values(seed: int, layout: BlockLayout, candidates: int, indices: np.nd
     return layout.order[layout.starts[owner] + offsets], prior_std.float() * z
 
 
+def decode_blocks(seed: int, layout: BlockLayout, candidates: int, indices: np.ndarray, prior_std: torch.Tensor,
+                  numel: int) -> torch.Tensor:
+    """Every block's picked sample at its positions, a flat float32 tensor of `numel` (blocks taken
+    about _CHUNK weights at a time, so the decoder's memory stays near the layout's)."""
+    out = torch.empty(numel, dtype=torch.float32)
+    per_chunk = max(1, _CHUNK // max(layout.width, 1))
+    for first in range(0, len(indices), per_chunk):
+        chunk = np.arange(first, min(first + per_chunk, len(indices)))
+        positions, values = block_values(seed, layout, candidates, indices[chunk], prior_std, chunk)
+        out[torch.from_numpy(positions)] = values
+    return out
+
+
 def gaussian_kl(mu: torch.Tensor, sigma: torch.Tensor, prior_std: torch.Tensor) -> torch.Tensor:
     """KL(N(mu, sigma^2) || N(0, prior_std^2)) per element, in nats."""
     return torch.log(prior_std / sigma) + (sigma.square() + mu.square()) / (2 * prior_std.square()) - 0.5
@@ -153,13 +178,18 @@ class RandomCodeWeight(WeightTransform):
         self.register_buffer("frozen_prior_std", torch.tensor(0.0))
         self.register_buffer("beta", torch.ones(1))
         self.register_buffer("block_bits", torch.tensor(0))
-        self.seed = int(seed)
+        self.register_buffer("layer_seed", torch.tensor(int(seed), dtype=torch.int64))  # saved: the file names it
         self.sampling = False  # set by `posterior_sampling`; acts in training mode only
 
     @property
     def bits(self) -> int:
         """C, bits per block (0 until the blocks are laid out)."""
         return int(self.block_bits)
+
+    @property
+    def seed(self) -> int:
+        """The layer's generator seed (in [0, 2^62), from the method's seed and the layer's index)."""
+        return int(self.layer_seed)
 
     # -- the posterior and the prior ---------------------------------------------------------------
     def sigma(self) -> torch.Tensor:
@@ -188,6 +218,8 @@ class RandomCodeWeight(WeightTransform):
     def set_blocks(self, blocks: int, bits: int) -> None:
         """Split the weights into `blocks` random blocks coded with `bits` each; freezes sigma_p."""
         numel = self.coded.numel()
+        if numel > MAX_CODED:
+            raise UserError(f"RandomCodeWeight: {numel} weights, more than MAX_CODED = {MAX_CODED} in one coded tensor")
         if not 1 <= blocks <= numel or numel > blocks * MAX_WIDTH:
             raise UserError(f"blocks={blocks} must be in [{math.ceil(numel / MAX_WIDTH)}, {numel}] for {numel} weights "
                             f"(at most {MAX_WIDTH} weights per block)")
@@ -195,9 +227,9 @@ class RandomCodeWeight(WeightTransform):
         self.block_bits = torch.tensor(bits)
         self.frozen_prior_std = self.log_prior_std.detach().exp().float().clone()
         self.log_prior_std.requires_grad_(False)
-        self.indices = torch.full((blocks,), -1, dtype=torch.int64)
-        self.block_ids = torch.from_numpy(self.layout().block_of()).reshape(self.coded.shape)
-        self.beta = torch.full((blocks,), float(self.beta.mean()))
+        self.indices = torch.full((blocks,), -1, dtype=torch.int64, device=self.coded.device)
+        self.block_ids = torch.from_numpy(self.layout().block_of()).reshape(self.coded.shape).to(self.coded.device)
+        self.beta = torch.full((blocks,), float(self.beta.mean()), device=self.coded.device)
 
     def block_kl_nats(self, mu: torch.Tensor) -> torch.Tensor:
         """KL per block (before the layout: one value for the whole layer)."""
@@ -208,18 +240,19 @@ class RandomCodeWeight(WeightTransform):
 
     def code(self, mu: torch.Tensor, blocks: np.ndarray, generator: torch.Generator) -> None:
         """Code `blocks` (paper alg. 1): candidates from the shared generator, one picked per block with
-        probability proportional to q / p, its sample fixed as the weights' value."""
-        layout, k = self.layout(), 1 << self.bits
-        width, prior = layout.width, self.prior_std()
-        mu, sigma = mu.detach().flatten().float(), self.sigma().detach().flatten().float()
-        per_chunk = max(1, _CHUNK // (k * width))
+        probability proportional to q / p, its sample fixed as the weights' value (on the CPU; the
+        buffers stay on their device)."""
+        layout, k, prior = self.layout(), 1 << self.bits, self.prior_std().detach().cpu()
+        mu, sigma = mu.detach().flatten().float().cpu(), self.sigma().detach().flatten().float().cpu()
+        per_chunk = max(1, _CHUNK // (k * layout.width))
         for first in range(0, len(blocks), per_chunk):
             chunk = blocks[first:first + per_chunk]
             picks = _pick(self.seed, layout, chunk, k, mu, sigma, prior, generator)
             positions, values = block_values(self.seed, layout, k, picks, prior, chunk)
-            self.coded_value.view(-1)[torch.from_numpy(positions)] = values
-            self.coded.view(-1)[torch.from_numpy(positions)] = True
-            self.indices[torch.from_numpy(chunk)] = torch.from_numpy(picks)
+            where = torch.from_numpy(positions).to(self.coded.device)
+            self.coded_value.view(-1)[where] = values.to(self.coded_value.device)
+            self.coded.view(-1)[where] = True
+            self.indices[torch.from_numpy(chunk).to(self.indices.device)] = torch.from_numpy(picks).to(self.indices.device)
 
     # -- storage -------------------------------------------------------------------------------------
     def encode(self, w: torch.Tensor) -> Encoded:
@@ -238,27 +271,34 @@ class RandomCodeWeight(WeightTransform):
         if "value" in encoded.tensors:  # not coded yet: the weights as they were
             return encoded.tensors["value"].float()
         shape, seed, bits = encoded.meta.get("shape"), encoded.meta.get("seed"), encoded.meta.get("bits")
-        indices, prior = encoded.tensors["indices"], encoded.tensors["prior_std"]
+        indices, prior = encoded.tensors.get("indices"), encoded.tensors.get("prior_std")
+        if not isinstance(indices, torch.Tensor) or not isinstance(prior, torch.Tensor):
+            raise ValueError("minimal_random_code: the stage lacks its indices or prior_std array")
         if not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
             raise ValueError(f"minimal_random_code: shape {str(shape)[:80]} is not a list of sizes")
         if not (isinstance(bits, int) and not isinstance(bits, bool) and 1 <= bits <= MAX_BLOCK_BITS):
             raise ValueError(f"minimal_random_code: bits={str(bits)[:40]} must be an integer in [1, {MAX_BLOCK_BITS}]")
         if not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= _MASK64):
             raise ValueError(f"minimal_random_code: seed={str(seed)[:40]} must be an integer in [0, 2^64)")
+        if indices.dtype.is_floating_point or indices.dtype.is_complex or indices.dtype == torch.bool:
+            raise ValueError(f"minimal_random_code: indices must be integers, not {indices.dtype}")
+        if prior.numel() != 1 or not prior.dtype.is_floating_point:
+            raise ValueError(f"minimal_random_code: prior_std must be one float, not {list(prior.shape)} {prior.dtype}")
         numel, blocks = math.prod(shape), indices.numel()
-        if indices.dim() != 1 or prior.numel() != 1 or not 1 <= blocks <= numel or numel > blocks * MAX_WIDTH:
+        if numel > MAX_CODED:
+            raise ValueError(f"minimal_random_code: {numel} weights, more than MAX_CODED = {MAX_CODED}")
+        if indices.dim() != 1 or not 1 <= blocks <= numel or numel > blocks * MAX_WIDTH:
             raise ValueError(f"minimal_random_code: {blocks} indices cannot code {numel} weights "
-                             f"(1 to {MAX_WIDTH} weights per block, one index each)")
+                             f"(1 to {MAX_WIDTH} weights per block, one index each, in a 1-D array)")
         if indices.device.type == "meta":
             return torch.empty(shape, device="meta")
         codes = indices.long().numpy()
         if codes.min() < 0 or codes.max() >= 1 << bits:
             raise ValueError(f"minimal_random_code: an index is outside [0, {(1 << bits) - 1}]")
-        layout = BlockLayout.of(seed, numel, blocks)
-        positions, values = block_values(seed, layout, 1 << bits, codes, prior.reshape(()))
-        out = torch.empty(numel, dtype=torch.float32)
-        out[torch.from_numpy(positions)] = values
-        return out.reshape(shape)
+        scale = prior.reshape(()).float()
+        if not (bool(torch.isfinite(scale)) and float(scale) > 0):
+            raise ValueError(f"minimal_random_code: prior_std = {float(scale)} must be positive and finite")
+        return decode_blocks(seed, BlockLayout.of(seed, numel, blocks), 1 << bits, codes, scale, numel).reshape(shape)
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object) -> None:
         """Adopt the stored block count (it is chosen from the trained model's KL)."""
@@ -275,20 +315,31 @@ class RandomCodeWeight(WeightTransform):
 def _pick(seed: int, layout: BlockLayout, blocks: np.ndarray, k: int, mu: torch.Tensor, sigma: torch.Tensor,
           prior: torch.Tensor, generator: torch.Generator) -> np.ndarray:
     """One candidate per block, drawn with probability proportional to q(w_k) / p(w_k) (Gumbel-max
-    over the log importance weights; the terms that do not depend on k are left out)."""
+    over the log importance weights, the terms that do not depend on k left out), the candidates
+    taken about _CHUNK samples at a time with a running maximum."""
     width = layout.width
     sizes = layout.starts[blocks + 1] - layout.starts[blocks]
     offsets = np.arange(width)
-    valid = torch.from_numpy(offsets[None, :] < sizes[:, None])  # (blocks, width)
-    positions = layout.order[np.minimum(layout.starts[blocks][:, None] + offsets[None, :], len(layout.order) - 1)]
-    counters = ((blocks.astype(np.uint64)[:, None, None] * np.uint64(k) + np.arange(k, dtype=np.uint64)[None, :, None])
-                * np.uint64(width) + offsets.astype(np.uint64)[None, None, :])
-    x = prior.float() * torch.from_numpy(standard_samples(seed, counters))  # (blocks, k, width)
-    m, s = mu[torch.from_numpy(positions)][:, None, :], sigma[torch.from_numpy(positions)][:, None, :]
-    log_ratio = -(x - m).square() / (2 * s.square()) + x.square() / (2 * prior.float().square())
-    log_weight = torch.where(valid[:, None, :], log_ratio, 0.0).sum(-1)  # (blocks, k)
-    gumbel = -torch.log(-torch.log(torch.rand(log_weight.shape, generator=generator).clamp_min(1e-20)))
-    return (log_weight + gumbel).argmax(-1).numpy().astype(np.int64)
+    valid = torch.from_numpy(offsets[None, :] < sizes[:, None])[:, None, :]  # (blocks, 1, width)
+    positions = torch.from_numpy(layout.order[np.minimum(layout.starts[blocks][:, None] + offsets[None, :],
+                                                         len(layout.order) - 1)])
+    m, s = mu[positions][:, None, :], sigma[positions][:, None, :]
+    best = torch.full((len(blocks),), -math.inf, dtype=torch.float64)
+    picks = torch.zeros(len(blocks), dtype=torch.int64)
+    step = max(1, _CHUNK // max(len(blocks) * width, 1))
+    for first in range(0, k, step):
+        ks = np.arange(first, min(first + step, k), dtype=np.uint64)
+        counters = ((blocks.astype(np.uint64)[:, None, None] * np.uint64(k) + ks[None, :, None]) * np.uint64(width)
+                    + offsets.astype(np.uint64)[None, None, :])
+        x = prior.float() * torch.from_numpy(standard_samples(seed, counters))  # (blocks, candidates, width)
+        log_ratio = -(x - m).square() / (2 * s.square()) + x.square() / (2 * prior.float().square())
+        log_weight = torch.where(valid, log_ratio, 0.0).sum(-1).double()  # (blocks, candidates)
+        gumbel = -torch.log(-torch.log(torch.rand(log_weight.shape, generator=generator, dtype=torch.float64)
+                                       .clamp_min(1e-300)))
+        score, where = (log_weight + gumbel).max(-1)
+        better = score > best
+        best, picks = torch.where(better, score, best), torch.where(better, where + first, picks)
+    return picks.numpy()
 
 
 def random_code_layers(model: nn.Module) -> dict[str, tuple[nn.Module, RandomCodeWeight]]:
@@ -361,6 +412,10 @@ class MinimalRandomCode(Method):
         layers = quantizable_layers(self, model, activations=False)
         for name, layer in layers.items():
             check_weight(layer.weight, name, "MinimalRandomCode")
+            if transforms(layer):
+                raise CompositionError(f"{name}: MinimalRandomCode codes every weight of a layer with prior samples, "
+                                       f"so it cannot follow {type(transforms(layer)[-1]).__name__} (a pruning mask "
+                                       "would be overwritten); apply it to unpruned layers")
         for index, (name, layer) in enumerate(layers.items()):
             seed = int(_keyed(self.seed, np.array([index], dtype=np.uint64))[0] >> np.uint64(2))  # JSON-safe, < 2^62
             attach(layer, RandomCodeWeight(layer.weight, self.init_sigma, seed), layer_name=name)
