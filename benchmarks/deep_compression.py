@@ -89,7 +89,7 @@ def summary_rows(arch: str, runs: list[list[dict]]) -> list[list[object]]:
 
 
 def layer_rows(arch: str, result: dict) -> list[list[object]]:
-    rows = [[arch, r["layer"], f"{r['weights']:,}", f"{100 * r['kept']:.1f}%", r["weight_bits_pq"],
+    rows = [[arch, r["layer"], f"{r['weights']:,}", f"{100 * r['kept']:.1f}%", f"{r['weight_bits_pq']:.3g}",
              f"{r['weight_bits_pqh']:.2f}", f"{r['cluster_entropy']:.2f}", r["index_bits_pq"],
              f"{r['index_bits_pqh']:.2f}", f"{r['index_entropy']:.2f}", f"{100 * r['rate_pq']:.2f}%",
              f"{100 * r['rate_pqh']:.2f}%", f"{r['bytes']:,}"] for r in result["layers"]]

@@ -4,10 +4,12 @@ chance, and the flow trains exactly the phases its same-budget control replays."
 import copy
 import os
 
+import pytest
 import torch
 
 from nncompress.analysis.metrics import count_params
 from nncompress.encode.container import read_nnc
+from nncompress.flows.deep_compression import layer_row
 from nncompress.flows.control import StepCounter, same_budget_control, total_steps
 from nncompress.flows.minimal_random_code import MiracleConfig, compress_miracle, miracle_phases, split_blocks
 from nncompress.flows.prune import dense_model
@@ -26,8 +28,12 @@ def test_written_file_fits_the_budget_decodes_exactly_and_classifies(digits, tmp
     assert r["exact_roundtrip"] and os.path.getsize(tmp_path / "m.nnc") == r["file_bytes"] <= budget
     assert r["file_bytes"] > budget - 64  # the budget is used, not left on the table
     stored = read_nnc(tmp_path / "m.nnc")
+    rows = {row["layer"]: row for row in (layer_row(layer) for layer in stored.layers)}
     for name, blocks in r["blocks"].items():
         assert stored.storage[f"{name}.weight"][-1]["indices"]["bytes"] == -(-blocks * 8 // 8)
+        numel = getattr(dense, name).weight.numel()  # the layer table reports bits per weight, not per index
+        assert rows[name]["weight_bits_pq"] == pytest.approx(8 * blocks / numel)
+        assert rows[name]["weight_bits_pqh"] == pytest.approx(8 * blocks / numel)
     assert r["index_bits"] == 8 * sum(r["blocks"].values())
     assert evaluate(decoded, digits.test_loader())["accuracy"] > 0.8  # dense: about 0.97; chance 0.1
     phases = miracle_phases(CONFIG, 0)

@@ -217,7 +217,7 @@ def deep_compression_table(rows: list[dict], title: str, overhead: dict | None =
     for col in columns:
         table.add_column(col, justify="left" if col == "layer" else "right")
     for r in rows:
-        table.add_row(r["layer"], f"{r['weights']:,}", f"{100 * r['kept']:.1f}%", str(r["weight_bits_pq"]),
+        table.add_row(r["layer"], f"{r['weights']:,}", f"{100 * r['kept']:.1f}%", f"{r['weight_bits_pq']:.3g}",
                       f"{r['weight_bits_pqh']:.2f}", str(r["index_bits_pq"]), f"{r['index_bits_pqh']:.2f}",
                       f"{100 * r['rate_pq']:.2f}%", f"{100 * r['rate_pqh']:.2f}%", f"{r['bytes']:,}")
     if overhead is not None:

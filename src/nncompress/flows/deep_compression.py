@@ -100,7 +100,8 @@ def layer_row(layer: StoredLayer) -> dict:
     and of the weight stream (P+Q: fixed width; P+Q+H: as coded), and rates vs 32-bit dense
     weights. `bytes` is the layer's real share of the file (its sections + header share); rate
     P+Q+H = 8 bytes / (32 n). Rate P+Q counts the index and weight streams at fixed width plus the
-    layer's other arrays (codebook, scales) as stored."""
+    layer's other arrays (codebook, scales) as stored. Weight bits are per kept weight, also for a
+    stage that stores one index per block of weights (MIRACLE: bits x blocks / weights)."""
     numel = math.prod(layer.shape)
     keep, keep_entry = _mask(layer)
     kept = int(keep.sum()) if keep is not None else numel
@@ -115,8 +116,9 @@ def layer_row(layer: StoredLayer) -> dict:
     other_bytes = sum(e.get("bytes", 0) for s in layer.storage for n, e in s.items()
                       if e is not main_entry and e is not keep_entry)
     index_bits = relative["index_bits"] if relative else keep_entry["codec"].get("bits", 1) if bitmap else 0
+    per_weight = len(values) / max(kept, 1)  # stored entries per kept weight: 1, or one index per block (MIRACLE)
     return {"layer": layer.name.removesuffix(".weight"), "weights": numel, "kept": kept / numel,
-            "weight_bits_pq": weight_bits, "weight_bits_pqh": _coded_bits(main_entry) / max(len(values), 1),
+            "weight_bits_pq": weight_bits * per_weight, "weight_bits_pqh": _coded_bits(main_entry) / max(kept, 1),
             "cluster_entropy": entropy_bits(values.numpy()),
             "index_bits_pq": index_bits, "index_bits_pqh": _coded_bits(keep_entry) / max(entries, 1) if keep_entry else 0.0,
             "index_entropy": _index_entropy(keep, relative),
