@@ -15,8 +15,9 @@ from nncompress.encode.container import parse, serialize
 from nncompress.encode.layout import NncFormatError
 from nncompress.encode.model import decode_model, encode_model
 from nncompress.parametrize import CompositionError, Encoded, find_transform, transforms
-from nncompress.quant.minimal_random_code import (MAX_WIDTH, BlockLayout, RandomCodeWeight, _keyed, gaussian_kl,
-                                                  posterior_sampling, random_code_layers, standard_samples)
+from nncompress.quant.minimal_random_code import (RandomCodeWeight, gaussian_kl, posterior_sampling,
+                                                  random_code_layers)
+from nncompress.quant.random_code_generator import MAX_WIDTH, BlockLayout, keyed, standard_samples
 from nncompress.validate import UserError
 from reliability.reliability_util import assemble, split, tensor_entry
 
@@ -25,7 +26,7 @@ PINNED_DECODE = "f4ad052dccc19609ce89960cb59487c5e2934950637d7de2297f1ce5aac3b42
 
 def test_generator_is_the_splitmix64_reference():
     # splitmix64 seeded with 0 (Steele et al. 2014; Vigna's reference C): 0xe220a8397b1dcdaf, 0x6e789e6aa1b965f4
-    out = _keyed(0, np.array([0, 1], dtype=np.uint64))
+    out = keyed(0, np.array([0, 1], dtype=np.uint64))
     assert [int(x) for x in out] == [0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4]
 
 

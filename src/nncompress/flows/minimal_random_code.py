@@ -40,8 +40,8 @@ from ..encode.container import Coding, read_nnc, serialize, write_nnc
 from ..encode.cost import plan_bytes
 from ..encode.deep_compression import round_biases_fp16_
 from ..encode.model import decode_model, encode_model
-from ..quant.minimal_random_code import (MAX_WIDTH, MinimalRandomCode, posterior_mean, posterior_sampling,
-                                         random_code_layers)
+from ..quant.minimal_random_code import MinimalRandomCode, posterior_mean, posterior_sampling, random_code_layers
+from ..quant.random_code_generator import MAX_WIDTH
 from ..train import TrainConfig, evaluate
 from ..validate import UserError, check_int_range
 from ..zoo import Dataset
