@@ -2,7 +2,8 @@
 ratios, in real .nnc bytes, against the same-budget dense control (issue 16's MDL / relative-entropy
 coding item, measured beside entropy-penalized reparameterization and the allocator).
 
-Usage: nice -n 10 python benchmarks/miracle.py [--seeds 3] [--models lenet300] [--ratios 70]
+Usage: nice -n 10 python benchmarks/miracle.py [--seeds 3] [--models lenet300 lenet5]
+           [--ratios lenet300=70,30 lenet5=170,400]
            [--epochs lenet300=20,10,8] [--block-bits 12] [--threads 1] [--name miracle]
 
 Per model and seed, on mnist-10k's first 7,000 training images (the last 1,000 are the validation
@@ -81,8 +82,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--start-seed", type=int, default=0, help="compute seeds start..seeds-1 only (parallel runs)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--models", nargs="+", default=["lenet300"])
-    parser.add_argument("--ratios", nargs="+", type=float, default=[70.0])
+    parser.add_argument("--models", nargs="+", default=["lenet300", "lenet5"])
+    parser.add_argument("--ratios", nargs="+", default=["lenet300=70,30", "lenet5=170,400"],
+                        help="per model: the compression ratios to code at")
     parser.add_argument("--epochs", nargs="+", default=["lenet300=20,10,8", "lenet5=20,10,8"],
                         help="per model: variational epochs, balance epochs, coding rounds")
     parser.add_argument("--block-bits", type=int, default=12)
@@ -91,6 +93,7 @@ def main() -> None:
     parser.add_argument("--note", default="")
     args = parser.parse_args()
     schedule = {k: tuple(int(x) for x in v.split(",")) for k, v in (e.split("=") for e in args.epochs)}
+    targets = {k: [float(x) for x in v.split(",")] for k, v in (e.split("=") for e in args.ratios)}
     torch.set_num_threads(args.threads)
     test = load_dataset("mnist-10k", MNIST_DIR)
     val = test.with_validation(1000)
@@ -100,12 +103,12 @@ def main() -> None:
         config = MiracleConfig(block_bits=args.block_bits, variational_epochs=variational, balance_epochs=balance,
                                rounds=rounds)
         tag = f"v{variational}-b{balance}-r{rounds}-c{args.block_bits}"
-        runs = [cached_sweep(CACHE / f"{arch}-seed{seed}-{tag}-threads{args.threads}.json", args.ratios,
+        runs = [cached_sweep(CACHE / f"{arch}-seed{seed}-{tag}-threads{args.threads}.json", targets[arch],
                              lambda missing, s=seed: run_seed(arch, val, test, s, missing, config))
                 for seed in range(args.start_seed, args.seeds)]
         if args.no_report:
             continue
-        rows += summary(arch, runs, args.ratios)
+        rows += summary(arch, runs, targets[arch])
         settings.append([arch, runs[0]["fp32_bytes"], variational, balance, rounds, args.block_bits,
                          runs[0]["control_steps"], f"{100 * statistics.mean(r['dense']['test'] for r in runs):.2f}",
                          f"{100 * statistics.mean(r['control']['test'] for r in runs):.2f}"])
