@@ -169,7 +169,8 @@ def test_miracle_writes_a_file_within_the_budget_that_decodes_exactly(main, tmp_
 
 @pytest.mark.parametrize("args, message", [((), "exactly one of"), (("--target-ratio", "10", "--target-bytes", "9"),
                                                                     "exactly one of"),
-                                           (("--target-ratio", "0.5"), "must be above 1")])
+                                           (("--target-ratio", "0.5"), "above 1"), (("--target-ratio", "inf"), "finite"),
+                                           (("--target-bytes", "400"), "smallest MIRACLE file")])
 def test_miracle_refuses_a_missing_or_impossible_budget_before_training(main, args, message):
     code, stdout, stderr = main("miracle", "lenet300", *args)
     assert code == 2 and message in stderr and "epoch" not in stdout + stderr

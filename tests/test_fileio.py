@@ -29,3 +29,16 @@ def test_garbage_weights_file_is_a_clear_error(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
     with pytest.raises(ValueError, match="not a valid nncompress safetensors file"):
         load_weights(tmp_path / "bad.safetensors")
+
+
+def test_loading_a_nnc_file_as_a_saved_model_points_to_the_nnc_reader(tmp_path):
+    import torch
+
+    import nncompress as nc
+    from nncompress.encode.container import write_nnc
+    from nncompress.encode.model import encode_model
+
+    path = tmp_path / "model.nnc"
+    write_nnc(path, encode_model(torch.nn.Sequential(torch.nn.Linear(4, 2)), {"arch": "mlp"}))
+    with pytest.raises(nc.UserError, match=r"it is a \.nnc file: read it with nc\.read_nnc"):
+        nc.load_model(path)

@@ -146,6 +146,17 @@ def save_weights(path: str | os.PathLike, state: dict[str, torch.Tensor], meta: 
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
 
 
+def _nnc_hint(path: str | os.PathLike) -> str:
+    """A pointer to the .nnc reader when `path` starts with the .nnc magic bytes, else ''."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError:
+        return ""
+    return ("; it is a .nnc file: read it with nc.read_nnc(path) and nc.decode_model(nnc, model=...)"
+            if magic == b"NNC\x01" else "")
+
+
 def read_metadata(path: str | os.PathLike) -> dict:
     """The nncompress metadata object of a safetensors file (bounded JSON, an object), without
     loading any tensor; a bad file raises UserError naming it and the field."""
@@ -153,7 +164,8 @@ def read_metadata(path: str | os.PathLike) -> dict:
         with safe_open(str(path), framework="pt") as f:
             raw = (f.metadata() or {}).get("nncompress", "{}")
     except (SafetensorError, OSError) as err:
-        raise UserError(f"{str(path)!r} is not a valid nncompress safetensors file: {err}") from err
+        hint = _nnc_hint(path)
+        raise UserError(f"{str(path)!r} is not a valid nncompress safetensors file: {err}{hint}") from err
     if len(raw) > MAX_METADATA_BYTES:
         raise UserError(f"{str(path)!r}: metadata 'nncompress' is {len(raw)} bytes, more than {MAX_METADATA_BYTES}")
     meta = loads_bounded(raw, f"{str(path)!r} metadata 'nncompress' (not a valid nncompress safetensors file)")

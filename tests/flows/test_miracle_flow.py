@@ -6,14 +6,17 @@ import os
 
 import pytest
 import torch
+from torch import nn
 
 from nncompress.analysis.metrics import count_params
 from nncompress.encode.container import read_nnc
+from nncompress.encode.model import decode_model
 from nncompress.flows.deep_compression import layer_row
 from nncompress.flows.control import StepCounter, same_budget_control, total_steps
 from nncompress.flows.minimal_random_code import MiracleConfig, compress_miracle, miracle_phases, split_blocks
 from nncompress.flows.prune import dense_model
 from nncompress.train import evaluate
+from nncompress.validate import UserError
 
 CONFIG = MiracleConfig(block_bits=8, variational_epochs=3, balance_epochs=1, rounds=3)
 
@@ -45,3 +48,27 @@ def test_written_file_fits_the_budget_decodes_exactly_and_classifies(digits, tmp
 def test_blocks_are_split_by_weight_with_a_floor_per_layer():
     assert split_blocks(10, {"a": 3.0, "b": 1.0, "c": 0.0}, {"a": 100, "b": 100, "c": 5000}) == {"a": 6, "b": 2, "c": 2}
     assert sum(split_blocks(1000, {"a": 0.4, "b": 0.6}, {"a": 500, "b": 300}).values()) == 800  # at most one per weight
+
+
+def test_a_model_outside_the_zoo_is_coded_and_read_back_into_its_own_module(digits, tmp_path):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    decoded, r = compress_miracle(net, "my-mlp", digits, MiracleConfig(block_bits=8, variational_epochs=1,
+                                                                        balance_epochs=1, rounds=2),
+                                  budget_bytes=1200, seed=0, out=tmp_path / "mlp.nnc")
+    assert r["exact_roundtrip"] and r["file_bytes"] <= 1200
+    fresh = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    again = decode_model(read_nnc(tmp_path / "mlp.nnc"), model=fresh)
+    assert torch.equal(again(digits.test_x[:64]), decoded(digits.test_x[:64]))
+
+
+@pytest.mark.parametrize("arch, budget, message", [
+    ("lenet5", 10_000, "zoo model whose tensors differ"),   # the name of another zoo model
+    ("lenet300", 400, "below the smallest MIRACLE file of this model"),  # header + float16 biases alone are more
+    ("lenet300", 0, "budget_bytes"),
+])
+def test_a_wrong_name_or_an_impossible_budget_is_refused_before_training(digits, arch, budget, message):
+    model, _, _ = dense_model("lenet300", digits, seed=0)
+    with StepCounter() as steps, pytest.raises(UserError, match=message):
+        compress_miracle(model, arch, digits, CONFIG, budget_bytes=budget)
+    assert steps.steps == 0

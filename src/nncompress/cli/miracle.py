@@ -27,26 +27,33 @@ def miracle(model: ModelArg = "lenet5", dataset: DatasetOpt = "digits", data_dir
             seed: Annotated[int, typer.Option(help="random seed")] = 0,
             out_path: Annotated[Path, typer.Option("--out", "-o", help="the .nnc file to write")] = Path("miracle.nnc"),
             json_path: JsonOpt = None) -> None:
-    """Train the model, then MIRACLE-code it within the budget; prints the blocks per layer, the file
-    size and the accuracy of the model decoded from the file."""
+    """Train the model (a zoo name: its recipe's pretraining first), then MIRACLE-code it within the
+    budget; prints the blocks per layer, the file size and the accuracy of the model decoded from the
+    file."""
+    import math
+
     from ..analysis.metrics import count_params
-    from ..flows.minimal_random_code import MiracleConfig, compress_miracle
+    from ..api import resolve_model
+    from ..flows.minimal_random_code import MiracleConfig, compress_miracle, planned_blocks
     from ..flows.prune import dense_model
     from ..train import evaluate
 
     if (target_ratio is None) == (target_bytes is None):
         raise UserError("give exactly one of --target-ratio and --target-bytes")
-    if target_ratio is not None and not target_ratio > 1:
-        raise UserError(f"--target-ratio {target_ratio} must be above 1")
+    if target_ratio is not None and not (math.isfinite(target_ratio) and target_ratio > 1):
+        raise UserError(f"--target-ratio {target_ratio} must be a finite number above 1")
     if target_bytes is not None and target_bytes < 1:
         raise UserError(f"--target-bytes {target_bytes} must be a positive number of bytes")
     check_out_path(out_path, "--out")
     data = load_dataset(dataset, data_dir, download=download)
-    net, arch, _ = dense_model(model, data, seed)
-    dense_accuracy = evaluate(net, data.test_loader())["accuracy"]
-    budget = target_bytes if target_bytes is not None else int(4 * count_params(net) / target_ratio)
     config = MiracleConfig(block_bits=block_bits, variational_epochs=variational_epochs, balance_epochs=balance_epochs,
                            rounds=rounds)
+    untrained, arch, trained = resolve_model(model, data, seed=seed)  # the structure: check the budget first
+    budget = target_bytes if target_bytes is not None else int(4 * count_params(untrained) / target_ratio)
+    desc = {"arch": arch, "in_shape": list(data.in_shape), "num_classes": data.num_classes}
+    planned_blocks(untrained, desc, config, budget)
+    net, arch, _ = dense_model(model, data, seed)  # the zoo recipe's training (a saved model: as it is)
+    dense_accuracy = evaluate(net, data.test_loader())["accuracy"]
     _, result = compress_miracle(net, arch, data, config, budget_bytes=budget, seed=seed, out=out_path)
     table = Table(title=f"{arch}: MIRACLE blocks of {block_bits} bits for a budget of {budget:,} B")
     for col in ("layer", "blocks", "index bytes"):
@@ -54,7 +61,8 @@ def miracle(model: ModelArg = "lenet5", dataset: DatasetOpt = "digits", data_dir
     for name, blocks in result["blocks"].items():
         table.add_row(name, f"{blocks:,}", f"{blocks * block_bits / 8:,.0f}")
     out.print(table)
-    out.print(f"dense accuracy {dense_accuracy:.4f}  compressed accuracy {result['accuracy']:.4f} (decoded from "
+    start = "input" if trained else "dense"
+    out.print(f"{start} accuracy {dense_accuracy:.4f}  compressed accuracy {result['accuracy']:.4f} (decoded from "
               f"{out_path})  {result['file_bytes']:,} B = {result['compression']:.1f}x  exact round trip: "
               f"{result['exact_roundtrip']}")
     emit_json(json_path, {"model": arch, "dataset": data.name, "dense_accuracy": dense_accuracy, **result})

@@ -41,10 +41,11 @@ from ..encode.cost import plan_bytes
 from ..encode.deep_compression import round_biases_fp16_
 from ..encode.model import decode_model, encode_model
 from ..quant.minimal_random_code import MinimalRandomCode, posterior_mean, posterior_sampling, random_code_layers
-from ..quant.random_code_generator import MAX_WIDTH
+from ..quant.random_code_generator import MAX_BLOCK_BITS, MAX_WIDTH
 from ..train import TrainConfig, evaluate
-from ..validate import UserError, check_int_range
-from ..zoo import Dataset
+from ..validate import UserError, check_int_range, check_positive
+from ..parametrize import plain_state, squash_
+from ..zoo import MODELS, Dataset, build_model
 from .allocate import other_tensors
 from .control import TrainingPhase
 
@@ -69,7 +70,13 @@ class MiracleConfig:
     coding: Coding = Coding()
 
     def __post_init__(self) -> None:
-        check_int_range("rounds", self.rounds, 1, 1 << 16)
+        check_int_range("block_bits", self.block_bits, 1, MAX_BLOCK_BITS)
+        for name in ("variational_epochs", "balance_epochs"):
+            check_int_range(name, getattr(self, name), 0, 100_000)
+        check_int_range("rounds", self.rounds, 1, 1000)
+        check_int_range("round_epochs", self.round_epochs, 1, 100_000)
+        for name in ("lr", "coding_lr_factor", "init_sigma", "beta_step"):
+            check_positive(name, getattr(self, name))
 
 
 def miracle_phases(config: MiracleConfig, seed: int) -> list[TrainingPhase]:
@@ -146,7 +153,7 @@ def split_blocks(total: int, weights: dict[str, int], numels: dict[str, int]) ->
     floor = {n: math.ceil(numels[n] / MAX_WIDTH) for n in numels}
     if total < sum(floor.values()):
         raise UserError(f"the budget allows {total} blocks; these layers need at least {sum(floor.values())} "
-                        f"(one per {MAX_WIDTH} weights): raise the budget or block_bits")
+                        f"(one per {MAX_WIDTH} weights): raise the budget")
     out = dict(floor)
     while (spare := total - sum(out.values())) > 0 and (open_ := [n for n in numels if out[n] < numels[n]]):
         for n, extra in _largest_remainder(spare, {n: weights[n] for n in open_}).items():
@@ -167,14 +174,21 @@ def _largest_remainder(count: int, weights: dict[str, float]) -> dict[str, int]:
 
 def budget_blocks(model: nn.Module, model_desc: dict, budget: int, bits: int, coding: Coding) -> int:
     """The most blocks (split by weight count, at most one per weight) whose file fits `budget` bytes,
-    less `MARGIN`."""
+    less `MARGIN`; a UserError naming the smallest file possible (one block per MAX_WIDTH weights:
+    the header and the float16 biases) when even that does not fit."""
+    check_int_range("budget_bytes", budget, 1, 1 << 40)
     numels = {n: layer.weight.numel() for n, (layer, _) in random_code_layers(model).items()}
-    total = min(max(1, (budget * 8) // bits), sum(numels.values()))
+    smallest = {n: math.ceil(k / MAX_WIDTH) for n, k in numels.items()}
+    least = file_bytes(model, model_desc, smallest, bits, coding) + MARGIN
+    if least > budget:
+        raise UserError(f"a budget of {budget} bytes is below the smallest MIRACLE file of this model, {least} bytes "
+                        f"(the header, the float16 biases and one {bits}-bit block per {MAX_WIDTH} weights)")
+    total = min(max(sum(smallest.values()), (budget * 8) // bits), sum(numels.values()))
     for _ in range(64):
         size = file_bytes(model, model_desc, split_blocks(total, numels, numels), bits, coding)
         if size + MARGIN <= budget:
             return total
-        total -= max(1, math.ceil((size + MARGIN - budget) * 8 / bits))
+        total = max(sum(smallest.values()), total - max(1, math.ceil((size + MARGIN - budget) * 8 / bits)))
     raise UserError(f"no block count fits {budget} bytes")
 
 
@@ -205,14 +219,24 @@ def code_round_(model: nn.Module, round_index: int, rounds: int, generator: torc
         t.code(posterior_mean(layer), np.arange(first, last), generator)
 
 
+def planned_blocks(model: nn.Module, model_desc: dict, config: MiracleConfig, budget_bytes: int) -> int:
+    """How many blocks the budget holds for this model's structure (on a copy; its weights do not
+    matter): a too-small budget is refused here, before any training."""
+    probe = copy.deepcopy(model)
+    apply_(probe, MinimalRandomCode(total_bits=1, block_bits=config.block_bits))
+    return budget_blocks(probe, model_desc, budget_bytes, config.block_bits, config.coding)
+
+
 def compress_miracle(model: nn.Module, arch: str, dataset: Dataset, config: MiracleConfig, *, budget_bytes: int,
                      seed: int = 0, out: str | os.PathLike | None = None) -> tuple[nn.Module, dict]:
     """Train `model` (dense, trained; changed in place) into a MIRACLE code within `budget_bytes`;
-    returns (the model decoded from the written file, figures)."""
+    returns (the model decoded from the written file, figures). `arch`: the model's name in the file's
+    description (a zoo name lets `decode_model(read_nnc(path))` rebuild it; any other model is read
+    back with `decode_model(nnc, model=YourNet())`); `dataset`: an nncompress `Dataset` (its training
+    split trains, its test split measures)."""
     desc = {"arch": arch, "in_shape": list(dataset.in_shape), "num_classes": dataset.num_classes}
-    probe = copy.deepcopy(model)
-    apply_(probe, MinimalRandomCode(total_bits=1, block_bits=config.block_bits))
-    total = budget_blocks(probe, desc, budget_bytes, config.block_bits, config.coding)
+    _check_description(model, desc)
+    total = planned_blocks(model, desc, config, budget_bytes)
     method = MinimalRandomCode(total_bits=total * config.block_bits, block_bits=config.block_bits,
                                init_sigma=config.init_sigma, beta_step=config.beta_step,
                                train_size=len(dataset.train_y), seed=seed)
@@ -234,8 +258,21 @@ def compress_miracle(model: nn.Module, arch: str, dataset: Dataset, config: Mira
     return _write(model, desc, dataset, config, budget_bytes, blocks, out)
 
 
+def _check_description(model: nn.Module, desc: dict) -> None:
+    """A zoo name must describe this model (the file tells readers to build it), checked before training."""
+    if desc["arch"] not in MODELS:
+        return
+    built = build_model(desc["arch"], tuple(desc["in_shape"]), desc["num_classes"]).state_dict()
+    ours = {k: tuple(v.shape) for k, v in plain_state(model).items()}
+    if {k: tuple(v.shape) for k, v in built.items()} != ours:
+        raise UserError(f"arch={desc['arch']!r} names a zoo model whose tensors differ from this model's; pass the "
+                        "model's own name (it is then read back with decode_model(nnc, model=...))")
+
+
 def _write(model: nn.Module, desc: dict, dataset: Dataset, config: MiracleConfig, budget: int, blocks: dict[str, int],
            out: str | os.PathLike | None) -> tuple[nn.Module, dict]:
+    template = copy.deepcopy(model)  # an unparametrized twin to decode into (any model, zoo or not)
+    squash_(template)
     round_biases_fp16_(model)
     model.eval()
     path = Path(out) if out else Path(tempfile.mkdtemp()) / "miracle.nnc"
@@ -244,7 +281,7 @@ def _write(model: nn.Module, desc: dict, dataset: Dataset, config: MiracleConfig
         raise UserError(f"the coded file takes {len(serialize(nnc))} bytes, over the budget of {budget} "
                         f"(the sizing margin is {MARGIN} bytes): report this with the model")
     size = write_nnc(path, nnc)
-    decoded = decode_model(read_nnc(path))
+    decoded = decode_model(read_nnc(path), model=template)
     x = dataset.test_x[:256]
     with torch.no_grad():
         exact = bool(torch.equal(decoded(x), model(x)))
