@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,17 +34,16 @@ import torch
 from torch import nn
 
 from ..analysis.metrics import count_params
-from ..parametrize import Encoded
 from ..api import apply_
 from ..encode.container import Coding, read_nnc, serialize, write_nnc
 from ..encode.cost import plan_bytes
 from ..encode.deep_compression import round_biases_fp16_
 from ..encode.model import decode_model, encode_model
+from ..parametrize import Encoded, plain_state, squash_
 from ..quant.minimal_random_code import MinimalRandomCode, posterior_mean, posterior_sampling, random_code_layers
 from ..quant.random_code_generator import MAX_BLOCK_BITS, MAX_WIDTH
 from ..train import TrainConfig, evaluate
 from ..validate import UserError, check_int_range, check_positive
-from ..parametrize import plain_state, squash_
 from ..zoo import MODELS, Dataset, build_model
 from .allocate import other_tensors
 from .control import TrainingPhase
