@@ -34,6 +34,7 @@ from common import MNIST_DIR, RESULTS, accuracies, cached_sweep, gap_cells, head
 from frontier import plot
 from honest import CACHE as HONEST_CACHE
 from nncompress.analysis.metrics import count_params
+from nncompress.api import resolve_model
 from nncompress.flows.control import same_budget_control
 from nncompress.flows.minimal_random_code import MiracleConfig, compress_miracle, miracle_phases
 from nncompress.flows.prune import dense_model
@@ -44,12 +45,11 @@ CACHE = Path(__file__).resolve().parents[1] / "runs" / "miracle"
 
 def load_dense(arch: str, val, seed: int):
     """honest.py's dense model of this seed if cached (the one frontier.md's rows start from), else the recipe's."""
-    model, _, _ = dense_model(arch, val, seed) if not (HONEST_CACHE / f"{arch}-seed{seed}-dense.pt").is_file() \
-        else (None, None, None)
-    if model is None:
-        from nncompress.api import resolve_model
-        model, _, _ = resolve_model(arch, val, seed=seed)
-        model.load_state_dict(torch.load(HONEST_CACHE / f"{arch}-seed{seed}-dense.pt", weights_only=True))
+    saved = HONEST_CACHE / f"{arch}-seed{seed}-dense.pt"
+    if not saved.is_file():
+        return dense_model(arch, val, seed)[0].eval()
+    model = resolve_model(arch, val, seed=seed)[0]
+    model.load_state_dict(torch.load(saved, weights_only=True))
     return model.eval()
 
 
