@@ -36,6 +36,7 @@ from honest import CACHE as HONEST_CACHE
 from nncompress.analysis.metrics import count_params
 from nncompress.api import resolve_model
 from nncompress.flows.control import same_budget_control
+from nncompress.flows.distill import DistillConfig
 from nncompress.flows.minimal_random_code import MiracleConfig, compress_miracle, miracle_phases
 from nncompress.flows.prune import dense_model
 from nncompress.zoo import load_dataset
@@ -55,7 +56,7 @@ def load_dense(arch: str, val, seed: int):
 
 def run_seed(arch: str, val, test, seed: int, ratios: list[float], config: MiracleConfig) -> dict:
     dense = load_dense(arch, val, seed)
-    control, info = same_budget_control(dense, val, miracle_phases(config, seed))
+    control, info = same_budget_control(dense, val, miracle_phases(config, seed), distill=config.distill)
     fp32 = 4 * count_params(dense)
     rows = {}
     for ratio in ratios:
@@ -100,6 +101,9 @@ def main() -> None:
     parser.add_argument("--epochs", nargs="+", default=["lenet300=20,10,8", "lenet5=20,10,8"],
                         help="per model: variational epochs, balance epochs, coding rounds")
     parser.add_argument("--block-bits", type=int, default=12)
+    parser.add_argument("--distill-alpha", type=float, default=0.0, help="knowledge distillation from the dense model "
+                        "in every MIRACLE epoch (flows/distill.py); the control is then self-distilled the same way")
+    parser.add_argument("--distill-temperature", type=float, default=4.0)
     parser.add_argument("--no-report", action="store_true", help="only fill the per-seed cache")
     parser.add_argument("--name", default="miracle")
     parser.add_argument("--note", default="")
@@ -112,9 +116,11 @@ def main() -> None:
     rows, settings, plotted = [], [], {}
     for arch in args.models:
         variational, balance, rounds = schedule[arch]
+        distill = DistillConfig(args.distill_alpha, args.distill_temperature)
         config = MiracleConfig(block_bits=args.block_bits, variational_epochs=variational, balance_epochs=balance,
-                               rounds=rounds)
-        tag = f"v{variational}-b{balance}-r{rounds}-c{args.block_bits}"
+                               rounds=rounds, distill=distill)
+        tag = f"v{variational}-b{balance}-r{rounds}-c{args.block_bits}" + (
+            f"-kd{distill.alpha:g}T{distill.temperature:g}" if distill.enabled else "")
         runs = [cached_sweep(CACHE / f"{arch}-seed{seed}-{tag}-threads{args.threads}.json", targets[arch],
                              lambda missing, s=seed: run_seed(arch, val, test, s, missing, config))
                 for seed in range(args.start_seed, args.seeds)]

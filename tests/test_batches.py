@@ -8,7 +8,7 @@ from torch import nn
 import nncompress as nc
 from nncompress.analysis.calibrate import capture_outputs, observe_inputs
 from nncompress.analysis.observers import MinMaxObserver
-from nncompress.batches import batch_size, feed, output_tensor, pack_batch, split_batch, target_of, unpack_batch, with_forward
+from nncompress.batches import BatchData, batch_size, feed, output_tensor, pack_batch, split_batch, target_of, unpack_batch, with_forward
 from nncompress.quant.activation import input_quantizer
 from nncompress.quant.primitives import IntSpec, choose_qparams
 from nncompress.validate import UserError
@@ -130,3 +130,14 @@ def test_pack_batch_round_trips_any_shape():
     assert sorted(tensors) == ["ex.0.input_ids", "ex.0.mask", "ex.1"]
     back = unpack_batch(tensors, skeleton)
     assert back[0]["input_ids"].tolist() == [[1, 2]] and back[1].tolist() == [3] and back[2:] == [None, 0.5]
+
+
+def test_batch_data_stands_in_for_a_dataset_with_your_own_batches():
+    batches = [(torch.ones(3, 2), torch.zeros(3, dtype=torch.long)), (torch.ones(2, 2), torch.ones(2, dtype=torch.long))]
+    data = BatchData(batches, batches[:1], forward_fn=lambda model, batch: model(batch[0] * 2))
+    assert data.train_size == 5 and len(data.train_loader(64, seed=3)) == 2
+    assert [float(feed(nn.Identity(), b).sum()) for b in data.test_loader()] == [12.0]  # forward_fn bound
+    with pytest.raises(UserError, match="BatchData.test must be a non-empty list"):
+        BatchData(batches, [])
+    with pytest.raises(UserError, match="BatchData.train must be a non-empty list"):
+        BatchData(iter(batches), batches)

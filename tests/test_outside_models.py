@@ -247,3 +247,44 @@ def test_the_allocator_plans_a_bert_classifier_fed_batch_encodings(tmp_path):
     back = nc.decode_model(nc.read_nnc(path), model=transformers.BertForSequenceClassification(config).eval())
     with torch.no_grad():
         assert torch.equal(back(**padded_batch(3)).logits, model(**padded_batch(3)).logits)
+
+
+def test_miracle_codes_a_bert_classifier_fed_batch_encodings_with_distillation(tmp_path):
+    """`nc.compress_miracle` on a `transformers` classifier with your own batches (`nc.BatchData`, dict
+    batches with labels) and distillation from the dense model: every Linear is coded, the file is
+    within its budget and decodes bit for bit into a fresh model, the coded model still solves the
+    task, and the training takes exactly the steps its same-budget control replays."""
+    from nncompress.flows.control import StepCounter, same_budget_control
+    from nncompress.flows.distill import DistillConfig
+    from nncompress.flows.minimal_random_code import miracle_phases
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                     vocab_size=100, max_position_embeddings=32, num_labels=2)
+    model = transformers.BertForSequenceClassification(config)
+    batches = labelled_batches(10)
+    nc.fit(model, batches[:8], nc.TrainConfig(epochs=15, lr=3e-3, optimizer="adam", weight_decay=0.0),
+           progress=False, log=lambda m: None)
+    dense = copy.deepcopy(model).eval()
+    data = nc.BatchData(batches[:8], batches[8:])
+    miracle = nc.MiracleConfig(block_bits=8, variational_epochs=4, balance_epochs=2, rounds=2,
+                               distill=DistillConfig(alpha=0.5))
+    budget = 4 * sum(p.numel() for p in model.parameters()) // 2  # the embeddings stay float32
+    with StepCounter() as steps:
+        decoded, r = nc.compress_miracle(model, "hf-bert-classifier", data, miracle, budget_bytes=budget, seed=0,
+                                         out=tmp_path / "bert.nnc")
+    linears = {n for n, m in dense.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert set(r["blocks"]) == linears and r["exact_roundtrip"] and r["file_bytes"] <= budget
+    back = nc.decode_model(nc.read_nnc(tmp_path / "bert.nnc"), model=transformers.BertForSequenceClassification(config))
+    with torch.no_grad():
+        assert torch.equal(back.eval()(**padded_batch(3)).logits, decoded(**padded_batch(3)).logits)
+    assert r["accuracy"] >= 0.9 and nc.evaluate(dense, batches[8:])["accuracy"] >= 0.9
+    _, info = same_budget_control(dense, data, miracle_phases(miracle, 0), distill=miracle.distill)
+    assert info["steps"] == steps.steps == 6 * 8 + 1 * 8
+
+
+def test_miracle_refuses_a_zoo_name_for_your_own_batches():
+    batch = (torch.zeros(2, 1, 28, 28), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(nc.UserError, match="zoo name, but the data are your own batches"):
+        nc.compress_miracle(build_model("lenet5", (1, 28, 28), 10), "lenet5", nc.BatchData([batch], [batch]),
+                            nc.MiracleConfig(), budget_bytes=10_000)

@@ -10,7 +10,7 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from .api import apply_, count_nonzero_weights, load_model, prune_, quantize_, save_model, squash_
-from .batches import with_forward
+from .batches import BatchData, with_forward
 from .config import Context, Method, Select, run_method
 from .methods import METHODS, method_from_dict
 from .parametrize import CompositionError
@@ -49,7 +49,7 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
 
-__all__ = ["METHODS", "BNN", "BWN", "BinaryConnect", "ChannelPrune", "ColumnPrune", "CompositionError", "Context",
+__all__ = ["METHODS", "BatchData", "BNN", "BWN", "BinaryConnect", "ChannelPrune", "ColumnPrune", "CompositionError", "Context",
            "DiffQ", "DynamicQuant", "EntropyPenalized", "MinimalRandomCode", "FP8Training", "FormatQuant", "GroupLassoPrune", "InputChannelPrune",
            "KMeansQuant", "LQNet", "LSQ", "LinearQuant", "MagnitudePrune", "Method", "NIPQ", "NMPrune",
            "NetworkSlimming", "PACT", "PerChannel", "PerGroup", "PerTensor", "RandomPrune", "STEQuant", "Select",

@@ -18,7 +18,7 @@ An output is a tensor, a `transformers` ModelOutput / dict / object with `logits
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,6 +86,36 @@ def with_forward(data: Iterable | None, forward_fn: ForwardFn | None) -> Iterabl
     if data is None or forward_fn is None or isinstance(data, BoundData):
         return data
     return BoundData(data, forward_fn)
+
+
+@dataclass(frozen=True)
+class BatchData:
+    """Your own batches where a training flow takes a zoo `Dataset` (`compress_miracle`, the
+    same-budget control): `train` is iterated in its order every epoch (a phase's batch size and
+    shuffle seed do not apply: batch and shuffle them yourself), `test` measures the result, and
+    `forward_fn` (optional) feeds both (`with_forward`). Batches are anything `feed` takes, e.g.
+    `transformers` BatchEncodings with "labels"."""
+
+    train: Sequence
+    test: Sequence
+    forward_fn: ForwardFn | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("train", "test"):
+            if not isinstance(getattr(self, name), Sequence) or not getattr(self, name):
+                raise UserError(f"BatchData.{name} must be a non-empty list of batches, got "
+                                f"{type(getattr(self, name)).__name__}")
+
+    @property
+    def train_size(self) -> int:
+        """Training samples in one epoch."""
+        return sum(batch_size(b) for b in self.train)
+
+    def train_loader(self, batch_size: int = 64, *, seed: int = 0) -> Iterable:  # noqa: ARG002 (Dataset's signature)
+        return with_forward(self.train, self.forward_fn)
+
+    def test_loader(self, batch_size: int = 500) -> Iterable:  # noqa: ARG002
+        return with_forward(self.test, self.forward_fn)
 
 
 def split_batch(batch: Any) -> ModelCall:

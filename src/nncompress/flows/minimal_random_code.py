@@ -35,6 +35,7 @@ from torch import nn
 
 from ..analysis.metrics import count_params
 from ..api import apply_
+from ..batches import BatchData, feed, output_tensor
 from ..encode.container import Coding, read_nnc, serialize, write_nnc
 from ..encode.cost import plan_bytes
 from ..encode.deep_compression import round_biases_fp16_
@@ -47,6 +48,7 @@ from ..validate import UserError, check_int_range, check_positive
 from ..zoo import MODELS, Dataset, build_model
 from .allocate import other_tensors
 from .control import TrainingPhase
+from .distill import DistillConfig, distillation_kwargs
 
 #: bytes kept free when sizing the code: the trained biases, the learned prior scales and the
 #: compressed header move the file by a few bytes from the placeholder it is sized with
@@ -55,7 +57,10 @@ MARGIN = 32
 
 @dataclass(frozen=True, kw_only=True)
 class MiracleConfig:
-    """The schedule (module doc) and the code: `block_bits` C per block, Adam at `lr`."""
+    """The schedule (module doc) and the code: `block_bits` C per block, Adam at `lr`. `distill`:
+    knowledge distillation from the dense model in every epoch of both phases (`flows/distill.py`;
+    off by default), which the same-budget control must then get too
+    (`same_budget_control(..., distill=config.distill)`)."""
 
     block_bits: int = 12
     variational_epochs: int = 20
@@ -67,6 +72,7 @@ class MiracleConfig:
     init_sigma: float = 1.0
     beta_step: float = 0.02
     coding: Coding = Coding()
+    distill: DistillConfig = DistillConfig()
 
     def __post_init__(self) -> None:
         check_int_range("block_bits", self.block_bits, 1, MAX_BLOCK_BITS)
@@ -181,7 +187,8 @@ def budget_blocks(model: nn.Module, model_desc: dict, budget: int, bits: int, co
     least = file_bytes(model, model_desc, smallest, bits, coding) + MARGIN
     if least > budget:
         raise UserError(f"a budget of {budget} bytes is below the smallest MIRACLE file of this model, {least} bytes "
-                        f"(the header, the float16 biases and one {bits}-bit block per {MAX_WIDTH} weights)")
+                        f"(the header, the tensors it does not code: biases as float16, any others such as embeddings and norms "
+                        f"as they are; and one {bits}-bit block per {MAX_WIDTH} weights)")
     total = min(max(sum(smallest.values()), (budget * 8) // bits), sum(numels.values()))
     for _ in range(64):
         size = file_bytes(model, model_desc, split_blocks(total, numels, numels), bits, coding)
@@ -226,39 +233,54 @@ def planned_blocks(model: nn.Module, model_desc: dict, config: MiracleConfig, bu
     return budget_blocks(probe, model_desc, budget_bytes, config.block_bits, config.coding)
 
 
-def compress_miracle(model: nn.Module, arch: str, dataset: Dataset, config: MiracleConfig, *, budget_bytes: int,
-                     seed: int = 0, out: str | os.PathLike | None = None) -> tuple[nn.Module, dict]:
+def compress_miracle(model: nn.Module, arch: str, data: Dataset | BatchData, config: MiracleConfig, *,
+                     budget_bytes: int, seed: int = 0, out: str | os.PathLike | None = None) -> tuple[nn.Module, dict]:
     """Train `model` (dense, trained; changed in place) into a MIRACLE code within `budget_bytes`;
     returns (the model decoded from the written file, figures). `arch`: the model's name in the file's
     description (a zoo name lets `decode_model(read_nnc(path))` rebuild it; any other model is read
-    back with `decode_model(nnc, model=YourNet())`); `dataset`: an nncompress `Dataset` (its training
-    split trains, its test split measures)."""
-    desc = {"arch": arch, "in_shape": list(dataset.in_shape), "num_classes": dataset.num_classes}
-    _check_description(model, desc)
+    back with `decode_model(nnc, model=YourNet())`); `data`: an nncompress `Dataset` (its training
+    split trains, its test split measures) or your own batches as `BatchData` (e.g. a `transformers`
+    classifier's BatchEncodings with "labels"; `tests/test_outside_models.py`)."""
+    desc = _description(arch, data)
+    _check_zoo_shapes(model, desc)
     total = planned_blocks(model, desc, config, budget_bytes)
+    fit_kwargs = distillation_kwargs(model, config.distill)  # the teacher: the dense model, before coding
     method = MinimalRandomCode(total_bits=total * config.block_bits, block_bits=config.block_bits,
                                init_sigma=config.init_sigma, beta_step=config.beta_step,
-                               train_size=len(dataset.train_y), seed=seed)
+                               train_size=data.train_size, seed=seed)
     apply_(model, method)
     fits = lambda b: file_bytes(model, desc, b, config.block_bits, config.coding) + MARGIN - budget_bytes  # noqa: E731
     phases = {p.label: p for p in miracle_phases(config, seed)}
-    steps_per_epoch = len(dataset.train_loader(64, seed=seed))
+    steps_per_epoch = len(data.train_loader(64, seed=seed))
     schedule = MiracleSchedule(model, config, steps_per_epoch, total, fits, torch.Generator().manual_seed(seed + 9))
     regularizers = method.regularizers(model)
     with posterior_sampling(model):
         if "variational" in phases:
-            phases["variational"].run(model, dataset, regularizers=regularizers, on_step=schedule.variational_step,
-                                      progress=False)
+            phases["variational"].run(model, data, regularizers=regularizers, on_step=schedule.variational_step,
+                                      progress=False, **fit_kwargs)
         schedule.code_round()
         if "coding" in phases:
-            phases["coding"].run(model, dataset, regularizers=regularizers, on_step=schedule.coding_step,
-                                 progress=False)
+            phases["coding"].run(model, data, regularizers=regularizers, on_step=schedule.coding_step,
+                                 progress=False, **fit_kwargs)
     blocks = schedule.finish()
-    return _write(model, desc, dataset, config, budget_bytes, blocks, out)
+    return _write(model, desc, data, config, budget_bytes, blocks, out)
 
 
-def _check_description(model: nn.Module, desc: dict) -> None:
-    """A zoo name must describe this model (the file tells readers to build it), checked before training."""
+def _description(arch: str, data: Dataset | BatchData) -> dict:
+    """The file's model description. A zoo name must describe this model (the file tells readers to
+    build it from the name and the data's shape), checked before training; with `BatchData` (no
+    input shape to build from) the name must be the model's own."""
+    if isinstance(data, BatchData):
+        if arch in MODELS:
+            raise UserError(f"arch={arch!r} is a zoo name, but the data are your own batches (BatchData), which do not "
+                            "give the input shape to build it from: pass the model's own name (it is read back with "
+                            "decode_model(nnc, model=...))")
+        return {"arch": arch}
+    return {"arch": arch, "in_shape": list(data.in_shape), "num_classes": data.num_classes}
+
+
+def _check_zoo_shapes(model: nn.Module, desc: dict) -> None:
+    """A zoo name in `desc` must describe this model's tensors."""
     if desc["arch"] not in MODELS:
         return
     built = build_model(desc["arch"], tuple(desc["in_shape"]), desc["num_classes"]).state_dict()
@@ -268,7 +290,7 @@ def _check_description(model: nn.Module, desc: dict) -> None:
                         "model's own name (it is then read back with decode_model(nnc, model=...))")
 
 
-def _write(model: nn.Module, desc: dict, dataset: Dataset, config: MiracleConfig, budget: int, blocks: dict[str, int],
+def _write(model: nn.Module, desc: dict, data: Dataset | BatchData, config: MiracleConfig, budget: int, blocks: dict[str, int],
            out: str | os.PathLike | None) -> tuple[nn.Module, dict]:
     template = copy.deepcopy(model)  # an unparametrized twin to decode into (any model, zoo or not)
     squash_(template)
@@ -281,10 +303,10 @@ def _write(model: nn.Module, desc: dict, dataset: Dataset, config: MiracleConfig
                         f"(the sizing margin is {MARGIN} bytes): report this with the model")
     size = write_nnc(path, nnc)
     decoded = decode_model(read_nnc(path), model=template)
-    x = dataset.test_x[:256]
+    probe = next(iter(data.test_loader()))
     with torch.no_grad():
-        exact = bool(torch.equal(decoded(x), model(x)))
+        exact = bool(torch.equal(output_tensor(feed(decoded, probe)), output_tensor(feed(model, probe))))
     return decoded, {"file_bytes": size, "budget_bytes": budget, "blocks": blocks, "exact_roundtrip": exact,
                      "index_bits": sum(blocks.values()) * config.block_bits, "file": str(path),
-                     "accuracy": evaluate(decoded, dataset.test_loader())["accuracy"],
+                     "accuracy": evaluate(decoded, data.test_loader()).get("accuracy"),
                      "compression": 4 * count_params(decoded) / size}

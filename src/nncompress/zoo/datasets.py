@@ -46,6 +46,10 @@ class Dataset:
     def in_shape(self) -> tuple[int, ...]:
         return tuple(self.train_x.shape[1:])
 
+    @property
+    def train_size(self) -> int:
+        return len(self.train_y)
+
     def train_loader(self, batch_size: int = 64, *, seed: int = 0, rank: int = 0, world_size: int = 1) -> TensorLoader:
         return TensorLoader(self.train_x, self.train_y, batch_size, shuffle=True, seed=seed,
                             rank=rank, world_size=world_size)
