@@ -303,8 +303,8 @@ def plot(points: dict[str, list[dict]], path: Path) -> None:
     from nncompress.zoo import build_model
 
     short = {"hand: " + HAND: "hand (DC conv4/fc2)", "auto @ hand ratio": "auto @ hand's size"}
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), dpi=120)
-    for ax, (arch, pts) in zip(axes, points.items()):
+    fig, axes = plt.subplots(1, len(points), figsize=(5.5 * len(points), 4.4), dpi=120, squeeze=False)
+    for ax, (arch, pts) in zip(axes[0], points.items()):
         dense_bytes = 4 * sum(p.numel() for p in build_model(arch, (1, 28, 28), 10).parameters())
         xs = [dense_bytes / p["ratio"] for p in pts]
         ax.plot(xs, [p["test"] for p in pts], "o", color="tab:blue", label="ours: decoded .nnc (mean of seeds)")

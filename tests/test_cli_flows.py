@@ -4,6 +4,8 @@ Written against what the CLI shows (exit codes, JSON figures, the file on disk),
 import json
 
 import pytest
+
+from nncompress.encode.container import read_nnc
 from test_cli import run_cli  # the `main` fixture comes from conftest.py
 
 LENET300_DIGITS_PARAMS = 64 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10
@@ -157,11 +159,14 @@ def test_joint_rounds_without_a_budget_fail_before_training(main):
 def test_miracle_writes_a_file_within_the_budget_that_decodes_exactly(main, tmp_path):
     """issue 16: `nncompress miracle` trains, MIRACLE-codes and writes the file; the figures are the
     decoded file's (a short schedule on the digits: well above chance, below the dense model)."""
-    code, stdout, _ = main("miracle", "lenet300", "--target-bytes", "10000", "--variational-epochs", "2",
-                           "--balance-epochs", "1", "--rounds", "2", "--block-bits", "8",
-                           "-o", str(tmp_path / "m.nnc"), "--json", str(tmp_path / "m.json"))
+    code, stdout, stderr = main("miracle", "lenet300", "--target-bytes", "10000", "--variational-epochs", "2",
+                                "--balance-epochs", "1", "--rounds", "2", "--block-bits", "8", "--distill-alpha", "0.5",
+                                "-o", str(tmp_path / "m.nnc"), "--json", str(tmp_path / "m.json"))
     report = json.loads((tmp_path / "m.json").read_text())
     assert code == 0 and "exact round trip: True" in stdout
+    assert "pretrain: epoch 1/" in stderr and "variational: epoch 3/3" in stderr and "coding: epoch 1/1" in stderr
+    assert read_nnc(tmp_path / "m.nnc").meta == {"dataset": "digits", "seed": 0,
+                                                 "distill": {"alpha": 0.5, "temperature": 4.0}}
     assert report["file_bytes"] == (tmp_path / "m.nnc").stat().st_size <= 10000
     assert report["index_bits"] == 8 * sum(report["blocks"].values())
     assert 0.5 < report["accuracy"] <= report["dense_accuracy"] + 0.02

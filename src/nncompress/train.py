@@ -189,6 +189,12 @@ def _progress(enabled: bool):
                     TextColumn("{task.fields[status]}"), transient=True, disable=not enabled)
 
 
+def stderr_log(message: str) -> None:
+    """`fit`'s default log: one line per epoch on stderr (from the main process only)."""
+    if is_main_process():
+        print(message, file=sys.stderr)
+
+
 def fit(model: nn.Module, train_batches: Batches, config: TrainConfig = TrainConfig(), *,
         eval_batches: Batches | None = None, checkpoint: str | os.PathLike | None = None, resume: bool = False,
         on_step: Callable[[int], None] | None = None, on_epoch: Callable[[int, History], None] | None = None,
@@ -216,7 +222,7 @@ def fit(model: nn.Module, train_batches: Batches, config: TrainConfig = TrainCon
     if checkpoint and resume and Path(checkpoint).is_file():
         start = _load_checkpoint(Path(checkpoint), model, opt, sched, history)
     show = sys.stderr.isatty() and is_main_process() if progress is None else progress and is_main_process()
-    log = log or (lambda msg: print(msg, file=sys.stderr) if is_main_process() else None)
+    log = log or stderr_log
     began = time.perf_counter()
     for epoch in range(start, config.epochs):
         loss = _train_epoch(net, train_batches, opt, step_loss, epoch, history, on_step, show,

@@ -24,6 +24,8 @@ def miracle(model: ModelArg = "lenet5", dataset: DatasetOpt = "digits", data_dir
             balance_epochs: Annotated[int, typer.Option(min=0, help="epochs with one penalty per block")] = 10,
             rounds: Annotated[int, typer.Option(min=1, max=1000, help="coding rounds (one retraining epoch between rounds)")] = 8,
             block_bits: Annotated[int, typer.Option(min=1, max=16, help="bits per block: 2^C candidates drawn for each")] = 12,
+            distill_alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="weight of knowledge distillation from the dense model in every epoch (0 = off; flows/distill.py)")] = 0.0,
+            distill_temperature: Annotated[float, typer.Option(min=0.01, help="distillation softmax temperature")] = 4.0,
             seed: Annotated[int, typer.Option(help="random seed")] = 0,
             out_path: Annotated[Path, typer.Option("--out", "-o", help="the .nnc file to write")] = Path("miracle.nnc"),
             json_path: JsonOpt = None) -> None:
@@ -34,6 +36,7 @@ def miracle(model: ModelArg = "lenet5", dataset: DatasetOpt = "digits", data_dir
 
     from ..analysis.metrics import count_params
     from ..api import resolve_model
+    from ..flows.distill import DistillConfig
     from ..flows.minimal_random_code import MiracleConfig, compress_miracle, planned_blocks
     from ..flows.prune import dense_model
     from ..train import evaluate
@@ -47,14 +50,16 @@ def miracle(model: ModelArg = "lenet5", dataset: DatasetOpt = "digits", data_dir
     check_out_path(out_path, "--out")
     data = load_dataset(dataset, data_dir, download=download)
     config = MiracleConfig(block_bits=block_bits, variational_epochs=variational_epochs, balance_epochs=balance_epochs,
-                           rounds=rounds)
+                           rounds=rounds, distill=DistillConfig(distill_alpha, distill_temperature))
+    meta = {"dataset": data.name, "seed": seed,
+            **({"distill": {"alpha": distill_alpha, "temperature": distill_temperature}} if distill_alpha else {})}
     untrained, arch, trained = resolve_model(model, data, seed=seed)  # the structure: check the budget first
     budget = target_bytes if target_bytes is not None else int(4 * count_params(untrained) / target_ratio)
     desc = {"arch": arch, "in_shape": list(data.in_shape), "num_classes": data.num_classes}
-    planned_blocks(untrained, desc, config, budget)
+    planned_blocks(untrained, desc, config, budget, meta)
     net, arch, _ = dense_model(model, data, seed)  # the zoo recipe's training (a saved model: as it is)
     dense_accuracy = evaluate(net, data.test_loader())["accuracy"]
-    _, result = compress_miracle(net, arch, data, config, budget_bytes=budget, seed=seed, out=out_path)
+    _, result = compress_miracle(net, arch, data, config, budget_bytes=budget, seed=seed, out=out_path, meta=meta)
     table = Table(title=f"{arch}: MIRACLE blocks of {block_bits} bits for a budget of {budget:,} B")
     for col in ("layer", "blocks", "index bytes"):
         table.add_column(col, justify="left" if col == "layer" else "right")

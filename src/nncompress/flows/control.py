@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from ..train import History, TrainConfig, fit
+from ..train import History, TrainConfig, fit, stderr_log
 from ..validate import check_choice
 from ..zoo import Dataset
 
@@ -43,7 +43,10 @@ class TrainingPhase:
         return self.config.epochs * len(dataset.train_loader(self.batch_size, seed=self.loader_seed))
 
     def run(self, model: nn.Module, dataset: Dataset, **fit_kwargs: object) -> History:
-        """Train `model` in place for this phase (extra keywords go to `fit`, e.g. on_step, regularizers)."""
+        """Train `model` in place for this phase (extra keywords go to `fit`, e.g. on_step, regularizers);
+        its epochs are logged under the phase's label unless a `log` is given."""
+        if self.label:
+            fit_kwargs.setdefault("log", lambda message: stderr_log(f"{self.label}: {message}"))
         return fit(model, dataset.train_loader(self.batch_size, seed=self.loader_seed), self.config, **fit_kwargs)
 
 

@@ -147,9 +147,10 @@ def _placeholder_chains(model: nn.Module, blocks: dict[str, int], bits: int) -> 
     return chains
 
 
-def file_bytes(model: nn.Module, model_desc: dict, blocks: dict[str, int], bits: int, coding: Coding) -> int:
+def file_bytes(model: nn.Module, model_desc: dict, blocks: dict[str, int], bits: int, coding: Coding,
+               meta: dict | None = None) -> int:
     """Bytes of the file with these block counts (placeholder indices; biases as float16)."""
-    return plan_bytes(model_desc, _placeholder_chains(model, blocks, bits), other_tensors(model), coding=coding)
+    return plan_bytes(model_desc, _placeholder_chains(model, blocks, bits), other_tensors(model), meta, coding)
 
 
 def split_blocks(total: int, weights: dict[str, int], numels: dict[str, int]) -> dict[str, int]:
@@ -177,21 +178,22 @@ def _largest_remainder(count: int, weights: dict[str, float]) -> dict[str, int]:
     return out
 
 
-def budget_blocks(model: nn.Module, model_desc: dict, budget: int, bits: int, coding: Coding) -> int:
+def budget_blocks(model: nn.Module, model_desc: dict, budget: int, bits: int, coding: Coding,
+                  meta: dict | None = None) -> int:
     """The most blocks (split by weight count, at most one per weight) whose file fits `budget` bytes,
     less `MARGIN`; a UserError naming the smallest file possible (one block per MAX_WIDTH weights:
     the header and the float16 biases) when even that does not fit."""
     check_int_range("budget_bytes", budget, 1, 1 << 40)
     numels = {n: layer.weight.numel() for n, (layer, _) in random_code_layers(model).items()}
     smallest = {n: math.ceil(k / MAX_WIDTH) for n, k in numels.items()}
-    least = file_bytes(model, model_desc, smallest, bits, coding) + MARGIN
+    least = file_bytes(model, model_desc, smallest, bits, coding, meta) + MARGIN
     if least > budget:
         raise UserError(f"a budget of {budget} bytes is below the smallest MIRACLE file of this model, {least} bytes "
                         f"(the header, the tensors it does not code: biases as float16, any others such as embeddings and norms "
                         f"as they are; and one {bits}-bit block per {MAX_WIDTH} weights)")
     total = min(max(sum(smallest.values()), (budget * 8) // bits), sum(numels.values()))
     for _ in range(64):
-        size = file_bytes(model, model_desc, split_blocks(total, numels, numels), bits, coding)
+        size = file_bytes(model, model_desc, split_blocks(total, numels, numels), bits, coding, meta)
         if size + MARGIN <= budget:
             return total
         total = max(sum(smallest.values()), total - max(1, math.ceil((size + MARGIN - budget) * 8 / bits)))
@@ -225,31 +227,34 @@ def code_round_(model: nn.Module, round_index: int, rounds: int, generator: torc
         t.code(posterior_mean(layer), np.arange(first, last), generator)
 
 
-def planned_blocks(model: nn.Module, model_desc: dict, config: MiracleConfig, budget_bytes: int) -> int:
+def planned_blocks(model: nn.Module, model_desc: dict, config: MiracleConfig, budget_bytes: int,
+                   meta: dict | None = None) -> int:
     """How many blocks the budget holds for this model's structure (on a copy; its weights do not
     matter): a too-small budget is refused here, before any training."""
     probe = copy.deepcopy(model)
     apply_(probe, MinimalRandomCode(total_bits=1, block_bits=config.block_bits))
-    return budget_blocks(probe, model_desc, budget_bytes, config.block_bits, config.coding)
+    return budget_blocks(probe, model_desc, budget_bytes, config.block_bits, config.coding, meta)
 
 
 def compress_miracle(model: nn.Module, arch: str, data: Dataset | BatchData, config: MiracleConfig, *,
-                     budget_bytes: int, seed: int = 0, out: str | os.PathLike | None = None) -> tuple[nn.Module, dict]:
+                     budget_bytes: int, seed: int = 0, out: str | os.PathLike | None = None,
+                     meta: dict | None = None) -> tuple[nn.Module, dict]:
     """Train `model` (dense, trained; changed in place) into a MIRACLE code within `budget_bytes`;
     returns (the model decoded from the written file, figures). `arch`: the model's name in the file's
     description (a zoo name lets `decode_model(read_nnc(path))` rebuild it; any other model is read
     back with `decode_model(nnc, model=YourNet())`); `data`: an nncompress `Dataset` (its training
     split trains, its test split measures) or your own batches as `BatchData` (e.g. a `transformers`
-    classifier's BatchEncodings with "labels"; `tests/test_outside_models.py`)."""
+    classifier's BatchEncodings with "labels"; `tests/test_outside_models.py`); `meta`: a JSON-able
+    dict stored in the file (e.g. the dataset and seed; its bytes count in the budget)."""
     desc = _description(arch, data)
     _check_zoo_shapes(model, desc)
-    total = planned_blocks(model, desc, config, budget_bytes)
+    total = planned_blocks(model, desc, config, budget_bytes, meta)
     fit_kwargs = distillation_kwargs(model, config.distill)  # the teacher: the dense model, before coding
     method = MinimalRandomCode(total_bits=total * config.block_bits, block_bits=config.block_bits,
                                init_sigma=config.init_sigma, beta_step=config.beta_step,
                                train_size=data.train_size, seed=seed)
     apply_(model, method)
-    fits = lambda b: file_bytes(model, desc, b, config.block_bits, config.coding) + MARGIN - budget_bytes  # noqa: E731
+    fits = lambda b: file_bytes(model, desc, b, config.block_bits, config.coding, meta) + MARGIN - budget_bytes  # noqa: E731
     phases = {p.label: p for p in miracle_phases(config, seed)}
     steps_per_epoch = len(data.train_loader(64, seed=seed))
     schedule = MiracleSchedule(model, config, steps_per_epoch, total, fits, torch.Generator().manual_seed(seed + 9))
@@ -263,7 +268,7 @@ def compress_miracle(model: nn.Module, arch: str, data: Dataset | BatchData, con
             phases["coding"].run(model, data, regularizers=regularizers, on_step=schedule.coding_step,
                                  progress=False, **fit_kwargs)
     blocks = schedule.finish()
-    return _write(model, desc, data, config, budget_bytes, blocks, out)
+    return _write(model, (desc, meta), data, config, budget_bytes, blocks, out)
 
 
 def _description(arch: str, data: Dataset | BatchData) -> dict:
@@ -290,14 +295,16 @@ def _check_zoo_shapes(model: nn.Module, desc: dict) -> None:
                         "model's own name (it is then read back with decode_model(nnc, model=...))")
 
 
-def _write(model: nn.Module, desc: dict, data: Dataset | BatchData, config: MiracleConfig, budget: int, blocks: dict[str, int],
-           out: str | os.PathLike | None) -> tuple[nn.Module, dict]:
+def _write(model: nn.Module, head: tuple[dict, dict | None], data: Dataset | BatchData, config: MiracleConfig,
+           budget: int, blocks: dict[str, int], out: str | os.PathLike | None) -> tuple[nn.Module, dict]:
+    """Write the coded model (`head`: the file's model description and meta), check the budget and
+    the exact round trip, measure the decoded model."""
     template = copy.deepcopy(model)  # an unparametrized twin to decode into (any model, zoo or not)
     squash_(template)
     round_biases_fp16_(model)
     model.eval()
     path = Path(out) if out else Path(tempfile.mkdtemp()) / "miracle.nnc"
-    nnc = encode_model(model, desc, coding=config.coding)
+    nnc = encode_model(model, *head, coding=config.coding)
     if len(serialize(nnc)) > budget:
         raise UserError(f"the coded file takes {len(serialize(nnc))} bytes, over the budget of {budget} "
                         f"(the sizing margin is {MARGIN} bytes): report this with the model")

@@ -19,7 +19,7 @@ from ..config import Context, Method, Select, run_method
 from ..parametrize import squash_
 from ..prune.schedules import GradualPruning, prune_iteratively, rescale_dropout_, retrain_config
 from ..prune.unstructured import MagnitudePrune
-from ..train import TrainConfig, evaluate, fit
+from ..train import TrainConfig, evaluate, fit, stderr_log
 from ..validate import check_choice
 from ..zoo import Dataset, TensorLoader
 
@@ -60,7 +60,7 @@ def dense_model(spec: str, dataset: Dataset, seed: int, batch_size: int = 64) ->
     model, arch, trained = resolve_model(spec, dataset, seed=seed)
     config = training_config(arch, seed=seed)
     if not trained:
-        fit(model, dataset.train_loader(batch_size, seed=seed), config)
+        fit(model, dataset.train_loader(batch_size, seed=seed), config, log=lambda m: stderr_log(f"pretrain: {m}"))
     return model, arch, config
 
 
