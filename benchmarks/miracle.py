@@ -104,6 +104,8 @@ def main() -> None:
     parser.add_argument("--distill-alpha", type=float, default=0.0, help="knowledge distillation from the dense model "
                         "in every MIRACLE epoch (flows/distill.py); the control is then self-distilled the same way")
     parser.add_argument("--distill-temperature", type=float, default=4.0)
+    parser.add_argument("--local", action="store_true", help="the local reparameterization trick (Kingma et al. "
+                        "2015): each Linear / Conv2d output is sampled instead of the weights")
     parser.add_argument("--no-report", action="store_true", help="only fill the per-seed cache")
     parser.add_argument("--name", default="miracle")
     parser.add_argument("--note", default="")
@@ -118,9 +120,9 @@ def main() -> None:
         variational, balance, rounds = schedule[arch]
         distill = DistillConfig(args.distill_alpha, args.distill_temperature)
         config = MiracleConfig(block_bits=args.block_bits, variational_epochs=variational, balance_epochs=balance,
-                               rounds=rounds, distill=distill)
+                               rounds=rounds, distill=distill, local_reparameterization=args.local)
         tag = f"v{variational}-b{balance}-r{rounds}-c{args.block_bits}" + (
-            f"-kd{distill.alpha:g}T{distill.temperature:g}" if distill.enabled else "")
+            f"-kd{distill.alpha:g}T{distill.temperature:g}" if distill.enabled else "") + ("-local" if args.local else "")
         runs = [cached_sweep(CACHE / f"{arch}-seed{seed}-{tag}-threads{args.threads}.json", targets[arch],
                              lambda missing, s=seed: run_seed(arch, val, test, s, missing, config))
                 for seed in range(args.start_seed, args.seeds)]

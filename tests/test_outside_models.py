@@ -255,7 +255,6 @@ def test_miracle_codes_a_bert_classifier_fed_batch_encodings_with_distillation(t
     within its budget and decodes bit for bit into a fresh model, the coded model still solves the
     task, and the training takes exactly the steps its same-budget control replays."""
     from nncompress.flows.control import StepCounter, same_budget_control
-    from nncompress.flows.distill import DistillConfig
     from nncompress.flows.minimal_random_code import miracle_phases
 
     torch.manual_seed(0)
@@ -268,7 +267,7 @@ def test_miracle_codes_a_bert_classifier_fed_batch_encodings_with_distillation(t
     dense = copy.deepcopy(model).eval()
     data = nc.BatchData(batches[:8], batches[8:])
     miracle = nc.MiracleConfig(block_bits=8, variational_epochs=4, balance_epochs=2, rounds=2,
-                               distill=DistillConfig(alpha=0.5))
+                               distill=nc.DistillConfig(alpha=0.5))
     budget = 4 * sum(p.numel() for p in model.parameters()) // 2  # the embeddings stay float32
     with StepCounter() as steps:
         decoded, r = nc.compress_miracle(model, "hf-bert-classifier", data, miracle, budget_bytes=budget, seed=0,

@@ -65,7 +65,8 @@ __all__ = ["METHODS", "BatchData", "BNN", "BWN", "BinaryConnect", "ChannelPrune"
 _LAZY = {"export_onnx": "export.onnx", "plan_allocation": "flows.allocate", "AllocationConfig": "flows.allocate",
          "Coding": "encode.layout", "encode_model": "encode.model", "decode_model": "encode.model",
          "write_nnc": "encode.container", "read_nnc": "encode.container",
-         "compress_miracle": "flows.minimal_random_code", "MiracleConfig": "flows.minimal_random_code"}
+         "compress_miracle": "flows.minimal_random_code", "MiracleConfig": "flows.minimal_random_code",
+         "DistillConfig": "flows.distill"}
 
 
 def __getattr__(name: str):

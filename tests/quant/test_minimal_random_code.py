@@ -15,7 +15,7 @@ from nncompress.encode.container import parse, serialize
 from nncompress.encode.layout import NncFormatError
 from nncompress.encode.model import decode_model, encode_model
 from nncompress.parametrize import CompositionError, Encoded, find_transform, transforms
-from nncompress.quant.minimal_random_code import (RandomCodeWeight, gaussian_kl, posterior_sampling,
+from nncompress.quant.minimal_random_code import (RandomCodeWeight, gaussian_kl, posterior_mean, posterior_sampling,
                                                   random_code_layers)
 from nncompress.quant.random_code_generator import MAX_WIDTH, BlockLayout, keyed, standard_samples
 from nncompress.validate import UserError
@@ -149,6 +149,37 @@ def test_training_samples_only_within_posterior_sampling():
         fresh.eval()
         assert torch.equal(fresh(x), fresh(x))  # evaluation never samples
     assert not any(t.sampling for _, t in random_code_layers(fresh).values())
+
+
+@pytest.mark.parametrize("layer", [nn.Linear(6, 4), nn.Conv2d(2, 3, 3, padding=1, stride=2)], ids=["linear", "conv"])
+def test_local_reparameterization_draws_each_output_from_its_distribution_under_q(layer):
+    """Kingma et al. 2015 sec. 2.3: with local=True every output element is N(x * mu, x^2 * sigma^2)
+    (* the layer's product), independently per example; coded weights add no variance; the weight
+    itself is mu. Checked by Monte Carlo against the closed form, and against sampling the weights."""
+    torch.manual_seed(0)
+    model = nn.Sequential(layer)
+    nc.apply_(model, nc.MinimalRandomCode(total_bits=400, train_size=100, init_sigma=0.5))
+    t = random_code_layers(model)["0"][1]
+    t.coded.view(-1)[:5] = True  # five weights coded: fixed at their coded value
+    t.coded_value.view(-1)[:5] = 0.3
+    x = torch.randn(1, 6) if isinstance(layer, nn.Linear) else torch.randn(1, 2, 5, 5)
+    product = (lambda a, w, b=None: nn.functional.linear(a, w, b)) if isinstance(layer, nn.Linear) else \
+        (lambda a, w, b=None: nn.functional.conv2d(a, w, b, 2, 1))
+    with torch.no_grad():
+        mu = torch.where(t.coded, t.coded_value, posterior_mean(layer))
+        mean, var = product(x, mu, layer.bias), product(x.square(), t.variance())
+    model.train()
+    with torch.no_grad(), posterior_sampling(model, local=True):
+        samples = model(x.expand(20_000, *x.shape[1:]))  # one forward: independent noise per example
+        assert torch.equal(layer.weight, mu)
+    with torch.no_grad(), posterior_sampling(model):
+        weight_samples = torch.cat([model(x) for _ in range(4_000)])  # a fresh weight sample per call
+    for drawn, n in ((samples, 20_000), (weight_samples, 4_000)):
+        assert torch.allclose(drawn.mean(0), mean[0], atol=5 * float(var.max().sqrt()) / n ** 0.5)
+        assert torch.allclose(drawn.var(0), var[0], rtol=0.1, atol=1e-6)
+    assert not layer._forward_hooks and not t.local  # the context cleans up
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))  # outside it: the mean, no noise
 
 
 def encoded(**changes) -> Encoded:

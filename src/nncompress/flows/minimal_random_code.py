@@ -60,7 +60,8 @@ class MiracleConfig:
     """The schedule (module doc) and the code: `block_bits` C per block, Adam at `lr`. `distill`:
     knowledge distillation from the dense model in every epoch of both phases (`flows/distill.py`;
     off by default), which the same-budget control must then get too
-    (`same_budget_control(..., distill=config.distill)`)."""
+    (`same_budget_control(..., distill=config.distill)`). `local_reparameterization`: sample each
+    Linear / Conv2d output instead of the weights (`posterior_sampling(local=True)`, Kingma et al. 2015)."""
 
     block_bits: int = 12
     variational_epochs: int = 20
@@ -73,6 +74,7 @@ class MiracleConfig:
     beta_step: float = 0.02
     coding: Coding = Coding()
     distill: DistillConfig = DistillConfig()
+    local_reparameterization: bool = False
 
     def __post_init__(self) -> None:
         check_int_range("block_bits", self.block_bits, 1, MAX_BLOCK_BITS)
@@ -259,7 +261,7 @@ def compress_miracle(model: nn.Module, arch: str, data: Dataset | BatchData, con
     steps_per_epoch = len(data.train_loader(64, seed=seed))
     schedule = MiracleSchedule(model, config, steps_per_epoch, total, fits, torch.Generator().manual_seed(seed + 9))
     regularizers = method.regularizers(model)
-    with posterior_sampling(model):
+    with posterior_sampling(model, local=config.local_reparameterization):
         if "variational" in phases:
             phases["variational"].run(model, data, regularizers=regularizers, on_step=schedule.variational_step,
                                       progress=False, **fit_kwargs)
