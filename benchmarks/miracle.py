@@ -144,6 +144,9 @@ def main() -> None:
              + (f" Knowledge distillation from the dense model in every epoch (alpha {args.distill_alpha:g}, T "
                 f"{args.distill_temperature:g}; flows/distill.py); the control is trained through the same phases "
                 "with the same distillation from the same teacher (self-distillation)." if args.distill_alpha else "")
+             + (" Local reparameterization (Kingma et al. 2015; `posterior_sampling(local=True)`): every Linear / Conv "
+                "output is drawn from its distribution under the posterior, noise independent per example, instead "
+                "of one weight sample per batch." if args.local else "")
              + "\n\n")
     text += table(["model", "fp32 bytes", "variational epochs", "balance epochs", "coding rounds", "C (bits/block)",
                    "control steps", "dense test %", "control test %"], settings)

@@ -137,7 +137,11 @@ def test_batch_data_stands_in_for_a_dataset_with_your_own_batches():
     data = BatchData(batches, batches[:1], forward_fn=lambda model, batch: model(batch[0] * 2))
     assert data.train_size == 5 and len(data.train_loader(64, seed=3)) == 2
     assert [float(feed(nn.Identity(), b).sum()) for b in data.test_loader()] == [12.0]  # forward_fn bound
-    with pytest.raises(UserError, match="BatchData.test must be a non-empty list"):
+    with pytest.raises(UserError, match="BatchData.test is empty"):
         BatchData(batches, [])
-    with pytest.raises(UserError, match="BatchData.train must be a non-empty list"):
+    with pytest.raises(UserError, match="BatchData.train must be re-iterable with a length"):
         BatchData(iter(batches), batches)
+    with pytest.raises(UserError, match=r"BatchData.train is a tuple.*\[\(x, y\), \.\.\.\]"):
+        BatchData(batches[0], batches)  # one (x, y) batch, not a list of them
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(5, 2), torch.zeros(5).long()), 2)
+    assert BatchData(loader, loader).train_size == 5

@@ -273,7 +273,7 @@ def test_miracle_codes_a_bert_classifier_fed_batch_encodings_with_distillation(t
         decoded, r = nc.compress_miracle(model, "hf-bert-classifier", data, miracle, budget_bytes=budget, seed=0,
                                          out=tmp_path / "bert.nnc")
     linears = {n for n, m in dense.named_modules() if isinstance(m, torch.nn.Linear)}
-    assert set(r["blocks"]) == linears and r["exact_roundtrip"] and r["file_bytes"] <= budget
+    assert set(r["blocks"]) == linears and r["exact_roundtrip"] and r["file_bytes"] <= budget and r["distill"]
     back = nc.decode_model(nc.read_nnc(tmp_path / "bert.nnc"), model=transformers.BertForSequenceClassification(config))
     with torch.no_grad():
         assert torch.equal(back.eval()(**padded_batch(3)).logits, decoded(**padded_batch(3)).logits)

@@ -18,7 +18,7 @@ An output is a tensor, a `transformers` ModelOutput / dict / object with `logits
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,19 +92,26 @@ def with_forward(data: Iterable | None, forward_fn: ForwardFn | None) -> Iterabl
 class BatchData:
     """Your own batches where a training flow takes a zoo `Dataset` (`compress_miracle`, the
     same-budget control): `train` is iterated in its order every epoch (a phase's batch size and
-    shuffle seed do not apply: batch and shuffle them yourself), `test` measures the result, and
-    `forward_fn` (optional) feeds both (`with_forward`). Batches are anything `feed` takes, e.g.
-    `transformers` BatchEncodings with "labels"."""
+    shuffle seed do not apply: batch and shuffle them yourself, e.g. with a DataLoader), `test`
+    measures the result, and `forward_fn` (optional) feeds both (`with_forward`). Batches are anything
+    `feed` takes, e.g. `transformers` BatchEncodings with "labels". Under torch.distributed every rank
+    iterates all of `train`: give each rank its own share."""
 
-    train: Sequence
-    test: Sequence
+    train: Iterable
+    test: Iterable
     forward_fn: ForwardFn | None = None
 
     def __post_init__(self) -> None:
         for name in ("train", "test"):
-            if not isinstance(getattr(self, name), Sequence) or not getattr(self, name):
-                raise UserError(f"BatchData.{name} must be a non-empty list of batches, got "
-                                f"{type(getattr(self, name)).__name__}")
+            value = getattr(self, name)
+            if isinstance(value, tuple):
+                raise UserError(f"BatchData.{name} is a tuple, which would be read as a list of batches: pass a list "
+                                "of batches, e.g. [(x, y), ...]")
+            if not hasattr(value, "__len__") or iter(value) is value:
+                raise UserError(f"BatchData.{name} must be re-iterable with a length (a list of batches or a "
+                                f"DataLoader), not {type(value).__name__}: it is iterated once per epoch")
+            if len(value) == 0:
+                raise UserError(f"BatchData.{name} is empty")
 
     @property
     def train_size(self) -> int:

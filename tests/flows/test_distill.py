@@ -6,12 +6,14 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from nncompress.batches import BatchData
 from nncompress.flows.allocate import AllocationConfig, compression_phases
-from nncompress.flows.control import StepCounter, pruning_phases, same_budget_control, total_steps
+from nncompress.flows.control import StepCounter, TrainingPhase, pruning_phases, same_budget_control, total_steps
 from nncompress.flows.distill import Distillation, DistillConfig, distillation_kwargs, distillation_loss
 from nncompress.flows.prune import dense_model, prune_and_retrain
 from nncompress.parametrize import squash_
 from nncompress.prune.unstructured import MagnitudePrune
+from nncompress.train import TrainConfig
 from nncompress.validate import UserError
 
 
@@ -81,3 +83,21 @@ def test_compression_phases_count_the_extra_codebook_epochs(digits):
     batches = len(digits.train_loader(64))
     assert total_steps(compression_phases(base, long, 0), digits) - total_steps(compression_phases(base, short, 0),
                                                                                 digits) == 3 * batches
+
+
+def test_distillation_feeds_both_models_with_the_datas_own_forward():
+    """BatchData's forward_fn survives distillation (fit's forward_fn is the distillation's): a batch
+    the default rules cannot feed ({"pixels", "labels"} to a Linear) trains the control."""
+    calls = []
+
+    def forward(model, batch):
+        calls.append(1)
+        return model(batch["pixels"])
+
+    g = torch.Generator().manual_seed(0)
+    batches = [{"pixels": torch.randn(8, 4, generator=g), "labels": torch.randint(0, 3, (8,), generator=g)}
+               for _ in range(3)]
+    data = BatchData(batches, batches[:1], forward_fn=forward)
+    phase = TrainingPhase(TrainConfig(epochs=2, lr=0.1), 0, 8, "distil")
+    _, info = same_budget_control(torch.nn.Linear(4, 3), data, [phase], distill=DistillConfig(0.5))
+    assert info["distill"] and info["steps"] == 6 and len(calls) == 2 * 6  # student and teacher, every step

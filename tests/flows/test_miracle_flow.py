@@ -54,9 +54,11 @@ def test_a_model_outside_the_zoo_is_coded_and_read_back_into_its_own_module(digi
     torch.manual_seed(0)
     net = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
     decoded, r = compress_miracle(net, "my-mlp", digits, MiracleConfig(block_bits=8, variational_epochs=1,
-                                                                        balance_epochs=1, rounds=2),
+                                                                        balance_epochs=1, rounds=2,
+                                                                        local_reparameterization=True),
                                   budget_bytes=1200, seed=0, out=tmp_path / "mlp.nnc")
-    assert r["exact_roundtrip"] and r["file_bytes"] <= 1200
+    assert r["exact_roundtrip"] and r["file_bytes"] <= 1200 and r["local_reparameterization"]
+    assert not net[1]._forward_hooks  # the local reparameterization's hooks are gone
     fresh = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
     again = decode_model(read_nnc(tmp_path / "mlp.nnc"), model=fresh)
     assert torch.equal(again(digits.test_x[:64]), decoded(digits.test_x[:64]))
@@ -72,3 +74,13 @@ def test_a_wrong_name_or_an_impossible_budget_is_refused_before_training(digits,
     with StepCounter() as steps, pytest.raises(UserError, match=message):
         compress_miracle(model, arch, digits, CONFIG, budget_bytes=budget)
     assert steps.steps == 0
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("block_bits", 17, "block_bits"), ("rounds", 0, "rounds"), ("lr", 0.0, "lr"),
+    ("distill", {"alpha": 0.5}, "MiracleConfig.distill=.* must be a DistillConfig"),
+    ("local_reparameterization", "yes", "must be a bool"),
+])
+def test_the_config_names_a_bad_field(field, value, message):
+    with pytest.raises(UserError, match=message):
+        MiracleConfig(**{field: value})

@@ -151,7 +151,9 @@ def test_training_samples_only_within_posterior_sampling():
     assert not any(t.sampling for _, t in random_code_layers(fresh).values())
 
 
-@pytest.mark.parametrize("layer", [nn.Linear(6, 4), nn.Conv2d(2, 3, 3, padding=1, stride=2)], ids=["linear", "conv"])
+@pytest.mark.parametrize("layer", [nn.Linear(6, 4), nn.Conv2d(2, 3, 3, padding=1, stride=2),
+                                   nn.Conv2d(2, 4, 3, padding=2, dilation=2, groups=2, padding_mode="reflect")],
+                         ids=["linear", "conv", "conv-groups-dilation-reflect"])
 def test_local_reparameterization_draws_each_output_from_its_distribution_under_q(layer):
     """Kingma et al. 2015 sec. 2.3: with local=True every output element is N(x * mu, x^2 * sigma^2)
     (* the layer's product), independently per example; coded weights add no variance; the weight
@@ -164,7 +166,7 @@ def test_local_reparameterization_draws_each_output_from_its_distribution_under_
     t.coded_value.view(-1)[:5] = 0.3
     x = torch.randn(1, 6) if isinstance(layer, nn.Linear) else torch.randn(1, 2, 5, 5)
     product = (lambda a, w, b=None: nn.functional.linear(a, w, b)) if isinstance(layer, nn.Linear) else \
-        (lambda a, w, b=None: nn.functional.conv2d(a, w, b, 2, 1))
+        (lambda a, w, b=None: layer._conv_forward(a, w, b))
     with torch.no_grad():
         mu = torch.where(t.coded, t.coded_value, posterior_mean(layer))
         mean, var = product(x, mu, layer.bias), product(x.square(), t.variance())
@@ -180,6 +182,29 @@ def test_local_reparameterization_draws_each_output_from_its_distribution_under_
     assert not layer._forward_hooks and not t.local  # the context cleans up
     with torch.no_grad():
         assert torch.equal(model(x), model(x))  # outside it: the mean, no noise
+
+
+def test_local_reparameterization_gradient_matches_the_closed_form_and_stays_finite():
+    """d/d log sigma of E[sum y^2] = sum_n 2 x_n^2 sigma^2 (per weight): the hook's noise carries the
+    gradient (a detached variance would give 0); rows of zeros (sqrt at 0) and bfloat16 autocast
+    give finite gradients; an exception inside the context still removes the hooks."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 3))
+    nc.apply_(model, nc.MinimalRandomCode(total_bits=100, train_size=100))
+    t = random_code_layers(model)["0"][1]
+    x = torch.randn(50_000, 5)
+    model.train()
+    with posterior_sampling(model, local=True):
+        model(x).square().sum().backward()
+    expected = 2 * x.square().sum(0)[None, :] * t.variance().detach()
+    assert torch.allclose(t.log_sigma.grad, expected, rtol=0.05)
+    t.log_sigma.grad = None
+    with posterior_sampling(model, local=True), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(torch.zeros(4, 5)).float().square().sum().backward()
+    assert torch.isfinite(t.log_sigma.grad).all()
+    with pytest.raises(RuntimeError), posterior_sampling(model, local=True):
+        model(torch.zeros(2, 7))  # wrong width
+    assert not model[0]._forward_hooks and not t.local and not t.sampling
 
 
 def encoded(**changes) -> Encoded:

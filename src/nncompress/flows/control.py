@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from ..batches import BatchData
 from ..train import History, TrainConfig, fit, stderr_log
 from ..validate import check_choice
 from ..zoo import Dataset
@@ -38,15 +39,15 @@ class TrainingPhase:
     batch_size: int = 64
     label: str = ""
 
-    def steps(self, dataset: Dataset) -> int:
+    def steps(self, dataset: Dataset | BatchData) -> int:
         """Optimizer steps this phase takes on `dataset` (epochs x batches per epoch)."""
         return self.config.epochs * len(dataset.train_loader(self.batch_size, seed=self.loader_seed))
 
-    def run(self, model: nn.Module, dataset: Dataset, **fit_kwargs: object) -> History:
+    def run(self, model: nn.Module, dataset: Dataset | BatchData, **fit_kwargs: object) -> History:
         """Train `model` in place for this phase (extra keywords go to `fit`, e.g. on_step, regularizers);
         its epochs are logged under the phase's label unless a `log` is given."""
-        if self.label:
-            fit_kwargs.setdefault("log", lambda message: stderr_log(f"{self.label}: {message}"))
+        if self.label and fit_kwargs.get("log") is None:
+            fit_kwargs["log"] = lambda message: stderr_log(f"{self.label}: {message}")
         return fit(model, dataset.train_loader(self.batch_size, seed=self.loader_seed), self.config, **fit_kwargs)
 
 
@@ -82,17 +83,18 @@ def codebook_phase(epochs: int, lr: float, seed: int, batch_size: int = 64) -> l
                           "codebook fine-tune")]
 
 
-def total_steps(phases: Sequence[TrainingPhase], dataset: Dataset) -> int:
+def total_steps(phases: Sequence[TrainingPhase], dataset: Dataset | BatchData) -> int:
     """Optimizer steps of all `phases` on `dataset`."""
     return sum(phase.steps(dataset) for phase in phases)
 
 
-def train_phases(model: nn.Module, dataset: Dataset, phases: Sequence[TrainingPhase], **fit_kwargs: object) -> list[History]:
+def train_phases(model: nn.Module, dataset: Dataset | BatchData, phases: Sequence[TrainingPhase],
+                 **fit_kwargs: object) -> list[History]:
     """Run `phases` on `model` in place, in order (extra keywords go to every `fit`)."""
     return [phase.run(model, dataset, progress=False, log=lambda _msg: None, **fit_kwargs) for phase in phases]
 
 
-def same_budget_control(dense: nn.Module, dataset: Dataset, phases: Sequence[TrainingPhase],
+def same_budget_control(dense: nn.Module, dataset: Dataset | BatchData, phases: Sequence[TrainingPhase],
                         distill: object | None = None) -> tuple[nn.Module, dict]:
     """The dense control: a copy of the (already pretrained) `dense` model trained through `phases`
     (the compression pipeline's retraining phases, nothing compressed). Returns (control model,
@@ -112,7 +114,7 @@ def same_budget_control(dense: nn.Module, dataset: Dataset, phases: Sequence[Tra
     from .distill import distillation_kwargs
 
     control = copy.deepcopy(dense)
-    fit_kwargs = distillation_kwargs(dense, distill)
+    fit_kwargs = distillation_kwargs(dense, distill, getattr(dataset, "forward_fn", None))
     with StepCounter() as counter:
         train_phases(control, dataset, phases, **fit_kwargs)
     control.eval()

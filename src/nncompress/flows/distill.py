@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..batches import feed, output_tensor
+from ..batches import ForwardFn, feed, output_tensor
 from ..train import cross_entropy
 from ..validate import UserError
 
@@ -61,19 +61,21 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, target: torc
 
 
 class Distillation:
-    """A frozen copy of `teacher` and the fit hooks that distil it into the trained model."""
+    """A frozen copy of `teacher` and the fit hooks that distil it into the trained model. `forward_fn`:
+    how both models are fed (the data's own, e.g. `BatchData.forward_fn`; fit's `forward_fn` is this
+    object's, so a forward bound to the batches would otherwise be dropped)."""
 
-    def __init__(self, teacher: nn.Module, config: DistillConfig):
-        self.config = config
+    def __init__(self, teacher: nn.Module, config: DistillConfig, forward_fn: ForwardFn | None = None):
+        self.config, self.inner = config, forward_fn
         self.teacher = copy.deepcopy(teacher).eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self._teacher_logits: torch.Tensor | None = None
 
     def forward(self, model: nn.Module, batch: object) -> object:
-        output = feed(model, batch)
+        output = feed(model, batch, self.inner)
         with torch.no_grad():
-            self._teacher_logits = output_tensor(feed(self.teacher, batch)).detach()
+            self._teacher_logits = output_tensor(feed(self.teacher, batch, self.inner)).detach()
         return output
 
     def loss(self, output: object, target: object) -> torch.Tensor:
@@ -87,8 +89,10 @@ class Distillation:
         return {"forward_fn": self.forward, "loss_fn": self.loss} if self.config.enabled else {}
 
 
-def distillation_kwargs(teacher: nn.Module | None, config: DistillConfig | None) -> dict:
-    """`train.fit` keywords distilling `teacher` with `config` ({} when either is missing or alpha is 0)."""
+def distillation_kwargs(teacher: nn.Module | None, config: DistillConfig | None, forward_fn: ForwardFn | None = None
+                        ) -> dict:
+    """`train.fit` keywords distilling `teacher` with `config` ({} when either is missing or alpha is 0);
+    `forward_fn` feeds both models (the data's own forward, if it has one)."""
     if teacher is None or config is None or not config.enabled:
         return {}
-    return Distillation(teacher, config).fit_kwargs()
+    return Distillation(teacher, config, forward_fn).fit_kwargs()

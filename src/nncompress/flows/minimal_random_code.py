@@ -84,6 +84,9 @@ class MiracleConfig:
         check_int_range("round_epochs", self.round_epochs, 1, 100_000)
         for name in ("lr", "coding_lr_factor", "init_sigma", "beta_step"):
             check_positive(name, getattr(self, name))
+        for name, kind in (("coding", Coding), ("distill", DistillConfig), ("local_reparameterization", bool)):
+            if not isinstance(getattr(self, name), kind):
+                raise UserError(f"MiracleConfig.{name}={getattr(self, name)!r} must be a {kind.__name__}")
 
 
 def miracle_phases(config: MiracleConfig, seed: int) -> list[TrainingPhase]:
@@ -251,7 +254,7 @@ def compress_miracle(model: nn.Module, arch: str, data: Dataset | BatchData, con
     desc = _description(arch, data)
     _check_zoo_shapes(model, desc)
     total = planned_blocks(model, desc, config, budget_bytes, meta)
-    fit_kwargs = distillation_kwargs(model, config.distill)  # the teacher: the dense model, before coding
+    fit_kwargs = distillation_kwargs(model, config.distill, getattr(data, "forward_fn", None))  # teacher: the dense model
     method = MinimalRandomCode(total_bits=total * config.block_bits, block_bits=config.block_bits,
                                init_sigma=config.init_sigma, beta_step=config.beta_step,
                                train_size=data.train_size, seed=seed)
@@ -317,5 +320,6 @@ def _write(model: nn.Module, head: tuple[dict, dict | None], data: Dataset | Bat
         exact = bool(torch.equal(output_tensor(feed(decoded, probe)), output_tensor(feed(model, probe))))
     return decoded, {"file_bytes": size, "budget_bytes": budget, "blocks": blocks, "exact_roundtrip": exact,
                      "index_bits": sum(blocks.values()) * config.block_bits, "file": str(path),
+                     "distill": config.distill.enabled, "local_reparameterization": config.local_reparameterization,
                      "accuracy": evaluate(decoded, data.test_loader()).get("accuracy"),
                      "compression": 4 * count_params(decoded) / size}

@@ -241,42 +241,52 @@ def posterior_sampling(model: nn.Module, enabled: bool = True, local: bool = Fal
     setting is restored afterwards.
 
     `local=True`: the local reparameterization trick (Kingma, Salimans & Welling, NeurIPS 2015,
-    sec. 2.3) for Linear and Conv2d layers: instead of one weight sample per batch, every output
-    element is drawn from the distribution it has under q, which for a Gaussian posterior is
+    sec. 2.3) for Linear and Conv layers: the weight is mu and every output element is drawn from the
+    distribution it has under q,
         y = x * mu + sqrt(x^2 * sigma^2) * eps,   eps ~ N(0, 1) per output element
-    (* the layer's product: matmul or convolution). The outputs' distribution is the same as with a
-    weight sample, but the noise is independent across the examples of a batch, so the gradient's
-    variance is lower (the paper's point: faster convergence of the variational training)."""
+    (* the layer's product: matmul or convolution). Each element's distribution is the one a weight
+    sample gives it, but the noise is independent across elements: across the examples of a batch,
+    which lowers the gradient's variance (the paper's point), and also across the positions of a
+    convolution and the tokens of a sequence, which share one weight sample under weight sampling
+    (for those layers it is the approximation of Molchanov et al. 2017, a slightly different
+    objective; exact for a Linear on one vector per example). Nesting adds no second noise."""
     found = random_code_layers(model)
-    local_layers = [(layer, t) for layer, t in found.values() if local and isinstance(layer, LOCAL_TYPES)]
+    local_layers = [(layer, t) for layer, t in found.values()
+                    if local and not t.local and isinstance(layer, LOCAL_TYPES) and not _transposed(layer)]
     with contextlib.ExitStack() as stack:
         stack.enter_context(switched((t for _, t in found.values()), "sampling", enabled))
         stack.enter_context(switched((t for _, t in local_layers), "local", True))
-        for layer, t in local_layers:
-            stack.callback(layer.register_forward_hook(_output_noise(t)).remove)
+        for layer, _ in local_layers:
+            stack.callback(layer.register_forward_hook(_output_noise, with_kwargs=True).remove)
         yield model
 
 
-#: layers whose output noise `posterior_sampling(local=True)` computes
-LOCAL_TYPES = (nn.Linear, nn.Conv2d)
+#: layers whose output noise `posterior_sampling(local=True)` computes (others sample their weights)
+LOCAL_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-def _output_noise(t: RandomCodeWeight) -> Callable:
-    """The forward hook adding sqrt(x^2 * sigma^2) * eps to a Linear / Conv2d output (`posterior_sampling`)."""
-    def hook(layer: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
-        if not t.noisy:
-            return None
-        x2 = inputs[0].square()
+def _transposed(layer: nn.Module) -> bool:
+    return bool(getattr(layer, "transposed", False))
+
+
+def _output_noise(layer: nn.Module, args: tuple, kwargs: dict, output: torch.Tensor) -> torch.Tensor | None:
+    """Forward hook of `posterior_sampling(local=True)`: adds sqrt(x^2 * sigma^2) * eps to the output
+    of a Linear / Conv layer (computed in float32 or wider, outside autocast: an fp16 variance
+    rounds small values to 0, whose square root has no gradient). The layer's own transform is
+    looked up, so a copy of the layer adds its own noise."""
+    t = next((t for t in transforms(layer) if isinstance(t, RandomCodeWeight)), None)
+    if t is None or not (t.noisy and t.local):
+        return None
+    x = args[0] if args else kwargs["input"]
+    dtype = torch.promote_types(output.dtype, torch.float32)
+    with torch.autocast(output.device.type, enabled=False):
+        x2, variance = x.to(dtype).square(), t.variance().to(dtype)
         if isinstance(layer, nn.Linear):
-            variance = nn.functional.linear(x2, t.variance())
-        else:
-            if layer.padding_mode != "zeros":
-                raise UserError(f"local reparameterization: padding_mode={layer.padding_mode!r} is not supported "
-                                "(zeros only); use posterior_sampling(model) without local=True")
-            variance = nn.functional.conv2d(x2, t.variance(), None, layer.stride, layer.padding, layer.dilation,
-                                            layer.groups)
-        return output + variance.clamp_min(1e-16).sqrt() * torch.randn_like(output)
-    return hook
+            out_variance = nn.functional.linear(x2, variance)
+        else:  # the layer's own convolution, padding mode included: pad(x)^2 = pad(x^2) for every mode
+            out_variance = layer._conv_forward(x2, variance, None)
+        noise = out_variance.clamp_min(1e-16).sqrt() * torch.randn_like(out_variance)
+    return output + noise.to(output.dtype)
 
 
 def posterior_mean(layer: nn.Module) -> torch.Tensor:
