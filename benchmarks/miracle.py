@@ -4,7 +4,8 @@ coding item, measured beside entropy-penalized reparameterization and the alloca
 
 Usage: nice -n 10 python benchmarks/miracle.py [--seeds 3] [--models lenet300 lenet5]
            [--ratios lenet300=70,30 lenet5=170,400]
-           [--epochs lenet300=20,10,8] [--block-bits 12] [--threads 1] [--name miracle]
+           [--epochs lenet300=20,10,8] [--block-bits 12] [--sampling local|weights] [--threads 1]
+           [--name miracle]
 
 Per model and seed, on mnist-10k's first 7,000 training images (the last 1,000 are the validation
 split; the 2,000-image test split is evaluated once, never used to choose):
@@ -104,8 +105,10 @@ def main() -> None:
     parser.add_argument("--distill-alpha", type=float, default=0.0, help="knowledge distillation from the dense model "
                         "in every MIRACLE epoch (flows/distill.py); the control is then self-distilled the same way")
     parser.add_argument("--distill-temperature", type=float, default=4.0)
-    parser.add_argument("--local", action="store_true", help="the local reparameterization trick (Kingma et al. "
-                        "2015): each Linear / Conv2d output is sampled instead of the weights")
+    parser.add_argument("--sampling", choices=("local", "weights"), default="local",
+                        help="local: the local reparameterization trick (Kingma et al. 2015), each Linear / Conv output "
+                        "drawn from its distribution under the posterior (the default); weights: one weight sample "
+                        "per batch (the paper's; miracle.md, miracle_2x.md, miracle_3x.md)")
     parser.add_argument("--no-report", action="store_true", help="only fill the per-seed cache")
     parser.add_argument("--name", default="miracle")
     parser.add_argument("--note", default="")
@@ -120,9 +123,9 @@ def main() -> None:
         variational, balance, rounds = schedule[arch]
         distill = DistillConfig(args.distill_alpha, args.distill_temperature)
         config = MiracleConfig(block_bits=args.block_bits, variational_epochs=variational, balance_epochs=balance,
-                               rounds=rounds, distill=distill, local_reparameterization=args.local)
+                               rounds=rounds, distill=distill, local_reparameterization=args.sampling == "local")
         tag = f"v{variational}-b{balance}-r{rounds}-c{args.block_bits}" + (
-            f"-kd{distill.alpha:g}T{distill.temperature:g}" if distill.enabled else "") + ("-local" if args.local else "")
+            f"-kd{distill.alpha:g}T{distill.temperature:g}" if distill.enabled else "") + ("-local" if args.sampling == "local" else "")
         runs = [cached_sweep(CACHE / f"{arch}-seed{seed}-{tag}-threads{args.threads}.json", targets[arch],
                              lambda missing, s=seed: run_seed(arch, val, test, s, missing, config))
                 for seed in range(args.start_seed, args.seeds)]
@@ -146,7 +149,8 @@ def main() -> None:
                 "with the same distillation from the same teacher (self-distillation)." if args.distill_alpha else "")
              + (" Local reparameterization (Kingma et al. 2015; `posterior_sampling(local=True)`): every Linear / Conv "
                 "output is drawn from its distribution under the posterior, noise independent per example, instead "
-                "of one weight sample per batch." if args.local else "")
+                "of one weight sample per batch." if args.sampling == "local" else
+                " Weight sampling (the paper's): one sample of every weight per batch.")
              + "\n\n")
     text += table(["model", "fp32 bytes", "variational epochs", "balance epochs", "coding rounds", "C (bits/block)",
                    "control steps", "dense test %", "control test %"], settings)

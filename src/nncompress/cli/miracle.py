@@ -26,7 +26,7 @@ def miracle(model: ModelArg = "lenet5", dataset: DatasetOpt = "digits", data_dir
             block_bits: Annotated[int, typer.Option(min=1, max=16, help="bits per block: 2^C candidates drawn for each")] = 12,
             distill_alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="weight of knowledge distillation from the dense model in every epoch (0 = off; flows/distill.py)")] = 0.0,
             distill_temperature: Annotated[float, typer.Option(min=0.01, help="distillation softmax temperature")] = 4.0,
-            local_reparameterization: Annotated[bool, typer.Option("--local-reparameterization/--weight-sampling", help="sample each Linear / Conv output (Kingma et al. 2015) instead of the weights")] = False,
+            local_reparameterization: Annotated[bool, typer.Option("--local-reparameterization/--weight-sampling", help="sample each Linear / Conv output (Kingma et al. 2015; the default) or, with --weight-sampling, the weights (the paper's)")] = True,
             seed: Annotated[int, typer.Option(help="random seed")] = 0,
             out_path: Annotated[Path, typer.Option("--out", "-o", help="the .nnc file to write")] = Path("miracle.nnc"),
             json_path: JsonOpt = None) -> None:
