@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -99,3 +100,17 @@ def test_quantize_with_a_number_format_saves_a_reloadable_model(tmp_path):
 def test_quantize_options_are_checked_against_the_method_fields(main, args, message):
     code, _, stderr = main("quantize", "lenet300", *args)
     assert code == 2 and message in stderr
+
+
+def test_an_output_path_that_cannot_be_written_fails_before_any_work(tmp_path):
+    """A folder, a file where a folder should be, or a folder that cannot be created: a UserError
+    before training; a missing folder that can be created is."""
+    from nncompress.cli.common import check_out_path
+
+    (tmp_path / "file").write_text("x")
+    for path, message in ((tmp_path, "is a folder"), (tmp_path / "file" / "m.nnc", "is a file, not a folder"),
+                          (Path("/proc/nncompress-test/m.nnc"), "cannot create its folder")):
+        with pytest.raises(UserError, match=message):
+            check_out_path(path, "--out")
+    check_out_path(tmp_path / "new" / "deeper" / "m.nnc", "--out")
+    assert (tmp_path / "new" / "deeper").is_dir()

@@ -67,7 +67,8 @@ def test_a_model_outside_the_zoo_is_coded_and_read_back_into_its_own_module(digi
 @pytest.mark.parametrize("arch, budget, message", [
     ("lenet5", 10_000, "zoo model whose tensors differ"),   # the name of another zoo model
     ("lenet300", 400, "below the smallest MIRACLE file of this model"),  # header + float16 biases alone are more
-    ("lenet300", 0, "budget_bytes"),
+    ("lenet300", 0, "a budget of 0 bytes is below the smallest"),  # e.g. a ratio too high for the model
+    ("lenet300", -1, "budget_bytes"),
 ])
 def test_a_wrong_name_or_an_impossible_budget_is_refused_before_training(digits, arch, budget, message):
     model, _, _ = dense_model("lenet300", digits, seed=0)
@@ -84,3 +85,9 @@ def test_a_wrong_name_or_an_impossible_budget_is_refused_before_training(digits,
 def test_the_config_names_a_bad_field(field, value, message):
     with pytest.raises(UserError, match=message):
         MiracleConfig(**{field: value})
+
+
+def test_data_that_is_neither_a_dataset_nor_batch_data_is_refused_with_the_fix():
+    with pytest.raises(UserError, match=r"nc.BatchData\(train_batches, test_batches\)"):
+        compress_miracle(nn.Linear(2, 2), "my-net", [(torch.ones(1, 2), torch.zeros(1).long())], CONFIG,
+                         budget_bytes=1000)

@@ -67,6 +67,10 @@ def check_out_path(path: Optional[Path], option: str) -> None:
     parent = next((p for p in path.parents if p.exists()), None)
     if parent is not None and not parent.is_dir():
         raise UserError(f"{option} {str(path)!r}: {str(parent)!r} is a file, not a folder")
+    try:  # missing folders are created now, so one that cannot be fails before any work
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{option} {str(path)!r}: cannot create its folder ({exc.strerror or exc})") from None
 
 
 def check_checkpoint(path: Path) -> None:

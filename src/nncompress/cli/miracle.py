@@ -72,4 +72,7 @@ def miracle(model: ModelArg = "lenet5", dataset: DatasetOpt = "digits", data_dir
     out.print(f"{start} accuracy {dense_accuracy:.4f}  compressed accuracy {result['accuracy']:.4f} (decoded from "
               f"{out_path})  {result['file_bytes']:,} B = {result['compression']:.1f}x  exact round trip: "
               f"{result['exact_roundtrip']}")
+    if result["file_bytes"] < 0.9 * budget:
+        out.print(f"note: the file uses {result['file_bytes']:,} of the {budget:,} B budget: MIRACLE codes at most one "
+                  "block per weight, so a budget this large cannot be spent")
     emit_json(json_path, {"model": arch, "dataset": data.name, "dense_accuracy": dense_accuracy, **result})

@@ -191,7 +191,7 @@ def budget_blocks(model: nn.Module, model_desc: dict, budget: int, bits: int, co
     """The most blocks (split by weight count, at most one per weight) whose file fits `budget` bytes,
     less `MARGIN`; a UserError naming the smallest file possible (one block per MAX_WIDTH weights:
     the header and the float16 biases) when even that does not fit."""
-    check_int_range("budget_bytes", budget, 1, 1 << 40)
+    check_int_range("budget_bytes", budget, 0, 1 << 40)  # 0 (a ratio too high for the model) gets the message below
     numels = {n: layer.weight.numel() for n, (layer, _) in random_code_layers(model).items()}
     smallest = {n: math.ceil(k / MAX_WIDTH) for n, k in numels.items()}
     least = file_bytes(model, model_desc, smallest, bits, coding, meta) + MARGIN
@@ -283,6 +283,9 @@ def _description(arch: str, data: Dataset | BatchData) -> dict:
     """The file's model description. A zoo name must describe this model (the file tells readers to
     build it from the name and the data's shape), checked before training; with `BatchData` (no
     input shape to build from) the name must be the model's own."""
+    if not isinstance(data, (Dataset, BatchData)):
+        raise UserError(f"data is a {type(data).__name__}: pass an nncompress Dataset (nncompress.zoo.load_dataset) or "
+                        "your own batches as nc.BatchData(train_batches, test_batches)")
     if isinstance(data, BatchData):
         if arch in MODELS:
             raise UserError(f"arch={arch!r} is a zoo name, but the data are your own batches (BatchData), which do not "
