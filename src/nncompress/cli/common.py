@@ -216,12 +216,15 @@ def torch_threads() -> int:
 def deep_compression_table(rows: list[dict], title: str, overhead: dict | None = None) -> Table:
     """Han 2016 table 2 per layer; the `bytes` column (plus the header row) adds up to the file."""
     table = Table(title=title)
-    columns = ("layer", "weights", "kept (P)", "weight bits P+Q", "P+Q+H", "index bits P+Q", "P+Q+H",
+    columns = ("layer", "stored as", "weights", "kept (P)", "weight bits P+Q", "P+Q+H", "index bits P+Q", "P+Q+H",
                "rate P+Q", "rate P+Q+H", "bytes")
+    widest_kind = max((len(r.get("stored_as", "")) for r in rows), default=0)
     for col in columns:
-        table.add_column(col, justify="left" if col == "layer" else "right")
+        table.add_column(col, justify="left" if col in ("layer", "stored as") else "right",
+                         min_width=widest_kind if col == "stored as" else None)
     for r in rows:
-        table.add_row(r["layer"], f"{r['weights']:,}", f"{100 * r['kept']:.1f}%", f"{r['weight_bits_pq']:.3g}",
+        table.add_row(r["layer"], r.get("stored_as", ""), f"{r['weights']:,}", f"{100 * r['kept']:.1f}%",
+                      f"{r['weight_bits_pq']:.2f}",
                       f"{r['weight_bits_pqh']:.2f}", str(r["index_bits_pq"]), f"{r['index_bits_pqh']:.2f}",
                       f"{100 * r['rate_pq']:.2f}%", f"{100 * r['rate_pqh']:.2f}%", f"{r['bytes']:,}")
     if overhead is not None:

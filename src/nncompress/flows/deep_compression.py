@@ -101,7 +101,8 @@ def layer_row(layer: StoredLayer) -> dict:
     weights. `bytes` is the layer's real share of the file (its sections + header share); rate
     P+Q+H = 8 bytes / (32 n). Rate P+Q counts the index and weight streams at fixed width plus the
     layer's other arrays (codebook, scales) as stored. Weight bits are per kept weight, also for a
-    stage that stores one index per block of weights (MIRACLE: bits x blocks / weights)."""
+    stage that stores one index per block of weights (MIRACLE: bits x blocks / weights). `stored_as`:
+    the layer's chain of stored kinds (e.g. "mask + kmeans", "minimal_random_code")."""
     numel = math.prod(layer.shape)
     keep, keep_entry = _mask(layer)
     kept = int(keep.sum()) if keep is not None else numel
@@ -117,7 +118,8 @@ def layer_row(layer: StoredLayer) -> dict:
                       if e is not main_entry and e is not keep_entry)
     index_bits = relative["index_bits"] if relative else keep_entry["codec"].get("bits", 1) if bitmap else 0
     per_weight = len(values) / max(kept, 1)  # stored entries per kept weight: 1, or one index per block (MIRACLE)
-    return {"layer": layer.name.removesuffix(".weight"), "weights": numel, "kept": kept / numel,
+    return {"layer": layer.name.removesuffix(".weight"), "stored_as": " + ".join(e.kind for e in layer.chain),
+            "weights": numel, "kept": kept / numel,
             "weight_bits_pq": weight_bits * per_weight, "weight_bits_pqh": _coded_bits(main_entry) / max(kept, 1),
             "cluster_entropy": entropy_bits(values.numpy()),
             "index_bits_pq": index_bits, "index_bits_pqh": _coded_bits(keep_entry) / max(entries, 1) if keep_entry else 0.0,
