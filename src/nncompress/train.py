@@ -209,7 +209,9 @@ def fit(model: nn.Module, train_batches: Batches, config: TrainConfig = TrainCon
     by `batches.py` (or `forward_fn(model, batch)`). `on_step(step)` runs after every optimizer step
     (pruning schedules use it) and `on_epoch(epoch, history)` after every epoch. With `checkpoint`,
     state is written after each epoch; with `resume=True` an existing checkpoint is loaded first and
-    training continues where it stopped.
+    training continues where it stopped. `progress`: a per-step progress bar (default: when stderr is
+    a terminal); `log(line)` receives one line per epoch (default `stderr_log`; `log=lambda _: None`
+    silences it).
     """
     rank, world_size = init_distributed()
     torch.manual_seed(config.seed)

@@ -45,9 +45,10 @@ class TrainingPhase:
 
     def run(self, model: nn.Module, dataset: Dataset | BatchData, **fit_kwargs: object) -> History:
         """Train `model` in place for this phase (extra keywords go to `fit`, e.g. on_step, regularizers);
-        its epochs are logged under the phase's label unless a `log` is given."""
-        if self.label and fit_kwargs.get("log") is None:
-            fit_kwargs["log"] = lambda message: stderr_log(f"{self.label}: {message}")
+        its epoch lines go to `log` (default: stderr) under the phase's label."""
+        if self.label:
+            log = fit_kwargs.get("log") or stderr_log
+            fit_kwargs["log"] = lambda message: log(f"{self.label}: {message}")
         return fit(model, dataset.train_loader(self.batch_size, seed=self.loader_seed), self.config, **fit_kwargs)
 
 

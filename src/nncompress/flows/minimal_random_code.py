@@ -246,14 +246,15 @@ def planned_blocks(model: nn.Module, model_desc: dict, config: MiracleConfig, bu
 
 def compress_miracle(model: nn.Module, arch: str, data: Dataset | BatchData, config: MiracleConfig, *,
                      budget_bytes: int, seed: int = 0, out: str | os.PathLike | None = None,
-                     meta: dict | None = None) -> tuple[nn.Module, dict]:
+                     meta: dict | None = None, log: Callable[[str], None] | None = None) -> tuple[nn.Module, dict]:
     """Train `model` (dense, trained; changed in place) into a MIRACLE code within `budget_bytes`;
     returns (the model decoded from the written file, figures). `arch`: the model's name in the file's
     description (a zoo name lets `decode_model(read_nnc(path))` rebuild it; any other model is read
     back with `decode_model(nnc, model=YourNet())`); `data`: an nncompress `Dataset` (its training
     split trains, its test split measures) or your own batches as `BatchData` (e.g. a `transformers`
     classifier's BatchEncodings with "labels"; `tests/test_outside_models.py`); `meta`: a JSON-able
-    dict stored in the file (e.g. the dataset and seed; its bytes count in the budget)."""
+    dict stored in the file (e.g. the dataset and seed; its bytes count in the budget); `log`: receives
+    each epoch's line (default: stderr, labelled by phase; `lambda _: None` silences it)."""
     desc = _description(arch, data)
     _check_zoo_shapes(model, desc)
     total = planned_blocks(model, desc, config, budget_bytes, meta)
@@ -267,6 +268,7 @@ def compress_miracle(model: nn.Module, arch: str, data: Dataset | BatchData, con
     steps_per_epoch = len(data.train_loader(64, seed=seed))
     schedule = MiracleSchedule(model, config, steps_per_epoch, total, fits, torch.Generator().manual_seed(seed + 9))
     regularizers = method.regularizers(model)
+    fit_kwargs = {**fit_kwargs, "log": log} if log is not None else fit_kwargs
     with posterior_sampling(model, local=config.local_reparameterization):
         if "variational" in phases:
             phases["variational"].run(model, data, regularizers=regularizers, on_step=schedule.variational_step,
