@@ -44,6 +44,20 @@ def labelled_batches(count: int) -> list[transformers.BatchEncoding]:
     return batches
 
 
+def trained_bert_classifier(hidden: int, layers: int, epochs: int):
+    """A `transformers` BERT classifier (seed 0) trained on the first 8 of `labelled_batches(10)`;
+    returns (model, its config, the 10 batches: the last 2 are held out)."""
+    torch.manual_seed(0)
+    config = transformers.BertConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                                     intermediate_size=2 * hidden, vocab_size=100, max_position_embeddings=32,
+                                     num_labels=2)
+    model = transformers.BertForSequenceClassification(config)
+    batches = labelled_batches(10)
+    nc.fit(model, batches[:8], nc.TrainConfig(epochs=epochs, lr=3e-3, optimizer="adam", weight_decay=0.0),
+           progress=False, log=lambda m: None)
+    return model, config, batches
+
+
 @pytest.fixture(scope="module")
 def bert_w8a8():
     torch.manual_seed(0)
@@ -214,13 +228,7 @@ def test_the_allocator_plans_a_bert_classifier_fed_batch_encodings(tmp_path):
     from nncompress.flows.allocate import fixed_bytes
     from nncompress.flows.allocation_table import PlanContext
 
-    torch.manual_seed(0)
-    config = transformers.BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
-                                     vocab_size=100, max_position_embeddings=32, num_labels=2)
-    model = transformers.BertForSequenceClassification(config)
-    batches = labelled_batches(10)
-    nc.fit(model, batches[:8], nc.TrainConfig(epochs=10, lr=3e-3, optimizer="adam", weight_decay=0.0),
-           progress=False, log=lambda m: None)
+    model, config, batches = trained_bert_classifier(hidden=64, layers=2, epochs=10)
     model.eval()
     desc = {"arch": "hf-bert-classifier"}
     plan_config = nc.AllocationConfig(target_ratio=4.0, densities=(1.0, 0.5, 0.25, 0.1), bits=(2, 4, 8), joint_rounds=1,
@@ -257,13 +265,7 @@ def test_miracle_codes_a_bert_classifier_fed_batch_encodings_with_distillation(t
     from nncompress.flows.control import StepCounter, same_budget_control
     from nncompress.flows.minimal_random_code import miracle_phases
 
-    torch.manual_seed(0)
-    config = transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                                     vocab_size=100, max_position_embeddings=32, num_labels=2)
-    model = transformers.BertForSequenceClassification(config)
-    batches = labelled_batches(10)
-    nc.fit(model, batches[:8], nc.TrainConfig(epochs=15, lr=3e-3, optimizer="adam", weight_decay=0.0),
-           progress=False, log=lambda m: None)
+    model, config, batches = trained_bert_classifier(hidden=32, layers=1, epochs=15)
     dense = copy.deepcopy(model).eval()
     data = nc.BatchData(batches[:8], batches[8:])
     miracle = nc.MiracleConfig(block_bits=8, variational_epochs=4, balance_epochs=2, rounds=2,
