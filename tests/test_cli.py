@@ -50,6 +50,13 @@ def test_help_lists_the_commands(main):
     assert code == 0 and all(c in stdout for c in ("train", "evaluate", "inspect", "deep-compress", "decode", "demo"))
 
 
+def test_help_in_a_pipe_shows_whole_option_names(main):
+    """Without a terminal rich wraps at 80 columns and clipped long names (`--local-reparam…`)."""
+    code, stdout, _ = main("miracle", "--help")
+    assert code == 0 and "--local-reparameterization" in stdout and "--distill-temperature" in stdout
+    assert "…" not in stdout
+
+
 def test_only_user_errors_become_exit_code_2(monkeypatch, capsys):
     def raise_(err):
         def app():

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+import typer.rich_utils
 import yaml
 from rich.console import Console
 from rich.table import Table
@@ -25,7 +26,10 @@ from ..zoo import DATASETS, MODELS, Dataset
 app = typer.Typer(help="Prune and quantize PyTorch models, and measure what it buys.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 console = Console(stderr=True)
-out = Console(width=None if sys.stdout.isatty() else 120)  # wide tables in logs and pipes too
+PIPE_WIDTH = 120  # columns of tables and --help when stdout is not a terminal (rich's default there: 80)
+out = Console(width=None if sys.stdout.isatty() else PIPE_WIDTH)  # wide tables in logs and pipes too
+if not sys.stdout.isatty() and typer.rich_utils.MAX_WIDTH is None:  # TERMINAL_WIDTH unset: --help unclipped too
+    typer.rich_utils.MAX_WIDTH = PIPE_WIDTH
 
 ModelArg = Annotated[str, typer.Argument(help=f"zoo model ({', '.join(MODELS)}) or a saved .safetensors / .nnc file")]
 DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help=f"one of: {', '.join(DATASETS)}")]
