@@ -164,7 +164,7 @@ def test_miracle_writes_a_file_within_the_budget_that_decodes_exactly(main, tmp_
                                 "-o", str(tmp_path / "m.nnc"), "--json", str(tmp_path / "m.json"))
     report = json.loads((tmp_path / "m.json").read_text())
     assert code == 0 and "exact round trip: True" in stdout
-    assert "pretrain: epoch 1/" in stderr and "variational: epoch 3/3" in stderr and "coding: epoch 1/1" in stderr
+    assert "pretrain: epoch 1/" in stderr and "variational+balance: epoch 3/3" in stderr and "coding: epoch 1/1" in stderr
     assert read_nnc(tmp_path / "m.nnc").meta == {"dataset": "digits", "seed": 0,
                                                  "distill": {"alpha": 0.5, "temperature": 4.0}}
     assert report["file_bytes"] == (tmp_path / "m.nnc").stat().st_size <= 10000

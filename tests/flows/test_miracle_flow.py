@@ -60,7 +60,7 @@ def test_a_model_outside_the_zoo_is_coded_and_read_back_into_its_own_module(digi
                                                                         local_reparameterization=False),
                                   budget_bytes=1200, seed=0, out=tmp_path / "mlp.nnc", log=lines.append)
     assert r["exact_roundtrip"] and r["file_bytes"] <= 1200 and not r["local_reparameterization"]  # the paper's
-    assert len(lines) == 2 + 1 and lines[0].startswith("variational: epoch 1/2")  # variational + balance, then one coding epoch
+    assert len(lines) == 2 + 1 and lines[0].startswith("variational+balance: epoch 1/2")  # variational + balance, then one coding epoch
     fresh = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
     again = decode_model(read_nnc(tmp_path / "mlp.nnc"), model=fresh)
     assert torch.equal(again(digits.test_x[:64]), decoded(digits.test_x[:64]))

@@ -3,7 +3,7 @@ budget -> the coding goal -> variational training -> blocks laid out by each lay
 coded in rounds with retraining between them -> the `.nnc` file, decoded and measured.
 
 Two training phases (Adam, no weight decay; `miracle_phases` gives them to the same-budget control):
-  1. "variational", one cosine schedule at `lr`: the first `variational_epochs` with one penalty for
+  1. "variational+balance", one cosine schedule at `lr`: the first `variational_epochs` with one penalty for
      the whole model annealed toward the total goal; then the blocks are laid out (layer l gets
      blocks in proportion to its KL, at least one per MAX_WIDTH weights) and `balance_epochs` follow
      with one penalty per block toward C bits each (`MiracleSchedule`, fit's on_step, as AGP's);
@@ -98,7 +98,8 @@ def miracle_phases(config: MiracleConfig, seed: int) -> list[TrainingPhase]:
         return TrainingPhase(TrainConfig(epochs=epochs, lr=lr, optimizer="adam", weight_decay=0.0, schedule=schedule,
                                          seed=seed + offset), seed + offset, 64, label)
 
-    return [p for p in (adam(config.variational_epochs + config.balance_epochs, config.lr, "cosine", 700, "variational"),
+    return [p for p in (adam(config.variational_epochs + config.balance_epochs, config.lr, "cosine", 700,
+                             "variational+balance"),
                         adam((config.rounds - 1) * config.round_epochs, config.lr * config.coding_lr_factor, "constant",
                              701, "coding")) if p.config.epochs]
 
@@ -270,8 +271,8 @@ def compress_miracle(model: nn.Module, arch: str, data: Dataset | BatchData, con
     regularizers = method.regularizers(model)
     fit_kwargs = {**fit_kwargs, "log": log} if log is not None else fit_kwargs
     with posterior_sampling(model, local=config.local_reparameterization):
-        if "variational" in phases:
-            phases["variational"].run(model, data, regularizers=regularizers, on_step=schedule.variational_step,
+        if "variational+balance" in phases:
+            phases["variational+balance"].run(model, data, regularizers=regularizers, on_step=schedule.variational_step,
                                       progress=False, **fit_kwargs)
         schedule.code_round()
         if "coding" in phases:
