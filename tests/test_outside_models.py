@@ -262,7 +262,7 @@ def test_miracle_codes_a_bert_classifier_fed_batch_encodings_with_distillation(t
     batches with labels) and distillation from the dense model: every Linear is coded, the file is
     within its budget and decodes bit for bit into a fresh model, the coded model still solves the
     task, and the training takes exactly the steps its same-budget control replays."""
-    from nncompress.flows.control import StepCounter, same_budget_control
+    from nncompress.flows.control import StepCounter
     from nncompress.flows.minimal_random_code import miracle_phases
 
     model, config, batches = trained_bert_classifier(hidden=32, layers=1, epochs=15)
@@ -280,7 +280,7 @@ def test_miracle_codes_a_bert_classifier_fed_batch_encodings_with_distillation(t
     with torch.no_grad():
         assert torch.equal(back.eval()(**padded_batch(3)).logits, decoded(**padded_batch(3)).logits)
     assert r["accuracy"] >= 0.9 and nc.evaluate(dense, batches[8:])["accuracy"] >= 0.9
-    _, info = same_budget_control(dense, data, miracle_phases(miracle, 0), distill=miracle.distill)
+    _, info = nc.same_budget_control(dense, data, miracle_phases(miracle, 0), distill=miracle.distill)
     assert info["steps"] == steps.steps == 6 * 8 + 1 * 8
 
 

@@ -66,7 +66,7 @@ _LAZY = {"export_onnx": "export.onnx", "plan_allocation": "flows.allocate", "All
          "Coding": "encode.layout", "encode_model": "encode.model", "decode_model": "encode.model",
          "write_nnc": "encode.container", "read_nnc": "encode.container",
          "compress_miracle": "flows.minimal_random_code", "MiracleConfig": "flows.minimal_random_code",
-         "DistillConfig": "flows.distill"}
+         "DistillConfig": "flows.distill", "same_budget_control": "flows.control", "TrainingPhase": "flows.control"}
 
 
 def __getattr__(name: str):
