@@ -1,3 +1,4 @@
+import copy
 import os
 import subprocess
 import sys
@@ -7,7 +8,7 @@ import torch
 from torch import nn
 
 import nncompress as nc
-from nncompress.train import History, TrainConfig, evaluate, fit
+from nncompress.train import History, TrainConfig, evaluate, fit, make_optimizer
 from nncompress.zoo import build_model
 
 FAST = TrainConfig(epochs=3, lr=0.05, weight_decay=1e-4)
@@ -170,3 +171,30 @@ def test_methods_contribute_no_regularizer_by_default_and_a_bad_one_is_a_clear_e
     with pytest.raises(ValueError, match="regularizer '<lambda>' returned float"):
         fit(nn.Linear(2, 3), [(torch.randn(4, 2), torch.tensor([0, 1, 2, 0]))], TrainConfig(epochs=1),
             regularizers=[lambda m: 0.5], **QUIET)
+
+
+class _Scaled(nn.Module):
+    """A module that asks for its own learning rates (as soft weight-sharing's mixture prior does)."""
+
+    lr_scales = {"fast": 6.0, "slow": 0.2}
+
+    def __init__(self):
+        super().__init__()
+        self.fast, self.slow, self.plain = (nn.Parameter(torch.zeros(2)) for _ in range(3))
+
+
+def test_a_module_declares_learning_rate_factors_for_its_parameters_and_a_copy_keeps_them():
+    net = nn.Sequential(nn.Linear(2, 2), _Scaled())
+    for model in (net, copy.deepcopy(net)):
+        opt, sched = make_optimizer(model, TrainConfig(lr=0.5, optimizer="adam"))
+        lrs = {id(p): group["lr"] for group in opt.param_groups for p in group["params"]}
+        assert [lrs[id(p)] for p in model.parameters()] == [0.5, 0.5, 3.0, 0.1, 0.5]
+        sched.step()  # the cosine schedule scales every group alike
+        ratios = sorted({round(g["lr"] / g["initial_lr"], 12) for g in opt.param_groups})
+        assert len(opt.param_groups) == 3 and len(ratios) == 1 and ratios[0] < 1
+
+
+def test_without_declared_factors_the_optimizer_has_one_group_in_parameter_order():
+    net = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 1))
+    opt, _ = make_optimizer(net, TrainConfig(lr=0.1))
+    assert len(opt.param_groups) == 1 and opt.param_groups[0]["params"] == list(net.parameters())

@@ -76,8 +76,26 @@ def init_distributed() -> tuple[int, int]:
     return 0, 1
 
 
+def lr_groups(model: nn.Module, lr: float) -> list[dict]:
+    """The trainable parameters as optimizer groups: one at `lr`, plus one per learning-rate factor that
+    a submodule declares for its own parameters in a class attribute `lr_scales` ({parameter name:
+    factor}, e.g. soft weight-sharing's mixture prior; a class attribute survives `copy.deepcopy`)."""
+    scale_of: dict[int, float] = {}
+    for module in model.modules():
+        for name, factor in getattr(module, "lr_scales", {}).items():
+            param = module._parameters.get(name)
+            if param is not None:
+                scale_of[id(param)] = float(factor)
+    groups: dict[float, list[nn.Parameter]] = {}
+    for param in model.parameters():
+        if param.requires_grad:
+            groups.setdefault(scale_of.get(id(param), 1.0), []).append(param)
+    return [{"params": params, "lr": lr * factor} for factor, params in groups.items()]
+
+
 def make_optimizer(model: nn.Module, config: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    params = [p for p in model.parameters() if p.requires_grad]
+    """The optimizer and per-epoch schedule of `config` over `model`'s trainable parameters (`lr_groups`)."""
+    params = lr_groups(model, config.lr)
     if config.optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
                                                      weight_decay=config.weight_decay)
