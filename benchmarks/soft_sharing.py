@@ -2,22 +2,27 @@
 sweep, in real .nnc bytes, against the same-budget dense control.
 
 Usage: nice -n 19 python benchmarks/soft_sharing.py [--seeds 3] [--models lenet300 lenet5]
-           [--taus 5e-3 2e-2] [--epochs lenet300=30 lenet5=30] [--threads 1]
+           [--taus 5e-3 2e-2] [--epochs lenet300=30 lenet5=30] [--lr 5e-4] [--assign posterior]
+           [--per-layer] [--codebook-epochs 0] [--threads 1]
 
 Per model and seed, on mnist-10k's first 7,000 training images (the last 1,000 are the validation
 split; the 2,000-image test split is evaluated once, never used to choose):
   dense    the very dense model honest.py trained (runs/honest/, same seed, data and threads), or the
            model trained with its recipe (flows.prune.dense_model) when that cache is missing;
-  SWS      `SoftWeightSharing(tau=tau)` on every Conv / Linear weight (17 components, the zero one
-           fixed at pi_0 = 0.999, the paper's Gamma hyperpriors), one Adam phase of E epochs with the
-           complexity term tau / N (-log p(w) - log p(lambda)), N = 7,000; then `snap_to_mixture_`:
-           each weight takes its most responsible component's mean, the zero component prunes; biases
+  SWS      `SoftWeightSharing(tau=tau, shared=...)` on every Conv / Linear weight (17 components, the
+           zero one fixed at pi_0 = 0.999, the paper's Gamma hyperpriors; one prior for the network
+           as in the paper, or with --per-layer one per layer), one Adam phase of E epochs with the
+           complexity term tau / N (-log p(w) - log p(lambda)), N = 7,000, the prior's parameters at
+           their own learning-rate factors (`MixturePrior.lr_scales`); then `snap_to_mixture_`
+           (--assign: posterior = the paper's argmax_j pi_j N(w | mu_j), likelihood = argmax_j N(w | mu_j)):
+           each weight takes its component's mean, the zero component prunes; with --codebook-epochs,
+           Deep Compression's codebook fine-tuning follows (mask and assignments fixed); biases
            rounded to float16; written to .nnc ([mask, codebook] chains, Deep Compression's codecs)
            and the accuracy is the decoded file's;
-  control  the dense model trained through exactly the same phase (same config, loader seed and
+  control  the dense model trained through exactly the same phases (same configs, loader seeds and
            steps: flows/control.py) with nothing compressed.
 compression = fp32 parameter bytes / file bytes. Per-seed results are cached in runs/soft_sharing/
-(keyed on model, seed, epochs and threads: delete the folder after changing the method or LR).
+(keyed on model, seed, epochs, the settings and threads: delete the folder after changing the method).
 """
 from __future__ import annotations
 
@@ -35,21 +40,28 @@ from nncompress.api import apply_, resolve_model
 from nncompress.encode.container import read_nnc, write_nnc
 from nncompress.encode.deep_compression import round_biases_fp16_
 from nncompress.encode.model import decode_model, encode_model
-from nncompress.flows.control import TrainingPhase, same_budget_control
+from nncompress.flows.control import TrainingPhase, codebook_phase, same_budget_control
 from nncompress.flows.prune import dense_model
-from nncompress.quant.soft_sharing import SoftWeightSharing, snap_to_mixture_
+from nncompress.quant.soft_sharing import MixturePrior, SoftWeightSharing, snap_to_mixture_
 from nncompress.train import TrainConfig
 from nncompress.zoo import load_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE, HONEST_CACHE = ROOT / "runs" / "soft_sharing", ROOT / "runs" / "honest"
-LR = 5e-4  # the paper's weight learning rate (Adam)
+CODEBOOK_LR = 1e-3  # Deep Compression's codebook fine-tuning (SGD), as honest.py's
 
 
+def phases(settings: dict, epochs: int, seed: int) -> list[TrainingPhase]:
+    """The SWS phase (Adam at the weights' lr, the prior at its factors) and the optional codebook
+    fine-tuning after the snap: what the row trains and what its control replays."""
+    sws = TrainingPhase(TrainConfig(epochs=epochs, lr=settings["lr"], optimizer="adam", weight_decay=0.0,
+                                    seed=seed + 600), seed + 600, 64, "soft weight-sharing")
+    return [sws] + codebook_phase(settings["codebook_epochs"], CODEBOOK_LR, seed)
 
-def phase(epochs: int, seed: int) -> TrainingPhase:
-    return TrainingPhase(TrainConfig(epochs=epochs, lr=LR, optimizer="adam", weight_decay=0.0, seed=seed + 600),
-                         seed + 600, 64, "soft weight-sharing")
+
+def settings_tag(settings: dict) -> str:
+    return (f"lr{settings['lr']:g}-{settings['assign']}-{'shared' if settings['shared'] else 'layer'}"
+            f"-cb{settings['codebook_epochs']}")
 
 
 def load_dense(arch: str, val, seed: int, threads: int):
@@ -73,35 +85,40 @@ def written(model, arch: str, val) -> tuple[int, object]:
         return size, decode_model(read_nnc(path)).eval()
 
 
-def sws_row(dense, arch: str, val, test, tau: float, epochs: int, seed: int) -> dict:
+def sws_row(dense, arch: str, val, test, tau: float, epochs: int, seed: int, settings: dict) -> dict:
     model = copy.deepcopy(dense)
-    method = SoftWeightSharing(tau=tau, dataset_size=len(val.train_x))
+    method = SoftWeightSharing(tau=tau, dataset_size=len(val.train_x), shared=settings["shared"])
     apply_(model, method)
-    phase(epochs, seed).run(model, val, regularizers=method.regularizers(model), progress=False)
+    sws, *finetune = phases(settings, epochs, seed)
+    sws.run(model, val, regularizers=method.regularizers(model), progress=False)
     soft = accuracies(model.eval(), val, test)  # before snapping: the float weights under the prior
-    layers = snap_to_mixture_(model)
+    layers = snap_to_mixture_(model, assign=settings["assign"])
+    snapped = accuracies(model.eval(), val, test)
+    for phase in finetune:
+        phase.run(model, val, progress=False)
     round_biases_fp16_(model)
     model.eval()
     size, decoded = written(model, arch, val)
     x = next(iter(test.test_loader()))[0]
     exact = all(torch.equal(decoded.get_submodule(n).weight, model.get_submodule(n).weight) for n in layers) \
         and torch.equal(decoded(x), model(x))
-    return {**accuracies(decoded, val, test), "soft": soft, "bytes": size, "layers": layers, "exact": exact,
+    return {**accuracies(decoded, val, test), "soft": soft, "snapped": snapped, "bytes": size, "layers": layers,
+            "exact": exact,
             "nonzero": sum(int((decoded.get_submodule(n).weight != 0).sum()) for n in layers)}
 
 
-def run_seed(arch: str, val, test, seed: int, taus: list[float], epochs: int, threads: int) -> dict:
+def run_seed(arch: str, val, test, seed: int, taus: list[float], epochs: int, threads: int, settings: dict) -> dict:
     dense, source = load_dense(arch, val, seed, threads)
-    control, info = same_budget_control(dense, val, [phase(epochs, seed)])
-    rows = {f"{tau:g}": sws_row(dense, arch, val, test, tau, epochs, seed) for tau in taus}
+    control, info = same_budget_control(dense, val, phases(settings, epochs, seed))
+    rows = {f"{tau:g}": sws_row(dense, arch, val, test, tau, epochs, seed, settings) for tau in taus}
     return {"arch": arch, "seed": seed, "epochs": epochs, "dense_source": source, "dense": accuracies(dense, val, test),
             "control": accuracies(control, val, test), "control_steps": info["steps"],
             "fp32_bytes": 4 * count_params(dense), "rows": rows}
 
 
-def cached_seed(arch, val, test, seed, taus, epochs, threads) -> dict:
-    return cached_sweep(CACHE / f"{arch}-seed{seed}-e{epochs}-threads{threads}.json", taus,
-                        lambda missing: run_seed(arch, val, test, seed, missing, epochs, threads))
+def cached_seed(arch, val, test, seed, taus, epochs, threads, settings) -> dict:
+    return cached_sweep(CACHE / f"{arch}-seed{seed}-e{epochs}-{settings_tag(settings)}-threads{threads}.json", taus,
+                        lambda missing: run_seed(arch, val, test, seed, missing, epochs, threads, settings))
 
 
 def summary(arch: str, runs: list[dict], taus: list[float]) -> list[list[object]]:
@@ -110,7 +127,8 @@ def summary(arch: str, runs: list[dict], taus: list[float]) -> list[list[object]
         rows, head, tail = sweep_cells(runs, f"{tau:g}")
         out.append([arch, f"{tau:g}", *head,
                     f"{100 * statistics.mean(x['nonzero'] / (r['fp32_bytes'] / 4) for x, r in zip(rows, runs)):.2f}",
-                    f"{100 * statistics.mean(x['soft']['test'] for x in rows):.2f}", *tail])
+                    f"{100 * statistics.mean(x['soft']['test'] for x in rows):.2f}",
+                    f"{100 * statistics.mean(x['snapped']['test'] for x in rows):.2f}", *tail])
     return out
 
 
@@ -131,9 +149,16 @@ def main() -> None:
     parser.add_argument("--taus", nargs="+", type=float, default=[5e-3, 2e-2],
                         help="complexity weights per training set (default 5e-3, the paper's, and 2e-2)")
     parser.add_argument("--epochs", nargs="+", default=["lenet300=30", "lenet5=30"], help="SWS epochs per model (default 30 each)")
+    parser.add_argument("--lr", type=float, default=5e-4, help="Adam learning rate of the weights (default 5e-4, the paper's)")
+    parser.add_argument("--assign", choices=["posterior", "likelihood"], default="posterior",
+                        help="snap rule (default posterior, the paper's)")
+    parser.add_argument("--per-layer", action="store_true", help="one prior per layer, not one for the network (the paper's)")
+    parser.add_argument("--codebook-epochs", type=int, default=0, help="codebook fine-tuning epochs after the snap (default 0)")
+    parser.add_argument("--name", default="soft_sharing", help="results file name (default soft_sharing)")
     parser.add_argument("--note", default="", help="a sentence under the results header")
     args = parser.parse_args()
     epochs = {arch: 30 for arch in args.models} | {k: int(v) for k, v in (e.split("=") for e in args.epochs)}
+    settings = {"lr": args.lr, "assign": args.assign, "shared": not args.per_layer, "codebook_epochs": args.codebook_epochs}
     torch.set_num_threads(args.threads)
     test = load_dataset("mnist-10k", MNIST_DIR)
     val = test.with_validation(1000)
@@ -141,7 +166,7 @@ def main() -> None:
     for arch in args.models:
         runs = []
         for seed in range(args.seeds):
-            runs.append(cached_seed(arch, val, test, seed, args.taus, epochs[arch], args.threads))
+            runs.append(cached_seed(arch, val, test, seed, args.taus, epochs[arch], args.threads, settings))
             print(arch, seed, {k: (v["val"], v["test"], v["bytes"]) for k, v in runs[-1]["rows"].items()},
                   "control", runs[-1]["control"], flush=True)
         rows += summary(arch, runs, args.taus)
@@ -153,16 +178,20 @@ def main() -> None:
     if args.note:
         text += f"**Note:** {args.note}\n\n"
     text += __doc__.split("\n\n", 2)[2].split("Per-seed results")[0].strip() + "\n\n"
-    text += (f"Settings: Adam lr {LR:g} for weights and prior alike, no weight decay, cosine schedule, batch 64; "
-             "tau = the complexity term's weight per training set (the paper: 5e-3 with N = 60,000). 'soft test %' "
-             "is the float model under the prior before snapping.\n\n")
+    text += (f"Settings: Adam lr {args.lr:g} for the weights, the prior's parameters at "
+             f"{', '.join(f'{k} x{v:g}' for k, v in MixturePrior.lr_scales.items())}, no weight decay, cosine schedule, "
+             f"batch 64; {'one prior per layer' if args.per_layer else 'one prior for the network'}; snap: {args.assign}; "
+             f"codebook fine-tuning: {args.codebook_epochs} epochs (SGD lr {CODEBOOK_LR:g}). tau = the complexity "
+             "term's weight per training set (the paper: 5e-3 with N = 60,000). 'soft test %' is the float model "
+             "under the prior before snapping, 'snapped test %' right after it (before any fine-tuning).\n\n")
     text += table(["model", "fp32 bytes", "dense model", "SWS epochs", "control steps", "dense test %",
                    "control test %"], dense_rows)
-    text += "\n" + table(["model", "tau", "file B", "compression", "nonzero % of parameters", "soft test %", "val %", "val gap",
+    text += "\n" + table(["model", "tau", "file B", "compression", "nonzero % of parameters", "soft test %",
+                          "snapped test %", "val %", "val gap",
                           "test %", "control test %", "test gap (mean ± se)", "worst seed", "decode exact"], rows)
     text += "\n### Per seed (kept % / shared values per layer)\n\n" + table(
         ["model", "seed", "tau", "file B", "compression", "val %", "test %", "layers"], seed_rows)
-    write_results("soft_sharing", text)
+    write_results(args.name, text)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from nncompress.quant.kmeans import SharedWeights
 from nncompress.quant.soft_sharing import MixturePrior, SoftWeightSharing, complexity, snap_to_mixture_
 from nncompress.parametrize import find_transform
 from nncompress.prune.mask import Mask
+from nncompress.train import make_optimizer
 
 
 def hand_prior(w: torch.Tensor) -> MixturePrior:
@@ -89,3 +90,48 @@ def test_snapped_model_encodes_to_a_file_bit_for_bit(tmp_path):
     x = torch.randn(5, 6)
     with torch.no_grad():
         assert torch.equal(restored(x), net(x))
+
+
+def test_likelihood_assignment_keeps_a_weight_the_fixed_zero_mixing_would_prune():
+    # w = 0.6, sigma 0.5 each: N(w|1) / N(w|0) = exp(0.4) > 1, but pi_1 / pi_0 = 1e-3 / 0.999 outweighs it.
+    def snapped(assign: str) -> float:
+        net = nn.Sequential(nn.Linear(1, 1, bias=False))
+        with torch.no_grad():
+            net[0].weight.fill_(0.6)
+        nc.apply_(net, SoftWeightSharing(components=2, zero_mixing=0.999, init_std=0.5))
+        with torch.no_grad():
+            find_transform(net[0], MixturePrior).means.fill_(1.0)
+        snap_to_mixture_(net, assign=assign)
+        return float(net[0].weight.detach())
+
+    assert snapped("posterior") == 0.0 and snapped("likelihood") == 1.0
+    with pytest.raises(nc.UserError, match="assign"):
+        snap_to_mixture_(nn.Sequential(), assign="map")
+
+
+def test_a_shared_prior_is_one_set_of_parameters_with_its_hyperprior_counted_once():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    nc.apply_(net, SoftWeightSharing(components=3, shared=True, init_std=0.5))
+    first, second = find_transform(net[0], MixturePrior), find_transform(net[2], MixturePrior)
+    assert first.means is second.means and first.log_precisions is second.log_precisions
+    assert len(list(net.parameters())) == 4 + 3  # two weights and biases, one prior's three tensors
+    every = torch.cat([net[0].weight.detach().reshape(-1), net[2].weight.detach().reshape(-1)])
+    assert first.means.tolist() == pytest.approx([-float(every.abs().max()), float(every.abs().max())])
+    flat = complexity(net, (1.0, 0.0), (1.0, 0.0))
+    lam = 4.0  # init_std 0.5
+    once = (-(2) * math.log(lam) + 2 * lam) + 2 * (-(4) * math.log(lam) + 0.5 * lam)
+    assert float((complexity(net, (3.0, 2.0), (5.0, 0.5)) - flat).detach()) == pytest.approx(once, rel=1e-5)
+    with pytest.raises(nc.UserError, match="shared"):
+        SoftWeightSharing(shared="yes")
+
+
+def test_the_prior_learns_at_its_own_rates_relative_to_the_weights():
+    net = nn.Sequential(nn.Linear(4, 3))
+    nc.apply_(net, SoftWeightSharing(components=3))
+    opt, _ = make_optimizer(net, nc.TrainConfig(lr=1e-3, optimizer="adam"))
+    prior = find_transform(net[0], MixturePrior)
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    assert lr_of[id(net[0].bias)] == 1e-3
+    for name, factor in MixturePrior.lr_scales.items():
+        assert lr_of[id(getattr(prior, name))] == pytest.approx(1e-3 * factor)
