@@ -165,7 +165,10 @@ class Method:
     - `needs`: what `apply` requires in the Context ("data", "train_fn"), checked before it runs;
     - `regularizers(model)`: penalties to add to the training loss while fine-tuning the model
       this method was applied to (PACT's L2 on the clipping levels, network slimming's L1 on BN
-      scales, DiffQ's size penalty): `nc.fit(model, data, config, regularizers=method.regularizers(model))`.
+      scales, DiffQ's size penalty): `nc.fit(model, data, config, regularizers=method.regularizers(model))`;
+    - `finish(model)`: harden what the training kept soft, once it is over (soft weight-sharing's
+      snap to the mixture); returns the methods that rebuild the finished structure on a fresh model
+      (what `save_model` records as the recipe) and figures for the report.
     """
 
     name: ClassVar[str] = "method"
@@ -184,6 +187,11 @@ class Method:
     def regularizers(self, model: nn.Module) -> list[Callable[[nn.Module], torch.Tensor]]:
         """Loss terms `model -> scalar tensor` for fine-tuning after `apply`; none by default."""
         return []
+
+    def finish(self, model: nn.Module) -> tuple[list[Method], dict]:
+        """After fine-tuning (recipes call it at the end of the method's stage): by default nothing to
+        harden, the method itself rebuilds the structure, no figures."""
+        return [self], {}
 
     def to_dict(self) -> dict:
         """Plain-data form for YAML / JSON: {"method": name, field: value, ...}."""

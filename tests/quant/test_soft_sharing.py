@@ -135,3 +135,20 @@ def test_the_prior_learns_at_its_own_rates_relative_to_the_weights():
     assert lr_of[id(net[0].bias)] == 1e-3
     for name, factor in MixturePrior.lr_scales.items():
         assert lr_of[id(getattr(prior, name))] == pytest.approx(1e-3 * factor)
+
+
+def test_finish_snaps_and_names_methods_that_rebuild_the_snapped_model_from_a_file(tmp_path):
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    method = SoftWeightSharing(components=4, init_std=0.1, assign="likelihood")
+    nc.apply_(net, method)
+    rebuild, figures = method.finish(net)
+    assert [m.name for m in rebuild] == ["magnitude", "kmeans"] and figures["assign"] == "likelihood"
+    assert set(figures["snapped"]) == {"0", "2"} and find_transform(net[0], MixturePrior) is None
+    nc.save_model(net, tmp_path / "s.safetensors", recipe=rebuild, example=torch.randn(2, 6))
+    back, _ = nc.load_model(tmp_path / "s.safetensors", model=nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)))
+    x = torch.randn(5, 6)
+    with torch.no_grad():
+        assert torch.equal(back(x), net(x))
+    with pytest.raises(nc.UserError, match="assign"):
+        SoftWeightSharing(assign="map")

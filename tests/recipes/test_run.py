@@ -189,3 +189,36 @@ def test_an_encode_stage_may_ask_for_context_coded_masks(tmp_path, digits):
         recipe_from_text(text.replace("ENCODE", "{mask_coding: arithmetic}"))
     with pytest.raises(ValueError, match="header_coding"):
         recipe_from_text(text.replace("ENCODE", "{header_coding: brotli}"))
+
+
+SOFT_SHARING = """\
+name: sws
+model: lenet300
+dataset: digits
+seed: 2
+stages:
+  - train: {epochs: 3}
+  - quantize: {method: soft_sharing, tau: 0.05, dataset_size: 1437, components: 5, assign: likelihood,
+               finetune_epochs: 3, lr: 0.001, optimizer: adam}
+  - finetune: {epochs: 1}
+  - encode: {}
+  - evaluate: {control: true}
+"""
+
+
+def test_a_soft_weight_sharing_recipe_snaps_after_its_training_and_resumes_after_the_snap(tmp_path, digits):
+    """The quantize stage trains under the mixture prior, then `finish` snaps every weight to zero or a
+    component mean; the finetune stage tunes the shared values, the file stores [mask, codebook]
+    chains. A run stopped after the snap and resumed (its checkpoint rebuilt as magnitude pruning +
+    k-means, the masks and codebooks loaded) gives the same figures."""
+    recipe = recipe_from_text(SOFT_SHARING)
+    full = run_recipe(recipe, digits, tmp_path / "full", **QUIET)
+    quantize, encode, evaluate = full["stages"][1], full["stages"][3], full["stages"][4]
+    snapped = quantize["finished"]["snapped"]
+    assert set(snapped) == {"fc1", "fc2", "fc3"} and all(0 < v["kept"] < 1 and v["shared_values"] <= 4 for v in snapped.values())
+    assert encode["exact_roundtrip"] is True and encode["compression"] > 10
+    assert evaluate["control_steps"] == 4 * len(digits.train_loader(64))  # 3 epochs under the prior + 1 fine-tuning
+    assert full["summary"]["test_accuracy"] > 0.85
+    run_recipe(recipe, digits, tmp_path / "stopped", stop_after=2, **QUIET)
+    resumed = run_recipe(recipe, digits, tmp_path / "stopped", resume=True, **QUIET)
+    assert resumed["resumed_after_stage"] == 2 and resumed["stages"] == full["stages"]

@@ -42,10 +42,13 @@ from ..config import Context, Method
 from ..parametrize import WeightTransform, attach, detach, find_transform, original, transform_kind
 from ..prune.mask import attach_mask, keep_mask_of
 from ..prune.masks import check_weight
+from ..prune.unstructured import MagnitudePrune
 from ..registry import register
 from ..validate import UserError, check_choice, check_fraction, check_int_range, check_positive
-from .kmeans import SharedWeights
+from .kmeans import KMeansQuant, SharedWeights
 from .ptq import quantizable_layers
+
+ASSIGNMENTS = ("posterior", "likelihood")  # snap_to_mixture_'s rules
 
 
 def mixture_log_prob(w: torch.Tensor, means: torch.Tensor, log_precisions: torch.Tensor,
@@ -156,6 +159,8 @@ class SoftWeightSharing(Method):
             largest weight of any layer; False: one prior per layer, whose zero component then
             follows that layer's own spread (measured on LeNet-300-100, 60 epochs: fc2 stayed a
             continuum and the snapped model lost 6 points to the soft one; shared: under 1).
+        assign: the snap's rule in `finish` (see `snap_to_mixture_`): posterior (the paper's) or
+            likelihood.
     Example:
         >>> import nncompress as nc, torch
         >>> net = torch.nn.Sequential(torch.nn.Linear(8, 4))
@@ -173,6 +178,7 @@ class SoftWeightSharing(Method):
     zero_gamma: tuple[float, ...] = (5000.0, 2.0)
     gamma: tuple[float, ...] = (250.0, 0.1)
     shared: bool = True
+    assign: str = "posterior"
 
     def __post_init__(self) -> None:
         check_int_range("components", self.components, 2, 256)
@@ -182,6 +188,7 @@ class SoftWeightSharing(Method):
         check_positive("tau", self.tau)
         check_int_range("dataset_size", self.dataset_size, 1, 1 << 40)
         check_positive("init_std", self.init_std)
+        check_choice("assign", self.assign, ASSIGNMENTS)
         if not isinstance(self.shared, bool):
             raise UserError(f"shared={self.shared!r} must be true or false")
         for name in ("zero_gamma", "gamma"):
@@ -204,6 +211,15 @@ class SoftWeightSharing(Method):
         ctx.record(self, components=self.components, layers=list(layers))
         return model
 
+    def finish(self, model: nn.Module) -> tuple[list[Method], dict]:
+        """The snap (`snap_to_mixture_` with this method's `assign`); the finished layers are a mask and
+        a codebook, which magnitude pruning followed by k-means rebuild on a fresh model (their masks,
+        codebooks and indices are then loaded from the saved state)."""
+        layers = snap_to_mixture_(model, assign=self.assign)
+        bits = max(1, math.ceil(math.log2(self.components - 1)))
+        return [MagnitudePrune(sparsity=0.5, targets=self.targets), KMeansQuant(bits=bits, targets=self.targets)], \
+            {"snapped": layers, "assign": self.assign}
+
     def regularizers(self, model: nn.Module) -> list[Callable[[nn.Module], torch.Tensor]]:
         scale = self.tau / self.dataset_size
 
@@ -222,7 +238,7 @@ def snap_to_mixture_(model: nn.Module, *, assign: str = "posterior") -> dict[str
     (argmax_j N(w | mu_j, 1/lambda_j): the mixing proportions, whose fixed pi_0 = 0.999 drives
     training, do not decide, so a weight is pruned only where the zero component explains it best).
     Returns per layer the kept fraction and the number of shared values."""
-    check_choice("assign", assign, ("posterior", "likelihood"))
+    check_choice("assign", assign, ASSIGNMENTS)
     report = {}
     for name, layer in model.named_modules():
         prior = find_transform(layer, MixturePrior) if hasattr(layer, "parametrizations") else None

@@ -93,7 +93,6 @@ def run_quantize(stage: QuantizeStage, run: Run) -> dict:
         run.fold_batchnorm = True
     run.model.eval()  # calibrate on inference activations (no dropout)
     apply_(run.model, method, data=calibration_batches(run.dataset, stage.calib_images))
-    run.methods.append(method)
     figures: dict = {"method": method.to_dict(), "test_accuracy": run.accuracy()}
     if stage.finetune_epochs:
         phase = TrainingPhase(TrainConfig(epochs=stage.finetune_epochs, lr=stage.lr, optimizer=stage.optimizer,
@@ -103,6 +102,10 @@ def run_quantize(stage: QuantizeStage, run: Run) -> dict:
         run.phases.append(phase)
         figures.update(calibrated_accuracy=figures["test_accuracy"], test_accuracy=run.accuracy(),
                        finetune_epochs=stage.finetune_epochs, lr=stage.lr)
+    rebuild, finished = method.finish(run.model)  # e.g. soft weight-sharing's snap
+    run.methods += rebuild
+    if finished:
+        figures.update(finished=finished, trained_accuracy=figures["test_accuracy"], test_accuracy=run.accuracy())
     return figures
 
 
