@@ -60,7 +60,9 @@ def phases(settings: dict, epochs: int, seed: int) -> list[TrainingPhase]:
 
 
 def settings_tag(settings: dict) -> str:
-    return (f"lr{settings['lr']:g}-{settings['assign']}-{'shared' if settings['shared'] else 'layer'}"
+    """The cache key of the settings, the prior's learning-rate factors included."""
+    scales = "-".join(f"{v:g}" for v in MixturePrior.lr_scales.values())
+    return (f"lr{settings['lr']:g}-s{scales}-{settings['assign']}-{'shared' if settings['shared'] else 'layer'}"
             f"-cb{settings['codebook_epochs']}")
 
 
@@ -144,6 +146,8 @@ def per_seed(arch: str, runs: list[dict], taus: list[float]) -> list[list[object
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
+    parser.add_argument("--start-seed", type=int, default=0, help="compute seeds start..seeds-1 only (parallel runs)")
+    parser.add_argument("--no-report", action="store_true", help="compute and cache only; write no results file")
     parser.add_argument("--threads", type=int, default=1, help="torch threads, pinned (default 1: honest.py's caches)")
     parser.add_argument("--models", nargs="+", default=["lenet300", "lenet5"])
     parser.add_argument("--taus", nargs="+", type=float, default=[5e-3, 2e-2],
@@ -165,15 +169,19 @@ def main() -> None:
     rows, dense_rows, seed_rows = [], [], []
     for arch in args.models:
         runs = []
-        for seed in range(args.seeds):
+        for seed in range(args.start_seed, args.seeds):
             runs.append(cached_seed(arch, val, test, seed, args.taus, epochs[arch], args.threads, settings))
             print(arch, seed, {k: (v["val"], v["test"], v["bytes"]) for k, v in runs[-1]["rows"].items()},
                   "control", runs[-1]["control"], flush=True)
+        if args.no_report:
+            continue
         rows += summary(arch, runs, args.taus)
         seed_rows += per_seed(arch, runs, args.taus)
         dense_rows.append([arch, runs[0]["fp32_bytes"], runs[0]["dense_source"], epochs[arch], runs[0]["control_steps"],
                            f"{100 * statistics.mean(r['dense']['test'] for r in runs):.2f}",
                            f"{100 * statistics.mean(r['control']['test'] for r in runs):.2f}"])
+    if args.no_report:
+        return
     text = header(f"Soft weight-sharing (Ullrich et al. 2017), {args.seeds} seed(s)") + "\n"
     if args.note:
         text += f"**Note:** {args.note}\n\n"

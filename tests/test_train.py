@@ -177,18 +177,19 @@ class _Scaled(nn.Module):
     """A module that asks for its own learning rates (as soft weight-sharing's mixture prior does)."""
 
     lr_scales = {"fast": 6.0, "slow": 0.2}
+    no_weight_decay = ("slow",)
 
     def __init__(self):
         super().__init__()
         self.fast, self.slow, self.plain = (nn.Parameter(torch.zeros(2)) for _ in range(3))
 
 
-def test_a_module_declares_learning_rate_factors_for_its_parameters_and_a_copy_keeps_them():
+def test_a_module_declares_learning_rate_factors_and_decay_exemptions_and_a_copy_keeps_them():
     net = nn.Sequential(nn.Linear(2, 2), _Scaled())
     for model in (net, copy.deepcopy(net)):
-        opt, sched = make_optimizer(model, TrainConfig(lr=0.5, optimizer="adam"))
-        lrs = {id(p): group["lr"] for group in opt.param_groups for p in group["params"]}
-        assert [lrs[id(p)] for p in model.parameters()] == [0.5, 0.5, 3.0, 0.1, 0.5]
+        opt, sched = make_optimizer(model, TrainConfig(lr=0.5, optimizer="adam", weight_decay=1e-3))
+        lrs = {id(p): (group["lr"], group["weight_decay"]) for group in opt.param_groups for p in group["params"]}
+        assert [lrs[id(p)] for p in model.parameters()] == [(0.5, 1e-3), (0.5, 1e-3), (3.0, 1e-3), (0.1, 0.0), (0.5, 1e-3)]
         sched.step()  # the cosine schedule scales every group alike
         ratios = sorted({round(g["lr"] / g["initial_lr"], 12) for g in opt.param_groups})
         assert len(opt.param_groups) == 3 and len(ratios) == 1 and ratios[0] < 1

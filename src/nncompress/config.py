@@ -173,6 +173,7 @@ class Method:
 
     name: ClassVar[str] = "method"
     needs: ClassVar[frozenset[str]] = frozenset()
+    trains_before_finish: ClassVar[bool] = False  # finish() hardens a training's result: untrained, it ruins the model
     targets: Select = Select()
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
@@ -189,7 +190,7 @@ class Method:
         return []
 
     def finish(self, model: nn.Module) -> tuple[list[Method], dict]:
-        """After fine-tuning (recipes call it at the end of the method's stage): by default nothing to
+        """After fine-tuning (a recipe's quantize stage calls it at its end): by default nothing to
         harden, the method itself rebuilds the structure, no figures."""
         return [self], {}
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -77,20 +77,26 @@ def init_distributed() -> tuple[int, int]:
 
 
 def lr_groups(model: nn.Module, lr: float) -> list[dict]:
-    """The trainable parameters as optimizer groups: one at `lr`, plus one per learning-rate factor that
-    a submodule declares for its own parameters in a class attribute `lr_scales` ({parameter name:
-    factor}, e.g. soft weight-sharing's mixture prior; a class attribute survives `copy.deepcopy`)."""
-    scale_of: dict[int, float] = {}
+    """The trainable parameters as optimizer groups: one at `lr`, plus one per (learning-rate factor,
+    decay) that a submodule declares for its own parameters in class attributes: `lr_scales`
+    ({parameter name: factor}) and `no_weight_decay` (names exempt from weight decay): e.g. soft
+    weight-sharing's mixture prior, whose means and precisions are no weights to shrink. Class
+    attributes survive `copy.deepcopy`; without any, one group in parameter order, as before."""
+    scale_of: dict[int, tuple[float, bool]] = {}
     for module in model.modules():
-        for name, factor in getattr(module, "lr_scales", {}).items():
-            param = module._parameters.get(name)
-            if param is not None:
-                scale_of[id(param)] = float(factor)
-    groups: dict[float, list[nn.Parameter]] = {}
+        scales = getattr(type(module), "lr_scales", {})
+        exempt = set(getattr(type(module), "no_weight_decay", ()))
+        if not isinstance(scales, Mapping):
+            continue
+        for name, param in module._parameters.items():
+            if param is not None and (name in scales or name in exempt):
+                scale_of[id(param)] = (float(scales.get(name, 1.0)), name in exempt)
+    groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
     for param in model.parameters():
         if param.requires_grad:
-            groups.setdefault(scale_of.get(id(param), 1.0), []).append(param)
-    return [{"params": params, "lr": lr * factor} for factor, params in groups.items()]
+            groups.setdefault(scale_of.get(id(param), (1.0, False)), []).append(param)
+    return [{"params": params, "lr": lr * factor, **({"weight_decay": 0.0} if exempt else {})}
+            for (factor, exempt), params in groups.items()]
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:

@@ -129,12 +129,13 @@ def test_a_shared_prior_is_one_set_of_parameters_with_its_hyperprior_counted_onc
 def test_the_prior_learns_at_its_own_rates_relative_to_the_weights():
     net = nn.Sequential(nn.Linear(4, 3))
     nc.apply_(net, SoftWeightSharing(components=3))
-    opt, _ = make_optimizer(net, nc.TrainConfig(lr=1e-3, optimizer="adam"))
+    opt, _ = make_optimizer(net, nc.TrainConfig(lr=1e-3, optimizer="adam", weight_decay=5e-4))
     prior = find_transform(net[0], MixturePrior)
-    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
-    assert lr_of[id(net[0].bias)] == 1e-3
-    for name, factor in MixturePrior.lr_scales.items():
-        assert lr_of[id(getattr(prior, name))] == pytest.approx(1e-3 * factor)
+    group_of = {id(p): g for g in opt.param_groups for p in g["params"]}
+    assert (group_of[id(net[0].bias)]["lr"], group_of[id(net[0].bias)]["weight_decay"]) == (1e-3, 5e-4)
+    for name, factor in MixturePrior.lr_scales.items():  # no weight decay pulls the prior toward 0
+        assert group_of[id(getattr(prior, name))]["lr"] == pytest.approx(1e-3 * factor)
+        assert group_of[id(getattr(prior, name))]["weight_decay"] == 0.0
 
 
 def test_finish_snaps_and_names_methods_that_rebuild_the_snapped_model_from_a_file(tmp_path):
@@ -143,8 +144,13 @@ def test_finish_snaps_and_names_methods_that_rebuild_the_snapped_model_from_a_fi
     method = SoftWeightSharing(components=4, init_std=0.1, assign="likelihood")
     nc.apply_(net, method)
     rebuild, figures = method.finish(net)
-    assert [m.name for m in rebuild] == ["magnitude", "kmeans"] and figures["assign"] == "likelihood"
+    assert rebuild == [SoftWeightSharing(components=4, init_std=0.1, assign="likelihood", snapped=True)]
+    assert figures["assign"] == "likelihood"
     assert set(figures["snapped"]) == {"0", "2"} and find_transform(net[0], MixturePrior) is None
+    with pytest.raises(nc.UserError, match="no layer has a mixture prior"):
+        method.finish(net)  # once only
+    with pytest.raises(nc.UserError, match="finished form already"):
+        rebuild[0].finish(net)
     nc.save_model(net, tmp_path / "s.safetensors", recipe=rebuild, example=torch.randn(2, 6))
     back, _ = nc.load_model(tmp_path / "s.safetensors", model=nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)))
     x = torch.randn(5, 6)

@@ -222,3 +222,8 @@ def test_a_soft_weight_sharing_recipe_snaps_after_its_training_and_resumes_after
     run_recipe(recipe, digits, tmp_path / "stopped", stop_after=2, **QUIET)
     resumed = run_recipe(recipe, digits, tmp_path / "stopped", resume=True, **QUIET)
     assert resumed["resumed_after_stage"] == 2 and resumed["stages"] == full["stages"]
+
+
+def test_a_soft_weight_sharing_stage_without_training_is_refused_before_anything_runs():
+    with pytest.raises(ValueError, match=r"finetune_epochs\): method 'soft_sharing' trains in this stage"):
+        recipe_from_text(SOFT_SHARING.replace("finetune_epochs: 3, ", ""))

@@ -75,4 +75,5 @@ def miracle(model: ModelArg = "lenet5", dataset: DatasetOpt = "digits", data_dir
     if result["file_bytes"] < 0.9 * budget:
         out.print(f"note: the file uses {result['file_bytes']:,} of the {budget:,} B budget: MIRACLE codes at most one "
                   "block per weight, so a budget this large cannot be spent")
-    emit_json(json_path, {"model": arch, "dataset": data.name, f"{start}_accuracy": dense_accuracy, **result})
+    emit_json(json_path, {"model": arch, "dataset": data.name, "dense_accuracy": dense_accuracy,
+                          "input_trained": bool(trained), **result})  # one key as in every command; input_trained: a saved model

@@ -31,9 +31,11 @@ uses one prior for the whole network (`shared=True`, the default); `shared=False
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -42,10 +44,9 @@ from ..config import Context, Method
 from ..parametrize import WeightTransform, attach, detach, find_transform, original, transform_kind
 from ..prune.mask import attach_mask, keep_mask_of
 from ..prune.masks import check_weight
-from ..prune.unstructured import MagnitudePrune
 from ..registry import register
 from ..validate import UserError, check_choice, check_fraction, check_int_range, check_positive
-from .kmeans import KMeansQuant, SharedWeights
+from .kmeans import SharedWeights
 from .ptq import quantizable_layers
 
 ASSIGNMENTS = ("posterior", "likelihood")  # snap_to_mixture_'s rules
@@ -77,6 +78,7 @@ class MixturePrior(WeightTransform):
     #: measured with benchmarks/soft_sharing.py on LeNet-300-100 (precisions must follow the weights
     #: as they shrink, or the snap prunes a continuum)
     lr_scales = {"means": 0.3, "log_precisions": 10.0, "mixing_logits": 10.0}
+    no_weight_decay = ("means", "log_precisions", "mixing_logits")  # the prior is no weight to shrink
 
     def __init__(self, weight: torch.Tensor, components: int, zero_mixing: float, init_std: float,
                  share_with: MixturePrior | None = None):
@@ -143,8 +145,8 @@ def complexity(model: nn.Module, zero_gamma: tuple[float, float], gamma: tuple[f
 @register("soft_sharing")
 @dataclass(frozen=True, kw_only=True)
 class SoftWeightSharing(Method):
-    """Ullrich et al. 2017: a learned Gaussian-mixture prior per layer; train with `regularizers`,
-    then `snap_to_mixture_(model)` to prune + share weights.
+    """Ullrich et al. 2017: a learned Gaussian-mixture prior (one for the network, or one per layer);
+    train with `regularizers`, then `finish(model)` (or `snap_to_mixture_`) prunes + shares weights.
 
     Args:
         components: J, the zero component included (the paper: 17 = 16 + zero).
@@ -157,10 +159,12 @@ class SoftWeightSharing(Method):
             component and of the others (the paper: (5000, 2) and (250, 0.1)).
         shared: one prior for all targeted layers (the paper's), its means spread over the
             largest weight of any layer; False: one prior per layer, whose zero component then
-            follows that layer's own spread (measured on LeNet-300-100, 60 epochs: fc2 stayed a
-            continuum and the snapped model lost 6 points to the soft one; shared: under 1).
+            follows that layer's own spread (a one-seed LeNet-300-100 pilot, 60 epochs: fc2
+            stayed a continuum and the snapped model lost 6 points to the soft one; shared: under 1).
         assign: the snap's rule in `finish` (see `snap_to_mixture_`): posterior (the paper's) or
             likelihood.
+        snapped: the finished form, as `finish` records it for `save_model`: `apply` attaches an
+            all-keep mask and an empty codebook per layer, for the saved state to fill.
     Example:
         >>> import nncompress as nc, torch
         >>> net = torch.nn.Sequential(torch.nn.Linear(8, 4))
@@ -179,6 +183,9 @@ class SoftWeightSharing(Method):
     gamma: tuple[float, ...] = (250.0, 0.1)
     shared: bool = True
     assign: str = "posterior"
+    snapped: bool = False
+
+    trains_before_finish: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         check_int_range("components", self.components, 2, 256)
@@ -189,8 +196,9 @@ class SoftWeightSharing(Method):
         check_int_range("dataset_size", self.dataset_size, 1, 1 << 40)
         check_positive("init_std", self.init_std)
         check_choice("assign", self.assign, ASSIGNMENTS)
-        if not isinstance(self.shared, bool):
-            raise UserError(f"shared={self.shared!r} must be true or false")
+        for name in ("shared", "snapped"):
+            if not isinstance(getattr(self, name), bool):
+                raise UserError(f"{name}={getattr(self, name)!r} must be true or false")
         for name in ("zero_gamma", "gamma"):
             value = tuple(getattr(self, name))
             if len(value) != 2 or not all(isinstance(v, (int, float)) and v > 0 for v in value):
@@ -201,26 +209,42 @@ class SoftWeightSharing(Method):
         layers = quantizable_layers(self, model, activations=False)
         for name, layer in layers.items():
             check_weight(layer.weight, name, "SoftWeightSharing")
+        if self.snapped:
+            self._attach_snapped(layers, ctx)
+            return model
         first = None
-        if self.shared and layers:  # means spread over every targeted weight
-            every = torch.cat([layer.weight.detach().reshape(-1) for layer in layers.values()])
-            first = MixturePrior(every, self.components, self.zero_mixing, self.init_std)
+        if self.shared and layers:  # means spread over the largest targeted weight
+            largest = max(float(layer.weight.detach().abs().max()) for layer in layers.values())
+            first = MixturePrior(torch.tensor([largest]), self.components, self.zero_mixing, self.init_std)
         for name, layer in layers.items():
             prior = MixturePrior(layer.weight, self.components, self.zero_mixing, self.init_std, share_with=first)
             attach(layer, prior, layer_name=name)
         ctx.record(self, components=self.components, layers=list(layers))
         return model
 
+    def _attach_snapped(self, layers: dict[str, nn.Module], ctx: Context) -> None:
+        for name, layer in layers.items():
+            w = layer.weight.detach()
+            attach_mask(layer, torch.ones_like(w, dtype=torch.bool), layer_name=name)
+            attach(layer, SharedWeights(torch.zeros(self.components - 1), torch.zeros(w.shape, dtype=torch.long)),
+                   layer_name=name)
+        ctx.record(self, snapped=True, layers=list(layers))
+
     def finish(self, model: nn.Module) -> tuple[list[Method], dict]:
-        """The snap (`snap_to_mixture_` with this method's `assign`); the finished layers are a mask and
-        a codebook, which magnitude pruning followed by k-means rebuild on a fresh model (their masks,
-        codebooks and indices are then loaded from the saved state)."""
+        """The snap (`snap_to_mixture_` with this method's `assign`); `replace(self, snapped=True)`
+        rebuilds its [mask, codebook] structure on a fresh model for the saved state to fill."""
+        if self.snapped:
+            raise UserError("SoftWeightSharing(snapped=True) is the finished form already: nothing to finish")
         layers = snap_to_mixture_(model, assign=self.assign)
-        bits = max(1, math.ceil(math.log2(self.components - 1)))
-        return [MagnitudePrune(sparsity=0.5, targets=self.targets), KMeansQuant(bits=bits, targets=self.targets)], \
-            {"snapped": layers, "assign": self.assign}
+        if not layers:
+            raise UserError("soft weight-sharing: no layer has a mixture prior to snap (apply SoftWeightSharing and "
+                            "train first; finish runs once)")
+        return [dataclasses.replace(self, snapped=True)], {"snapped": layers, "assign": self.assign}
 
     def regularizers(self, model: nn.Module) -> list[Callable[[nn.Module], torch.Tensor]]:
+        """The complexity term tau / N * L_C while training; none once snapped (the codebook fine-tunes freely)."""
+        if self.snapped:
+            return []
         scale = self.tau / self.dataset_size
 
         def soft_weight_sharing(net: nn.Module) -> torch.Tensor:

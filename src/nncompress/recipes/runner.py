@@ -149,8 +149,8 @@ def summary(results: list[dict], dense_accuracy: float | None) -> dict:
 
 def _short(figures: dict) -> str:
     parts = []
-    for key in ("test_accuracy", "calibrated_accuracy", "weight_compression", "compression", "file_bytes",
-                "control_accuracy", "exact_roundtrip"):
+    for key in ("test_accuracy", "calibrated_accuracy", "trained_accuracy", "weight_compression", "compression",
+                "file_bytes", "control_accuracy", "exact_roundtrip"):
         if key in figures:
             value = figures[key]
             parts.append(f"{key} {value:.4f}" if isinstance(value, float) and "accuracy" in key else

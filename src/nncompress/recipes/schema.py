@@ -133,7 +133,9 @@ class PruneStage(MethodStage):
 class QuantizeStage(MethodStage):
     """Quantize with any quantization method (PTQ calibration on `calib_images` training images),
     optionally folding BatchNorm first; with `finetune_epochs` > 0 the quantized model is then trained
-    (QAT, or k-means codebook fine-tuning) at `lr` with the method's regularizers."""
+    (QAT, k-means codebook fine-tuning, soft weight-sharing's prior) at `lr` with the method's
+    regularizers; then the method's `finish` hardens what training kept soft (soft weight-sharing's
+    snap), so a method whose finish needs that training refuses `finetune_epochs: 0`."""
 
     kind: ClassVar[str] = "quantize"
     fold_batchnorm: bool = True
@@ -143,6 +145,13 @@ class QuantizeStage(MethodStage):
     optimizer: Literal["sgd", "adam"] = "sgd"
     weight_decay: float = Field(0.0, ge=0, le=1)
     batch_size: int = Field(64, ge=1, le=65_536)
+
+    def build_method(self) -> Method:
+        method = super().build_method()
+        if method.trains_before_finish and not self.finetune_epochs:
+            raise UserError(f"{self.where('finetune_epochs')}: method {self.method!r} trains in this stage and is "
+                            "hardened at its end (finish): give it finetune_epochs > 0")
+        return method
 
 
 class FinetuneStage(Stage):
