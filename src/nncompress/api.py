@@ -238,7 +238,9 @@ def _load_state(model: nn.Module, state: dict[str, torch.Tensor], path: str | os
         compressed = any(".parametrizations." in k or "input_quantizer" in k for k in unexpected)
         hint = ("it holds a compressed model saved without recipe=[...]: save it again with save_model(..., "
                 "recipe=[the methods applied, in order])" if compressed and "recipe" not in meta else
-                "pass model= the same class and configuration it was saved from")
+                "pass model= the same class and configuration it was saved from, and check that the saved recipe "
+                "builds the saved structure (after a method's finish(), save the methods it returned)"
+                if "recipe" in meta else "pass model= the same class and configuration it was saved from")
         raise UserError(f"{str(path)!r} does not fit the model ({type(model).__name__}): {hint}. "
                         f"Missing keys: {first_few(missing)}; unexpected keys: {first_few(unexpected)}")
     try:

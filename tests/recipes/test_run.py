@@ -224,6 +224,20 @@ def test_a_soft_weight_sharing_recipe_snaps_after_its_training_and_resumes_after
     assert resumed["resumed_after_stage"] == 2 and resumed["stages"] == full["stages"]
 
 
-def test_a_soft_weight_sharing_stage_without_training_is_refused_before_anything_runs():
+def test_a_soft_weight_sharing_stage_without_training_or_already_snapped_is_refused_before_anything_runs():
     with pytest.raises(ValueError, match=r"finetune_epochs\): method 'soft_sharing' trains in this stage"):
         recipe_from_text(SOFT_SHARING.replace("finetune_epochs: 3, ", ""))
+    with pytest.raises(ValueError, match=r"line 7 \(stages\[1\]\.quantize\.snapped\): snapped: true is the finished form"):
+        recipe_from_text(SOFT_SHARING.replace("assign: likelihood,", "assign: likelihood, snapped: true,"))
+
+
+def test_a_snap_that_loses_accuracy_is_flagged_and_dataset_size_defaults_to_the_training_set(tmp_path, digits):
+    """The paper's posterior snap after 3 epochs prunes weights the task still needs: the stage's
+    figures carry a warning, which the log prints. Without dataset_size, N is the run's training set."""
+    text = SOFT_SHARING.replace("assign: likelihood", "assign: posterior").replace("dataset_size: 1437, ", "")
+    lines: list[str] = []
+    result = run_recipe(recipe_from_text(text), digits, tmp_path, log=lines.append, stop_after=2)
+    quantize = result["stages"][1]
+    assert quantize["method"]["dataset_size"] == len(digits.train_y) == 1437
+    assert quantize["trained_accuracy"] - quantize["test_accuracy"] > 0.05 and "lost" in quantize["warning"]
+    assert any("WARNING: finishing soft_sharing lost" in line for line in lines)

@@ -155,4 +155,6 @@ def _short(figures: dict) -> str:
             value = figures[key]
             parts.append(f"{key} {value:.4f}" if isinstance(value, float) and "accuracy" in key else
                          f"{key} {value:.1f}x" if "compression" in key else f"{key} {value}")
+    if "warning" in figures:
+        parts.append(f"WARNING: {figures['warning']}")
     return "  ".join(parts)

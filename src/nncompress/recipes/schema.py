@@ -148,6 +148,9 @@ class QuantizeStage(MethodStage):
 
     def build_method(self) -> Method:
         method = super().build_method()
+        if getattr(method, "snapped", False):
+            raise UserError(f"{self.where('snapped')}: snapped: true is the finished form that finish() records for "
+                            f"saved files; a recipe applies {self.method!r} unsnapped and snaps it at the stage's end")
         if method.trains_before_finish and not self.finetune_epochs:
             raise UserError(f"{self.where('finetune_epochs')}: method {self.method!r} trains in this stage and is "
                             "hardened at its end (finish): give it finetune_epochs > 0")

@@ -11,7 +11,7 @@ figures (plain JSON data, no timings: a resumed run must give the same figures).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -82,8 +82,14 @@ def run_prune(stage: PruneStage, run: Run) -> dict:
             "steps": ctx.report[-1:]}
 
 
+#: a snap that loses more than this (accuracy, 0..1) against the trained model gets a warning in the figures
+SNAP_LOSS_WARNING = 0.05
+
+
 def run_quantize(stage: QuantizeStage, run: Run) -> dict:
     method = stage.build_method()
+    if "dataset_size" in {f.name for f in fields(method)} and "dataset_size" not in stage.method_fields():
+        method = replace(method, dataset_size=len(run.dataset.train_y))  # N: this run's training set
     if stage.fold_batchnorm and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in run.model.modules()):
         if run.methods:
             raise UserError(f"{stage.where('fold_batchnorm')}: folding BatchNorm after {run.methods[-1].name!r} is not "
@@ -106,6 +112,11 @@ def run_quantize(stage: QuantizeStage, run: Run) -> dict:
     run.methods += rebuild
     if finished:
         figures.update(finished=finished, trained_accuracy=figures["test_accuracy"], test_accuracy=run.accuracy())
+        lost = figures["trained_accuracy"] - figures["test_accuracy"]
+        if lost > SNAP_LOSS_WARNING:
+            figures["warning"] = (f"finishing {method.name} lost {100 * lost:.1f} points of test accuracy: its training "
+                                  "had not converged (train longer, or see the method's options, e.g. soft_sharing's "
+                                  "assign and zero_mixing)")
     return figures
 
 
