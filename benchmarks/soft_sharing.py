@@ -34,7 +34,8 @@ from pathlib import Path
 
 import torch
 
-from common import MNIST_DIR, accuracies, cached_sweep, header, sweep_cells, table, write_results
+from common import MNIST_DIR, RESULTS, accuracies, cached_sweep, header, sweep_cells, table, write_results
+from frontier import plot
 from nncompress.analysis.metrics import count_params
 from nncompress.api import apply_, resolve_model
 from nncompress.encode.container import read_nnc, write_nnc
@@ -134,6 +135,17 @@ def summary(arch: str, runs: list[dict], taus: list[float]) -> list[list[object]
     return out
 
 
+def points(runs: list[dict], taus: list[float]) -> list[dict]:
+    """The rate-accuracy points of frontier.py's plot: mean compression and test accuracy per tau."""
+    out = []
+    for tau in taus:
+        rows = [r["rows"][f"{tau:g}"] for r in runs]
+        out.append({"label": f"SWS tau {tau:g}", "test": 100 * statistics.mean(x["test"] for x in rows),
+                    "ratio": statistics.mean(r["fp32_bytes"] / x["bytes"] for x, r in zip(rows, runs)),
+                    "control": 100 * statistics.mean(r["control"]["test"] for r in runs)})
+    return out
+
+
 def per_seed(arch: str, runs: list[dict], taus: list[float]) -> list[list[object]]:
     """Each seed's file and what the snap kept per layer (kept % / shared values)."""
     return [[arch, r["seed"], f"{tau:g}", f"{r['rows'][f'{tau:g}']['bytes']:,}",
@@ -166,7 +178,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     test = load_dataset("mnist-10k", MNIST_DIR)
     val = test.with_validation(1000)
-    rows, dense_rows, seed_rows = [], [], []
+    rows, dense_rows, seed_rows, plotted = [], [], [], {}
     for arch in args.models:
         runs = []
         for seed in range(args.start_seed, args.seeds):
@@ -176,6 +188,7 @@ def main() -> None:
         if args.no_report:
             continue
         rows += summary(arch, runs, args.taus)
+        plotted[arch] = points(runs, args.taus)
         seed_rows += per_seed(arch, runs, args.taus)
         dense_rows.append([arch, runs[0]["fp32_bytes"], runs[0]["dense_source"], epochs[arch], runs[0]["control_steps"],
                            f"{100 * statistics.mean(r['dense']['test'] for r in runs):.2f}",
@@ -197,8 +210,11 @@ def main() -> None:
     text += "\n" + table(["model", "tau", "file B", "compression", "nonzero % of parameters", "soft test %",
                           "snapped test %", "val %", "val gap",
                           "test %", "control test %", "test gap (mean ± se)", "worst seed", "decode exact"], rows)
+    text += (f"\n![rate vs accuracy]({args.name}.png)\n\nPublished points (red lines) were trained on the 60,000 MNIST "
+             "training images and tested on the official 10,000; ours use 7,000 training images.\n")
     text += "\n### Per seed (kept % / shared values per layer)\n\n" + table(
         ["model", "seed", "tau", "file B", "compression", "val %", "test %", "layers"], seed_rows)
+    plot(plotted, RESULTS / f"{args.name}.png")
     write_results(args.name, text)
 
 
