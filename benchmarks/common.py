@@ -175,3 +175,15 @@ def sweep_cells(runs: list[dict], key: str) -> tuple[list[dict], list[str], list
             f"{100 * statistics.mean(r['control']['test'] for r in runs):.2f}",
             *gap_cells(gap), "yes" if all(x["exact"] for x in rows) else "NO"]
     return rows, head, tail
+
+
+def sweep_points(runs: list[dict], values: list[float], label: Callable[[float], str]) -> list[dict]:
+    """The rate-accuracy points of frontier.py's plot for a cached sweep: per swept value, its `label`,
+    the mean compression, test accuracy (%) and control test accuracy (%) over the seeds."""
+    out = []
+    for value in values:
+        rows = [r["rows"][f"{value:g}"] for r in runs]
+        out.append({"label": label(value), "test": 100 * statistics.mean(x["test"] for x in rows),
+                    "ratio": statistics.mean(r["fp32_bytes"] / x["bytes"] for x, r in zip(rows, runs)),
+                    "control": 100 * statistics.mean(r["control"]["test"] for r in runs)})
+    return out

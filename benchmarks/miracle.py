@@ -31,7 +31,8 @@ from pathlib import Path
 
 import torch
 
-from common import MNIST_DIR, RESULTS, accuracies, cached_sweep, gap_cells, header, sweep_cells, table, write_results
+from common import (MNIST_DIR, RESULTS, accuracies, cached_sweep, gap_cells, header, sweep_cells, sweep_points, table,
+                    write_results)
 from frontier import plot
 from honest import CACHE as HONEST_CACHE
 from nncompress.analysis.metrics import count_params
@@ -67,17 +68,6 @@ def run_seed(arch: str, val, test, seed: int, ratios: list[float], config: Mirac
         print(arch, seed, ratio, {k: rows[f"{ratio:g}"][k] for k in ("val", "test", "bytes", "blocks")}, flush=True)
     return {"arch": arch, "seed": seed, "dense": accuracies(dense, val, test), "control": accuracies(control, val, test),
             "control_steps": info["steps"], "fp32_bytes": fp32, "rows": rows}
-
-
-def points(runs: list[dict], ratios: list[float]) -> list[dict]:
-    """The rate-accuracy points of frontier.py's plot: mean compression and test accuracy per ratio."""
-    out = []
-    for ratio in ratios:
-        rows = [r["rows"][f"{ratio:g}"] for r in runs]
-        out.append({"label": f"MIRACLE {ratio:g}x", "ratio": statistics.mean(r["fp32_bytes"] / x["bytes"] for x, r in zip(rows, runs)),
-                    "test": 100 * statistics.mean(x["test"] for x in rows),
-                    "control": 100 * statistics.mean(r["control"]["test"] for r in runs)})
-    return out
 
 
 def summary(arch: str, runs: list[dict], ratios: list[float]) -> list[list[object]]:
@@ -132,7 +122,7 @@ def main() -> None:
         if args.no_report:
             continue
         rows += summary(arch, runs, targets[arch])
-        plotted[arch] = points(runs, targets[arch])
+        plotted[arch] = sweep_points(runs, targets[arch], lambda v: f"MIRACLE {v:g}x")
         settings.append([arch, runs[0]["fp32_bytes"], variational, balance, rounds, args.block_bits,
                          runs[0]["control_steps"], f"{100 * statistics.mean(r['dense']['test'] for r in runs):.2f}",
                          f"{100 * statistics.mean(r['control']['test'] for r in runs):.2f}"])

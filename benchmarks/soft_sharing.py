@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from common import MNIST_DIR, RESULTS, accuracies, cached_sweep, header, sweep_cells, table, write_results
+from common import MNIST_DIR, RESULTS, accuracies, cached_sweep, header, sweep_cells, sweep_points, table, write_results
 from frontier import plot
 from nncompress.analysis.metrics import count_params
 from nncompress.api import apply_, resolve_model
@@ -135,17 +135,6 @@ def summary(arch: str, runs: list[dict], taus: list[float]) -> list[list[object]
     return out
 
 
-def points(runs: list[dict], taus: list[float]) -> list[dict]:
-    """The rate-accuracy points of frontier.py's plot: mean compression and test accuracy per tau."""
-    out = []
-    for tau in taus:
-        rows = [r["rows"][f"{tau:g}"] for r in runs]
-        out.append({"label": f"SWS tau {tau:g}", "test": 100 * statistics.mean(x["test"] for x in rows),
-                    "ratio": statistics.mean(r["fp32_bytes"] / x["bytes"] for x, r in zip(rows, runs)),
-                    "control": 100 * statistics.mean(r["control"]["test"] for r in runs)})
-    return out
-
-
 def per_seed(arch: str, runs: list[dict], taus: list[float]) -> list[list[object]]:
     """Each seed's file and what the snap kept per layer (kept % / shared values)."""
     return [[arch, r["seed"], f"{tau:g}", f"{r['rows'][f'{tau:g}']['bytes']:,}",
@@ -188,7 +177,7 @@ def main() -> None:
         if args.no_report:
             continue
         rows += summary(arch, runs, args.taus)
-        plotted[arch] = points(runs, args.taus)
+        plotted[arch] = sweep_points(runs, args.taus, lambda v: f"SWS tau {v:g}")
         seed_rows += per_seed(arch, runs, args.taus)
         dense_rows.append([arch, runs[0]["fp32_bytes"], runs[0]["dense_source"], epochs[arch], runs[0]["control_steps"],
                            f"{100 * statistics.mean(r['dense']['test'] for r in runs):.2f}",
