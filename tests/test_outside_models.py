@@ -289,3 +289,37 @@ def test_miracle_refuses_a_zoo_name_for_your_own_batches():
     with pytest.raises(nc.UserError, match="zoo name, but the data are your own batches"):
         nc.compress_miracle(build_model("lenet5", (1, 28, 28), 10), "lenet5", nc.BatchData([batch], [batch]),
                             nc.MiracleConfig(), budget_bytes=10_000)
+
+
+def test_soft_weight_sharing_on_a_bert_classifier_fed_batch_encodings(tmp_path):
+    """Soft weight-sharing on every Linear of a `transformers` classifier (dict batches with labels):
+    training under the prior, the snap to [mask, codebook] (at most 8 shared values per layer, the
+    feed-forward layers mostly pruned), codebook fine-tuning that keeps that structure and solves the
+    task again; save_model with the methods finish returned and a .nnc file both rebuild it bit for
+    bit in a fresh model."""
+    model, config, batches = trained_bert_classifier(hidden=32, layers=1, epochs=15)
+    method = nc.SoftWeightSharing(components=9, tau=0.01, dataset_size=8 * 16,
+                                  targets=nc.Select(types=("Linear",)))
+    nc.apply_(model, method)
+    nc.fit(model, batches[:8], nc.TrainConfig(epochs=10, lr=1e-3, optimizer="adam", weight_decay=0.0),
+           regularizers=method.regularizers(model), progress=False, log=lambda m: None)
+    rebuild, figures = method.finish(model.eval())
+    linears = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert set(figures["snapped"]) == linears
+    assert figures["snapped"]["bert.encoder.layer.0.intermediate.dense"]["kept"] < 0.5
+    nc.fit(model, batches[:8], nc.TrainConfig(epochs=5, lr=1e-3, weight_decay=0.0), progress=False,
+           log=lambda m: None)  # the shared values (codebooks) and biases
+    for name in linears:
+        weight = model.get_submodule(name).weight.detach()
+        assert len(torch.unique(weight[weight != 0])) <= 8
+        assert int((weight != 0).sum()) == round(figures["snapped"][name]["kept"] * weight.numel())
+    assert nc.evaluate(model, batches[8:])["accuracy"] >= 0.9
+    fresh = lambda: transformers.BertForSequenceClassification(config)  # noqa: E731
+    nc.save_model(model, tmp_path / "sws.safetensors", recipe=rebuild, example=padded_batch(3))
+    loaded, _ = nc.load_model(tmp_path / "sws.safetensors", fresh)
+    nc.write_nnc(tmp_path / "sws.nnc", nc.encode_model(model, {"arch": "hf-bert-classifier"}))
+    decoded = nc.decode_model(nc.read_nnc(tmp_path / "sws.nnc"), model=fresh())
+    with torch.no_grad():
+        reference = model.eval()(**padded_batch(3)).logits
+        assert torch.equal(loaded.eval()(**padded_batch(3)).logits, reference)
+        assert torch.equal(decoded.eval()(**padded_batch(3)).logits, reference)

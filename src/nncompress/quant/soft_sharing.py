@@ -75,8 +75,8 @@ class MixturePrior(WeightTransform):
 
     #: learning-rate factors of the prior's parameters relative to the weights' (`train.lr_groups`); the
     #: paper's Adam rates are 1e-4 / 3e-3 / 3e-3 for 5e-4 on the weights (0.2 / 6 / 6); these were
-    #: measured with benchmarks/soft_sharing.py on LeNet-300-100 (precisions must follow the weights
-    #: as they shrink, or the snap prunes a continuum)
+    #: chosen in one-seed LeNet-300-100 pilots and are what benchmarks/soft_sharing.py measured
+    #: (precisions must follow the weights as they shrink, or the snap prunes a continuum)
     lr_scales = {"means": 0.3, "log_precisions": 10.0, "mixing_logits": 10.0}
     no_weight_decay = ("means", "log_precisions", "mixing_logits")  # the prior is no weight to shrink
 
