@@ -146,10 +146,11 @@ def cached_sweep(path: Path, values: list[float], run: Callable[[list[float]], d
     missing = [v for v in values if not done or f"{v:g}" not in done["rows"]]
     if missing:
         result = run(missing)
-        if done:
-            result["rows"] = {**done["rows"], **result["rows"]}
+        latest = json.loads(path.read_text()) if path.is_file() else None  # rows another process added meanwhile
+        if latest:
+            result["rows"] = {**latest["rows"], **result["rows"]}
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=1))
+        atomic_write_text(path, json.dumps(result, indent=1))
         done = result
     return done
 

@@ -10,7 +10,8 @@ import nncompress as nc
 from nncompress.encode.container import read_nnc, write_nnc
 from nncompress.encode.model import decode_model, encode_model
 from nncompress.quant.kmeans import SharedWeights
-from nncompress.quant.soft_sharing import MixturePrior, SoftWeightSharing, complexity, snap_to_mixture_
+from nncompress.quant.soft_sharing import (MixturePrior, SoftWeightSharing, complexity, mixture_log_prob,
+                                          mixture_neg_log_prob, snap_to_mixture_)
 from nncompress.parametrize import find_transform
 from nncompress.prune.mask import Mask
 from nncompress.train import make_optimizer
@@ -39,6 +40,23 @@ def test_prior_value_and_gradient_on_a_hand_example():
     # dL/dmu_1 = -r_1 lambda_1 (w - mu_1) = 3 r_1
     assert float(prior.means.grad) == pytest.approx(3 * r1, rel=1e-5)
     assert prior.responsibilities(w.detach())[0].tolist() == pytest.approx([1 - r1, r1], rel=1e-6)
+
+
+def test_one_pass_value_and_gradients_equal_autograd_through_the_mixture():
+    torch.manual_seed(0)
+    w = (0.1 * torch.randn(2, 300, dtype=torch.float64)).requires_grad_()
+    means = torch.cat([torch.zeros(1, dtype=torch.float64), torch.linspace(-0.3, 0.3, 6, dtype=torch.float64)])
+    log_precisions = 4 + torch.randn(7, dtype=torch.float64)
+    log_mixing = torch.log_softmax(torch.randn(7, dtype=torch.float64), 0)
+    inputs = [w] + [t.requires_grad_() for t in (means, log_precisions, log_mixing)]
+    reference = -mixture_log_prob(*inputs).sum()
+    fused = mixture_neg_log_prob(*inputs)
+    assert float(fused.detach()) == pytest.approx(float(reference.detach()), rel=1e-12)
+    for got, want in zip(torch.autograd.grad(fused, inputs), torch.autograd.grad(reference, inputs)):
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    small = [w[:, :5].detach().requires_grad_()] + inputs[1:]
+    assert torch.autograd.gradcheck(mixture_neg_log_prob, small)
 
 
 def test_gamma_hyperprior_adds_its_gradient():
