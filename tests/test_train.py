@@ -164,6 +164,21 @@ def test_a_regularizer_changes_the_trained_weights(digits):
     assert norm(regularized, "fc3") < 0.1 * norm(plain, "fc3")  # the penalty drives fc3 towards 0
     assert norm(regularized, "fc1") == pytest.approx(norm(plain, "fc1"), rel=0.1)  # other layers barely move
     assert history.train_loss[-1] > 0  # the data loss alone is recorded
+    assert len(history.train_objective) == len(history.train_loss)  # and the objective beside it
+    assert all(o > d for o, d in zip(history.train_objective, history.train_loss))
+
+
+def test_the_epoch_line_shows_the_objective_only_with_regularizers():
+    data = [(torch.randn(8, 2), torch.tensor([0, 1] * 4))]
+    lines = []
+    fit(nn.Linear(2, 2), data, TrainConfig(epochs=1), progress=False, log=lines.append)
+    history = fit(nn.Linear(2, 2), data, TrainConfig(epochs=1), progress=False, log=lines.append,
+                  regularizers=[lambda m: m.weight.abs().sum()])
+    assert "objective" not in lines[0]
+    loss, objective = (float(lines[1].split(word)[1].split()[0]) for word in ("train loss", "objective"))
+    assert (loss, objective) == (pytest.approx(history.train_loss[0], abs=1e-4),
+                                 pytest.approx(history.train_objective[0], abs=1e-4))
+    assert objective > loss
 
 
 def test_methods_contribute_no_regularizer_by_default_and_a_bad_one_is_a_clear_error():

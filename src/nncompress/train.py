@@ -57,6 +57,7 @@ class History:
     """What a run measured, epoch by epoch."""
 
     train_loss: list[float] = field(default_factory=list)
+    train_objective: list[float] = field(default_factory=list)  # + regularizers; only when there are some
     eval_accuracy: list[float] = field(default_factory=list)
     seconds: float = 0.0
     steps: int = 0
@@ -185,7 +186,8 @@ def _shard(batches: Batches, rank: int, world_size: int) -> Batches:
 def _save_checkpoint(path: Path, model: nn.Module, opt, sched, epoch: int, history: History, config: TrainConfig) -> None:
     state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
              "epoch": epoch, "rng": torch.get_rng_state(), "config": asdict(config),
-             "history": {"train_loss": history.train_loss, "eval_accuracy": history.eval_accuracy,
+             "history": {"train_loss": history.train_loss, "train_objective": history.train_objective,
+                         "eval_accuracy": history.eval_accuracy,
                          "steps": history.steps}}
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
@@ -201,6 +203,7 @@ def _load_checkpoint(path: Path, model: nn.Module, opt, sched, history: History)
         raise UserError(f"checkpoint {str(path)!r} cannot be resumed for this model: {err}") from err
     torch.set_rng_state(state["rng"])
     history.train_loss[:] = state["history"]["train_loss"]
+    history.train_objective[:] = state["history"].get("train_objective", [])
     history.eval_accuracy[:] = state["history"]["eval_accuracy"]
     history.steps = state["history"]["steps"]
     return int(state["epoch"]) + 1
@@ -229,7 +232,8 @@ def fit(model: nn.Module, train_batches: Batches, config: TrainConfig = TrainCon
 
     Each step minimises `loss_fn(output, target)` (default: cross-entropy on the logits) plus the
     sum of `regularizers` (each `model -> scalar tensor`, e.g. `method.regularizers(model)`);
-    `history.train_loss` records the data loss alone, comparable with `evaluate`'s. Batches are fed
+    `history.train_loss` records the data loss alone, comparable with `evaluate`'s (and, with
+    regularizers, `history.train_objective` the whole objective; the log line shows both). Batches are fed
     by `batches.py` (or `forward_fn(model, batch)`). `on_step(step)` runs after every optimizer step
     (pruning schedules use it) and `on_epoch(epoch, history)` after every epoch. With `checkpoint`,
     state is written after each epoch; with `resume=True` an existing checkpoint is loaded first and
@@ -251,10 +255,12 @@ def fit(model: nn.Module, train_batches: Batches, config: TrainConfig = TrainCon
     log = log or stderr_log
     began = time.perf_counter()
     for epoch in range(start, config.epochs):
-        loss = _train_epoch(net, train_batches, opt, step_loss, epoch, history, on_step, show,
-                            f"epoch {epoch + 1}/{config.epochs}")
+        loss, objective = _train_epoch(net, train_batches, opt, step_loss, epoch, history, on_step, show,
+                                       f"epoch {epoch + 1}/{config.epochs}", bool(regularizers))
         sched.step()
         history.train_loss.append(loss)
+        if regularizers:
+            history.train_objective.append(objective)
         if eval_batches is not None:
             measured = evaluate(model, eval_batches, forward_fn=forward_fn, loss_fn=loss_fn)
             if "accuracy" in measured:
@@ -262,7 +268,8 @@ def fit(model: nn.Module, train_batches: Batches, config: TrainConfig = TrainCon
         if checkpoint and is_main_process():
             _save_checkpoint(Path(checkpoint), model, opt, sched, epoch, history, config)
         acc = f" eval acc {history.eval_accuracy[-1]:.4f}" if history.eval_accuracy else ""
-        log(f"epoch {epoch + 1}/{config.epochs}: train loss {loss:.4f}{acc}")
+        with_terms = f" objective {objective:.4f}" if regularizers else ""
+        log(f"epoch {epoch + 1}/{config.epochs}: train loss {loss:.4f}{with_terms}{acc}")
         if on_epoch:
             on_epoch(epoch, history)
     history.seconds = time.perf_counter() - began
@@ -286,11 +293,13 @@ def _objective(net: nn.Module, model: nn.Module, forward_fn: ForwardFn | None, l
 
 
 def _train_epoch(net: nn.Module, batches: Batches, opt, step_loss: StepLoss, epoch: int, history: History,
-                 on_step: Callable[[int], None] | None, show: bool, description: str) -> float:
+                 on_step: Callable[[int], None] | None, show: bool, description: str,
+                 regularized: bool) -> tuple[float, float]:
+    """One epoch; returns the mean data loss and the mean objective (data loss + regularizers)."""
     if hasattr(batches, "set_epoch"):
         batches.set_epoch(epoch)
     net.train()
-    loss_sum, count = 0.0, 0
+    loss_sum, objective_sum, count = 0.0, 0.0, 0
     total = len(batches) if hasattr(batches, "__len__") else None  # type: ignore[arg-type]
     with _progress(show) as bar:
         task = bar.add_task(description, total=total, status="")
@@ -304,8 +313,10 @@ def _train_epoch(net: nn.Module, batches: Batches, opt, step_loss: StepLoss, epo
                 on_step(history.steps)
             n = batch_size(batch)
             loss_sum += data_loss.item() * n
+            objective_sum += (objective.item() if regularized else 0.0) * n
             count += n
-            bar.update(task, advance=1, status=f"loss {loss_sum / count:.4f}")
+            terms = f" objective {objective_sum / count:.4f}" if regularized else ""
+            bar.update(task, advance=1, status=f"loss {loss_sum / count:.4f}{terms}")
     if count == 0:
         raise UserError("fit() got no training batches: the training data is empty")
-    return loss_sum / count
+    return loss_sum / count, objective_sum / count

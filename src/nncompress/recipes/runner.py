@@ -149,7 +149,7 @@ def summary(results: list[dict], dense_accuracy: float | None) -> dict:
 
 def _short(figures: dict) -> str:
     parts = []
-    for key in ("test_accuracy", "calibrated_accuracy", "trained_accuracy", "weight_compression", "compression",
+    for key in ("test_accuracy", "before_finetune_accuracy", "trained_accuracy", "weight_compression", "compression",
                 "file_bytes", "control_accuracy", "exact_roundtrip"):
         if key in figures:
             value = figures[key]

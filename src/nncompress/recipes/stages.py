@@ -106,7 +106,7 @@ def run_quantize(stage: QuantizeStage, run: Run) -> dict:
                               run.seed + 2000, stage.batch_size, "quantize fine-tune")
         phase.run(run.model, run.dataset, regularizers=method.regularizers(run.model))
         run.phases.append(phase)
-        figures.update(calibrated_accuracy=figures["test_accuracy"], test_accuracy=run.accuracy(),
+        figures.update(before_finetune_accuracy=figures["test_accuracy"], test_accuracy=run.accuracy(),
                        finetune_epochs=stage.finetune_epochs, lr=stage.lr)
     rebuild, finished = method.finish(run.model)  # e.g. soft weight-sharing's snap
     run.methods += rebuild
