@@ -191,6 +191,30 @@ def test_an_encode_stage_may_ask_for_context_coded_masks(tmp_path, digits):
         recipe_from_text(text.replace("ENCODE", "{header_coding: brotli}"))
 
 
+def test_stages_after_an_encode_report_the_file_and_a_stage_that_would_change_its_model_is_refused(tmp_path, digits):
+    """The report and the CLI table take size and bits from the written file for the encode stage and
+    the evaluate stage after it (BOPs at the stored 3 bits, not the decoded floats'); a stage that would
+    train the plain decoded model after the file is written is refused with both lines."""
+    from nncompress.cli.run import stage_table
+
+    text = ("name: after\nmodel: lenet300\ndataset: digits\nseed: 4\nstages:\n  - train: {epochs: 1}\n"
+            "  - prune: {method: magnitude, sparsity: 0.9, schedule: oneshot, finetune_epochs: 0}\n"
+            "  - quantize: {method: kmeans, bits: 3}\n  - encode: {}\n  - evaluate: {}\n")
+    full = run_recipe(recipe_from_text(text), digits, tmp_path / "a", **QUIET)
+    report = json.loads((tmp_path / "a" / "report" / "report.json").read_text())["stages"]
+    start, trained, quantized, encode, kept = report[0], report[1], report[3], report[4], report[5]
+    assert encode["size_measured"] and encode["size_bytes"] == full["stages"][3]["file_bytes"]
+    assert kept["size_measured"] and kept["size_bytes"] == encode["size_bytes"]
+    assert kept["energy"]["bops"] == encode["energy"]["bops"] == quantized["energy"]["bops"] < start["energy"]["bops"] / 8
+    headline = (tmp_path / "a" / "report" / "report.md").read_text().splitlines()[2]
+    assert headline.startswith(f"**accuracy {trained['accuracy']:.4f} -> ")  # the first measured accuracy
+    compression = list(stage_table(full, tmp_path).columns[5]._cells)
+    assert compression[3] == compression[4] == f"{full['stages'][3]['compression']:.1f}x"
+    assert compression[1].endswith("x nz")  # the prune stage: no file yet
+    with pytest.raises(ValueError, match=r"stages\[5\].finetune.*after the encode stage.*stages\[3\].encode"):
+        recipe_from_text(text + "  - finetune: {epochs: 1}\n")
+
+
 SOFT_SHARING = """\
 name: sws
 model: lenet300

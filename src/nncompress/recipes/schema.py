@@ -42,6 +42,7 @@ class Stage(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     kind: ClassVar[str] = ""
+    changes_model: ClassVar[bool] = True  # False: the model leaves the stage as it came (a file written before still holds it)
     _marked: Marked | None = PrivateAttr(default=None)
     _path: tuple = PrivateAttr(default=())
 
@@ -190,6 +191,7 @@ class ExportStage(Stage):
     """Export to ONNX (QDQ or QOperator) and check ONNX Runtime against PyTorch on test images."""
 
     kind: ClassVar[str] = "export"
+    changes_model: ClassVar[bool] = False
     format: Literal["qdq", "qoperator"] = "qdq"
     file: str | None = Field(None, min_length=1, max_length=4096)
     check_images: int = Field(500, ge=0, le=1_000_000)
@@ -200,6 +202,7 @@ class EvaluateStage(Stage):
     control (flows/control.py) and reports the gap against it."""
 
     kind: ClassVar[str] = "evaluate"
+    changes_model: ClassVar[bool] = False
     control: bool = False
 
 
@@ -261,9 +264,22 @@ def parse_recipe(marked: Marked) -> Recipe:
         raise UserError(f"{marked.where(('dataset',))}: unknown dataset {header.dataset!r}."
                         f"{did_you_mean(header.dataset, DATASETS)} Allowed: {', '.join(DATASETS)}")
     stages = tuple(_stage(item, ("stages", i), marked) for i, item in enumerate(header.stages))
+    _check_nothing_changes_the_model_after_encode(stages)
     recipe = Recipe(header, stages, marked)
     recipe.methods()  # every method's fields, checked now (before any training)
     return recipe
+
+
+def _check_nothing_changes_the_model_after_encode(stages: tuple[Stage, ...]) -> None:
+    """The .nnc file is the run's result and the run goes on with the plain model decoded from it: a stage
+    that trains or compresses after it would work on that plain copy (losing masks and codebooks) and
+    leave the file behind."""
+    encode = next((s for s in stages if isinstance(s, EncodeStage)), None)
+    later = [s for s in stages[stages.index(encode) + 1:] if s.changes_model] if encode else []
+    if later:
+        raise UserError(f"{later[0].where()}: a {later[0].kind} stage after the encode stage ({encode.where()}) "
+                        "would change the model decoded from the file, not the file: put it before encode "
+                        "(only export and evaluate may follow)")
 
 
 def load_recipe(path: str | Path) -> Recipe:

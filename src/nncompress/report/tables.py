@@ -29,12 +29,14 @@ def _accuracy(value: float | None) -> str:
 
 
 def summary_line(stages: list[StageRecord]) -> str:
-    """'accuracy 0.986 -> 0.994, 202 KB -> 7.3 KB (27.7x)': first stage vs last stage."""
+    """'accuracy 0.986 -> 0.994, 202 KB -> 7.3 KB (27.7x)': the first measured accuracy (a run that
+    trains first starts untrained, unmeasured) and the first stage's size vs the last stage's."""
     if not stages:
         return "no stages"
     first, last = stages[0], stages[-1]
+    measured = next((s.accuracy for s in stages if s.accuracy is not None), None)
     ratio = first.size_bytes / last.size_bytes if last.size_bytes else float("inf")
-    return (f"accuracy {_accuracy(first.accuracy)} -> {_accuracy(last.accuracy)}, "
+    return (f"accuracy {_accuracy(measured)} -> {_accuracy(last.accuracy)}, "
             f"{format_bytes(first.size_bytes)} -> {format_bytes(last.size_bytes)} ({ratio:.1f}x)")
 
 
