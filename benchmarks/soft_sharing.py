@@ -2,7 +2,7 @@
 sweep, in real .nnc bytes, against the same-budget dense control.
 
 Usage: nice -n 19 python benchmarks/soft_sharing.py [--seeds 3] [--models lenet300 lenet5]
-           [--taus 5e-3 2e-2] [--epochs lenet300=30 lenet5=30] [--lr 5e-4] [--assign posterior]
+           [--taus 5e-3 2e-2 | --taus lenet300=4e-3 lenet5=9e-3,1.5e-2] [--epochs lenet300=30 lenet5=30] [--lr 5e-4] [--assign posterior]
            [--per-layer] [--codebook-epochs 0] [--threads 1]
 
 Per model and seed, on mnist-10k's first 7,000 training images (the last 1,000 are the validation
@@ -144,6 +144,16 @@ def per_seed(arch: str, runs: list[dict], taus: list[float]) -> list[list[object
             for r in runs for tau in taus]
 
 
+def model_taus(given: list[str], models: list[str]) -> dict[str, list[float]]:
+    """--taus as {model: [tau, ...]}: plain values apply to every model without a `model=t1,t2` entry."""
+    plain = [float(v) for v in given if "=" not in v]
+    named = {k: [float(t) for t in v.split(",")] for k, v in (g.split("=", 1) for g in given if "=" in g)}
+    unknown = set(named) - set(models)
+    if unknown or any(not named.get(arch, plain) for arch in models):
+        raise SystemExit(f"--taus {' '.join(given)}: give taus for every model of {models} (and only those)")
+    return {arch: named.get(arch, plain) for arch in models}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
@@ -151,8 +161,9 @@ def main() -> None:
     parser.add_argument("--no-report", action="store_true", help="compute and cache only; write no results file")
     parser.add_argument("--threads", type=int, default=1, help="torch threads, pinned (default 1: honest.py's caches)")
     parser.add_argument("--models", nargs="+", default=["lenet300", "lenet5"])
-    parser.add_argument("--taus", nargs="+", type=float, default=[5e-3, 2e-2],
-                        help="complexity weights per training set (default 5e-3, the paper's, and 2e-2)")
+    parser.add_argument("--taus", nargs="+", default=["5e-3", "2e-2"],
+                        help="complexity weights per training set, for every model or per model as "
+                             "model=t1,t2 (default 5e-3, the paper's, and 2e-2)")
     parser.add_argument("--epochs", nargs="+", default=["lenet300=30", "lenet5=30"], help="SWS epochs per model (default 30 each)")
     parser.add_argument("--lr", type=float, default=5e-4, help="Adam learning rate of the weights (default 5e-4, the paper's)")
     parser.add_argument("--assign", choices=["posterior", "likelihood"], default="posterior",
@@ -163,6 +174,7 @@ def main() -> None:
     parser.add_argument("--note", default="", help="a sentence under the results header")
     args = parser.parse_args()
     epochs = {arch: 30 for arch in args.models} | {k: int(v) for k, v in (e.split("=") for e in args.epochs)}
+    taus = model_taus(args.taus, args.models)
     settings = {"lr": args.lr, "assign": args.assign, "shared": not args.per_layer, "codebook_epochs": args.codebook_epochs}
     torch.set_num_threads(args.threads)
     test = load_dataset("mnist-10k", MNIST_DIR)
@@ -171,14 +183,14 @@ def main() -> None:
     for arch in args.models:
         runs = []
         for seed in range(args.start_seed, args.seeds):
-            runs.append(cached_seed(arch, val, test, seed, args.taus, epochs[arch], args.threads, settings))
+            runs.append(cached_seed(arch, val, test, seed, taus[arch], epochs[arch], args.threads, settings))
             print(arch, seed, {k: (v["val"], v["test"], v["bytes"]) for k, v in runs[-1]["rows"].items()},
                   "control", runs[-1]["control"], flush=True)
         if args.no_report:
             continue
-        rows += summary(arch, runs, args.taus)
-        plotted[arch] = sweep_points(runs, args.taus, lambda v: f"SWS tau {v:g}")
-        seed_rows += per_seed(arch, runs, args.taus)
+        rows += summary(arch, runs, taus[arch])
+        plotted[arch] = sweep_points(runs, taus[arch], lambda v: f"SWS tau {v:g}")
+        seed_rows += per_seed(arch, runs, taus[arch])
         dense_rows.append([arch, runs[0]["fp32_bytes"], runs[0]["dense_source"], epochs[arch], runs[0]["control_steps"],
                            f"{100 * statistics.mean(r['dense']['test'] for r in runs):.2f}",
                            f"{100 * statistics.mean(r['control']['test'] for r in runs):.2f}"])
