@@ -1,4 +1,5 @@
 import copy
+import math
 import os
 import subprocess
 import sys
@@ -166,6 +167,18 @@ def test_a_regularizer_changes_the_trained_weights(digits):
     assert history.train_loss[-1] > 0  # the data loss alone is recorded
     assert len(history.train_objective) == len(history.train_loss)  # and the objective beside it
     assert all(o > d for o, d in zip(history.train_objective, history.train_loss))
+
+
+def test_a_resumed_regularized_run_keeps_one_objective_per_epoch(tmp_path):
+    """A checkpoint written without regularizers (or before train_objective existed) resumed with
+    them: the earlier epochs get NaN, so train_objective[i] is still epoch i's."""
+    data = [(torch.randn(8, 2), torch.tensor([0, 1] * 4))]
+    ckpt, model = tmp_path / "fit.pt", nn.Linear(2, 2)
+    fit(model, data, TrainConfig(epochs=1), checkpoint=ckpt, progress=False, log=lambda _m: None)
+    history = fit(model, data, TrainConfig(epochs=3), checkpoint=ckpt, resume=True, progress=False,
+                  log=lambda _m: None, regularizers=[lambda m: m.weight.abs().sum()])
+    assert len(history.train_loss) == len(history.train_objective) == 3
+    assert math.isnan(history.train_objective[0]) and not any(map(math.isnan, history.train_objective[1:]))
 
 
 def test_the_epoch_line_shows_the_objective_only_with_regularizers():

@@ -11,6 +11,7 @@ each rank trains on its own shard, and only rank 0 writes files.
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -57,7 +58,7 @@ class History:
     """What a run measured, epoch by epoch."""
 
     train_loss: list[float] = field(default_factory=list)
-    train_objective: list[float] = field(default_factory=list)  # + regularizers; only when there are some
+    train_objective: list[float] = field(default_factory=list)  # + regularizers (NaN for epochs without any)
     eval_accuracy: list[float] = field(default_factory=list)
     seconds: float = 0.0
     steps: int = 0
@@ -251,6 +252,8 @@ def fit(model: nn.Module, train_batches: Batches, config: TrainConfig = TrainCon
     start = 0
     if checkpoint and resume and Path(checkpoint).is_file():
         start = _load_checkpoint(Path(checkpoint), model, opt, sched, history)
+        if regularizers:  # epochs saved without an objective (older checkpoints) keep their places: NaN
+            history.train_objective[:0] = [math.nan] * (len(history.train_loss) - len(history.train_objective))
     show = sys.stderr.isatty() and is_main_process() if progress is None else progress and is_main_process()
     log = log or stderr_log
     began = time.perf_counter()
@@ -259,8 +262,8 @@ def fit(model: nn.Module, train_batches: Batches, config: TrainConfig = TrainCon
                                        f"epoch {epoch + 1}/{config.epochs}", bool(regularizers))
         sched.step()
         history.train_loss.append(loss)
-        if regularizers:
-            history.train_objective.append(objective)
+        if regularizers or history.train_objective:  # one entry per epoch once any epoch had one
+            history.train_objective.append(objective if regularizers else math.nan)
         if eval_batches is not None:
             measured = evaluate(model, eval_batches, forward_fn=forward_fn, loss_fn=loss_fn)
             if "accuracy" in measured:
