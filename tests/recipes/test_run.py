@@ -213,6 +213,18 @@ def test_stages_after_an_encode_report_the_file_and_a_stage_that_would_change_it
     assert compression[1].endswith("x nz")  # the prune stage: no file yet
     with pytest.raises(ValueError, match=r"stages\[5\].finetune.*after the encode stage.*stages\[3\].encode"):
         recipe_from_text(text + "  - finetune: {epochs: 1}\n")
+    with pytest.raises(ValueError, match=r"stages\[5\].encode\): a recipe writes one .nnc file"):
+        recipe_from_text(text + "  - encode: {}\n")
+
+
+def test_the_cli_table_shows_the_nnc_compression_on_stages_that_keep_its_model_not_on_an_onnx_file():
+    from nncompress.cli.run import stage_table
+
+    rows = [{"stage": "prune", "test_accuracy": 0.9, "weight_compression": 10.0},
+            {"stage": "encode", "test_accuracy": 0.9, "file_bytes": 100, "compression": 50.0},
+            {"stage": "export", "file_bytes": 300}, {"stage": "evaluate", "test_accuracy": 0.9, "weight_compression": 10.0}]
+    result = {"recipe": "r", "model": "m", "dataset": "d", "seed": 0, "stages": rows, "summary": {}}
+    assert list(stage_table(result, "out").columns[5]._cells) == ["10.0x nz", "50.0x", "", "50.0x"]
 
 
 SOFT_SHARING = """\

@@ -38,14 +38,15 @@ def run_cmd(recipe: Annotated[Path, typer.Argument(help="a YAML recipe (see reci
 def stage_table(result: dict, folder: Path) -> Table:
     """One row per stage: test accuracy and the figures that stage measured."""
     table = Table(title=f"{result['recipe']}: {result['model']} on {result['dataset']}, seed {result['seed']} ({folder})",
-                  caption="compression: fp32 weight bytes / file bytes; 'nz': all weights / non-zero weights "
-                          "(no file written for this state of the model)")
+                  caption="compression: fp32 weight bytes / .nnc file bytes; 'nz': all weights / non-zero weights "
+                          "(no .nnc file written for this state of the model)")
     for col in ("stage", "test acc", "vs dense", "weights kept", "bytes", "compression", "notes"):
         table.add_column(col, justify="left" if col in ("stage", "notes") else "right")
     dense = result["summary"].get("dense_accuracy")
-    file_compression = None  # the encode stage's: the stages after it keep the model the file holds
+    file_compression = None  # the encode stage's: the stages after it keep the model the .nnc file holds
     for i, row in enumerate(result["stages"]):
         file_compression = row.get("compression", file_compression)
+        shown = None if "file_bytes" in row and "compression" not in row else file_compression  # (an ONNX file)
         acc = row.get("test_accuracy")
         notes = []
         if "method" in row:
@@ -58,7 +59,7 @@ def stage_table(result: dict, folder: Path) -> Table:
                       f"{100 * (acc - dense):+.2f}" if acc is not None and dense is not None else "",
                       f"{1 / row['weight_compression']:.1%}" if "weight_compression" in row else "",
                       f"{row['file_bytes']:,}" if "file_bytes" in row else "",
-                      f"{file_compression:.1f}x" if file_compression is not None else
+                      f"{shown:.1f}x" if shown is not None else
                       f"{row['weight_compression']:.1f}x nz" if "weight_compression" in row else "",
                       ", ".join(notes))
     return table

@@ -276,6 +276,8 @@ def _check_nothing_changes_the_model_after_encode(stages: tuple[Stage, ...]) -> 
     leave the file behind."""
     encode = next((s for s in stages if isinstance(s, EncodeStage)), None)
     later = [s for s in stages[stages.index(encode) + 1:] if s.changes_model] if encode else []
+    if later and isinstance(later[0], EncodeStage):
+        raise UserError(f"{later[0].where()}: a recipe writes one .nnc file, in its encode stage ({encode.where()})")
     if later:
         raise UserError(f"{later[0].where()}: a {later[0].kind} stage after the encode stage ({encode.where()}) "
                         "would change the model decoded from the file, not the file: put it before encode "
