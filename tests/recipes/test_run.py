@@ -227,6 +227,58 @@ def test_the_cli_table_shows_the_nnc_compression_on_stages_that_keep_its_model_n
     assert list(stage_table(result, "out").columns[5]._cells) == ["10.0x nz", "50.0x", "", "50.0x"]
 
 
+ALLOCATE = """\
+name: auto
+model: lenet300
+dataset: digits
+seed: 5
+stages:
+  - train: {epochs: 2}
+  - allocate: {target_ratio: 20, densities: [1.0, 0.3, 0.1, 0.05], bits: [2, 3, 4], sensitivity_images: 256,
+               rounds: 1, finetune_epochs: 1, codebook_epochs: 1}
+  - evaluate: {control: true}
+"""
+
+
+def test_an_allocate_stage_writes_a_file_within_the_budget_trains_its_control_and_resumes(tmp_path, digits):
+    """The allocator as a recipe stage (issue 16): a file of at most fp32 bytes / 20, decoded exactly; the
+    control trains through the same phases (1 retraining + 1 codebook epoch); a resume after the
+    stage gives the same figures."""
+    recipe = recipe_from_text(ALLOCATE)
+    full = run_recipe(recipe, digits, tmp_path / "a", **QUIET)
+    allocate, evaluate = full["stages"][1:]
+    fp32 = 4 * (64 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10)
+    assert allocate["budget_bytes"] == int(fp32 / 20)
+    assert (tmp_path / "a" / "auto.nnc").stat().st_size == allocate["file_bytes"] <= allocate["budget_bytes"]
+    assert allocate["compression"] == fp32 / allocate["file_bytes"] >= 20 and allocate["exact_roundtrip"] is True
+    assert set(allocate["bits"]) == {"fc1", "fc2", "fc3"} and set(allocate["bits"].values()) <= {2, 3, 4}
+    assert evaluate["test_accuracy"] == allocate["test_accuracy"] > 0.8
+    assert evaluate["control_steps"] == 2 * len(digits.train_loader(64))
+    run_recipe(recipe, digits, tmp_path / "b", stop_after=2, **QUIET)
+    resumed = run_recipe(recipe, digits, tmp_path / "b", resume=True, **QUIET)
+    assert resumed["resumed_after_stage"] == 2 and resumed["stages"] == full["stages"]
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ("  - allocate:", "  - prune: {method: magnitude, sparsity: 0.5, schedule: oneshot}\n  - allocate:",
+     r"stages\[2\].allocate\): allocate starts from the dense model.*prune stage before it"),
+    ("target_ratio: 20,", "target_ratio: 20, target_bytes: 900,", r"stages\[1\].allocate\): give exactly one budget"),
+    ("bits: [2, 3, 4]", "bits: [0, 2]", r"stages\[1\].allocate.bits\): bits=\(0, 2\) must be integers in \[1, 16\]"),
+    ("  - allocate: {", "  - finetune: {epochs: 1}\n  - allocate: {distill_alpha: 0.5, ",
+     r"stages\[2\].allocate.distill_alpha\): distillation in an allocate stage needs the stage right after a train"),
+])
+def test_an_allocate_stage_is_checked_before_anything_runs(old, new, message):
+    with pytest.raises(ValueError, match=message):
+        recipe_from_text(ALLOCATE.replace(old, new))
+
+
+def test_an_allocate_stage_writes_the_runs_file_so_only_export_and_evaluate_follow_it():
+    with pytest.raises(ValueError, match=r"stages\[2\].finetune.*after the allocate stage.*stages\[1\].allocate"):
+        recipe_from_text(ALLOCATE.replace("  - evaluate", "  - finetune: {epochs: 1}\n  - evaluate"))
+    with pytest.raises(ValueError, match=r"stages\[2\].encode\): a recipe writes one .nnc file, in its allocate stage"):
+        recipe_from_text(ALLOCATE.replace("  - evaluate", "  - encode: {}\n  - evaluate"))
+
+
 SOFT_SHARING = """\
 name: sws
 model: lenet300

@@ -22,7 +22,7 @@ def run_cmd(recipe: Annotated[Path, typer.Argument(help="a YAML recipe (see reci
             seed: Annotated[Optional[int], typer.Option(help="override the recipe's seed")] = None,
             resume: Annotated[bool, typer.Option(help="continue after the last finished stage's checkpoint in --out")] = False,
             json_path: JsonOpt = None) -> None:
-    """Run a recipe: train, prune, quantize, fine-tune, convert, encode, export, evaluate."""
+    """Run a recipe: train, prune, quantize, fine-tune, convert, allocate, encode, export, evaluate."""
     from ..recipes import load_recipe, run_recipe
 
     parsed = load_recipe(recipe)  # every check that needs no model, before loading any data

@@ -2,8 +2,8 @@
 model, written by `api.save_model` with the methods applied so far as its recipe: safetensors, no
 pickle) and then `NN-<kind>.json` (the run's state and every stage's figures so far). The JSON is
 written last and atomically, so it marks a complete checkpoint; `--resume` continues after the last
-one whose fingerprint (recipe, dataset, seed) matches. After an `encode` stage the model is the one
-decoded from the .nnc file, which is then the checkpoint's model.
+one whose fingerprint (recipe, dataset, seed) matches. After an `encode` or `allocate` stage the model is
+the one decoded from the .nnc file, which is then the checkpoint's model.
 """
 from __future__ import annotations
 
@@ -64,7 +64,8 @@ def save(run: Run, index: int, kind: str, fp: str, results: list[dict]) -> Path:
              "run": {"base": asdict(run.base), "methods": [m.to_dict() for m in run.methods],
                      "fold_batchnorm": run.fold_batchnorm, "dense_accuracy": run.dense_accuracy,
                      "dense_checkpoint": run.dense_checkpoint, "dense_bytes": run.dense_bytes,
-                     "phases": [_phase_dict(p) for p in run.phases], "dropout": dropout_rates(run.model)}}
+                     "phases": [_phase_dict(p) for p in run.phases], "control_distill": run.control_distill,
+                     "dropout": dropout_rates(run.model)}}
     return write_json(stem.with_suffix(".json"), state)
 
 
@@ -103,6 +104,7 @@ def restore(state: dict, run: Run) -> list[dict]:
     run.dense_accuracy, run.dense_checkpoint = saved["dense_accuracy"], saved["dense_checkpoint"]
     run.dense_bytes = int(saved["dense_bytes"])
     run.phases = [_phase(p) for p in saved["phases"]]
+    run.control_distill = saved.get("control_distill")
     return list(state["results"])
 
 

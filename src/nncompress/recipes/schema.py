@@ -15,7 +15,8 @@ A stage is a one-key mapping `kind: {options}`. `prune` and `quantize` name any 
 (`nncompress methods`) and take its fields beside the stage's own options; the fields are checked by
 `methods.method_from_dict` (the same check a saved model's recipe gets), so a method registered in
 `methods.py` is reachable from a recipe with nothing added here (a method field named like a stage
-option goes under `fields: {...}`). Every error names the recipe line, the value and the allowed values.
+option goes under `fields: {...}`). `allocate: {target_ratio: 170}` chooses every layer's density and
+bits instead (`flows/allocate.py`). Every error names the recipe line, the value and the allowed values.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from ..config import Method
+from ..flows.allocation_plan import AllocationConfig
 from ..methods import METHODS, method_from_dict
 from ..prune.unstructured import SparsityPrune
 from ..validate import UserError, did_you_mean
@@ -43,6 +45,7 @@ class Stage(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     kind: ClassVar[str] = ""
     changes_model: ClassVar[bool] = True  # False: the model leaves the stage as it came (a file written before still holds it)
+    writes_file: ClassVar[bool] = False  # True: the stage writes the run's .nnc file and goes on with its decoded model
     _marked: Marked | None = PrivateAttr(default=None)
     _path: tuple = PrivateAttr(default=())
 
@@ -181,10 +184,55 @@ class EncodeStage(Stage):
     `header_coding: compact` compresses the header from the format's preset dictionary (.nnc 3.3)."""
 
     kind: ClassVar[str] = "encode"
+    writes_file: ClassVar[bool] = True
     format: Literal["nnc"] = "nnc"
     file: str | None = Field(None, min_length=1, max_length=4096)
     mask_coding: Literal["relative", "context"] = "relative"
     header_coding: Literal["zlib", "compact"] = "zlib"
+
+
+class AllocateStage(Stage):
+    """Automatic per-layer density and bits (`flows/allocate.py`) for one budget, `target_ratio` (fp32
+    parameter bytes / file bytes), `target_bytes` or `max_accuracy_drop`: measure every layer's
+    candidates, solve, prune with retraining, share weights, fine-tune the codebooks and write the .nnc
+    file within the budget, as `nncompress deep-compress --target-ratio` does. It starts from the dense
+    model and writes the run's file (like encode). The retraining options left out (schedule, rounds,
+    finetune_epochs, lr_factor) are the architecture's recommended pruning (`flows.prune.pruning_settings`,
+    as `prune` stages and the CLI use); the others are `AllocationConfig`'s defaults."""
+
+    kind: ClassVar[str] = "allocate"
+    writes_file: ClassVar[bool] = True
+    target_ratio: float | None = Field(None, gt=0, le=1e9)
+    target_bytes: int | None = Field(None, ge=1, le=1 << 40)
+    max_accuracy_drop: float | None = Field(None, ge=0, le=1)
+    densities: list[float] | None = Field(None, min_length=1, max_length=256)
+    bits: list[int] | None = Field(None, min_length=1, max_length=16)
+    sensitivity_images: int | None = Field(None, ge=1, le=1_000_000)
+    sensitivity_retrain_images: int | None = Field(None, ge=0, le=1_000_000)
+    joint_rounds: int | None = Field(None, ge=0, le=10)
+    margin: float | None = Field(None, ge=0, lt=1)
+    schedule: Literal["oneshot", "iterative", "agp"] | None = None
+    rounds: int | None = Field(None, ge=1, le=100)
+    finetune_epochs: int | None = Field(None, ge=0, le=100_000)
+    lr_factor: float | None = Field(None, gt=0, le=100)
+    codebook_epochs: int | None = Field(None, ge=0, le=100_000)
+    codebook_lr: float | None = Field(None, gt=0, le=100)
+    distill_alpha: float | None = Field(None, ge=0, le=1)
+    distill_temperature: float | None = Field(None, gt=0, le=1000)
+    bias_bits: int | None = Field(None, ge=2, le=16)
+    mask_coding: Literal["relative", "context"] | None = None
+    header_coding: Literal["zlib", "compact"] | None = None
+    file: str | None = Field(None, min_length=1, max_length=4096)
+
+    def build_config(self, defaults: dict[str, Any] | None = None) -> AllocationConfig:
+        """The `AllocationConfig`, checked; errors name the recipe line of the option. `defaults` fill
+        the options left out (the runner gives the architecture's recommended pruning schedule)."""
+        options = {k: tuple(v) if isinstance(v, list) else v
+                   for k, v in {**(defaults or {}), **self.model_dump(exclude_none=True, exclude={"file"})}.items()}
+        try:
+            return AllocationConfig(**options)
+        except UserError as err:
+            raise UserError(f"{self.where(_field_named(str(err), options))}: {err}") from None
 
 
 class ExportStage(Stage):
@@ -207,7 +255,8 @@ class EvaluateStage(Stage):
 
 
 STAGES: dict[str, type[Stage]] = {cls.kind: cls for cls in (TrainStage, PruneStage, QuantizeStage, FinetuneStage,
-                                                           ConvertStage, EncodeStage, ExportStage, EvaluateStage)}
+                                                           ConvertStage, AllocateStage, EncodeStage, ExportStage,
+                                                           EvaluateStage)}
 
 
 def family(kind: str) -> list[str]:
@@ -264,24 +313,45 @@ def parse_recipe(marked: Marked) -> Recipe:
         raise UserError(f"{marked.where(('dataset',))}: unknown dataset {header.dataset!r}."
                         f"{did_you_mean(header.dataset, DATASETS)} Allowed: {', '.join(DATASETS)}")
     stages = tuple(_stage(item, ("stages", i), marked) for i, item in enumerate(header.stages))
-    _check_nothing_changes_the_model_after_encode(stages)
+    _check_nothing_changes_the_model_after_its_file(stages)
+    _check_allocate_starts_dense(stages)
     recipe = Recipe(header, stages, marked)
     recipe.methods()  # every method's fields, checked now (before any training)
+    for stage in stages:
+        if isinstance(stage, AllocateStage):
+            stage.build_config()
     return recipe
 
 
-def _check_nothing_changes_the_model_after_encode(stages: tuple[Stage, ...]) -> None:
-    """The .nnc file is the run's result and the run goes on with the plain model decoded from it: a stage
-    that trains or compresses after it would work on that plain copy (losing masks and codebooks) and
-    leave the file behind."""
-    encode = next((s for s in stages if isinstance(s, EncodeStage)), None)
-    later = [s for s in stages[stages.index(encode) + 1:] if s.changes_model] if encode else []
-    if later and isinstance(later[0], EncodeStage):
-        raise UserError(f"{later[0].where()}: a recipe writes one .nnc file, in its encode stage ({encode.where()})")
+def _check_nothing_changes_the_model_after_its_file(stages: tuple[Stage, ...]) -> None:
+    """The .nnc file (an encode or allocate stage's) is the run's result and the run goes on with the
+    plain model decoded from it: a stage that trains or compresses after it would work on that plain
+    copy (losing masks and codebooks) and leave the file behind."""
+    writer = next((s for s in stages if s.writes_file), None)
+    later = [s for s in stages[stages.index(writer) + 1:] if s.changes_model] if writer else []
+    if later and later[0].writes_file:
+        raise UserError(f"{later[0].where()}: a recipe writes one .nnc file, in its {writer.kind} stage ({writer.where()})")
     if later:
-        raise UserError(f"{later[0].where()}: a {later[0].kind} stage after the encode stage ({encode.where()}) "
-                        "would change the model decoded from the file, not the file: put it before encode "
+        raise UserError(f"{later[0].where()}: a {later[0].kind} stage after the {writer.kind} stage ({writer.where()}) "
+                        f"would change the model decoded from the file, not the file: put it before {writer.kind} "
                         "(only export and evaluate may follow)")
+
+
+def _check_allocate_starts_dense(stages: tuple[Stage, ...]) -> None:
+    """An allocate stage measures, prunes and quantizes the dense model itself; with distillation its
+    teacher is the model it starts from, which the same-budget control must start from too (the
+    model a train stage just wrote)."""
+    for i, stage in enumerate(stages):
+        if not isinstance(stage, AllocateStage):
+            continue
+        earlier = next((s for s in stages[:i] if isinstance(s, (MethodStage, ConvertStage))), None)
+        if earlier is not None:
+            raise UserError(f"{stage.where()}: allocate starts from the dense model and chooses every layer's pruning "
+                            f"and bits itself; the {earlier.kind} stage before it ({earlier.where()}) would be "
+                            "compressed again: remove it or use prune / quantize / encode stages instead")
+        if stage.distill_alpha and not (i and isinstance(stages[i - 1], TrainStage)):
+            raise UserError(f"{stage.where('distill_alpha')}: distillation in an allocate stage needs the stage right "
+                            "after a train stage (the teacher, and the same-budget control's start, is that model)")
 
 
 def load_recipe(path: str | Path) -> Recipe:

@@ -3,7 +3,8 @@ benchmark script run the same code): train -> `flows.control.pretrain_phase` (wh
 `flows.prune.dense_model` runs), prune -> `flows.prune.prune_and_retrain`, quantize -> `api.apply_`
 on `flows.prune.calibration_batches` (+ fine-tuning as Deep Compression's codebook phase), encode ->
 the .nnc writer and decoder of `flows.deep_compression`, evaluate -> test accuracy, weights kept,
-compression, and the same-budget dense control of `flows.control`.
+compression, and the same-budget dense control of `flows.control`; allocate -> `flows.allocate.compress_to_budget`
+(what `nncompress deep-compress --target-ratio` runs).
 
 Each `run_<kind>(stage, run)` changes `run.model` in place (or replaces it) and returns the stage's
 figures (plain JSON data, no timings: a resumed run must give the same figures).
@@ -23,15 +24,17 @@ from ..config import Method
 from ..encode.container import Coding, read_nnc, write_nnc
 from ..encode.deep_compression import round_biases_fp16_, round_codebooks_fp16_
 from ..encode.model import decode_model, encode_model
+from ..flows.allocate import compress_to_budget, compression_phases
 from ..flows.control import TrainingPhase, pretrain_phase, pruning_phases, same_budget_control
 from ..flows.deep_compression import layer_row, overhead_row
+from ..flows.distill import DistillConfig
 from ..flows.prune import calibration_batches, prune_and_retrain, pruning_settings
 from ..quant.convert import convert_
 from ..quant.fold import fold_batchnorm_
 from ..train import TrainConfig, evaluate
 from ..validate import UserError
 from ..zoo import Dataset
-from .schema import (ConvertStage, EncodeStage, EvaluateStage, ExportStage, FinetuneStage, PruneStage, QuantizeStage,
+from .schema import (AllocateStage, ConvertStage, EncodeStage, EvaluateStage, ExportStage, FinetuneStage, PruneStage, QuantizeStage,
                      Stage, TrainStage)
 
 
@@ -52,7 +55,8 @@ class Run:
     phases: list[TrainingPhase] = field(default_factory=list)  # training since the dense model (control budget)
     dense_accuracy: float | None = None
     dense_checkpoint: str | None = None  # the model after the last train stage (the control starts there)
-    nnc: str | None = None  # the .nnc file the model was decoded from (encode stage)
+    nnc: str | None = None  # the .nnc file the model was decoded from (encode / allocate stage)
+    control_distill: dict | None = None  # the distillation the same-budget control gets ({"alpha", "temperature"})
     load_dense: Callable[[str], nn.Module] | None = None  # set by the runner: checkpoint path -> model
 
     def accuracy(self, model: nn.Module | None = None) -> float:
@@ -159,6 +163,27 @@ def run_encode(stage: EncodeStage, run: Run) -> dict:
             "layers": [layer_row(layer) for layer in stored.layers], "overhead": overhead_row(stored)}
 
 
+def run_allocate(stage: AllocateStage, run: Run) -> dict:
+    """`flows.allocate.compress_to_budget` on the dense model: the plan, pruning with retraining, weight
+    sharing, codebook fine-tuning and the .nnc file within the budget; the run goes on with the model
+    decoded from the file, and the control trains through the same phases (and distillation)."""
+    recommended = pruning_settings(run.arch)
+    config = stage.build_config({"schedule": recommended.schedule, "rounds": recommended.rounds,
+                                 "finetune_epochs": recommended.finetune_epochs, "lr_factor": recommended.lr_factor})
+    path = Path(stage.file) if stage.file else run.out / f"{run.name}.nnc"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    decoded, result = compress_to_budget(run.model, run.arch, run.dataset, run.base, config, seed=run.seed, out=path)
+    run.phases += compression_phases(run.base, config, run.seed)
+    if config.distill_alpha:
+        run.control_distill = {"alpha": config.distill_alpha, "temperature": config.distill_temperature}
+    run.model, run.nnc = decoded.eval(), str(path.resolve())
+    keys = ("budget_bytes", "planned_bytes", "file_bytes", "allocated_densities", "allocated_bits",
+            "densities", "bits", "tries", "pruned_accuracy", "simulated_accuracy", "exact_roundtrip", "layers",
+            "overhead", "predicted_loss")
+    return {"file": _shown(path, run.out), **{k: result[k] for k in keys}, "compression": run.dense_bytes / result["file_bytes"],
+            "test_accuracy": run.accuracy()}
+
+
 def run_export(stage: ExportStage, run: Run) -> dict:
     from ..export.bench import compare_on_data  # onnx / onnxruntime are optional dependencies
     from ..export.graph import ort_session
@@ -188,7 +213,8 @@ def run_evaluate(stage: EvaluateStage, run: Run) -> dict:
         if run.dense_checkpoint is None or run.load_dense is None:
             raise UserError(f"{stage.where('control')}: control: true compares with the dense model after a train "
                             "stage, and this recipe has none before its evaluate stage")
-        control, info = same_budget_control(run.load_dense(run.dense_checkpoint), run.dataset, run.phases)
+        distill = DistillConfig(**run.control_distill) if run.control_distill else None
+        control, info = same_budget_control(run.load_dense(run.dense_checkpoint), run.dataset, run.phases, distill)
         control_accuracy = run.accuracy(control)
         figures.update(control_accuracy=control_accuracy, gap_vs_control=measured["accuracy"] - control_accuracy,
                        control_steps=info["steps"], control_epochs=info["epochs"])
@@ -217,5 +243,5 @@ def run_stage(stage: Stage, run: Run, index: int) -> dict:
     if isinstance(stage, FinetuneStage):
         return run_finetune(stage, run, index)
     runners = {TrainStage: run_train, PruneStage: run_prune, QuantizeStage: run_quantize, ConvertStage: run_convert,
-               EncodeStage: run_encode, ExportStage: run_export, EvaluateStage: run_evaluate}
+               AllocateStage: run_allocate, EncodeStage: run_encode, ExportStage: run_export, EvaluateStage: run_evaluate}
     return runners[type(stage)](stage, run)
