@@ -3,6 +3,7 @@ import copy
 
 import pytest
 import torch
+from torch import nn
 from safetensors.torch import load, save
 
 import nncompress as nc
@@ -95,3 +96,18 @@ def test_squash_of_a_converted_deep_copy_leaves_the_original_working():
     plain = squash_(copy.deepcopy(net))
     assert type(plain[0]) is torch.nn.Linear and plain[0].weight.dtype == torch.float32
     assert torch.equal(plain(x), before) and torch.equal(net(x), before)
+
+
+@pytest.mark.parametrize("method, bits", [(nc.KMeansQuant(bits=3), 3), (nc.LinearQuant(weight_bits=4, act_bits=None), 4)])
+def test_a_converted_layer_reports_the_bits_its_encoding_stored(method, bits):
+    """A codebook's index width is per instance (SharedWeights.storage_bits is a property): the converted
+    layer reads it from the encoding, and the energy model of a converted model counts it."""
+    from nncompress.hardware.energy import workloads_from_model
+    from nncompress.parametrize import weight_bits
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 8))
+    nc.quantize_(net, method)
+    nc.convert_(net)
+    assert is_converted(net) and weight_bits(net[0]) == bits
+    assert [w.weight_bits for w in workloads_from_model(net, (16,))] == [bits]

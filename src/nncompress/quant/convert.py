@@ -64,7 +64,10 @@ class Stored(WeightTransform):
 
     @property
     def storage_bits(self) -> int | None:  # type: ignore[override]
-        return TRANSFORM_KINDS[self.encoded_kind].storage_bits if self.encoded_kind != "linear" else self.meta.get("bits")
+        """The kind's fixed width (e.g. a mask's 1 bit), else the width its encoding recorded (a linear
+        quantizer's or a codebook's index bits, which depend on the instance)."""
+        fixed = TRANSFORM_KINDS[self.encoded_kind].storage_bits
+        return fixed if isinstance(fixed, int) else self.meta.get("bits")
 
     def encoded(self, payload: torch.Tensor | None = None) -> Encoded:
         """The Encoded form, unpacked (what the transform kind's `decode` expects); `payload` is
