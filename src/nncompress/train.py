@@ -234,7 +234,9 @@ def fit(model: nn.Module, train_batches: Batches, config: TrainConfig = TrainCon
     Each step minimises `loss_fn(output, target)` (default: cross-entropy on the logits) plus the
     sum of `regularizers` (each `model -> scalar tensor`, e.g. `method.regularizers(model)`);
     `history.train_loss` records the data loss alone, comparable with `evaluate`'s (and, with
-    regularizers, `history.train_objective` the whole objective; the log line shows both). Batches are fed
+    regularizers, `history.train_objective` the whole objective; the log line shows the data loss and
+    the regularizers' sum, e.g. soft weight-sharing's tau / N * L_C, which is negative once the weights
+    sit in narrow components: a log density above zero). Batches are fed
     by `batches.py` (or `forward_fn(model, batch)`). `on_step(step)` runs after every optimizer step
     (pruning schedules use it) and `on_epoch(epoch, history)` after every epoch. With `checkpoint`,
     state is written after each epoch; with `resume=True` an existing checkpoint is loaded first and
@@ -271,7 +273,7 @@ def fit(model: nn.Module, train_batches: Batches, config: TrainConfig = TrainCon
         if checkpoint and is_main_process():
             _save_checkpoint(Path(checkpoint), model, opt, sched, epoch, history, config)
         acc = f" eval acc {history.eval_accuracy[-1]:.4f}" if history.eval_accuracy else ""
-        with_terms = f" objective {objective:.4f}" if regularizers else ""
+        with_terms = f" + regularizers {objective - loss:.4f}" if regularizers else ""
         log(f"epoch {epoch + 1}/{config.epochs}: train loss {loss:.4f}{with_terms}{acc}")
         if on_epoch:
             on_epoch(epoch, history)
@@ -318,7 +320,7 @@ def _train_epoch(net: nn.Module, batches: Batches, opt, step_loss: StepLoss, epo
             loss_sum += data_loss.item() * n
             objective_sum += (objective.item() if regularized else 0.0) * n
             count += n
-            terms = f" objective {objective_sum / count:.4f}" if regularized else ""
+            terms = f" + regularizers {(objective_sum - loss_sum) / count:.4f}" if regularized else ""
             bar.update(task, advance=1, status=f"loss {loss_sum / count:.4f}{terms}")
     if count == 0:
         raise UserError("fit() got no training batches: the training data is empty")

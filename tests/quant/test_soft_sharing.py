@@ -77,7 +77,7 @@ def test_float32_gradients_hold_where_training_takes_the_weights():
 
 def test_a_float64_model_trains_under_a_float32_prior():
     net = nn.Sequential(nn.Linear(4, 3)).double()
-    method = SoftWeightSharing(components=3)
+    method = SoftWeightSharing(components=3, dataset_size=100)
     nc.apply_(net, method)
     value = method.regularizers(net)[0](net)
     value.backward()
@@ -169,6 +169,8 @@ def test_a_shared_prior_is_one_set_of_parameters_with_its_hyperprior_counted_onc
     assert float((complexity(net, (3.0, 2.0), (5.0, 0.5)) - flat).detach()) == pytest.approx(once, rel=1e-5)
     with pytest.raises(nc.UserError, match="shared"):
         SoftWeightSharing(shared="yes")
+    with pytest.raises(ValueError, match="needs dataset_size=N"):
+        SoftWeightSharing().regularizers(nn.Linear(2, 2))
 
 
 def test_the_prior_learns_at_its_own_rates_relative_to_the_weights():

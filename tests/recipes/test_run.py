@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -329,3 +330,5 @@ def test_a_snap_that_loses_accuracy_is_flagged_and_dataset_size_defaults_to_the_
     assert quantize["method"]["dataset_size"] == len(digits.train_y) == 1437
     assert quantize["trained_accuracy"] - quantize["test_accuracy"] > 0.05 and "lost" in quantize["warning"]
     assert any("WARNING: finishing soft_sharing lost" in line for line in lines)
+    assert "WARNING, stage 2 (quantize): finishing soft_sharing lost" in Path(result["report_md"]).read_text()
+    assert quantize["nonzero_weights"] < quantize["total_weights"]  # the snap pruned: the stage says how much

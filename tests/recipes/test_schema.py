@@ -48,6 +48,8 @@ def test_method_name_typo_names_the_line_and_the_allowed_methods():
     assert msg.startswith("r.yaml line 7 (stages[1].prune.method)")
     assert "Did you mean 'magnitude'?" in msg and "Allowed: " in msg and "random" in msg and "threshold" in msg
     assert "linear" not in msg.split("Allowed: ")[1]  # a quantizer is not a pruning method
+    msg = error(GOOD.replace("method: magnitude", "method: kmeans"))
+    assert msg == "r.yaml line 7 (stages[1].prune.method): 'kmeans' is a quantize method: put it in a quantize stage"
 
 
 def test_sparsity_out_of_range_names_the_line_and_the_range():

@@ -30,6 +30,9 @@ def run_cmd(recipe: Annotated[Path, typer.Argument(help="a YAML recipe (see reci
     folder = out_dir if out_dir is not None else Path("runs") / parsed.name
     result = run_recipe(parsed, data, folder, seed=seed, resume=resume, log=lambda msg: console.print(msg, highlight=False))
     out.print(stage_table(result, folder))
+    for i, row in enumerate(result["stages"]):
+        if "warning" in row:
+            out.print(f"WARNING (stage {i + 1}, {row['stage']}): {row['warning']}")
     if "report_html" in result:
         out.print(f"report: {result['report_html']} (and {result['report_md']})")
     emit_json(json_path, result)
@@ -38,7 +41,7 @@ def run_cmd(recipe: Annotated[Path, typer.Argument(help="a YAML recipe (see reci
 def stage_table(result: dict, folder: Path) -> Table:
     """One row per stage: test accuracy and the figures that stage measured."""
     table = Table(title=f"{result['recipe']}: {result['model']} on {result['dataset']}, seed {result['seed']} ({folder})",
-                  caption="compression: fp32 weight bytes / .nnc file bytes; 'nz': all weights / non-zero weights "
+                  caption="compression: fp32 parameter bytes / .nnc file bytes; 'nz': all weights / non-zero weights "
                           "(no .nnc file written for this state of the model)")
     for col in ("stage", "test acc", "vs dense", "weights kept", "bytes", "compression", "notes"):
         table.add_column(col, justify="left" if col in ("stage", "notes") else "right")
@@ -53,6 +56,8 @@ def stage_table(result: dict, folder: Path) -> Table:
             notes.append(row["method"]["method"])
         if "control_accuracy" in row:
             notes.append(f"control {100 * row['control_accuracy']:.2f} ({100 * row['gap_vs_control']:+.2f})")
+        if "warning" in row:
+            notes.append("WARNING (below)")
         if "exact_roundtrip" in row:
             notes.append(f"exact round trip: {row['exact_roundtrip']}")
         table.add_row(f"{i + 1}. {row['stage']}", f"{100 * acc:.2f}" if acc is not None else "",

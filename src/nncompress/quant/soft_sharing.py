@@ -210,7 +210,9 @@ class SoftWeightSharing(Method):
         components: J, the zero component included (the paper: 17 = 16 + zero).
         zero_mixing: the fixed mixing proportion pi_0 of the zero component (the paper: 0.999).
         tau: weight of the complexity term per training set (the paper: 5e-3).
-        dataset_size: N, the training examples the task loss (a mean) stands for.
+        dataset_size: N, the training examples the task loss (a mean) stands for: tau / N weighs
+            the prior. Required to train (no default: the paper's 60,000 would silently weaken the
+            prior 8x on 7,500 images); a recipe fills it from its training set.
         init_std: initial standard deviation of every component (the paper's code: 0.25, with
             means spread over [-0.6, 0.6]; 0.05 here, with means spread over [-max |w|, max |w|]).
         zero_gamma, gamma: Gamma (alpha, beta) hyperpriors on the precisions of the zero
@@ -229,7 +231,7 @@ class SoftWeightSharing(Method):
     Example:
         >>> import nncompress as nc, torch
         >>> net = torch.nn.Sequential(torch.nn.Linear(8, 4))
-        >>> method = nc.SoftWeightSharing(components=5)
+        >>> method = nc.SoftWeightSharing(components=5, dataset_size=1000)
         >>> _ = nc.apply_(net, method)
         >>> float(method.regularizers(net)[0](net)) != 0.0
         True
@@ -238,7 +240,7 @@ class SoftWeightSharing(Method):
     components: int = 17
     zero_mixing: float = 0.999
     tau: float = 5e-3
-    dataset_size: int = 60_000
+    dataset_size: int | None = None
     init_std: float = 0.05
     zero_gamma: tuple[float, ...] = (5000.0, 2.0)
     gamma: tuple[float, ...] = (250.0, 0.1)
@@ -254,7 +256,8 @@ class SoftWeightSharing(Method):
         if not 0.0 < self.zero_mixing < 1.0:
             raise UserError(f"zero_mixing={self.zero_mixing} must be in (0, 1)")
         check_positive("tau", self.tau)
-        check_int_range("dataset_size", self.dataset_size, 1, 1 << 40)
+        if self.dataset_size is not None:
+            check_int_range("dataset_size", self.dataset_size, 1, 1 << 40)
         check_positive("init_std", self.init_std)
         check_choice("assign", self.assign, ASSIGNMENTS)
         for name in ("shared", "snapped"):
@@ -306,6 +309,10 @@ class SoftWeightSharing(Method):
         """The complexity term tau / N * L_C while training; none once snapped (the codebook fine-tunes freely)."""
         if self.snapped:
             return []
+        if self.dataset_size is None:
+            raise UserError("SoftWeightSharing needs dataset_size=N, the number of training examples the task loss "
+                            "averages over (the complexity term is tau / N * L_C); a recipe fills it from its "
+                            "training set")
         scale = self.tau / self.dataset_size
 
         def soft_weight_sharing(net: nn.Module) -> torch.Tensor:

@@ -128,6 +128,7 @@ def run_recipe(recipe: Recipe, dataset: Dataset, out: str | Path, *, seed: int |
               "resumed_after_stage": state["stage"] + 1 if state else None, "seconds": seconds}
     if records:
         notes = [f"resumed after stage {state['stage'] + 1}: earlier stages are in result.json only"] if state else []
+        notes += stage_notes(results)
         md_path, html_path = write_report(out / "report", records, title=f"{recipe.name}: {run.arch} on {dataset.name}",
                                           notes=notes)
         result.update({"report_md": str(md_path), "report_html": str(html_path)})
@@ -146,6 +147,20 @@ def summary(results: list[dict], dense_accuracy: float | None) -> dict:
         if "test_accuracy" in merged:
             merged["gap"] = merged["test_accuracy"] - dense_accuracy
     return merged
+
+
+def stage_notes(results: list[dict]) -> list[str]:
+    """The report's lines under its headline: every stage's warning and the same-budget control's accuracy."""
+    notes = []
+    for i, figures in enumerate(results):
+        where = f"stage {i + 1} ({figures['stage']})"
+        if "warning" in figures:
+            notes.append(f"WARNING, {where}: {figures['warning']}")
+        if "control_accuracy" in figures:
+            notes.append(f"{where}: the same-budget dense control (trained through the same phases, nothing "
+                         f"compressed) reaches {figures['control_accuracy']:.4f}; the model is "
+                         f"{100 * figures['gap_vs_control']:+.2f} points from it")
+    return notes
 
 
 def file_storage(nnc_path: str | None) -> dict:

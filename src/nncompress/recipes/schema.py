@@ -91,6 +91,9 @@ class MethodStage(Stage):
     def build_method(self) -> Method:
         """The Method, checked by `method_from_dict`; errors name the recipe line of the field."""
         names = self.method_names()
+        if self.method in METHODS and self.method not in names:
+            other = "quantize" if self.kind == "prune" else "prune"
+            raise UserError(f"{self.where('method')}: {self.method!r} is a {other} method: put it in a {other} stage")
         if self.method not in names:
             raise UserError(f"{self.where('method')}: unknown {self.kind} method {self.method!r}."
                             f"{did_you_mean(self.method, names)} Allowed: {', '.join(names)}")
