@@ -75,6 +75,21 @@ def test_unknown_layer_fails_before_any_training(tmp_path, digits):
         check_layers(pattern, build_model("lenet300", (1, 8, 8), 10))
 
 
+def test_pruning_a_quantized_layer_fails_before_any_training_and_a_second_quantizer_names_its_stage(tmp_path, digits):
+    quantize = "  - quantize: {method: linear, weight_bits: 8, act_bits: null}\n"
+    late = GOOD.replace("  - prune:", quantize + "  - prune:")
+    with pytest.raises(UserError, match=r"line 8 \(stages\[2\]\.prune\.method\): layer 'fc1' is quantized by the "
+                                         r"quantize stage before it \(r.yaml line 6 \(stages\[1\]\.quantize\)\)"):
+        check_layers(recipe_from_text(late, "r.yaml"), build_model("lenet300", (1, 8, 8), 10))
+    apart = late.replace("act_bits: null}", "act_bits: null, targets: {include: [fc3]}}").replace(
+        "{fc3: 0.5}", "{fc2: 0.5}").replace("schedule: oneshot", "schedule: oneshot\n      targets: {include: [fc1, fc2]}")
+    check_layers(recipe_from_text(apart, "r.yaml"), build_model("lenet300", (1, 8, 8), 10))  # other layers: fine
+    twice = GOOD.replace("  - evaluate", quantize + quantize + "  - evaluate")
+    with pytest.raises(UserError, match=r"r.yaml line 13 \(stages\[3\]\.quantize\): fc1.weight is already quantized "
+                                         r"\(FakeQuant.*\); a second LinearQuant would stack two quantizers\. In a recipe"):
+        run_recipe(recipe_from_text(twice, "r.yaml"), digits, tmp_path, log=lambda _m: None)
+
+
 @pytest.mark.parametrize("edit, expected", [
     (("schedule: oneshot", "schedule: agg"), "r.yaml line 10 (stages[1].prune.schedule): Input should be 'oneshot', "
                                              "'iterative' or 'agp', got agg"),

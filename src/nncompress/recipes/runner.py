@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,7 @@ from ..api import resolve_model, training_config
 from ..config import per_layer, pattern_matches
 from ..encode.container import read_nnc
 from ..fileio import write_json
+from ..parametrize import CompositionError
 from ..report import capture_stage, nnc_storage, write_report
 from ..validate import UserError
 from ..zoo import Dataset
@@ -43,6 +45,7 @@ def check_layers(recipe: Recipe, model: nn.Module) -> None:
     """Every layer a method names (targets include / exclude, keys of per-layer maps such as
     layer_sparsity / layer_bits) must be a layer of the model; a name or pattern matching no targeted
     layer is an error naming the recipe line and the layers. Runs on the fresh model, before training."""
+    quantized: dict[str, MethodStage] = {}  # layer -> the quantize stage that quantized it
     for stage in recipe.stages:
         if not isinstance(stage, MethodStage):
             continue
@@ -54,6 +57,13 @@ def check_layers(recipe: Recipe, model: nn.Module) -> None:
         if not layers:
             raise UserError(f"{stage.where('targets')}: method {method.name!r} selects no layer of the model "
                             f"({method.targets})")
+        done = next((name for name in layers if name in quantized), None)
+        if stage.kind == "prune" and done is not None:
+            raise UserError(f"{stage.where('method')}: layer {done!r} is quantized by the quantize stage before it "
+                            f"({quantized[done].where()}): prune before quantizing (the quantizer must see the "
+                            "pruned weights), or leave the layer out with targets: {exclude: [...]}")
+        if stage.kind == "quantize":
+            quantized.update(dict.fromkeys(layers, stage))
         for f in dataclasses.fields(method):
             value = getattr(method, f.name)
             if not (isinstance(value, dict) and value):
@@ -88,7 +98,12 @@ def execute(recipe: Recipe, run: Run, index: int) -> dict:
     (benchmarks that branch one pruned model into several quantized ones call this per stage)."""
     stage = recipe.stages[index]
     torch.manual_seed(stage_seed(run.seed, index))
-    figures = run_stage(stage, run, index)
+    try:
+        figures = run_stage(stage, run, index)
+    except CompositionError as err:  # e.g. a second quantizer on a layer: say which stage, in recipe terms
+        reason = re.split(r"[.;,]? [Cc]all nc\.remove_quantization_", str(err))[0]  # the Python API's advice
+        raise CompositionError(f"{stage.where()}: {reason}. In a recipe a layer takes one quantizer: leave it out of "
+                               "one of the stages with targets: {exclude: [...]}") from None
     return json.loads(json.dumps({"stage": stage.kind, **figures}))  # as result.json holds it
 
 
