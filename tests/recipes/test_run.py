@@ -236,7 +236,7 @@ seed: 5
 stages:
   - train: {epochs: 2}
   - allocate: {target_ratio: 20, densities: [1.0, 0.3, 0.1, 0.05], bits: [2, 3, 4], sensitivity_images: 256,
-               rounds: 1, finetune_epochs: 1, codebook_epochs: 1}
+               rounds: 1, finetune_epochs: 1, codebook_epochs: 1, file: files/auto.nnc}
   - evaluate: {control: true}
 """
 
@@ -250,7 +250,8 @@ def test_an_allocate_stage_writes_a_file_within_the_budget_trains_its_control_an
     allocate, evaluate = full["stages"][1:]
     fp32 = 4 * (64 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10)
     assert allocate["budget_bytes"] == int(fp32 / 20)
-    assert (tmp_path / "a" / "auto.nnc").stat().st_size == allocate["file_bytes"] <= allocate["budget_bytes"]
+    assert allocate["file"] == "files/auto.nnc"  # a relative file: is inside the run folder
+    assert (tmp_path / "a" / "files" / "auto.nnc").stat().st_size == allocate["file_bytes"] <= allocate["budget_bytes"]
     assert allocate["compression"] == fp32 / allocate["file_bytes"] >= 20 and allocate["exact_roundtrip"] is True
     assert set(allocate["bits"]) == {"fc1", "fc2", "fc3"} and set(allocate["bits"].values()) <= {2, 3, 4}
     assert evaluate["test_accuracy"] == allocate["test_accuracy"] > 0.8
@@ -258,6 +259,7 @@ def test_an_allocate_stage_writes_a_file_within_the_budget_trains_its_control_an
     run_recipe(recipe, digits, tmp_path / "b", stop_after=2, **QUIET)
     resumed = run_recipe(recipe, digits, tmp_path / "b", resume=True, **QUIET)
     assert resumed["resumed_after_stage"] == 2 and resumed["stages"] == full["stages"]
+    assert full["summary"]["file_bytes"] == allocate["file_bytes"]
 
 
 @pytest.mark.parametrize("old, new, message", [
@@ -265,12 +267,21 @@ def test_an_allocate_stage_writes_a_file_within_the_budget_trains_its_control_an
      r"stages\[2\].allocate\): allocate starts from the dense model.*prune stage before it"),
     ("target_ratio: 20,", "target_ratio: 20, target_bytes: 900,", r"stages\[1\].allocate\): give exactly one budget"),
     ("bits: [2, 3, 4]", "bits: [0, 2]", r"stages\[1\].allocate.bits\): bits=\(0, 2\) must be integers in \[1, 16\]"),
-    ("  - allocate: {", "  - finetune: {epochs: 1}\n  - allocate: {distill_alpha: 0.5, ",
-     r"stages\[2\].allocate.distill_alpha\): distillation in an allocate stage needs the stage right after a train"),
+    ("  - allocate: {", "  - finetune: {epochs: 1}\n  - evaluate: {}\n  - allocate: {distill_alpha: 0.5, ",
+     r"stages\[3\].allocate.distill_alpha\): distillation in an allocate stage needs it right after a train stage, "
+     r"not after the finetune stage"),
+    ("  - allocate:", "  - convert: {}\n  - allocate:", r"stages\[2\].allocate\): .*the convert stage before it|"
+                                                       r"stages\[2\].allocate\): a allocate stage after the convert"),
 ])
 def test_an_allocate_stage_is_checked_before_anything_runs(old, new, message):
     with pytest.raises(ValueError, match=message):
         recipe_from_text(ALLOCATE.replace(old, new))
+
+
+def test_an_allocate_stage_may_distil_after_an_evaluate_of_the_trained_model_and_nothing_follows_convert():
+    recipe_from_text(ALLOCATE.replace("  - allocate: {", "  - evaluate: {}\n  - allocate: {distill_alpha: 0.5, "))
+    with pytest.raises(ValueError, match=r"stages\[2\].quantize\): a quantize stage after the convert stage"):
+        recipe_from_text("model: lenet300\nstages:\n  - train: {}\n  - convert: {}\n  - quantize: {method: kmeans}\n")
 
 
 def test_an_allocate_stage_writes_the_runs_file_so_only_export_and_evaluate_follow_it():

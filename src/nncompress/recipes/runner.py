@@ -31,7 +31,7 @@ from .schema import MethodStage, Recipe
 from .stages import Run, run_stage
 
 #: the figures `summary` keeps, the latest stage's value of each
-SUMMARY_KEYS = ("test_accuracy", "nonzero_weights", "total_weights", "weight_compression", "densities", "file_bytes",
+SUMMARY_KEYS = ("test_accuracy", "nonzero_weights", "total_weights", "weight_compression", "densities",
                 "compression", "exact_roundtrip", "state_dict_bytes", "ratio_vs_float32", "control_accuracy",
                 "gap_vs_control")
 
@@ -44,7 +44,8 @@ def stage_seed(seed: int, index: int) -> int:
 def check_layers(recipe: Recipe, model: nn.Module) -> None:
     """Every layer a method names (targets include / exclude, keys of per-layer maps such as
     layer_sparsity / layer_bits) must be a layer of the model; a name or pattern matching no targeted
-    layer is an error naming the recipe line and the layers. Runs on the fresh model, before training."""
+    layer is an error naming the recipe line and the layers; so is a prune stage on a layer an earlier
+    quantize stage quantized. Runs on the fresh model, before training."""
     quantized: dict[str, MethodStage] = {}  # layer -> the quantize stage that quantized it
     for stage in recipe.stages:
         if not isinstance(stage, MethodStage):
@@ -100,10 +101,11 @@ def execute(recipe: Recipe, run: Run, index: int) -> dict:
     torch.manual_seed(stage_seed(run.seed, index))
     try:
         figures = run_stage(stage, run, index)
-    except CompositionError as err:  # e.g. a second quantizer on a layer: say which stage, in recipe terms
-        reason = re.split(r"[.;,]? [Cc]all nc\.remove_quantization_", str(err))[0]  # the Python API's advice
-        raise CompositionError(f"{stage.where()}: {reason}. In a recipe a layer takes one quantizer: leave it out of "
-                               "one of the stages with targets: {exclude: [...]}") from None
+    except CompositionError as err:  # what a layer cannot take: say which stage, in recipe terms
+        reason = re.split(r"[.;,]? [Cc]all nc\.remove_quantization_", str(err))
+        advice = (". In a recipe a layer takes one quantizer: leave it out of one of the stages with "
+                  "targets: {exclude: [...]}") if len(reason) > 1 else ""
+        raise CompositionError(f"{stage.where()}: {reason[0]}{advice}") from None
     return json.loads(json.dumps({"stage": stage.kind, **figures}))  # as result.json holds it
 
 
@@ -157,6 +159,8 @@ def summary(results: list[dict], dense_accuracy: float | None) -> dict:
     merged: dict = {}
     for figures in results:
         merged.update({k: figures[k] for k in SUMMARY_KEYS if k in figures})
+        if "compression" in figures:  # the .nnc file's bytes, beside its compression (not an ONNX export's)
+            merged["file_bytes"] = figures["file_bytes"]
     if dense_accuracy is not None:
         merged["dense_accuracy"] = dense_accuracy
         if "test_accuracy" in merged:
@@ -172,15 +176,16 @@ def stage_notes(results: list[dict]) -> list[str]:
         if "warning" in figures:
             notes.append(f"WARNING, {where}: {figures['warning']}")
         if "control_accuracy" in figures:
-            notes.append(f"{where}: the same-budget dense control (trained through the same phases, nothing "
-                         f"compressed) reaches {figures['control_accuracy']:.4f}; the model is "
+            distilled = ", distilling the same teacher" if figures.get("control_distill") else ""
+            notes.append(f"{where}: the same-budget dense control (trained through the same phases{distilled}, "
+                         f"nothing compressed) reaches {figures['control_accuracy']:.4f}; the model is "
                          f"{100 * figures['gap_vs_control']:+.2f} points from it")
     return notes
 
 
 def file_storage(nnc_path: str | None) -> dict:
-    """capture_stage's options for a model that a .nnc file holds (after an encode stage, and after the
-    stages that keep its model): the file's size and each layer's bytes and bits as stored in it."""
+    """capture_stage's options for a model that a .nnc file holds (after an encode or allocate stage, and
+    after the stages that keep its model): the file's size and each layer's bytes and bits as stored in it."""
     if nnc_path is None:
         return {}
     storage, bits = nnc_storage(read_nnc(nnc_path))

@@ -189,7 +189,7 @@ class EncodeStage(Stage):
     kind: ClassVar[str] = "encode"
     writes_file: ClassVar[bool] = True
     format: Literal["nnc"] = "nnc"
-    file: str | None = Field(None, min_length=1, max_length=4096)
+    file: str | None = Field(None, min_length=1, max_length=4096)  # relative: inside the run folder (--out)
     mask_coding: Literal["relative", "context"] = "relative"
     header_coding: Literal["zlib", "compact"] = "zlib"
 
@@ -225,7 +225,7 @@ class AllocateStage(Stage):
     bias_bits: int | None = Field(None, ge=2, le=16)
     mask_coding: Literal["relative", "context"] | None = None
     header_coding: Literal["zlib", "compact"] | None = None
-    file: str | None = Field(None, min_length=1, max_length=4096)
+    file: str | None = Field(None, min_length=1, max_length=4096)  # relative: inside the run folder (--out)
 
     def build_config(self, defaults: dict[str, Any] | None = None) -> AllocationConfig:
         """The `AllocationConfig`, checked; errors name the recipe line of the option. `defaults` fill
@@ -244,13 +244,14 @@ class ExportStage(Stage):
     kind: ClassVar[str] = "export"
     changes_model: ClassVar[bool] = False
     format: Literal["qdq", "qoperator"] = "qdq"
-    file: str | None = Field(None, min_length=1, max_length=4096)
+    file: str | None = Field(None, min_length=1, max_length=4096)  # relative: inside the run folder (--out)
     check_images: int = Field(500, ge=0, le=1_000_000)
 
 
 class EvaluateStage(Stage):
     """Test accuracy, weights kept, compression; `control: true` also trains the same-budget dense
-    control (flows/control.py) and reports the gap against it."""
+    control (flows/control.py: the model after the last train stage, through every training phase
+    since, distilling the same teacher where an allocate stage distilled) and reports the gap."""
 
     kind: ClassVar[str] = "evaluate"
     changes_model: ClassVar[bool] = False
@@ -318,6 +319,7 @@ def parse_recipe(marked: Marked) -> Recipe:
     stages = tuple(_stage(item, ("stages", i), marked) for i, item in enumerate(header.stages))
     _check_nothing_changes_the_model_after_its_file(stages)
     _check_allocate_starts_dense(stages)
+    _check_nothing_compresses_after_convert(stages)
     recipe = Recipe(header, stages, marked)
     recipe.methods()  # every method's fields, checked now (before any training)
     for stage in stages:
@@ -352,9 +354,21 @@ def _check_allocate_starts_dense(stages: tuple[Stage, ...]) -> None:
             raise UserError(f"{stage.where()}: allocate starts from the dense model and chooses every layer's pruning "
                             f"and bits itself; the {earlier.kind} stage before it ({earlier.where()}) would be "
                             "compressed again: remove it or use prune / quantize / encode stages instead")
-        if stage.distill_alpha and not (i and isinstance(stages[i - 1], TrainStage)):
-            raise UserError(f"{stage.where('distill_alpha')}: distillation in an allocate stage needs the stage right "
-                            "after a train stage (the teacher, and the same-budget control's start, is that model)")
+        before = [s for s in stages[:i] if s.changes_model]
+        if stage.distill_alpha and before and not isinstance(before[-1], TrainStage):
+            raise UserError(f"{stage.where('distill_alpha')}: distillation in an allocate stage needs it right after a "
+                            f"train stage, not after the {before[-1].kind} stage ({before[-1].where()}): the teacher, "
+                            "and the same-budget control's start, is the model the train stage wrote")
+
+
+def _check_nothing_compresses_after_convert(stages: tuple[Stage, ...]) -> None:
+    """convert_ turns every transform chain into its integer codes: methods come before it."""
+    convert = next((s for s in stages if isinstance(s, ConvertStage)), None)
+    later = next((s for s in stages[stages.index(convert) + 1:] if isinstance(s, (MethodStage, AllocateStage))),
+                 None) if convert else None
+    if later is not None:
+        raise UserError(f"{later.where()}: a {later.kind} stage after the convert stage ({convert.where()}): convert "
+                        "stores every layer as its integer codes, so every method comes before it")
 
 
 def load_recipe(path: str | Path) -> Recipe:

@@ -152,7 +152,7 @@ def run_encode(stage: EncodeStage, run: Run) -> dict:
     round_codebooks_fp16_(run.model)
     run.model.eval()
     simulated = run.accuracy()
-    path = Path(stage.file) if stage.file else run.out / f"{run.name}.nnc"
+    path = output_path(stage.file, run, "nnc")
     desc = {"arch": run.arch, "in_shape": list(run.dataset.in_shape), "num_classes": run.dataset.num_classes}
     nnc = encode_model(run.model, desc, {"dataset": run.dataset.name, "recipe": run.name, "seed": run.seed},
                        Coding(stage.mask_coding, stage.header_coding))
@@ -175,7 +175,7 @@ def run_allocate(stage: AllocateStage, run: Run) -> dict:
     recommended = pruning_settings(run.arch)
     config = stage.build_config({"schedule": recommended.schedule, "rounds": recommended.rounds,
                                  "finetune_epochs": recommended.finetune_epochs, "lr_factor": recommended.lr_factor})
-    path = Path(stage.file) if stage.file else run.out / f"{run.name}.nnc"
+    path = output_path(stage.file, run, "nnc")
     path.parent.mkdir(parents=True, exist_ok=True)
     decoded, result = compress_to_budget(run.model, run.arch, run.dataset, run.base, config, seed=run.seed, out=path)
     run.phases += compression_phases(run.base, config, run.seed)
@@ -194,7 +194,7 @@ def run_export(stage: ExportStage, run: Run) -> dict:
     from ..export.graph import ort_session
     from ..export.onnx import export_onnx
 
-    path = Path(stage.file) if stage.file else run.out / f"{run.name}.onnx"
+    path = output_path(stage.file, run, "onnx")
     calib = [x for x, _ in calibration_batches(run.dataset, 256)]
     result = export_onnx(run.model.eval(), calib[0][:1], path, format=stage.format, calibration=calib)
     figures = {"file": _shown(path, run.out), "file_bytes": path.stat().st_size, "format": stage.format,
@@ -222,8 +222,14 @@ def run_evaluate(stage: EvaluateStage, run: Run) -> dict:
         control, info = same_budget_control(run.load_dense(run.dense_checkpoint), run.dataset, run.phases, distill)
         control_accuracy = run.accuracy(control)
         figures.update(control_accuracy=control_accuracy, gap_vs_control=measured["accuracy"] - control_accuracy,
-                       control_steps=info["steps"], control_epochs=info["epochs"])
+                       control_steps=info["steps"], control_epochs=info["epochs"], control_distill=run.control_distill)
     return figures
+
+
+def output_path(file: str | None, run: Run, suffix: str) -> Path:
+    """Where a stage writes its file: `file` (a relative path is inside the run folder, so two runs of
+    one recipe in two folders never share a file a resume would decode) or `<run folder>/<recipe name>.<suffix>`."""
+    return run.out / (file if file else f"{run.name}.{suffix}")
 
 
 def _shown(path: Path, out: Path) -> str:
