@@ -7,7 +7,7 @@ from html import escape
 from pathlib import Path
 
 from .stages import StageRecord
-from .tables import Table, layer_table, stage_table, summary_line
+from .tables import STAGE_LEGEND, Table, layer_table, stage_table, summary_line
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1200px;
@@ -43,7 +43,7 @@ def render_html(title: str, stages: list[StageRecord], figures: list[tuple[str, 
              f"<h1>{escape(title)}</h1>", f'<p class="summary">{escape(summary_line(stages))}</p>']
     if notes:
         parts.append("<ul>" + "".join(f"<li>{escape(n)}</li>" for n in notes) + "</ul>")
-    parts += ["<h2>Stages</h2>", html_table(stage_table(stages))]
+    parts += ["<h2>Stages</h2>", html_table(stage_table(stages)), f"<p>{escape(STAGE_LEGEND)}</p>"]
     for caption, path in figures:
         parts += [f"<h2>{escape(caption)}</h2>",
                   f"<figure>{embedded_png(path, caption)}<figcaption>{escape(caption)}</figcaption></figure>"]

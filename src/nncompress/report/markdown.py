@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .stages import StageRecord
-from .tables import Table, layer_table, stage_table, summary_line
+from .tables import STAGE_LEGEND, Table, layer_table, stage_table, summary_line
 
 
 def _escape(cell: str) -> str:
@@ -24,7 +24,7 @@ def render_markdown(title: str, stages: list[StageRecord], figures: list[tuple[s
     """The whole report: summary line, stage table, figures (relative links), one layer table per stage."""
     parts = [f"# {title}", "", f"**{summary_line(stages)}**", ""]
     parts += [f"- {note}" for note in notes] + ([""] if notes else [])
-    parts += ["## Stages", "", markdown_table(stage_table(stages)), ""]
+    parts += ["## Stages", "", markdown_table(stage_table(stages)), "", STAGE_LEGEND, ""]
     for caption, path in figures:
         parts += [f"## {caption}", "", f"![{caption}]({path.relative_to(out_dir).as_posix()})", ""]
     for stage in stages:

@@ -40,10 +40,18 @@ def summary_line(stages: list[StageRecord]) -> str:
             f"{format_bytes(first.size_bytes)} -> {format_bytes(last.size_bytes)} ({ratio:.1f}x)")
 
 
+#: how to read the stage table (printed under it in report.md and report.html)
+STAGE_LEGEND = ("size: the written .nnc file where a stage wrote or kept one, else an estimate (est.) from each "
+                "layer's bits and non-zeros; compression vs first: the first stage's size / this stage's; MACs run: "
+                "the multiply-accumulates a zero-skipping engine runs (non-zero weights only); BOPs: dense MACs x "
+                "weight bits x activation bits (sparsity not counted); energy: the 45 nm estimate of "
+                "hardware/energy.py. Where a file was written, a layer's size in its table includes its share of the header.")
+
+
 def stage_table(stages: list[StageRecord]) -> Table:
     """One row per stage: accuracy, size (measured or estimated), compression vs the first stage,
     non-zero weights, MACs run, BOPs, energy split."""
-    headers = ["stage", "accuracy", "size", "vs first", "non-zero weights", "MACs run", "BOPs",
+    headers = ["stage", "accuracy", "size", "compression vs first", "non-zero weights", "MACs run", "BOPs",
                "compute", "weight memory", "act. memory", "energy"]
     rows = []
     base = stages[0].size_bytes if stages else 0
