@@ -45,7 +45,8 @@ STAGE_LEGEND = ("size: the written .nnc file where a stage wrote or kept one, el
                 "layer's bits and non-zeros; compression vs first: the first stage's size / this stage's; MACs run: "
                 "the multiply-accumulates a zero-skipping engine runs (non-zero weights only); BOPs: dense MACs x "
                 "weight bits x activation bits (sparsity not counted); energy: the 45 nm estimate of "
-                "hardware/energy.py. Where a file was written, a layer's size in its table includes its share of the header.")
+                "hardware/energy.py. Where a file was written, a layer's size in its table includes its share "
+                "of the header.")
 
 
 def stage_table(stages: list[StageRecord]) -> Table:
