@@ -119,6 +119,15 @@ def test_cli_rejects_two_budgets(main):
     assert code == 2 and "exactly one budget" in stderr
 
 
+@pytest.mark.parametrize("args, flag", [(("--target-ratio", "30", "--bits", "fc=4"), "--bits"),
+                                        (("--target-ratio", "30", "--prune-sparsity", "0.5"), "--prune-sparsity"),
+                                        (("--distill-alpha", "0.5",), "--distill-alpha"),
+                                        (("--joint-rounds", "2",), "--joint-rounds")])
+def test_cli_refuses_hand_settings_the_allocator_would_ignore_and_allocator_options_without_a_target(main, args, flag):
+    code, _, stderr = main("deep-compress", "lenet300", *args)
+    assert code == 2 and flag in stderr and "--target-ratio" in stderr
+
+
 def test_prune_further_takes_five_percent_of_the_largest_layer_only(digits):
     """The over-budget last resort (no layer's bits can go lower): the layer keeping the most weights
     loses 5% of its survivors by magnitude; the other layers keep their masks."""

@@ -278,6 +278,41 @@ def test_an_allocate_stage_is_checked_before_anything_runs(old, new, message):
         recipe_from_text(ALLOCATE.replace(old, new))
 
 
+def test_a_copied_run_folder_resumes_from_its_own_files(tmp_path, digits):
+    """Checkpoints name the .nnc file and the dense checkpoint relative to the run folder: a copy of a
+    run stopped after its allocate stage resumes (the control included) with the original gone."""
+    import shutil
+
+    recipe = recipe_from_text(ALLOCATE)
+    run_recipe(recipe, digits, tmp_path / "a", stop_after=2, **QUIET)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    shutil.rmtree(tmp_path / "a")
+    resumed = run_recipe(recipe, digits, tmp_path / "b", resume=True, **QUIET)
+    assert resumed["resumed_after_stage"] == 2 and resumed["stages"][2]["control_steps"] > 0
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ("  - evaluate: {control: true}", "  - evaluate: {control: true}",
+     r"stages\[1\].evaluate.control\): control: true trains the dense model after a train stage"),
+    ("file: files/auto.nnc", "file: files/auto.onnx", r"allocate.file\): file 'files/auto.onnx' must name a .nnc file"),
+    ("file: files/auto.nnc", "file: ../auto.nnc", r"allocate.file\): a relative file '../auto.nnc' is inside the run "
+                                                  r"folder \(--out\) and may not climb out"),
+])
+def test_a_recipe_without_a_train_stage_for_its_control_or_with_a_bad_file_name_is_refused(old, new, message):
+    text = ALLOCATE.replace(old, new)
+    if "control: true trains" in message:
+        text = text.replace("  - train: {epochs: 2}\n", "")
+    with pytest.raises(ValueError, match=message):
+        recipe_from_text(text)
+
+
+def test_a_budget_nothing_fits_names_the_stage_and_the_margin(tmp_path, digits):
+    recipe = recipe_from_text(ALLOCATE.replace("target_ratio: 20", "target_bytes: 500"))
+    with pytest.raises(ValueError, match=r"stages\[1\].allocate\): a budget of 490 bytes cannot be met.*the file's "
+                                         r"500 bytes less the 2% margin"):
+        run_recipe(recipe, digits, tmp_path, **QUIET)
+
+
 def test_an_allocate_stage_may_distil_after_an_evaluate_of_the_trained_model_and_nothing_follows_convert():
     recipe_from_text(ALLOCATE.replace("  - allocate: {", "  - evaluate: {}\n  - allocate: {distill_alpha: 0.5, "))
     with pytest.raises(ValueError, match=r"stages\[2\].quantize\): a quantize stage after the convert stage"):

@@ -15,6 +15,9 @@ from .common import (DataDirOpt, DatasetOpt, DownloadOpt, ExcludeOpt, JsonOpt, M
                      check_layer_keys, check_out_path, console, deep_compression_table, emit_json, given,
                      method_label, method_names, out, parse_layer_values, parse_pairs)
 
+DEFAULT_BITS = "conv=8,fc=5"  # deep-compress --bits: the paper's (Han et al. 2016 table 1)
+
+
 @app.command()
 def prune(model: ModelArg = "lenet300", dataset: DatasetOpt = "digits", data_dir: DataDirOpt = None,
           download: DownloadOpt = False,
@@ -211,7 +214,7 @@ def deep_compress_cmd(model: ModelArg = "lenet300", dataset: DatasetOpt = "digit
                       finetune_epochs: Annotated[Optional[int], typer.Option(min=0, help="retraining epochs per pruning round (default 5)")] = None,
                       lr_factor: Annotated[Optional[float], typer.Option(help="retraining LR / original LR (default 0.1)")] = None,
                       bits: Annotated[str, typer.Option(help="cluster bits: conv=8,fc=5 (kinds conv / fc, layer names or "
-                                                                "'re:' / 'type:' patterns)")] = "conv=8,fc=5",
+                                                                "'re:' / 'type:' patterns)")] = DEFAULT_BITS,
                       codebook_epochs: Annotated[int, typer.Option(min=0, help="codebook fine-tuning epochs")] = 3,
                       bias_bits: Annotated[Optional[int], typer.Option(min=2, max=16, help="store biases as integer codes of this many bits (symmetric, one scale per layer; default: float16)")] = None,
                       mask_coding: Annotated[str, typer.Option(help="keep masks: 'relative' (Deep Compression's relative indices) or 'context' (also an adaptive context-model code where smaller; .nnc 3.2)")] = "relative",
@@ -233,6 +236,7 @@ def deep_compress_cmd(model: ModelArg = "lenet300", dataset: DatasetOpt = "digit
     from ..prune.unstructured import MagnitudePrune
     from ..quant.kmeans import KMeansQuant
 
+    given_sparsity, given_scope = prune_sparsity, scope
     recommended = None if (scope or schedule or rounds) else RECOMMENDED_PRUNING.get(model)  # issue 15
     spec = recommended.method if recommended else {"sparsity": 0.92, "scope": "global"}
     prune_sparsity = spec["sparsity"] if prune_sparsity is None else prune_sparsity
@@ -241,8 +245,15 @@ def deep_compress_cmd(model: ModelArg = "lenet300", dataset: DatasetOpt = "digit
     rounds = rounds or (recommended.rounds if recommended else 3)
     finetune_epochs = (recommended.finetune_epochs if recommended else 5) if finetune_epochs is None else finetune_epochs
     lr_factor = (recommended.lr_factor if recommended else 0.1) if lr_factor is None else lr_factor
-    if joint_rounds and target_ratio is None and target_bytes is None:
-        raise UserError("--joint-rounds chooses among allocations: give --target-ratio or --target-bytes")
+    targeted = target_ratio is not None or target_bytes is not None
+    if not targeted and (joint_rounds or distill_alpha):
+        raise UserError(f"{'--joint-rounds' if joint_rounds else '--distill-alpha'} applies to the automatic allocation: "
+                        "give --target-ratio or --target-bytes")
+    by_hand = [flag for flag, value in (("--prune-sparsity", given_sparsity), ("--scope", given_scope),
+                                        ("--bits", bits if bits != DEFAULT_BITS else None)) if value is not None]
+    if targeted and by_hand:
+        raise UserError(f"{', '.join(by_hand)}: with --target-ratio / --target-bytes the allocator chooses every layer's "
+                        "density and bits; leave these out (or drop the target to set them by hand)")
     if target_ratio is not None or target_bytes is not None:  # issue 16: automatic allocation
         from .frontier import allocated_deep_compress_cmd
         return allocated_deep_compress_cmd(model, dataset, data_dir, download, target_ratio, target_bytes, schedule,

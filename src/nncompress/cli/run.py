@@ -58,6 +58,8 @@ def stage_table(result: dict, folder: Path) -> Table:
             notes.append(f"control {100 * row['control_accuracy']:.2f} ({100 * row['gap_vs_control']:+.2f})")
         if "warning" in row:
             notes.append("WARNING (below)")
+        if row.get("budget_bytes"):
+            notes.append(f"budget {row['budget_bytes']:,} B")
         if "exact_roundtrip" in row:
             notes.append(f"exact round trip: {row['exact_roundtrip']}")
         table.add_row(f"{i + 1}. {row['stage']}", f"{100 * acc:.2f}" if acc is not None else "",

@@ -219,7 +219,11 @@ def _plan(model: nn.Module, data: HeldIn, config: AllocationConfig, model_desc: 
     target = int(budget * (1 - config.margin))
     exact_bytes = lambda choice: exact_plan_bytes(model, choice, model_desc, meta, config.bias_bits,  # noqa: E731
                                                   config.coding)
-    plans = [(table, *_solve_exactly(table, fixed, target, exact_bytes))]
+    try:
+        plans = [(table, *_solve_exactly(table, fixed, target, exact_bytes))]
+    except UserError as err:
+        raise UserError(f"{err} (the plan's budget is the file's {budget:,} bytes less the {config.margin:.0%} margin "
+                        "kept free for the written file, AllocationConfig.margin)") from None
     if config.joint_rounds:
         context = PlanContext(model, data)
         for _ in range(config.joint_rounds):

@@ -60,10 +60,10 @@ def save(run: Run, index: int, kind: str, fp: str, results: list[dict]) -> Path:
         if kind == "train":
             run.dense_checkpoint = str(model_file.resolve())
     state = {"format": FORMAT, "fingerprint": fp, "stage": index, "kind": kind,
-             "model_file": model_file.name if model_file else None, "nnc": run.nnc, "results": results,
+             "model_file": model_file.name if model_file else None, "nnc": _inside(run.nnc, run.out), "results": results,
              "run": {"base": asdict(run.base), "methods": [m.to_dict() for m in run.methods],
                      "fold_batchnorm": run.fold_batchnorm, "dense_accuracy": run.dense_accuracy,
-                     "dense_checkpoint": run.dense_checkpoint, "dense_bytes": run.dense_bytes,
+                     "dense_checkpoint": _inside(run.dense_checkpoint, run.out), "dense_bytes": run.dense_bytes,
                      "phases": [_phase_dict(p) for p in run.phases], "control_distill": run.control_distill,
                      "dropout": dropout_rates(run.model)}}
     return write_json(stem.with_suffix(".json"), state)
@@ -93,19 +93,30 @@ def restore(state: dict, run: Run) -> list[dict]:
     """Put a checkpoint's model and state into `run`; returns the figures of the finished stages."""
     saved = state["run"]
     if state.get("nnc"):
-        run.model = decode_model(read_nnc(state["nnc"])).eval()
-        run.nnc = state["nnc"]
+        run.nnc = str(run.out / state["nnc"])  # relative: inside this run folder (a copied folder resumes its own file)
+        run.model = decode_model(read_nnc(run.nnc)).eval()
     else:
         run.model, _ = load_model(Path(state["path"]).with_name(state["model_file"]))
     set_dropout_rates(run.model, saved["dropout"])
     run.base = TrainConfig(**saved["base"])
     run.methods = [method_from_dict(spec) for spec in saved["methods"]]
     run.fold_batchnorm = bool(saved["fold_batchnorm"])
-    run.dense_accuracy, run.dense_checkpoint = saved["dense_accuracy"], saved["dense_checkpoint"]
+    run.dense_accuracy = saved["dense_accuracy"]
+    run.dense_checkpoint = str(run.out / saved["dense_checkpoint"]) if saved["dense_checkpoint"] else None
     run.dense_bytes = int(saved["dense_bytes"])
     run.phases = [_phase(p) for p in saved["phases"]]
     run.control_distill = saved.get("control_distill")
     return list(state["results"])
+
+
+def _inside(path: str | None, out: Path) -> str | None:
+    """`path` relative to the run folder when it is inside it (else as it is)."""
+    if path is None:
+        return None
+    try:
+        return str(Path(path).resolve().relative_to(out.resolve()))
+    except ValueError:
+        return path
 
 
 def load_dense(path: str) -> nn.Module:

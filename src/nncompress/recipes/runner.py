@@ -195,10 +195,11 @@ def file_storage(nnc_path: str | None) -> dict:
 def _short(figures: dict) -> str:
     parts = []
     for key in ("test_accuracy", "before_finetune_accuracy", "trained_accuracy", "weight_compression", "compression",
-                "file_bytes", "control_accuracy", "exact_roundtrip"):
-        if key in figures:
+                "file_bytes", "budget_bytes", "control_accuracy", "exact_roundtrip"):
+        if key in figures and figures[key] is not None:
             value = figures[key]
             parts.append(f"{key} {value:.4f}" if isinstance(value, float) and "accuracy" in key else
+                         f"weights kept {1 / value:.1%}" if key == "weight_compression" else
                          f"{key} {value:.1f}x" if "compression" in key else f"{key} {value}")
     if "warning" in figures:
         parts.append(f"WARNING: {figures['warning']}")

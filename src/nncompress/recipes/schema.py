@@ -196,7 +196,8 @@ class EncodeStage(Stage):
 
 class AllocateStage(Stage):
     """Automatic per-layer density and bits (`flows/allocate.py`) for one budget, `target_ratio` (fp32
-    parameter bytes / file bytes), `target_bytes` or `max_accuracy_drop`: measure every layer's
+    parameter bytes / file bytes), `target_bytes` or `max_accuracy_drop` (a fraction: 0.005 is half a point
+    of accuracy, predicted by the additive sensitivity model): measure every layer's
     candidates, solve, prune with retraining, share weights, fine-tune the codebooks and write the .nnc
     file within the budget, as `nncompress deep-compress --target-ratio` does. It starts from the dense
     model and writes the run's file (like encode). The retraining options left out (schedule, rounds,
@@ -320,6 +321,9 @@ def parse_recipe(marked: Marked) -> Recipe:
     _check_nothing_changes_the_model_after_its_file(stages)
     _check_allocate_starts_dense(stages)
     _check_nothing_compresses_after_convert(stages)
+    _check_control_has_a_train_stage(stages)
+    for stage in stages:
+        _check_file_name(stage)
     recipe = Recipe(header, stages, marked)
     recipe.methods()  # every method's fields, checked now (before any training)
     for stage in stages:
@@ -359,6 +363,32 @@ def _check_allocate_starts_dense(stages: tuple[Stage, ...]) -> None:
             raise UserError(f"{stage.where('distill_alpha')}: distillation in an allocate stage needs it right after a "
                             f"train stage, not after the {before[-1].kind} stage ({before[-1].where()}): the teacher, "
                             "and the same-budget control's start, is the model the train stage wrote")
+
+
+def _check_control_has_a_train_stage(stages: tuple[Stage, ...]) -> None:
+    """The same-budget control starts from the model a train stage wrote: without one before it,
+    `evaluate: {control: true}` could only fail after everything before it had run."""
+    for i, stage in enumerate(stages):
+        if isinstance(stage, EvaluateStage) and stage.control and not any(isinstance(s, TrainStage) for s in stages[:i]):
+            raise UserError(f"{stage.where('control')}: control: true trains the dense model after a train stage "
+                            "through the same phases, and no train stage comes before it: add one (train: {}) first")
+
+
+#: what each file-writing stage writes, by its file's suffix
+FILE_SUFFIXES = {"encode": ".nnc", "allocate": ".nnc", "export": ".onnx"}
+
+
+def _check_file_name(stage: Stage) -> None:
+    """`file:` names a file of the stage's format, inside the run folder when relative."""
+    file = getattr(stage, "file", None)
+    if file is None:
+        return
+    path, suffix = Path(file), FILE_SUFFIXES[stage.kind]
+    if file.endswith(("/", "\\")) or path.suffix != suffix:
+        raise UserError(f"{stage.where('file')}: file {file!r} must name a {suffix} file (e.g. model{suffix})")
+    if not path.is_absolute() and ".." in path.parts:
+        raise UserError(f"{stage.where('file')}: a relative file {file!r} is inside the run folder (--out) and may not "
+                        "climb out of it with '..'; give an absolute path to write elsewhere")
 
 
 def _check_nothing_compresses_after_convert(stages: tuple[Stage, ...]) -> None:

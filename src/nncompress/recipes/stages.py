@@ -177,14 +177,17 @@ def run_allocate(stage: AllocateStage, run: Run) -> dict:
                                  "finetune_epochs": recommended.finetune_epochs, "lr_factor": recommended.lr_factor})
     path = output_path(stage.file, run, "nnc")
     path.parent.mkdir(parents=True, exist_ok=True)
-    decoded, result = compress_to_budget(run.model, run.arch, run.dataset, run.base, config, seed=run.seed, out=path)
+    try:
+        decoded, result = compress_to_budget(run.model, run.arch, run.dataset, run.base, config, seed=run.seed, out=path)
+    except UserError as err:
+        raise UserError(f"{stage.where()}: {err}") from None
     run.phases += compression_phases(run.base, config, run.seed)
     if config.distill_alpha:
         run.control_distill = {"alpha": config.distill_alpha, "temperature": config.distill_temperature}
     run.model, run.nnc = decoded.eval(), str(path.resolve())
     keys = ("budget_bytes", "planned_bytes", "file_bytes", "allocated_densities", "allocated_bits",
             "densities", "bits", "tries", "pruned_accuracy", "simulated_accuracy", "exact_roundtrip", "layers",
-            "overhead", "predicted_loss")
+            "overhead", "predicted_loss", "predicted_accuracy_change")
     return {"file": _shown(path, run.out), **{k: result[k] for k in keys}, "compression": run.dense_bytes / result["file_bytes"],
             "test_accuracy": run.accuracy()}
 
