@@ -66,6 +66,14 @@ def test_interrupted_mid_stage_then_resumed_gives_the_same_figures(tmp_path, dig
     assert json.loads((tmp_path / "b" / "result.json").read_text())["stages"] == full["stages"]
 
 
+def test_resuming_a_finished_run_keeps_its_result(tmp_path, digits):
+    recipe = recipe_from_text(TINY)
+    full = run_recipe(recipe, digits, tmp_path, **QUIET)
+    again = run_recipe(recipe, digits, tmp_path, resume=True, **QUIET)
+    assert again == full and again["seconds"] and Path(again["report_md"]).is_file()
+    assert json.loads((tmp_path / "result.json").read_text()) == full
+
+
 def test_resume_refuses_another_recipes_checkpoints(tmp_path, digits):
     run_recipe(recipe_from_text(TINY), digits, tmp_path, stop_after=1, **QUIET)
     other = recipe_from_text(TINY.replace("seed: 3", "seed: 4"))

@@ -21,7 +21,7 @@ from ..analysis.metrics import count_params
 from ..api import resolve_model, training_config
 from ..config import per_layer, pattern_matches
 from ..encode.container import read_nnc
-from ..fileio import write_json
+from ..fileio import loads_bounded, write_json
 from ..parametrize import CompositionError
 from ..report import capture_stage, nnc_storage, write_report
 from ..validate import UserError
@@ -123,6 +123,10 @@ def run_recipe(recipe: Recipe, dataset: Dataset, out: str | Path, *, seed: int |
     state = checkpoint.latest(out, fp) if resume else None
     if state is not None:
         results = checkpoint.restore(state, run)
+        finished = finished_result(out, results) if len(results) == len(recipe.stages) else None
+        if finished is not None:
+            log(f"{recipe.name} is complete in {out}: nothing to resume (its result.json is kept)")
+            return finished
         log(f"resuming {recipe.name} after stage {state['stage'] + 1} ({state['kind']}) from {state['path']}")
     elif not resume:
         checkpoint.clear(out)
@@ -166,6 +170,18 @@ def summary(results: list[dict], dense_accuracy: float | None) -> dict:
         if "test_accuracy" in merged:
             merged["gap"] = merged["test_accuracy"] - dense_accuracy
     return merged
+
+
+def finished_result(out: Path, results: list[dict]) -> dict | None:
+    """The result.json a finished run wrote (with its timings and report paths), if its stages are these."""
+    path = out / "result.json"
+    if not path.is_file():
+        return None
+    try:
+        previous = loads_bounded(path.read_bytes(), f"{str(path)!r}")
+    except UserError:  # unreadable: the resume writes a new one
+        return None
+    return previous if isinstance(previous, dict) and previous.get("stages") == results else None
 
 
 def stage_notes(results: list[dict]) -> list[str]:
