@@ -111,6 +111,11 @@ def test_schema_errors_name_line_value_and_allowed(edit, expected):
     assert error(GOOD.replace(*edit)).startswith(expected)
 
 
+def test_an_onnx_encode_points_to_the_export_stage():
+    msg = error(GOOD.replace("  - evaluate", "  - encode: {format: onnx}\n  - evaluate"))
+    assert "stages[2].encode.format" in msg and "export: {format: qdq}" in msg
+
+
 def test_schedule_needs_a_sparsity_method():
     text = GOOD.replace("      sparsity: 0.9\n      layer_sparsity: {fc3: 0.5}\n", "").replace("magnitude", "threshold\n      quality: 1.0")
     msg = error(text.replace("schedule: oneshot", "schedule: agp"))

@@ -466,7 +466,9 @@ def _message(error: dict, cls: type[BaseModel], path: tuple, marked: Marked) -> 
                 f"Allowed: {', '.join(fields)}")
     if error["type"] == "missing":
         return f"{marked.where(loc)}: {error['loc'][-1]!r} is required"
-    return f"{marked.where(loc)}: {error['msg']}, got {got}"
+    hint = " (ONNX files are written by an export stage: export: {format: qdq})" if (
+        cls is EncodeStage and error["loc"][-1] == "format" and got.lower() in ("onnx", "qdq", "qoperator")) else ""
+    return f"{marked.where(loc)}: {error['msg']}, got {got}{hint}"
 
 
 def _field_named(message: str, fields: dict[str, Any]) -> str | None:
