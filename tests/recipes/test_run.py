@@ -275,6 +275,8 @@ def test_an_allocate_stage_writes_a_file_within_the_budget_trains_its_control_an
      r"stages\[2\].allocate\): allocate starts from the dense model.*prune stage before it"),
     ("target_ratio: 20,", "target_ratio: 20, target_bytes: 900,", r"stages\[1\].allocate\): give exactly one budget"),
     ("bits: [2, 3, 4]", "bits: [0, 2]", r"stages\[1\].allocate.bits\): bits=\(0, 2\) must be integers in \[1, 16\]"),
+    ("target_ratio: 20,", "max_accuracy_drop: 0.01, joint_rounds: 1,",
+     r"stages\[1\].allocate.joint_rounds\): joint_rounds=1 applies to size budgets"),
     ("  - allocate: {", "  - finetune: {epochs: 1}\n  - evaluate: {}\n  - allocate: {distill_alpha: 0.5, ",
      r"stages\[3\].allocate.distill_alpha\): distillation in an allocate stage needs it right after a train stage, "
      r"not after the finetune stage"),

@@ -98,7 +98,8 @@ class AllocationConfig:
         if not 0 <= self.joint_rounds <= 10:
             raise UserError(f"joint_rounds={self.joint_rounds} must be in [0, 10]")
         if self.joint_rounds and self.max_accuracy_drop is not None:
-            raise UserError("joint_rounds applies to size budgets (target_bytes / target_ratio), not max_accuracy_drop")
+            raise UserError(f"joint_rounds={self.joint_rounds} applies to size budgets (target_bytes / target_ratio), "
+                            "not max_accuracy_drop")
         if self.sensitivity_retrain_images < 0:
             raise UserError(f"sensitivity_retrain_images={self.sensitivity_retrain_images} must be >= 0")
 
