@@ -35,6 +35,9 @@ PUBLISHED = {
     "ptq-int8-resnet20": "ptq.md (one float model): 99.15 -> 99.10 (-0.05); ptq_vs_torch.md 10 seeds: 99.15 -> 99.15",
     "nm-2of4-lenet300": "nm_sparsity.md seed 0: 96.70 -> 97.35 (+0.65; mean +0.37)",
     "ttq-lenet5": "binary.md (3 seeds): 98.47 ± 0.26 -> 98.15 ± 0.17 (-0.32), weights 16.0x, file 15.4x",
+    "allocate-lenet5-170x": "frontier_compact_header.md (3 seeds, 7,000 images): 171.7x, -0.18 ± 0.04 vs control",
+    "soft-sharing-lenet5": "soft_sharing_lenet5_200x.md (3 seeds, 7,000 images): 203.5x, -0.17 ± 0.07 vs control",
+    "soft-sharing-lenet300": "soft_sharing.md (3 seeds, 7,000 images): 129.1x, -1.12 ± 0.28 vs control",
 }
 
 
@@ -45,8 +48,10 @@ def row(name: str, result: dict) -> list[object]:
             if "ratio_vs_float32" in s else
             f"{s['weight_compression']:.1f}x ({s['nonzero_weights']:,} weights)" if s.get("weight_compression", 1) > 1.05
             else "-")
-    return [name, f"{100 * s['dense_accuracy']:.2f}", f"{100 * s['test_accuracy']:.2f}", f"{100 * s['gap']:+.2f}", size,
-            PUBLISHED.get(name, "-")]
+    control = (f"{100 * s['control_accuracy']:.2f} ({100 * s['gap_vs_control']:+.2f})" if "control_accuracy" in s
+               else "-")
+    return [name, f"{100 * s['dense_accuracy']:.2f}", f"{100 * s['test_accuracy']:.2f}", f"{100 * s['gap']:+.2f}", control,
+            size, PUBLISHED.get(name, "-")]
 
 
 def main() -> None:
@@ -55,6 +60,8 @@ def main() -> None:
     parser.add_argument("--runs", default="runs/recipes", help="folder of the runs (one subfolder per recipe)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--render-only", action="store_true", help="only tabulate finished runs in --runs")
+    parser.add_argument("--name", default="recipes", help="results file name (default recipes)")
+    parser.add_argument("--note", default="", help="a sentence under the results header (e.g. the machine's load)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows, load = [], os.getloadavg()[0]
@@ -77,10 +84,13 @@ def main() -> None:
     if args.render_only:
         text += (f"Rendered from finished runs in {args.runs}, each made by `OMP_NUM_THREADS={args.threads} nice -n 10 "
                  "nncompress run recipes/<name>.yaml --dataset mnist-10k --data-dir ../shared/data/mnist --out "
-                 f"{args.runs}/<name>` (machine load average 20-38 during the runs).\n")
+                 f"{args.runs}/<name>`.\n")
+    if args.note:
+        text += f"\n**Note:** {args.note}\n"
     text += "\n"
-    text += table(["recipe", "dense acc %", "final acc %", "gap (points)", "compression", "published"], rows)
-    write_results("recipes", text)
+    text += table(["recipe", "dense acc %", "final acc %", "gap (points)", "same-budget control % (gap)", "compression",
+                   "published"], rows)
+    write_results(args.name, text)
 
 
 if __name__ == "__main__":
