@@ -20,10 +20,9 @@ from torch import nn
 from ..analysis.metrics import count_params
 from ..api import resolve_model, training_config
 from ..config import per_layer, pattern_matches
-from ..encode.container import read_nnc
 from ..fileio import loads_bounded, write_json
 from ..parametrize import CompositionError
-from ..report import capture_stage, nnc_storage, write_report
+from ..report import capture_stage, file_options, write_report
 from ..validate import UserError
 from ..zoo import Dataset
 from . import checkpoint
@@ -142,7 +141,7 @@ def run_recipe(recipe: Recipe, dataset: Dataset, out: str | Path, *, seed: int |
         seconds[f"{index:02d}-{stage.kind}"] = time.perf_counter() - began
         checkpoint.save(run, index, stage.kind, fp, results)
         records.append(capture_stage(f"{index + 1}. {stage.kind}", run.model, dataset.in_shape,
-                                     results[-1].get("test_accuracy"), **file_storage(run.nnc)))
+                                     results[-1].get("test_accuracy"), **(file_options(run.nnc) if run.nnc else {})))
         log(f"    {stage.kind}: " + _short(results[-1]))
     result = {"recipe": recipe.name, "model": run.arch, "dataset": dataset.name, "seed": run.seed, "stages": results,
               "summary": summary(results, run.dense_accuracy), "complete": len(results) == len(recipe.stages),
@@ -197,15 +196,6 @@ def stage_notes(results: list[dict]) -> list[str]:
                          f"nothing compressed) reaches {figures['control_accuracy']:.4f}; the model is "
                          f"{100 * figures['gap_vs_control']:+.2f} points from it")
     return notes
-
-
-def file_storage(nnc_path: str | None) -> dict:
-    """capture_stage's options for a model that a .nnc file holds (after an encode or allocate stage, and
-    after the stages that keep its model): the file's size and each layer's bytes and bits as stored in it."""
-    if nnc_path is None:
-        return {}
-    storage, bits = nnc_storage(read_nnc(nnc_path))
-    return {"size_bytes": Path(nnc_path).stat().st_size, "storage_bits": storage, "weight_bits": bits}
 
 
 def _short(figures: dict) -> str:

@@ -18,10 +18,11 @@ from ..fileio import atomic_write_text, write_json
 from .figures import plot_accuracy_vs_size, plot_energy, plot_weight_histograms
 from .html import render_html
 from .markdown import render_markdown
-from .stages import StageRecord, capture_file_stage, capture_stage, nnc_storage
+from .stages import StageRecord, capture_file_stage, capture_stage, file_options, nnc_storage
 from .tables import summary_line
 
-__all__ = ["StageRecord", "capture_file_stage", "capture_stage", "nnc_storage", "summary_line", "write_report"]
+__all__ = ["StageRecord", "capture_file_stage", "capture_stage", "file_options", "nnc_storage", "summary_line",
+           "write_report"]
 
 
 def write_report(out_dir: str | os.PathLike, stages: list[StageRecord], *, title: str = "nncompress report",

@@ -127,7 +127,12 @@ def capture_file_stage(name: str, path: str | os.PathLike, accuracy: float | Non
     for your own module), each layer at its real stored size, the stage at the file's size."""
     nnc = read_nnc(path)
     decoded = decode_model(nnc, model)
-    storage, bits = nnc_storage(nnc)
     in_shape = tuple(int(d) for d in nnc.model["in_shape"])
-    return capture_stage(name, decoded, in_shape, accuracy, size_bytes=Path(path).stat().st_size,
-                         storage_bits=storage, weight_bits=bits, **options)
+    return capture_stage(name, decoded, in_shape, accuracy, **file_options(path, nnc), **options)
+
+
+def file_options(path: str | os.PathLike, nnc: NncModel | None = None) -> dict:
+    """`capture_stage`'s options for a model that a .nnc file holds: the file's size and each layer's
+    bytes and bits as stored in it (`nnc`: the file, parsed already)."""
+    storage, bits = nnc_storage(nnc if nnc is not None else read_nnc(path))
+    return {"size_bytes": Path(path).stat().st_size, "storage_bits": storage, "weight_bits": bits}
